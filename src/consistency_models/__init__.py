@@ -1,0 +1,40 @@
+"""consistency_models: one-step and few-step image generation with consistency models.
+
+Song, Dhariwal, Chen, Sutskever (2023), "Consistency Models", arXiv 2303.01469.
+"""
+
+from .errors import InvalidInputError
+from .networks import PRESETS, UNetConfig, UNetModel, preset
+from .parametrization import (
+    ConsistencyFunction,
+    Denoiser,
+    consistency_scalings,
+    edm_scalings,
+    karras_sigmas,
+    noise_conditioning,
+)
+from .pipeline import ConsistencyModelPipeline, ImagePipelineOutput
+from .sampling import resolve_sigmas, sample_consistency
+from .scheduler import CMStochasticIterativeScheduler, SchedulerConfig
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CMStochasticIterativeScheduler",
+    "ConsistencyFunction",
+    "ConsistencyModelPipeline",
+    "Denoiser",
+    "ImagePipelineOutput",
+    "InvalidInputError",
+    "PRESETS",
+    "SchedulerConfig",
+    "UNetConfig",
+    "UNetModel",
+    "consistency_scalings",
+    "edm_scalings",
+    "karras_sigmas",
+    "noise_conditioning",
+    "preset",
+    "resolve_sigmas",
+    "sample_consistency",
+]

@@ -1,0 +1,1 @@
+"""Checkpoint formats: diffusers pipeline folders, OpenAI `.pt` files, Hub ids."""

@@ -1,0 +1,228 @@
+"""diffusers' pipeline folder format: the on-disk format of this package.
+
+    model_index.json
+    unet/config.json                          a `UNet2DModel` config
+    unet/diffusion_pytorch_model.safetensors  (or the older .bin, read without pickle code)
+    scheduler/scheduler_config.json           a `CMStochasticIterativeScheduler` config
+
+Only the UNet2DModel settings that describe the ADM UNet are accepted; anything else is
+refused with the key, its value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..errors import InvalidInputError
+from ..networks.unet import UNetConfig, UNetModel
+from .atomic import atomic_path, write_json
+
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+WEIGHTS_NAME_BIN = "diffusion_pytorch_model.bin"
+CONFIG_NAME = "config.json"
+MODEL_INDEX = "model_index.json"
+PIPELINE_CLASS = "ConsistencyModelPipeline"
+DIFFUSERS_VERSION = "0.30.0"
+
+# UNet2DModel settings that must hold for the ADM UNet (key: allowed value).
+_FIXED = {
+    "center_input_sample": False,
+    "time_embedding_type": "positional",
+    "time_embedding_dim": None,
+    "freq_shift": 0,
+    "flip_sin_to_cos": True,
+    "mid_block_type": "UNetMidBlock2D",
+    "mid_block_scale_factor": 1,
+    "downsample_type": "resnet",
+    "upsample_type": "resnet",
+    "act_fn": "silu",
+    "add_attention": True,
+    "class_embed_type": None,
+}
+
+
+def read_json(path: Path, what: str) -> dict:
+    """A JSON object from `path`, or a one-line error naming the file."""
+    if not path.is_file():
+        raise InvalidInputError(f"{what}: missing file {path}")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(f"{what}: corrupt JSON in {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"{what}: {path} does not hold a JSON object")
+    return data
+
+
+def unet_config_to_diffusers(cfg: UNetConfig) -> dict:
+    """The `UNet2DModel` config that builds the same network as `cfg`."""
+    levels = range(len(cfg.channel_mult))
+    down = ["AttnDownBlock2D" if cfg.level_has_attention(i) else "ResnetDownsampleBlock2D" for i in levels]
+    up = ["AttnUpBlock2D" if cfg.level_has_attention(i) else "ResnetUpsampleBlock2D" for i in reversed(levels)]
+    return {
+        "_class_name": "UNet2DModel",
+        "_diffusers_version": DIFFUSERS_VERSION,
+        "sample_size": cfg.image_size,
+        "in_channels": cfg.in_channels,
+        "out_channels": cfg.out_channels,
+        "block_out_channels": [cfg.model_channels * m for m in cfg.channel_mult],
+        "layers_per_block": cfg.num_res_blocks,
+        "down_block_types": down,
+        "up_block_types": up,
+        "attention_head_dim": cfg.num_head_channels,
+        "resnet_time_scale_shift": "scale_shift" if cfg.use_scale_shift_norm else "default",
+        "num_class_embeds": cfg.num_classes,
+        "dropout": cfg.dropout,
+        "norm_num_groups": cfg.norm_num_groups,
+        "attn_norm_num_groups": cfg.norm_num_groups,
+        "norm_eps": cfg.norm_eps,
+        "downsample_padding": 1,
+        **_FIXED,
+    }
+
+
+def unet_config_from_diffusers(d: dict, source: str = "unet config") -> UNetConfig:
+    """The ADM `UNetConfig` of a `UNet2DModel` config; refuses what the ADM UNet cannot be."""
+    def bad(key: str, allowed: str) -> InvalidInputError:
+        return InvalidInputError(f"{source}: {key}={d.get(key)!r} is not supported; allowed: {allowed}")
+
+    for key, allowed in _FIXED.items():
+        if d.get(key, allowed) != allowed:
+            raise bad(key, repr(allowed))
+    widths = list(d.get("block_out_channels", []))
+    down = list(d.get("down_block_types", []))
+    up = list(d.get("up_block_types", []))
+    if not widths or len(down) != len(widths) or len(up) != len(widths):
+        raise bad("block_out_channels", "one width per down block and up block")
+    attention = []
+    for i, name in enumerate(down):
+        if name not in ("AttnDownBlock2D", "ResnetDownsampleBlock2D"):
+            raise bad("down_block_types", "AttnDownBlock2D or ResnetDownsampleBlock2D")
+        attention.append(name == "AttnDownBlock2D")
+        expected_up = "AttnUpBlock2D" if attention[i] else "ResnetUpsampleBlock2D"
+        if up[len(up) - 1 - i] != expected_up:
+            raise bad("up_block_types", "the mirror image of down_block_types")
+    model_channels = widths[0]
+    if any(w % model_channels for w in widths):
+        raise bad("block_out_channels", "multiples of the first width")
+    scale_shift = d.get("resnet_time_scale_shift", "default")
+    if scale_shift not in ("default", "scale_shift"):
+        raise bad("resnet_time_scale_shift", "'default' or 'scale_shift'")
+    groups = d.get("norm_num_groups", 32)
+    attn_groups = d.get("attn_norm_num_groups")
+    if attn_groups is None and scale_shift == "scale_shift":
+        raise bad("attn_norm_num_groups", f"{groups} (without it the middle attention has no GroupNorm)")
+    if attn_groups is not None and attn_groups != groups:
+        raise bad("attn_norm_num_groups", f"None or norm_num_groups={groups}")
+    head = d.get("attention_head_dim", 8)
+    if not isinstance(head, int):
+        raise bad("attention_head_dim", "one integer head width")
+    size = d.get("sample_size")
+    if isinstance(size, (list, tuple)):
+        if len(set(size)) != 1:
+            raise bad("sample_size", "square images")
+        size = size[0]
+    if not isinstance(size, int):
+        raise bad("sample_size", "an integer")
+    try:
+        return UNetConfig(
+            image_size=size,
+            in_channels=d.get("in_channels", 3),
+            out_channels=d.get("out_channels", 3),
+            model_channels=model_channels,
+            channel_mult=tuple(w // model_channels for w in widths),
+            num_res_blocks=d.get("layers_per_block", 2),
+            attention_resolutions=tuple(size >> i for i, a in enumerate(attention) if a),
+            num_head_channels=head,
+            use_scale_shift_norm=scale_shift == "scale_shift",
+            num_classes=d.get("num_class_embeds"),
+            dropout=d.get("dropout", 0.0),
+            norm_num_groups=groups,
+            norm_eps=d.get("norm_eps", 1e-5),
+        )
+    except ValueError as exc:
+        raise InvalidInputError(f"{source}: {exc}") from None
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from a .safetensors file, or from a .bin/.pt without running pickle code."""
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (SafetensorError, OSError, RuntimeError, EOFError, ValueError) as exc:
+        raise InvalidInputError(f"weights: corrupt or unreadable weights file {path}: {str(exc).splitlines()[0]}") from None
+    except pickle.UnpicklingError as exc:
+        raise InvalidInputError(
+            f"weights: {path} needs pickle code execution to load, which is refused; "
+            f"only plain tensor checkpoints are read ({str(exc).splitlines()[0][:120]})"
+        ) from None
+
+
+def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load `state` strictly, with one error line listing missing, unexpected and misshapen keys."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    misshapen = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    problems = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshapen)):
+        if keys:
+            shown = ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
+            problems.append(f"{label} keys: {shown}")
+    if problems:
+        raise InvalidInputError(f"weights: {source} does not fit the model config; " + "; ".join(problems))
+    model.load_state_dict(state, strict=True)
+
+
+def load_unet(folder: str | os.PathLike) -> UNetModel:
+    """A `UNetModel` from a diffusers `unet/` folder (config.json + weights)."""
+    folder = Path(folder)
+    cfg = unet_config_from_diffusers(read_json(folder / CONFIG_NAME, "unet config"), str(folder / CONFIG_NAME))
+    weights = folder / WEIGHTS_NAME
+    if not weights.is_file() and (folder / WEIGHTS_NAME_BIN).is_file():
+        weights = folder / WEIGHTS_NAME_BIN
+    if not weights.is_file():
+        raise InvalidInputError(f"weights: missing file {folder / WEIGHTS_NAME}")
+    state = load_weights(weights)
+    model = UNetModel(cfg)
+    load_state_into(model, {k: v.to(torch.float32) for k, v in state.items()}, str(weights))
+    return model
+
+
+def save_unet(model: UNetModel, folder: str | os.PathLike) -> None:
+    """Write config.json and the safetensors weights of `model` into `folder`, atomically per file."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(folder / WEIGHTS_NAME) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})
+    write_json(folder / CONFIG_NAME, unet_config_to_diffusers(model.config))
+
+
+def read_model_index(folder: Path) -> dict:
+    """model_index.json, checked to name a UNet and a consistency scheduler."""
+    index = read_json(folder / MODEL_INDEX, "model")
+    for part in ("unet", "scheduler"):
+        if part not in index:
+            raise InvalidInputError(f"model: {folder / MODEL_INDEX} names no {part!r} component")
+    return index
+
+
+def write_model_index(folder: Path, parametrization: str) -> None:
+    index = {
+        "_class_name": PIPELINE_CLASS,
+        "_diffusers_version": DIFFUSERS_VERSION,
+        "unet": ["diffusers", "UNet2DModel"],
+        "scheduler": ["diffusers", "CMStochasticIterativeScheduler"],
+    }
+    if parametrization != "consistency":
+        index["_parametrization"] = parametrization
+    write_json(folder / MODEL_INDEX, index)

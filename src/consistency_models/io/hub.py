@@ -1,0 +1,42 @@
+"""Resolve a model argument to a local pipeline folder: a path, or a Hugging Face Hub id."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from ..errors import InvalidInputError
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_PATTERNS = ["model_index.json", "unet/config.json", "unet/*.safetensors", "scheduler/*.json"]
+
+
+def resolve_model_path(name: str | os.PathLike) -> Path:
+    """A local folder as it is; an `owner/name` id is fetched through huggingface_hub when online."""
+    path = Path(name)
+    if path.exists():
+        if not path.is_dir():
+            raise InvalidInputError(f"model: {path} is a file; give a pipeline folder (model_index.json, unet/, scheduler/)")
+        return path
+    text = str(name)
+    if not _HUB_ID.match(text):
+        raise InvalidInputError(f"model: no such folder {text!r} (and it is not a Hub id like owner/name)")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise InvalidInputError(
+            f"model: {text!r} looks like a Hub id, but huggingface_hub is not installed; "
+            "pip install 'consistency-models[hub]', or pass a local folder"
+        ) from None
+    try:
+        folder = Path(snapshot_download(text, allow_patterns=_PATTERNS))
+        if not any((folder / "unet").glob("*.safetensors")):  # older repos carry only the .bin
+            folder = Path(snapshot_download(text, allow_patterns=[*_PATTERNS, "unet/*.bin"]))
+        return folder
+    except Exception as exc:  # network, auth, offline mode, missing repo: all end the same way
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise InvalidInputError(
+            f"model: could not fetch Hub id {text!r} ({reason}); when offline, pass a local folder "
+            "written by save_pretrained or `cm convert` instead"
+        ) from None

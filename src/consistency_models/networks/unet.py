@@ -1,0 +1,306 @@
+"""The ADM UNet (Dhariwal & Nichol 2021, guided-diffusion `UNetModel`) used by consistency models.
+
+Architecture only: the forward takes an already scaled input c_in·x, the noise label
+c_noise (one float per sample) and optional class labels. It knows nothing of σ.
+
+Module names follow diffusers' `UNet2DModel` built with ResNet up/down-sampling
+(`ResnetDownsampleBlock2D` / `AttnDownBlock2D` / `UNetMidBlock2D` / `AttnUpBlock2D` /
+`ResnetUpsampleBlock2D`), so a diffusers pipeline folder's weights load without renaming;
+`consistency_models.io.openai` maps OpenAI's `cm/unet.py` names onto these.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Hyper-parameters of the ADM UNet, with OpenAI's flag names."""
+
+    image_size: int = 64                      # height = width of the images
+    in_channels: int = 3                      # image channels in
+    out_channels: int = 3                     # image channels out
+    model_channels: int = 192                 # channels of the first level
+    channel_mult: tuple[int, ...] = (1, 2, 3, 4)  # channels per level = model_channels·mult
+    num_res_blocks: int = 3                   # residual blocks per level (down path)
+    attention_resolutions: tuple[int, ...] = (32, 16, 8)  # pixel resolutions with self-attention
+    num_head_channels: int = 64               # channels per attention head
+    use_scale_shift_norm: bool = True         # FiLM conditioning; False = additive
+    num_classes: int | None = 1000            # class-conditional when set
+    dropout: float = 0.0                      # dropout in the residual blocks
+    norm_num_groups: int = 32                 # GroupNorm groups
+    norm_eps: float = 1e-5                    # GroupNorm epsilon
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
+        object.__setattr__(self, "attention_resolutions", tuple(int(r) for r in self.attention_resolutions))
+        levels = len(self.channel_mult)
+        if levels < 1:
+            raise ValueError("channel_mult: needs at least one level")
+        if self.image_size % (2 ** (levels - 1)):
+            raise ValueError(
+                f"image_size: {self.image_size} must be divisible by 2^(levels-1) = {2 ** (levels - 1)}"
+            )
+        for mult in self.channel_mult:
+            ch = self.model_channels * mult
+            if ch % self.norm_num_groups:
+                raise ValueError(
+                    f"model_channels: level width {ch} is not divisible by norm_num_groups={self.norm_num_groups}"
+                )
+            if ch % self.num_head_channels:
+                raise ValueError(
+                    f"num_head_channels: level width {ch} is not divisible by num_head_channels={self.num_head_channels}"
+                )
+        if self.num_classes is not None and self.num_classes < 1:
+            raise ValueError(f"num_classes: must be None or a positive count, got {self.num_classes}")
+
+    def level_resolutions(self) -> list[int]:
+        return [self.image_size >> level for level in range(len(self.channel_mult))]
+
+    def level_has_attention(self, level: int) -> bool:
+        return (self.image_size >> level) in self.attention_resolutions
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["channel_mult"] = list(self.channel_mult)
+        d["attention_resolutions"] = list(self.attention_resolutions)
+        return d
+
+
+def group_norm_fp32(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+    """GroupNorm computed in float32 and cast back (ADM's GroupNorm32)."""
+    weight = norm.weight.float() if norm.weight is not None else None
+    bias = norm.bias.float() if norm.bias is not None else None
+    return F.group_norm(x.float(), norm.num_groups, weight, bias, norm.eps).to(x.dtype)
+
+
+def timestep_embedding(noise_labels: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding [cos(t·f_k), sin(t·f_k)], f_k = exp(−ln(max_period)·k/(dim/2)), in float32."""
+    half = dim // 2
+    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=noise_labels.device)
+    freqs = torch.exp(exponent / half)
+    args = noise_labels.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+class TimestepEmbedding(nn.Module):
+    """Linear → SiLU → Linear on the sinusoidal embedding."""
+
+    def __init__(self, in_dim: int, dim: int) -> None:
+        super().__init__()
+        self.linear_1 = nn.Linear(in_dim, dim)
+        self.linear_2 = nn.Linear(dim, dim)
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(F.silu(self.linear_1(emb)))
+
+
+class ResBlock(nn.Module):
+    """ADM residual block with optional 2× resampling and scale-shift or additive conditioning."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        emb_channels: int,
+        cfg: UNetConfig,
+        resample: str | None = None,          # None, "down" (2×2 average pool) or "up" (nearest 2×)
+    ) -> None:
+        super().__init__()
+        self.resample = resample
+        self.scale_shift = cfg.use_scale_shift_norm
+        self.norm1 = nn.GroupNorm(cfg.norm_num_groups, in_channels, eps=cfg.norm_eps)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.time_emb_proj = nn.Linear(emb_channels, out_channels * (2 if self.scale_shift else 1))
+        self.norm2 = nn.GroupNorm(cfg.norm_num_groups, out_channels, eps=cfg.norm_eps)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
+
+    def _resample(self, x: torch.Tensor) -> torch.Tensor:
+        if self.resample == "down":
+            return F.avg_pool2d(x, kernel_size=2, stride=2)
+        if self.resample == "up":
+            return F.interpolate(x, scale_factor=2.0, mode="nearest")
+        return x
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = F.silu(group_norm_fp32(self.norm1, x))
+        h = self._resample(h)
+        x = self._resample(x)
+        h = self.conv1(h)
+        emb_out = self.time_emb_proj(F.silu(emb))[:, :, None, None].to(h.dtype)
+        if self.scale_shift:
+            scale, shift = emb_out.chunk(2, dim=1)
+            h = group_norm_fp32(self.norm2, h) * (1 + scale) + shift
+        else:
+            h = group_norm_fp32(self.norm2, h + emb_out)
+        h = self.conv2(self.dropout(F.silu(h)))
+        skip = self.conv_shortcut(x) if self.conv_shortcut is not None else x
+        return skip + h
+
+
+class AttentionBlock(nn.Module):
+    """Multi-head self-attention over all pixels with a fixed head width, residual."""
+
+    def __init__(self, channels: int, cfg: UNetConfig) -> None:
+        super().__init__()
+        self.heads = channels // cfg.num_head_channels
+        self.group_norm = nn.GroupNorm(cfg.norm_num_groups, channels, eps=cfg.norm_eps)
+        self.to_q = nn.Linear(channels, channels)
+        self.to_k = nn.Linear(channels, channels)
+        self.to_v = nn.Linear(channels, channels)
+        self.to_out = nn.ModuleList([nn.Linear(channels, channels)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, height, width = x.shape
+        h = group_norm_fp32(self.group_norm, x).reshape(b, c, height * width).transpose(1, 2)
+        q, k, v = (proj(h).reshape(b, -1, self.heads, c // self.heads).transpose(1, 2)
+                   for proj in (self.to_q, self.to_k, self.to_v))
+        h = F.scaled_dot_product_attention(q, k, v)
+        h = h.transpose(1, 2).reshape(b, height * width, c)
+        h = self.to_out[0](h).transpose(1, 2).reshape(b, c, height, width)
+        return x + h
+
+
+class DownBlock(nn.Module):
+    """One level of the encoder: residual blocks (+ attention), then an optional down-sampling block."""
+
+    def __init__(self, in_ch: int, out_ch: int, emb_ch: int, cfg: UNetConfig, attention: bool, downsample: bool) -> None:
+        super().__init__()
+        self.resnets = nn.ModuleList(
+            ResBlock(in_ch if i == 0 else out_ch, out_ch, emb_ch, cfg) for i in range(cfg.num_res_blocks)
+        )
+        self.attentions = (
+            nn.ModuleList(AttentionBlock(out_ch, cfg) for _ in range(cfg.num_res_blocks)) if attention else None
+        )
+        self.downsamplers = nn.ModuleList([ResBlock(out_ch, out_ch, emb_ch, cfg, "down")]) if downsample else None
+
+    def forward(self, h: torch.Tensor, emb: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        skips = []
+        for i, resnet in enumerate(self.resnets):
+            h = resnet(h, emb)
+            if self.attentions is not None:
+                h = self.attentions[i](h)
+            skips.append(h)
+        if self.downsamplers is not None:
+            h = self.downsamplers[0](h, emb)
+            skips.append(h)
+        return h, skips
+
+
+class MidBlock(nn.Module):
+    """ResBlock → attention → ResBlock at the lowest resolution."""
+
+    def __init__(self, ch: int, emb_ch: int, cfg: UNetConfig) -> None:
+        super().__init__()
+        self.resnets = nn.ModuleList([ResBlock(ch, ch, emb_ch, cfg), ResBlock(ch, ch, emb_ch, cfg)])
+        self.attentions = nn.ModuleList([AttentionBlock(ch, cfg)])
+
+    def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.resnets[0](h, emb)
+        h = self.attentions[0](h)
+        return self.resnets[1](h, emb)
+
+
+class UpBlock(nn.Module):
+    """One level of the decoder: residual blocks on [h, skip] (+ attention), then optional up-sampling."""
+
+    def __init__(
+        self, in_ch: int, skip_chs: list[int], out_ch: int, emb_ch: int, cfg: UNetConfig, attention: bool, upsample: bool
+    ) -> None:
+        super().__init__()
+        resnets = []
+        for skip_ch in skip_chs:
+            resnets.append(ResBlock(in_ch + skip_ch, out_ch, emb_ch, cfg))
+            in_ch = out_ch
+        self.resnets = nn.ModuleList(resnets)
+        self.attentions = nn.ModuleList(AttentionBlock(out_ch, cfg) for _ in skip_chs) if attention else None
+        self.upsamplers = nn.ModuleList([ResBlock(out_ch, out_ch, emb_ch, cfg, "up")]) if upsample else None
+
+    def forward(self, h: torch.Tensor, skips: list[torch.Tensor], emb: torch.Tensor) -> torch.Tensor:
+        for i, resnet in enumerate(self.resnets):
+            h = resnet(torch.cat([h, skips.pop()], dim=1), emb)
+            if self.attentions is not None:
+                h = self.attentions[i](h)
+        if self.upsamplers is not None:
+            h = self.upsamplers[0](h, emb)
+        return h
+
+
+class UNetModel(nn.Module):
+    """The ADM UNet: F(c_in·x, c_noise, class_labels) → output with the input's shape."""
+
+    def __init__(self, config: UNetConfig | None = None, **kwargs) -> None:
+        super().__init__()
+        if config is None:
+            config = UNetConfig(**kwargs)
+        elif kwargs:
+            raise TypeError("pass either a UNetConfig or keyword arguments, not both")
+        self.config = config
+        cfg = config
+        ch0 = cfg.model_channels
+        emb_ch = 4 * ch0
+        widths = [ch0 * m for m in cfg.channel_mult]
+        levels = len(widths)
+
+        self.time_embedding = TimestepEmbedding(ch0, emb_ch)
+        self.class_embedding = nn.Embedding(cfg.num_classes, emb_ch) if cfg.num_classes else None
+        self.conv_in = nn.Conv2d(cfg.in_channels, ch0, 3, padding=1)
+
+        skip_chs = [ch0]
+        down = []
+        in_ch = ch0
+        for level, width in enumerate(widths):
+            last = level == levels - 1
+            down.append(DownBlock(in_ch, width, emb_ch, cfg, cfg.level_has_attention(level), not last))
+            skip_chs += [width] * (cfg.num_res_blocks + (0 if last else 1))
+            in_ch = width
+        self.down_blocks = nn.ModuleList(down)
+        self.mid_block = MidBlock(in_ch, emb_ch, cfg)
+
+        up = []
+        for level in reversed(range(levels)):
+            level_skips = [skip_chs.pop() for _ in range(cfg.num_res_blocks + 1)]
+            up.append(UpBlock(in_ch, level_skips, widths[level], emb_ch, cfg, cfg.level_has_attention(level), level > 0))
+            in_ch = widths[level]
+        self.up_blocks = nn.ModuleList(up)
+
+        self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, in_ch, eps=cfg.norm_eps)
+        self.conv_out = nn.Conv2d(in_ch, cfg.out_channels, 3, padding=1)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.conv_in.weight.dtype
+
+    def forward(
+        self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x: (B, C, H, W) scaled input; noise_labels: (B,) c_noise values; class_labels: (B,) ints."""
+        emb = self.time_embedding(timestep_embedding(noise_labels, self.config.model_channels).to(x.dtype))
+        if self.class_embedding is not None:
+            if class_labels is None:
+                raise ValueError("class_labels: this model is class-conditional and needs one label per sample")
+            emb = emb + self.class_embedding(class_labels)
+        elif class_labels is not None:
+            raise ValueError("class_labels: this model is unconditional and takes no class labels")
+
+        h = self.conv_in(x)
+        skips = [h]
+        for block in self.down_blocks:
+            h, block_skips = block(h, emb)
+            skips += block_skips
+        h = self.mid_block(h, emb)
+        for block in self.up_blocks:
+            h = block(h, skips, emb)
+        h = F.silu(group_norm_fp32(self.conv_norm_out, h))
+        return self.conv_out(h)

@@ -1,0 +1,203 @@
+"""`ConsistencyModelPipeline`: network + parametrization + sampler + image conversion, inference only.
+
+Call-compatible with diffusers' `ConsistencyModelPipeline`, and reads and writes the same
+folders. Where diffusers falls short this one differs: random class labels come from the
+given generator, latents may have any channel count the model has, and `timesteps` or
+`sigmas` simply override `num_inference_steps`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .errors import InvalidInputError
+from .io.diffusers_format import load_unet, read_model_index, save_unet, write_model_index
+from .io.hub import resolve_model_path
+from .networks.unet import UNetModel
+from .parametrization import PARAMETRIZATIONS, Preconditioned
+from .sampling import Generator, randn, resolve_sigmas, sample_consistency
+from .scheduler import CMStochasticIterativeScheduler
+
+OUTPUT_TYPES = ("pil", "np", "pt")
+
+
+@dataclass
+class ImagePipelineOutput:
+    """`.images`: a list of PIL images, an NHWC float array in [0, 1], or an NCHW tensor in [0, 1]."""
+
+    images: Any
+    class_labels: torch.Tensor | None = None
+
+
+def to_pil(images: np.ndarray) -> list[Image.Image]:
+    """NHWC floats in [0, 1] → PIL images (grayscale for one channel)."""
+    arr = (images * 255).round().astype(np.uint8)
+    if arr.shape[-1] == 1:
+        return [Image.fromarray(a[..., 0], mode="L") for a in arr]
+    return [Image.fromarray(a) for a in arr]
+
+
+class ConsistencyModelPipeline:
+    """One-step and multistep sampling from a consistency model (or an EDM denoiser)."""
+
+    def __init__(
+        self,
+        unet: UNetModel,
+        scheduler: CMStochasticIterativeScheduler | None = None,
+        parametrization: str = "consistency",
+    ) -> None:
+        if parametrization not in PARAMETRIZATIONS:
+            raise InvalidInputError(
+                f"parametrization: {parametrization!r} is not one of {', '.join(PARAMETRIZATIONS)}"
+            )
+        self.unet = unet
+        self.scheduler = scheduler or CMStochasticIterativeScheduler()
+        self.parametrization = parametrization
+        cfg = self.scheduler.config
+        self.model: Preconditioned = PARAMETRIZATIONS[parametrization](unet, cfg.sigma_data, cfg.sigma_min)
+        self.progress_bar_config: dict[str, Any] = {}
+
+    # -- loading and saving -------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_id: str | os.PathLike,
+        torch_dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
+    ) -> "ConsistencyModelPipeline":
+        """Load a diffusers pipeline folder (or a Hub id when online)."""
+        folder = resolve_model_path(path_or_id)
+        index = read_model_index(folder)
+        unet = load_unet(folder / "unet")
+        scheduler = CMStochasticIterativeScheduler.from_pretrained(folder, subfolder="scheduler")
+        pipe = cls(unet, scheduler, index.get("_parametrization", "consistency"))
+        return pipe.to(device=device, dtype=torch_dtype)
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write a folder that diffusers' `ConsistencyModelPipeline.from_pretrained` loads."""
+        folder = Path(path)
+        if not folder.parent.is_dir():
+            raise InvalidInputError(f"path: the folder {folder.parent} does not exist")
+        folder.mkdir(exist_ok=True)
+        save_unet(self.unet, folder / "unet")
+        self.scheduler.save_pretrained(folder / "scheduler")
+        write_model_index(folder, self.parametrization)
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "ConsistencyModelPipeline":
+        self.unet.to(device=device, dtype=dtype)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.conv_in.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    def set_progress_bar_config(self, **kwargs: Any) -> None:
+        self.progress_bar_config.update(kwargs)
+
+    # -- inputs -------------------------------------------------------------------------
+    def prepare_class_labels(
+        self, batch_size: int, class_labels: torch.Tensor | Sequence[int] | int | None, generator: Generator
+    ) -> torch.Tensor | None:
+        """Validated labels on the model's device; random ones come from `generator`."""
+        num_classes = self.unet.config.num_classes
+        if num_classes is None:
+            if class_labels is not None:
+                raise InvalidInputError("class_labels: this model is unconditional and takes no class labels")
+            return None
+        if class_labels is None:
+            if isinstance(generator, (list, tuple)):
+                labels = torch.cat([torch.randint(0, num_classes, (1,), generator=g, device=g.device) for g in generator])
+            else:
+                gen_device = generator.device if generator is not None else "cpu"
+                labels = torch.randint(0, num_classes, (batch_size,), generator=generator, device=gen_device)
+        else:
+            labels = torch.as_tensor(class_labels).reshape(-1)
+            if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+                raise InvalidInputError(f"class_labels: {labels.tolist()} must be integers in [0, {num_classes - 1}]")
+            labels = labels.long()
+            if labels.numel() == 1:
+                labels = labels.expand(batch_size)
+            if labels.numel() != batch_size:
+                raise InvalidInputError(
+                    f"class_labels: got {labels.numel()} labels for a batch of {batch_size}; give one or one per sample"
+                )
+            if labels.min() < 0 or labels.max() >= num_classes:
+                raise InvalidInputError(
+                    f"class_labels: {labels.tolist()} must be integers in [0, {num_classes - 1}]"
+                )
+        return labels.to(self.device)
+
+    def prepare_latents(self, batch_size: int, latents: torch.Tensor | None, generator: Generator) -> torch.Tensor:
+        """Unit-variance noise of the model's shape (float32), to be scaled by σ_max."""
+        cfg = self.unet.config
+        shape = (batch_size, cfg.in_channels, cfg.image_size, cfg.image_size)
+        if latents is None:
+            return randn(shape, generator, device=self.device)
+        if tuple(latents.shape) != shape:
+            raise InvalidInputError(f"latents: shape {tuple(latents.shape)} does not match the expected {shape}")
+        return latents.to(device=self.device, dtype=torch.float32)
+
+    # -- sampling -----------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(
+        self,
+        batch_size: int = 1,
+        class_labels: torch.Tensor | Sequence[int] | int | None = None,
+        num_inference_steps: int = 1,
+        timesteps: Sequence[int] | None = None,
+        sigmas: Sequence[float] | None = None,
+        generator: Generator = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback: Callable[[int, float, torch.Tensor], None] | None = None,
+    ) -> ImagePipelineOutput | tuple:
+        """Sample `batch_size` images (Algorithm 1); `callback(step, timestep, x)` after each step."""
+        if output_type not in OUTPUT_TYPES:
+            raise InvalidInputError(f"output_type: {output_type!r} is not one of {', '.join(OUTPUT_TYPES)}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidInputError(f"batch_size: {batch_size!r} must be a positive integer")
+        if isinstance(generator, (list, tuple)) and len(generator) != batch_size:
+            raise InvalidInputError(
+                f"generator: got a list of {len(generator)} generators for batch_size={batch_size}; give one per sample"
+            )
+        cfg = self.scheduler.config
+        schedule = resolve_sigmas(
+            num_inference_steps, timesteps, sigmas, cfg.num_train_timesteps, cfg.sigma_min, cfg.sigma_max, cfg.rho
+        )
+        noise = self.prepare_latents(batch_size, latents, generator)
+        labels = self.prepare_class_labels(batch_size, class_labels, generator)
+        x = noise * schedule[0]
+
+        user_callback = None
+        if callback is not None:
+            def user_callback(i: int, sigma: float, sample: torch.Tensor) -> None:
+                callback(i, float(self.scheduler.sigma_to_t(sigma)), sample)
+
+        bar_config = {"disable": len(schedule) <= 2, "desc": "sampling", "leave": False, **self.progress_bar_config}
+        with tqdm(total=len(schedule) - 1, **bar_config) as bar:
+            x = sample_consistency(
+                self.model, x, schedule, class_labels=labels, generator=generator, s_noise=cfg.s_noise,
+                clip_denoised=cfg.clip_denoised, sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max,
+                callback=user_callback, progress=bar.update,
+            )
+        images = (x / 2 + 0.5).clamp(0, 1)
+        if output_type != "pt":
+            images = images.cpu().permute(0, 2, 3, 1).numpy()
+            if output_type == "pil":
+                images = to_pil(images)
+        if not return_dict:
+            return (images,)
+        return ImagePipelineOutput(images=images, class_labels=labels)

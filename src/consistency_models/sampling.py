@@ -1,0 +1,172 @@
+"""Consistency-model samplers: one-step and multistep (CM paper, Algorithm 1).
+
+Samplers are plain functions with the k-diffusion contract `sample(model, x, sigmas, ...)`:
+`model(x, sigma, class_labels)` is a consistency function f (or a denoiser D), `x` is the
+starting noise already multiplied by sigmas[0], and `sigmas` lists the noise levels at which
+f is evaluated followed by σ_min (where no noise is added any more).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from .errors import InvalidInputError
+from .parametrization import RHO, SIGMA_MAX, SIGMA_MIN, karras_sigmas
+
+Generator = torch.Generator | Sequence[torch.Generator] | None
+
+
+def randn(
+    shape: Sequence[int],
+    generator: Generator = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Standard normal noise; with a list of generators, sample i is drawn from generator i.
+
+    Noise is drawn on the generator's device and moved to `device`, exactly as diffusers'
+    `randn_tensor`, so the same seeds give the same images on either library.
+    """
+    shape = tuple(shape)
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise InvalidInputError(
+                f"generator: got a list of {len(generator)} generators for a batch of {shape[0]}; give one per sample"
+            )
+        if len(generator) == 1:
+            generator = generator[0]
+        else:
+            parts = [torch.randn((1, *shape[1:]), generator=g, device=g.device, dtype=dtype) for g in generator]
+            return torch.cat(parts).to(device)
+    gen_device = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
+
+
+def sigmas_from_timesteps(
+    timesteps: Sequence[int],
+    num_train_timesteps: int,
+    sigma_min: float = SIGMA_MIN,
+    sigma_max: float = SIGMA_MAX,
+    rho: float = RHO,
+) -> list[float]:
+    """diffusers-style descending grid indices (index 0 = σ_max) → evaluation σs + [σ_min].
+
+    `[22, 0]` on the 40-point grid gives [80, 1.3824, 0.002], like OpenAI's `ts=0,22,39`.
+    """
+    timesteps = [int(t) for t in timesteps]
+    if not timesteps:
+        raise InvalidInputError("timesteps: give at least one grid index")
+    if any(b >= a for a, b in zip(timesteps, timesteps[1:])):
+        raise InvalidInputError(f"timesteps: {timesteps} must be strictly descending (e.g. 22,0)")
+    if timesteps[0] >= num_train_timesteps or timesteps[-1] < 0:
+        raise InvalidInputError(
+            f"timesteps: {timesteps} must be grid indices in [0, {num_train_timesteps - 1}] "
+            f"(the scheduler's grid has num_train_timesteps={num_train_timesteps})"
+        )
+    grid = karras_sigmas(num_train_timesteps, sigma_min, sigma_max, rho)
+    return [float(grid[i]) for i in reversed(timesteps)] + [float(sigma_min)]
+
+
+def timesteps_for_steps(num_inference_steps: int, num_train_timesteps: int) -> list[int]:
+    """Evenly spaced descending grid indices, as diffusers' `set_timesteps(num_inference_steps)`."""
+    if not 1 <= num_inference_steps <= num_train_timesteps:
+        raise InvalidInputError(
+            f"num_inference_steps: {num_inference_steps} must be between 1 and num_train_timesteps={num_train_timesteps}"
+        )
+    ratio = num_train_timesteps // num_inference_steps
+    return [i * ratio for i in reversed(range(num_inference_steps))]
+
+
+def check_sigmas(sigmas: Sequence[float], sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX) -> list[float]:
+    """Explicit evaluation σs (e.g. [80, 1.38]) → the same list + [σ_min], after validation."""
+    sigmas = [float(s) for s in sigmas]
+    if not sigmas:
+        raise InvalidInputError("sigmas: give at least one noise level")
+    if any(b >= a for a, b in zip(sigmas, sigmas[1:])):
+        raise InvalidInputError(f"sigmas: {sigmas} must be strictly descending (e.g. 80,1.38)")
+    if sigmas[0] > sigma_max or sigmas[-1] <= sigma_min:
+        raise InvalidInputError(
+            f"sigmas: {sigmas} must lie in (sigma_min={sigma_min}, sigma_max={sigma_max}]; "
+            "sigma_min is appended automatically"
+        )
+    return sigmas + [float(sigma_min)]
+
+
+def resolve_sigmas(
+    num_inference_steps: int | None = 1,
+    timesteps: Sequence[int] | None = None,
+    sigmas: Sequence[float] | None = None,
+    num_train_timesteps: int = 40,
+    sigma_min: float = SIGMA_MIN,
+    sigma_max: float = SIGMA_MAX,
+    rho: float = RHO,
+) -> list[float]:
+    """One σ schedule from exactly one of: explicit σs, grid indices, or a number of steps.
+
+    `sigmas` and `timesteps` override `num_inference_steps`; giving both of them is an error.
+    """
+    if timesteps is not None and sigmas is not None:
+        raise InvalidInputError("timesteps/sigmas: give one of them, not both")
+    if sigmas is not None:
+        return check_sigmas(sigmas, sigma_min, sigma_max)
+    if timesteps is None:
+        if num_inference_steps is None:
+            raise InvalidInputError("num_inference_steps: give a number of steps, timesteps or sigmas")
+        timesteps = timesteps_for_steps(int(num_inference_steps), num_train_timesteps)
+    return sigmas_from_timesteps(timesteps, num_train_timesteps, sigma_min, sigma_max, rho)
+
+
+def renoise(
+    denoised: torch.Tensor,
+    sigma_next: float,
+    noise: torch.Tensor,
+    s_noise: float = 1.0,
+    sigma_min: float = SIGMA_MIN,
+    sigma_max: float = SIGMA_MAX,
+) -> torch.Tensor:
+    """x = x₀ + s_noise·z·√(σ̂² − σ_min²), σ̂ = clamp(σ_next, σ_min, σ_max) (Algorithm 1, line 5)."""
+    sigma_hat = min(max(float(sigma_next), sigma_min), sigma_max)
+    return denoised + (s_noise * (sigma_hat**2 - sigma_min**2) ** 0.5) * noise
+
+
+@torch.no_grad()
+def sample_consistency(
+    model: Callable[..., torch.Tensor],
+    x: torch.Tensor,
+    sigmas: Sequence[float],
+    *,
+    class_labels: torch.Tensor | None = None,
+    generator: Generator = None,
+    s_noise: float = 1.0,
+    clip_denoised: bool = True,
+    sigma_min: float = SIGMA_MIN,
+    sigma_max: float = SIGMA_MAX,
+    callback: Callable[[int, float, torch.Tensor], None] | None = None,
+    progress: Callable[[int], object] | None = None,
+) -> torch.Tensor:
+    """One-step (len(sigmas) == 2) or multistep consistency sampling (Algorithm 1).
+
+    The same numbers as OpenAI's `stochastic_iterative_sampler` and diffusers'
+    `CMStochasticIterativeScheduler`: every step of a multistep run draws fresh noise (the
+    last one scaled by 0), a one-step run draws none.
+    """
+    sigmas = [float(s) for s in sigmas]
+    if len(sigmas) < 2:
+        raise InvalidInputError("sigmas: need at least one evaluation level followed by sigma_min")
+    steps = len(sigmas) - 1
+    for i in range(steps):
+        x0 = model(x, sigmas[i], class_labels)
+        if clip_denoised:
+            x0 = x0.clamp(-1, 1)
+        if steps > 1:
+            noise = randn(x0.shape, generator, device=x0.device, dtype=x0.dtype)
+            x = renoise(x0, sigmas[i + 1], noise, s_noise, sigma_min, sigma_max)
+        else:
+            x = x0
+        if callback is not None:
+            callback(i, sigmas[i], x)
+        if progress is not None:
+            progress(1)
+    return x

@@ -1,0 +1,198 @@
+"""A drop-in for diffusers' `CMStochasticIterativeScheduler`: same interface, same numbers.
+
+A thin adapter over `parametrization` and `sampling`, so that an existing diffusers-style
+loop runs unchanged:
+
+    scheduler.set_timesteps(timesteps=[22, 0])
+    for t in scheduler.timesteps:
+        model_output = unet(scheduler.scale_model_input(sample, t), t, class_labels)
+        sample = scheduler.step(model_output, t, sample, generator=g).prev_sample
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .errors import InvalidInputError
+from .io.atomic import write_json
+from .parametrization import consistency_scalings, karras_sigmas, sigmas_at
+from .sampling import Generator, randn, renoise, resolve_sigmas
+
+CONFIG_NAME = "scheduler_config.json"
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """The scheduler's settings; the fields and defaults of diffusers' scheduler config."""
+
+    num_train_timesteps: int = 40   # points N of the Karras grid
+    sigma_min: float = 0.002        # ε, the boundary of the consistency function
+    sigma_max: float = 80.0         # T
+    sigma_data: float = 0.5
+    s_noise: float = 1.0            # scale of the noise re-added between steps
+    rho: float = 7.0
+    clip_denoised: bool = True      # clip each x₀ to [−1, 1]
+
+    def __getitem__(self, key: str):
+        return getattr(self, key)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SchedulerConfig":
+        """Known keys only (diffusers writes `_class_name` and friends beside them)."""
+        names = {f.name for f in fields(cls)}
+        try:
+            return cls(**{k: v for k, v in data.items() if k in names})
+        except TypeError as exc:  # pragma: no cover - dataclass arity is fixed
+            raise InvalidInputError(f"scheduler config: {exc}") from None
+
+
+@dataclass
+class CMStochasticIterativeSchedulerOutput:
+    prev_sample: torch.Tensor
+
+
+class CMStochasticIterativeScheduler:
+    """Multistep and one-step consistency sampling (Algorithm 1) in the diffusers scheduler shape."""
+
+    order = 1
+
+    def __init__(self, config: SchedulerConfig | None = None, **kwargs) -> None:
+        if config is None:
+            config = SchedulerConfig(**kwargs)
+        elif kwargs:
+            raise TypeError("pass either a SchedulerConfig or keyword arguments, not both")
+        self.config = config
+        self.init_noise_sigma = config.sigma_max
+        grid = karras_sigmas(config.num_train_timesteps, config.sigma_min, config.sigma_max, config.rho)
+        self.sigmas = grid.to(torch.float32)
+        self.timesteps = torch.from_numpy(self.sigma_to_t(grid.numpy()))
+        self.num_inference_steps: int | None = None
+        self.custom_timesteps = False
+        self._step_index: int | None = None
+
+    # -- persistence --------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: dict | SchedulerConfig) -> "CMStochasticIterativeScheduler":
+        if isinstance(config, SchedulerConfig):
+            return cls(config)
+        return cls(SchedulerConfig.from_dict(dict(config)))
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, subfolder: str | None = None) -> "CMStochasticIterativeScheduler":
+        folder = Path(path) / subfolder if subfolder else Path(path)
+        file = folder / CONFIG_NAME
+        if not file.is_file():
+            raise InvalidInputError(f"scheduler: missing config file {file}")
+        try:
+            data = json.loads(file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InvalidInputError(f"scheduler: corrupt config file {file}: {exc}") from None
+        if not isinstance(data, dict):
+            raise InvalidInputError(f"scheduler: config file {file} does not hold a JSON object")
+        return cls.from_config(data)
+
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(folder / CONFIG_NAME, {"_class_name": type(self).__name__, **asdict(self.config)})
+
+    # -- schedule -----------------------------------------------------------------------
+    @property
+    def step_index(self) -> int | None:
+        return self._step_index
+
+    @staticmethod
+    def sigma_to_t(sigmas: float | np.ndarray) -> np.ndarray:
+        """The UNet's noise input 250·ln(σ + 1e-44), in float64."""
+        return 1000 * 0.25 * np.log(np.asarray(sigmas, dtype=np.float64) + 1e-44)
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        timesteps: Sequence[int] | None = None,
+    ) -> None:
+        """Pick the grid indices to visit: evenly spaced, or custom descending indices."""
+        if (num_inference_steps is None) == (timesteps is None):
+            raise InvalidInputError("set_timesteps: give exactly one of num_inference_steps or timesteps")
+        cfg = self.config
+        sigmas = resolve_sigmas(
+            num_inference_steps, timesteps, None, cfg.num_train_timesteps, cfg.sigma_min, cfg.sigma_max, cfg.rho
+        )
+        self.custom_timesteps = timesteps is not None
+        self.num_inference_steps = len(sigmas) - 1
+        self.sigmas = torch.tensor(sigmas, dtype=torch.float32)
+        self.timesteps = torch.from_numpy(self.sigma_to_t(np.array(sigmas[:-1]))).to(device)
+        self._step_index = None
+
+    def _sigma_index(self, timestep: float | torch.Tensor) -> int:
+        matches = (self.timesteps.cpu() == torch.as_tensor(timestep, dtype=self.timesteps.dtype).cpu()).nonzero()
+        if len(matches) == 0:
+            raise InvalidInputError(f"timestep: {float(timestep)} is not one of scheduler.timesteps")
+        return int(matches[1 if len(matches) > 1 else 0])
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor) -> torch.Tensor:
+        """c_in(σ)·x = x / √(σ² + σ_d²)."""
+        if self._step_index is None:
+            self._step_index = self._sigma_index(timestep)
+        sigma = self.sigmas[self._step_index]
+        return sample / ((sigma**2 + self.config.sigma_data**2) ** 0.5)
+
+    def get_scalings_for_boundary_condition(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c_skip, c_out, _ = consistency_scalings(sigma, self.config.sigma_data, self.config.sigma_min)
+        return c_skip, c_out
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: float | torch.Tensor,
+        sample: torch.Tensor,
+        generator: Generator = None,
+        return_dict: bool = True,
+    ) -> CMStochasticIterativeSchedulerOutput | tuple[torch.Tensor]:
+        """x₀ = c_skip·x + c_out·F (clipped), then re-noise to the next σ (Algorithm 1)."""
+        if isinstance(timestep, int) or (torch.is_tensor(timestep) and not timestep.is_floating_point()):
+            raise InvalidInputError(
+                "timestep: pass one of scheduler.timesteps (a float), not an integer index from enumerate()"
+            )
+        cfg = self.config
+        if self._step_index is None:
+            self._step_index = self._sigma_index(timestep)
+        sigma = self.sigmas[self._step_index]
+        last = len(self.sigmas) - 1
+        sigma_next = self.sigmas[min(self._step_index + 1, last)]
+        c_skip, c_out = self.get_scalings_for_boundary_condition(sigma)
+        denoised = c_out * model_output + c_skip * sample
+        if cfg.clip_denoised:
+            denoised = denoised.clamp(-1, 1)
+        if len(self.timesteps) > 1:
+            noise = randn(model_output.shape, generator, device=model_output.device, dtype=model_output.dtype)
+        else:
+            noise = torch.zeros_like(model_output)
+        prev_sample = renoise(denoised, float(sigma_next), noise, cfg.s_noise, cfg.sigma_min, cfg.sigma_max)
+        self._step_index += 1
+        if not return_dict:
+            return (prev_sample,)
+        return CMStochasticIterativeSchedulerOutput(prev_sample=prev_sample)
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """x + σ(t)·noise for the σ of each given timestep."""
+        sigma = torch.as_tensor(np.exp(np.asarray(timesteps.cpu(), dtype=np.float64) / 250.0), dtype=torch.float32)
+        sigma = sigma.to(original_samples.device).reshape(-1, *([1] * (original_samples.ndim - 1)))
+        return original_samples + noise * sigma
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config})"
+
+
+__all__ = ["CMStochasticIterativeScheduler", "CMStochasticIterativeSchedulerOutput", "SchedulerConfig", "sigmas_at"]
