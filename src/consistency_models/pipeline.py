@@ -13,14 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
 from .errors import InvalidInputError
 from .io.diffusers_format import load_unet, read_model_index, save_unet, write_model_index
 from .io.hub import resolve_model_path
+from .io.images import pil_image, to_uint8
 from .networks.unet import UNetModel
 from .parametrization import PARAMETRIZATIONS, Preconditioned
 from .sampling import Generator, randn, resolve_sigmas, sample_consistency
@@ -35,14 +34,6 @@ class ImagePipelineOutput:
 
     images: Any
     class_labels: torch.Tensor | None = None
-
-
-def to_pil(images: np.ndarray) -> list[Image.Image]:
-    """NHWC floats in [0, 1] → PIL images (grayscale for one channel)."""
-    arr = (images * 255).round().astype(np.uint8)
-    if arr.shape[-1] == 1:
-        return [Image.fromarray(a[..., 0], mode="L") for a in arr]
-    return [Image.fromarray(a) for a in arr]
 
 
 class ConsistencyModelPipeline:
@@ -197,7 +188,7 @@ class ConsistencyModelPipeline:
         if output_type != "pt":
             images = images.cpu().permute(0, 2, 3, 1).numpy()
             if output_type == "pil":
-                images = to_pil(images)
+                images = [pil_image(a) for a in to_uint8(images)]
         if not return_dict:
             return (images,)
         return ImagePipelineOutput(images=images, class_labels=labels)

@@ -1,0 +1,7 @@
+"""`python -m consistency_models` is the `cm` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,159 @@
+"""The `cm` command line: parses arguments and calls the public API, nothing more.
+
+Bad input prints one line `cm: error: ...` and exits with code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+import torch
+
+from .errors import InvalidInputError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InvalidInputError(f"device: {name!r} is not a device name (cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError(f"device: {name!r} was asked for, but CUDA is not available here; use --device cpu")
+    return device
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    """Sample a batch and write it as a PNG grid, a folder of PNGs or an ADM `.npz`."""
+    from .io.images import output_kind, save_images, to_uint8
+    from .pipeline import ConsistencyModelPipeline
+
+    output_kind(args.out)  # refuse a bad output path before any work
+    device = _device(args.device)
+    pipe = ConsistencyModelPipeline.from_pretrained(args.model, torch_dtype=DTYPES[args.dtype], device=device)
+    generator = torch.Generator().manual_seed(args.seed)
+    result = pipe(
+        batch_size=args.batch_size,
+        class_labels=args.class_labels,
+        num_inference_steps=args.steps,
+        timesteps=args.timesteps,
+        sigmas=args.sigmas,
+        generator=generator,
+        output_type="np",
+    )
+    labels = result.class_labels.cpu().numpy() if result.class_labels is not None else None
+    files = save_images(to_uint8(result.images), args.out, labels)
+    where = files[0] if len(files) == 1 else f"{len(files)} files in {files[0].parent}"
+    print(f"wrote {len(result.images)} images to {where}")
+
+
+def cmd_convert_openai(args: argparse.Namespace) -> None:
+    """Convert an OpenAI `.pt` checkpoint into a diffusers pipeline folder."""
+    from .io.openai import convert_openai_checkpoint
+
+    pipe = convert_openai_checkpoint(args.checkpoint, args.out_dir, args.preset, args.scheduler, args.parametrization)
+    print(f"wrote {args.out_dir} ({pipe.parametrization}, {pipe.scheduler.config.num_train_timesteps}-point grid)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .io.openai import SCHEDULERS
+    from .networks.presets import PRESETS
+
+    parser = argparse.ArgumentParser(
+        prog="cm",
+        description="Consistency models: one-step and few-step image generation (Song et al. 2023).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    sample = sub.add_parser(
+        "sample",
+        help="generate images from a model",
+        description="Generate images with one-step or multistep consistency sampling (Algorithm 1).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    sample.add_argument("--model", required=True,
+                        help="pipeline folder (diffusers format) or Hugging Face Hub id such as "
+                             "openai/diffusers-cd_imagenet64_l2")
+    sample.add_argument("--out", required=True,
+                        help="samples.png (a grid), DIR/ (one PNG per image) or samples.npz "
+                             "(arr_0: uint8 NHWC, arr_1: labels)")
+    sample.add_argument("--batch-size", type=_positive_int, default=16, help="number of images")
+    steps = sample.add_mutually_exclusive_group()
+    steps.add_argument("--steps", type=_positive_int, default=1, help="number of evenly spaced sampling steps")
+    steps.add_argument("--timesteps", type=_int_list, default=None,
+                       help="descending grid indices, e.g. 22,0 (index 0 = sigma_max)")
+    steps.add_argument("--sigmas", type=_float_list, default=None,
+                       help="descending noise levels to evaluate at, e.g. 80,1.38 (sigma_min is appended)")
+    sample.add_argument("--class-labels", type=_int_list, default=None,
+                        help="one label for all images or one per image, e.g. 0,5,9; random when omitted")
+    sample.add_argument("--seed", type=int, default=0, help="seed of the noise and of random labels")
+    sample.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu, cuda or cuda:N")
+    sample.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="network precision")
+    sample.set_defaults(func=cmd_sample)
+
+    convert = sub.add_parser("convert", help="convert checkpoints from other formats",
+                             description="Convert checkpoints into diffusers pipeline folders.")
+    convert_sub = convert.add_subparsers(dest="source", metavar="SOURCE", required=True)
+    openai = convert_sub.add_parser(
+        "openai",
+        help="OpenAI consistency_models .pt checkpoint",
+        description="Convert an OpenAI consistency_models checkpoint (cd_*, ct_*, edm_* .pt) into a pipeline "
+                    "folder. The file is read without running pickle code.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    openai.add_argument("checkpoint", help="the .pt file, e.g. cd_imagenet64_l2.pt")
+    openai.add_argument("out_dir", help="new folder to write (must not exist or be empty)")
+    openai.add_argument("--preset", choices=sorted(PRESETS), default="imagenet64", help="network architecture")
+    openai.add_argument("--scheduler", choices=list(SCHEDULERS), default="cd",
+                        help="sampling grid: cd (40 points), ct-imagenet64 (201), ct-lsun256 (151)")
+    openai.add_argument("--parametrization", choices=["consistency", "edm"], default=None,
+                        help="edm for the edm_* teachers; default: from the file name")
+    openai.set_defaults(func=cmd_convert_openai)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], None] = args.func
+    try:
+        func(args)
+    except InvalidInputError as exc:
+        print(f"cm: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cm: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Writing sampled images: a PNG grid, a folder of PNGs, or an ADM-style `.npz`.
+
+Every file is written to a temporary name and renamed, so an interrupted run never leaves a
+half-written image behind.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..errors import InvalidInputError
+from .atomic import atomic_path
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """NHWC floats in [0, 1] → uint8, rounded to nearest (as diffusers' `numpy_to_pil`)."""
+    return np.clip(np.rint(images * 255), 0, 255).astype(np.uint8)
+
+
+def make_grid(images: np.ndarray, nrow: int | None = None, padding: int = 2) -> np.ndarray:
+    """Tile uint8 NHWC images into one HWC image, `nrow` per row (default ⌈√N⌉)."""
+    n, h, w, c = images.shape
+    nrow = nrow or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / nrow)
+    grid = np.zeros((rows * (h + padding) + padding, nrow * (w + padding) + padding, c), dtype=np.uint8)
+    for i, img in enumerate(images):
+        r, col = divmod(i, nrow)
+        y, x = padding + r * (h + padding), padding + col * (w + padding)
+        grid[y:y + h, x:x + w] = img
+    return grid
+
+
+def pil_image(image: np.ndarray) -> Image.Image:
+    """One uint8 HWC image → PIL ('L' for one channel)."""
+    return Image.fromarray(image[..., 0], mode="L") if image.shape[-1] == 1 else Image.fromarray(image)
+
+
+def save_png(image: np.ndarray, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        pil_image(image).save(tmp, format="PNG")
+
+
+def output_kind(out: str | os.PathLike) -> str:
+    """'grid' for *.png, 'npz' for *.npz, 'dir' for a folder (trailing slash or existing folder)."""
+    text = str(out)
+    path = Path(text)
+    if text.endswith(("/", os.sep)) or path.is_dir():
+        kind = "dir"
+        parent = path.parent if not path.is_dir() else path
+    elif path.suffix.lower() == ".png":
+        kind, parent = "grid", path.parent
+    elif path.suffix.lower() == ".npz":
+        kind, parent = "npz", path.parent
+    else:
+        raise InvalidInputError(f"out: {text!r} must end in .png (a grid), .npz (ADM arrays) or / (a folder of PNGs)")
+    if not parent.is_dir():
+        raise InvalidInputError(f"out: the folder {parent} does not exist")
+    return kind
+
+
+def save_images(images: np.ndarray, out: str | os.PathLike, labels: np.ndarray | None = None) -> list[Path]:
+    """Write uint8 NHWC `images` as `out` says (see `output_kind`); returns the files written."""
+    kind = output_kind(out)
+    path = Path(out)
+    if kind == "grid":
+        save_png(make_grid(images), path)
+        return [path]
+    if kind == "npz":
+        arrays = {"arr_0": images}
+        if labels is not None:
+            arrays["arr_1"] = np.asarray(labels, dtype=np.int64)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+        return [path]
+    path.mkdir(exist_ok=True)
+    files = []
+    for i, img in enumerate(images):
+        file = path / f"{i:06d}.png"
+        save_png(img, file)
+        files.append(file)
+    return files
