@@ -18,9 +18,14 @@ from openai_reference_unet import OpenAIUNet, randomize_
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    torch.manual_seed(0)
+    """A 'test'-preset model with every weight perturbed, so its images depend on everything."""
     folder = tmp_path_factory.mktemp("cli") / "model"
-    cm.ConsistencyModelPipeline(cm.UNetModel(cm.preset("test"))).save_pretrained(folder)
+    unet = cm.UNetModel(cm.preset("test"))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=generator))
+    cm.ConsistencyModelPipeline(unet).save_pretrained(folder)
     return folder
 
 
@@ -43,6 +48,7 @@ def test_png_grid_npz_and_folder(model_dir, tmp_path, capsys):
                          "--batch-size", "3", "--seed", "5")
     assert code == 0
     data = np.load(tmp_path / "s.npz")
+    assert data["arr_0"].std() > 10  # not a constant image
     assert data["arr_0"].shape == (3, 32, 32, 3) and data["arr_0"].dtype == np.uint8
     pipe = cm.ConsistencyModelPipeline.from_pretrained(model_dir)
     ref = pipe(batch_size=3, generator=torch.Generator().manual_seed(5), output_type="np")

@@ -82,6 +82,21 @@ def cmd_convert_openai(args: argparse.Namespace) -> None:
     print(f"wrote {args.out_dir} ({pipe.parametrization}, {pipe.scheduler.config.num_train_timesteps}-point grid)")
 
 
+def cmd_new(args: argparse.Namespace) -> None:
+    """Write an untrained pipeline folder for a preset (a starting point for training or trying the tools)."""
+    from .io.diffusers_format import require_new_folder
+    from .networks import UNetModel, preset
+    from .pipeline import ConsistencyModelPipeline
+    from .scheduler import CMStochasticIterativeScheduler
+
+    require_new_folder(args.out_dir, "out_dir")
+    torch.manual_seed(args.seed)
+    cfg = preset(args.preset, **({"num_classes": None} if args.unconditional else {}))
+    pipe = ConsistencyModelPipeline(UNetModel(cfg), CMStochasticIterativeScheduler(num_train_timesteps=args.grid))
+    pipe.save_pretrained(args.out_dir)
+    print(f"wrote an untrained '{args.preset}' model to {args.out_dir}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .io.openai import SCHEDULERS
     from .networks.presets import PRESETS
@@ -118,6 +133,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="cpu, cuda or cuda:N")
     sample.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="network precision")
     sample.set_defaults(func=cmd_sample)
+
+    new = sub.add_parser(
+        "new",
+        help="create an untrained model folder from a preset",
+        description="Write a pipeline folder holding a randomly initialised network of a preset.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    new.add_argument("out_dir", help="folder to write")
+    new.add_argument("--preset", choices=sorted(PRESETS), default="test", help="network architecture")
+    new.add_argument("--unconditional", action="store_true", help="drop the class embedding")
+    new.add_argument("--grid", type=_positive_int, default=40, help="points N of the sampling grid")
+    new.add_argument("--seed", type=int, default=0, help="seed of the initial weights")
+    new.set_defaults(func=cmd_new)
 
     convert = sub.add_parser("convert", help="convert checkpoints from other formats",
                              description="Convert checkpoints into diffusers pipeline folders.")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -160,9 +161,11 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
     except (SafetensorError, OSError, RuntimeError, EOFError, ValueError) as exc:
         raise InvalidInputError(f"weights: corrupt or unreadable weights file {path}: {str(exc).splitlines()[0]}") from None
     except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = f" (it references {found.group(1)})" if found else ""
         raise InvalidInputError(
-            f"weights: {path} needs pickle code execution to load, which is refused; "
-            f"only plain tensor checkpoints are read ({str(exc).splitlines()[0][:120]})"
+            f"weights: {path} needs pickle code execution to load, which is refused{what}; "
+            "only plain tensor checkpoints are read"
         ) from None
 
 
@@ -205,6 +208,16 @@ def save_unet(model: UNetModel, folder: str | os.PathLike) -> None:
     with atomic_path(folder / WEIGHTS_NAME) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})
     write_json(folder / CONFIG_NAME, unet_config_to_diffusers(model.config))
+
+
+def require_new_folder(path: str | os.PathLike, what: str) -> Path:
+    """`path` as a folder to create: its parent must exist and it must be absent or empty."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise InvalidInputError(f"{what}: the folder {path.parent} does not exist")
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise InvalidInputError(f"{what}: {path} already exists and is not an empty folder; choose a new one")
+    return path
 
 
 def read_model_index(folder: Path) -> dict:

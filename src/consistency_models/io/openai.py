@@ -20,7 +20,7 @@ from ..errors import InvalidInputError
 from ..networks.presets import PRESETS, preset
 from ..networks.unet import UNetConfig, UNetModel
 from ..scheduler import CMStochasticIterativeScheduler
-from .diffusers_format import load_state_into, load_weights
+from .diffusers_format import load_state_into, load_weights, require_new_folder
 
 # Grid sizes N of OpenAI's released models (launch.sh): CD uses 40 points, CT 201 on ImageNet-64
 # and 151 on LSUN-256.
@@ -155,11 +155,7 @@ def convert_openai_checkpoint(
 
     if scheduler not in SCHEDULERS:
         raise InvalidInputError(f"scheduler: {scheduler!r} is not one of {', '.join(SCHEDULERS)}")
-    out = Path(out_dir)
-    if not out.parent.is_dir():
-        raise InvalidInputError(f"out_dir: the folder {out.parent} does not exist")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise InvalidInputError(f"out_dir: {out} already exists and is not an empty folder; choose a new one")
+    out = require_new_folder(out_dir, "out_dir")
     if parametrization is None:
         parametrization = "edm" if Path(path).name.startswith("edm_") else "consistency"
     unet = load_openai_unet(path, config)

@@ -277,6 +277,19 @@ class UNetModel(nn.Module):
 
         self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, in_ch, eps=cfg.norm_eps)
         self.conv_out = nn.Conv2d(in_ch, cfg.out_channels, 3, padding=1)
+        self._zero_init_residual_outputs()
+
+    def _zero_init_residual_outputs(self) -> None:
+        """ADM's zero_module: each residual branch and the output start at zero."""
+        for module in self.modules():
+            last = {ResBlock: "conv2", AttentionBlock: "to_out"}.get(type(module))
+            if last is not None:
+                layer = getattr(module, last)
+                layer = layer[0] if isinstance(layer, nn.ModuleList) else layer
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
 
     @property
     def dtype(self) -> torch.dtype:
