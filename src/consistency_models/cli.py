@@ -97,6 +97,18 @@ def cmd_new(args: argparse.Namespace) -> None:
     print(f"wrote an untrained '{args.preset}' model to {args.out_dir}")
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    """Train a model; the run folder is a pipeline folder (`cm sample --model RUN_DIR`)."""
+    from .training import TrainConfig, train
+
+    options = {k: v for k, v in vars(args).items() if k not in ("func", "command") and v is not None}
+    options["ema_rates"] = tuple(options.get("ema_rates", (0.999,)))
+    options["use_labels"] = not options.pop("unconditional", False)
+    options["progress"] = not options.pop("no_progress", False)
+    out = train(TrainConfig(**options))
+    print(f"trained {args.method} for {args.steps} steps; model in {out} (cm sample --model {out})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .io.openai import SCHEDULERS
     from .networks.presets import PRESETS
@@ -147,6 +159,67 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument("--seed", type=int, default=0, help="seed of the initial weights")
     new.set_defaults(func=cmd_new)
 
+    from .training.config import METHODS, OPTIMIZERS, PRECISIONS, TrainConfig
+    from .training.distances import DISTANCES
+
+    defaults = TrainConfig(method="ict", data="digits", out=".")
+    train = sub.add_parser(
+        "train",
+        help="train a model (EDM teacher, CD, CT, iCT, ECT)",
+        description="Train a diffusion teacher or a consistency model. The run folder is a pipeline folder "
+                    "holding the EMA weights, checkpoints, metrics.jsonl and sample grids. Run it under "
+                    "torchrun for several processes; --batch-size is the global batch.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    train.add_argument("--method", choices=METHODS, required=True,
+                       help="edm: EDM denoiser (a CD teacher); cd: distillation from --teacher; ct: consistency "
+                            "training; ict: improved CT; ect: consistency tuning of --teacher")
+    train.add_argument("--data", required=True,
+                       help="digits, digits:test, toy:mog8|moons|checkerboard, an image folder, an EDM .zip "
+                            "or an ADM .npz")
+    train.add_argument("--out", required=True, help="run folder (created; must be new unless --resume)")
+    train.add_argument("--preset", default=None, help="network preset (default: from the data: tiny16, small32, mlp2d)")
+    train.add_argument("--resolution", type=_positive_int, default=None, help="resize images to this size")
+    train.add_argument("--unconditional", action="store_true", help="ignore class labels")
+    train.add_argument("--xflip", action="store_true", help="random horizontal flips")
+    train.add_argument("--teacher", default=None, help="EDM denoiser folder for cd and ect")
+    train.add_argument("--init-from-teacher", dest="init_from_teacher", action=argparse.BooleanOptionalAction,
+                       default=None, help="start the student from the teacher's weights (default: yes for ect)")
+    train.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size, help="global batch size")
+    train.add_argument("--steps", type=_positive_int, default=defaults.steps, help="optimizer steps")
+    train.add_argument("--lr", type=float, default=defaults.lr, help="learning rate")
+    train.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.optimizer)
+    train.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    train.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps, help="linear LR warm-up")
+    train.add_argument("--grad-clip", type=float, default=defaults.grad_clip, help="max gradient norm (0: off)")
+    train.add_argument("--accumulation", type=_positive_int, default=defaults.accumulation,
+                       help="micro-batches per step")
+    train.add_argument("--ema-rates", type=_float_list, default=list(defaults.ema_rates),
+                       help="EMA rates of the exported weights, e.g. 0.999,0.9999 (the first is exported)")
+    train.add_argument("--precision", choices=PRECISIONS, default=defaults.precision, help="autocast dtype")
+    train.add_argument("--dropout", type=float, default=None, help="override the preset's dropout")
+    train.add_argument("--seed", type=int, default=defaults.seed)
+    train.add_argument("--distance", choices=DISTANCES, default=None,
+                       help="consistency distance (default: l2 for cd/ct, pseudo_huber for ict/ect)")
+    train.add_argument("--num-scales", type=_positive_int, default=defaults.num_scales, help="CD grid size N")
+    train.add_argument("--target-mu", type=float, default=defaults.target_mu, help="CD target EMA rate")
+    train.add_argument("--solver", choices=["heun", "euler"], default=defaults.solver, help="CD teacher step")
+    train.add_argument("--s0", type=_positive_int, default=None, help="CT/iCT curriculum start (2 / 10)")
+    train.add_argument("--s1", type=_positive_int, default=None, help="CT/iCT curriculum end (150 / 1280)")
+    train.add_argument("--mu0", type=float, default=None, help="CT initial target EMA rate (0.9)")
+    train.add_argument("--mu-form", choices=["openai", "paper"], default=defaults.mu_form,
+                       help="CT mu(k): OpenAI's code (N-1) or the paper (N)")
+    train.add_argument("--ect-stages", type=_positive_int, default=defaults.ect_stages, help="ECT stages")
+    train.add_argument("--log-every", type=_positive_int, default=defaults.log_every)
+    train.add_argument("--save-every", type=_positive_int, default=defaults.save_every, help="checkpoint interval")
+    train.add_argument("--sample-every", type=_positive_int, default=defaults.sample_every, help="sample-grid interval")
+    train.add_argument("--keep", type=_positive_int, default=defaults.keep, help="checkpoints kept")
+    train.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    train.add_argument("--device", default=None, help="cpu, cuda (default: cuda when available)")
+    train.add_argument("--tensorboard", action="store_true", help="also log to RUN_DIR/tensorboard")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(func=cmd_train)
+
     convert = sub.add_parser("convert", help="convert checkpoints from other formats",
                              description="Convert checkpoints into diffusers pipeline folders.")
     convert_sub = convert.add_subparsers(dest="source", metavar="SOURCE", required=True)
@@ -177,6 +250,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InvalidInputError as exc:
         print(f"cm: error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:
+        from .training.loop import TrainingDiverged
+
+        if not isinstance(exc, TrainingDiverged):
+            raise
+        print(f"cm: training stopped: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("cm: interrupted", file=sys.stderr)
         return 130

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import InvalidInputError
-from .io.diffusers_format import load_unet, read_model_index, save_unet, write_model_index
+from .io.diffusers_format import load_network, read_model_index, save_network, write_model_index
 from .io.hub import resolve_model_path
 from .io.images import pil_image, to_uint8
 from .networks.unet import UNetModel
@@ -30,7 +30,7 @@ OUTPUT_TYPES = ("pil", "np", "pt")
 
 @dataclass
 class ImagePipelineOutput:
-    """`.images`: a list of PIL images, an NHWC float array in [0, 1], or an NCHW tensor in [0, 1]."""
+    """`.images`: PIL images, an NHWC float array or an NCHW tensor in [0, 1]; raw (N, dim) for points."""
 
     images: Any
     class_labels: torch.Tensor | None = None
@@ -67,7 +67,7 @@ class ConsistencyModelPipeline:
         """Load a diffusers pipeline folder (or a Hub id when online)."""
         folder = resolve_model_path(path_or_id)
         index = read_model_index(folder)
-        unet = load_unet(folder / "unet")
+        unet = load_network(folder / "unet")
         scheduler = CMStochasticIterativeScheduler.from_pretrained(folder, subfolder="scheduler")
         pipe = cls(unet, scheduler, index.get("_parametrization", "consistency"))
         return pipe.to(device=device, dtype=torch_dtype)
@@ -78,7 +78,7 @@ class ConsistencyModelPipeline:
         if not folder.parent.is_dir():
             raise InvalidInputError(f"path: the folder {folder.parent} does not exist")
         folder.mkdir(exist_ok=True)
-        save_unet(self.unet, folder / "unet")
+        save_network(self.unet, folder / "unet")
         self.scheduler.save_pretrained(folder / "scheduler")
         write_model_index(folder, self.parametrization)
 
@@ -88,7 +88,19 @@ class ConsistencyModelPipeline:
 
     @property
     def device(self) -> torch.device:
-        return self.unet.conv_in.weight.device
+        return next(self.unet.parameters()).device
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """The shape of one sample: (C, H, W) for a UNet, (dim,) for a point model (MLP)."""
+        cfg = self.unet.config
+        if hasattr(cfg, "image_size"):
+            return (cfg.in_channels, cfg.image_size, cfg.image_size)
+        return (cfg.dim,)
+
+    @property
+    def is_image_model(self) -> bool:
+        return len(self.sample_shape) == 3
 
     @property
     def dtype(self) -> torch.dtype:
@@ -114,7 +126,12 @@ class ConsistencyModelPipeline:
                 gen_device = generator.device if generator is not None else "cpu"
                 labels = torch.randint(0, num_classes, (batch_size,), generator=generator, device=gen_device)
         else:
-            labels = torch.as_tensor(class_labels).reshape(-1)
+            try:
+                labels = torch.as_tensor(class_labels).reshape(-1)
+            except (TypeError, ValueError, RuntimeError):
+                raise InvalidInputError(
+                    f"class_labels: {class_labels!r} must be integers in [0, {num_classes - 1}]"
+                ) from None
             if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
                 raise InvalidInputError(f"class_labels: {labels.tolist()} must be integers in [0, {num_classes - 1}]")
             labels = labels.long()
@@ -132,8 +149,7 @@ class ConsistencyModelPipeline:
 
     def prepare_latents(self, batch_size: int, latents: torch.Tensor | None, generator: Generator) -> torch.Tensor:
         """Unit-variance noise of the model's shape (float32), to be scaled by σ_max."""
-        cfg = self.unet.config
-        shape = (batch_size, cfg.in_channels, cfg.image_size, cfg.image_size)
+        shape = (batch_size, *self.sample_shape)
         if latents is None:
             return randn(shape, generator, device=self.device)
         if tuple(latents.shape) != shape:
@@ -158,6 +174,8 @@ class ConsistencyModelPipeline:
         """Sample `batch_size` images (Algorithm 1); `callback(step, timestep, x)` after each step."""
         if output_type not in OUTPUT_TYPES:
             raise InvalidInputError(f"output_type: {output_type!r} is not one of {', '.join(OUTPUT_TYPES)}")
+        if output_type == "pil" and not self.is_image_model:
+            raise InvalidInputError("output_type: 'pil' needs an image model; this model makes points, use 'np' or 'pt'")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidInputError(f"batch_size: {batch_size!r} must be a positive integer")
         if isinstance(generator, (list, tuple)) and len(generator) != batch_size:
@@ -184,6 +202,9 @@ class ConsistencyModelPipeline:
                 clip_denoised=cfg.clip_denoised, sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max,
                 callback=user_callback, progress=bar.update,
             )
+        if not self.is_image_model:  # points keep their coordinates
+            images = x if output_type == "pt" else x.cpu().numpy()
+            return ImagePipelineOutput(images=images, class_labels=labels) if return_dict else (images,)
         images = (x / 2 + 0.5).clamp(0, 1)
         if output_type != "pt":
             images = images.cpu().permute(0, 2, 3, 1).numpy()

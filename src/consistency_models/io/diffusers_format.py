@@ -15,13 +15,14 @@ import json
 import os
 import pickle
 import re
+from dataclasses import fields
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import InvalidInputError
+from ..networks.mlp import MLP, MLPConfig
 from ..networks.unet import UNetConfig, UNetModel
 from .atomic import atomic_path, write_json
 
@@ -158,15 +159,17 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
         if path.suffix == ".safetensors":
             return load_file(str(path))
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (SafetensorError, OSError, RuntimeError, EOFError, ValueError) as exc:
-        raise InvalidInputError(f"weights: corrupt or unreadable weights file {path}: {str(exc).splitlines()[0]}") from None
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        what = f" (it references {found.group(1)})" if found else ""
-        raise InvalidInputError(
-            f"weights: {path} needs pickle code execution to load, which is refused{what}; "
-            "only plain tensor checkpoints are read"
-        ) from None
+        if found:
+            raise InvalidInputError(
+                f"weights: {path} needs pickle code execution to load, which is refused "
+                f"(it references {found.group(1)}); only plain tensor checkpoints are read"
+            ) from None
+        raise InvalidInputError(f"weights: corrupt or unreadable weights file {path}: not a tensor checkpoint") from None
+    except Exception as exc:  # torch.load and safetensors raise many types for junk files
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise InvalidInputError(f"weights: corrupt or unreadable weights file {path}: {reason}") from None
 
 
 def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -185,29 +188,46 @@ def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], sour
     model.load_state_dict(state, strict=True)
 
 
-def load_unet(folder: str | os.PathLike) -> UNetModel:
-    """A `UNetModel` from a diffusers `unet/` folder (config.json + weights)."""
+def network_from_config(data: dict, source: str) -> torch.nn.Module:
+    """An untrained network from a `unet/config.json`: a `UNet2DModel` config or our `MLP`."""
+    if data.get("_class_name") == "MLP":
+        names = {f.name for f in fields(MLPConfig)}
+        try:
+            return MLP(MLPConfig(**{k: v for k, v in data.items() if k in names}))
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError(f"{source}: {exc}") from None
+    return UNetModel(unet_config_from_diffusers(data, source))
+
+
+def network_config(model: torch.nn.Module) -> dict:
+    """The config.json that `network_from_config` turns back into `model`'s architecture."""
+    if isinstance(model, MLP):
+        return {"_class_name": "MLP", **model.config.to_dict()}
+    return unet_config_to_diffusers(model.config)
+
+
+def load_network(folder: str | os.PathLike) -> torch.nn.Module:
+    """The network of a `unet/` folder (config.json + weights)."""
     folder = Path(folder)
-    cfg = unet_config_from_diffusers(read_json(folder / CONFIG_NAME, "unet config"), str(folder / CONFIG_NAME))
+    model = network_from_config(read_json(folder / CONFIG_NAME, "unet config"), str(folder / CONFIG_NAME))
     weights = folder / WEIGHTS_NAME
     if not weights.is_file() and (folder / WEIGHTS_NAME_BIN).is_file():
         weights = folder / WEIGHTS_NAME_BIN
     if not weights.is_file():
         raise InvalidInputError(f"weights: missing file {folder / WEIGHTS_NAME}")
     state = load_weights(weights)
-    model = UNetModel(cfg)
     load_state_into(model, {k: v.to(torch.float32) for k, v in state.items()}, str(weights))
     return model
 
 
-def save_unet(model: UNetModel, folder: str | os.PathLike) -> None:
+def save_network(model: torch.nn.Module, folder: str | os.PathLike) -> None:
     """Write config.json and the safetensors weights of `model` into `folder`, atomically per file."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_path(folder / WEIGHTS_NAME) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})
-    write_json(folder / CONFIG_NAME, unet_config_to_diffusers(model.config))
+    write_json(folder / CONFIG_NAME, network_config(model))
 
 
 def require_new_folder(path: str | os.PathLike, what: str) -> Path:

@@ -29,10 +29,11 @@ def resolve_model_path(name: str | os.PathLike) -> Path:
             f"model: {text!r} looks like a Hub id, but huggingface_hub is not installed; "
             "pip install 'consistency-models[hub]', or pass a local folder"
         ) from None
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
     try:
-        folder = Path(snapshot_download(text, allow_patterns=_PATTERNS))
+        folder = Path(snapshot_download(text, allow_patterns=_PATTERNS, local_files_only=offline))
         if not any((folder / "unet").glob("*.safetensors")):  # older repos carry only the .bin
-            folder = Path(snapshot_download(text, allow_patterns=[*_PATTERNS, "unet/*.bin"]))
+            folder = Path(snapshot_download(text, allow_patterns=[*_PATTERNS, "unet/*.bin"], local_files_only=offline))
         return folder
     except Exception as exc:  # network, auth, offline mode, missing repo: all end the same way
         reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__

@@ -1,6 +1,7 @@
 """Network architectures (no σ-scalings here)."""
 
-from .presets import PRESETS, preset
+from .mlp import MLP, MLPConfig
+from .presets import MLP_PRESETS, PRESETS, preset
 from .unet import UNetConfig, UNetModel
 
-__all__ = ["PRESETS", "UNetConfig", "UNetModel", "preset"]
+__all__ = ["MLP", "MLPConfig", "MLP_PRESETS", "PRESETS", "UNetConfig", "UNetModel", "preset"]

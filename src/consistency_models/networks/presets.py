@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .mlp import MLPConfig
 from .unet import UNetConfig
 
 PRESETS: dict[str, UNetConfig] = {
@@ -37,3 +38,9 @@ def preset(name: str, **overrides) -> UNetConfig:
     if name not in PRESETS:
         raise ValueError(f"preset: unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
     return UNetConfig(**{**PRESETS[name].to_dict(), **overrides})
+
+
+# MLPs for the 2-D toy distributions (kept apart from the UNet PRESETS).
+MLP_PRESETS: dict[str, MLPConfig] = {
+    "mlp2d": MLPConfig(dim=2, hidden=256, depth=4, emb_dim=64, num_classes=None, dropout=0.0),
+}

@@ -1,0 +1,83 @@
+"""Image archives: an EDM-style `.zip` and an ADM-style `.npz`, as `ImageDataset`s.
+
+- zip (NVlabs EDM `dataset_tool.py` output): PNG/JPEG files anywhere inside, taken in sorted
+  name order, and an optional top-level `dataset.json` `{"labels": [["path", label], ...]}`
+  (or `"labels": null`). Decoding rules: `consistency_models.data.decode`.
+- npz (guided-diffusion / ADM sample and reference batches): `arr_0` uint8 images
+  (N, H, W, C) with C = 1 or 3 (or (N, H, W) grayscale), optional `arr_1` integer labels (N,).
+With `resolution`, images of another size are center-cropped and resized (Lanczos).
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InvalidInputError
+from .dataset import ImageDataset
+from .decode import check_resolution, crop_resize_array, decode_images, is_image_name, labels_from_json
+
+
+def load_zip(
+    path: str | os.PathLike,
+    resolution: int | None = None,           # None: all images must share one size
+    use_labels: bool = True,                 # labels from dataset.json when it has them
+    xflip: bool = False,                     # random horizontal flips in `augment`
+) -> ImageDataset:
+    """The images of an EDM-style zip as an `ImageDataset` (float32 in [−1, 1], NCHW)."""
+    path = Path(path)
+    check_resolution(resolution)
+    try:
+        archive = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise InvalidInputError(f"path: {path} is not a readable zip file ({type(exc).__name__})") from None
+    with archive:
+        names = sorted(n for n in archive.namelist() if not n.endswith("/") and is_image_name(n))
+        if not names:
+            raise InvalidInputError(f"path: the zip {path} holds no PNG/JPEG images")
+        labels = None
+        if use_labels and "dataset.json" in archive.namelist():
+            labels = labels_from_json(archive.read("dataset.json"), names, f"{path}:dataset.json")
+        files = [(f"{path}:{name}", partial(archive.open, name)) for name in names]
+        images = decode_images(files, resolution)
+    return ImageDataset.from_uint8(images, labels, None, xflip, source=str(path))
+
+
+def load_npz(
+    path: str | os.PathLike,
+    resolution: int | None = None,           # None: keep the stored size
+    use_labels: bool = True,                 # use arr_1 when present
+    xflip: bool = False,                     # random horizontal flips in `augment`
+) -> ImageDataset:
+    """`arr_0` (uint8 NHWC) and optional `arr_1` (labels) of an ADM-style npz as an `ImageDataset`."""
+    path = Path(path)
+    check_resolution(resolution)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise InvalidInputError(f"path: {path} is not a readable .npz file ({type(exc).__name__})") from None
+    if "arr_0" not in arrays:
+        raise InvalidInputError(f"path: {path} has no arr_0 (found {', '.join(sorted(arrays)) or 'nothing'})")
+    images = arrays["arr_0"]
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3) or len(images) == 0:
+        raise InvalidInputError(
+            f"path: {path} arr_0 is {images.dtype} {images.shape}; need uint8 (N, H, W, C), N ≥ 1, C = 1 or 3"
+        )
+    labels = None
+    if use_labels and "arr_1" in arrays:
+        labels = arrays["arr_1"]
+        if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
+            raise InvalidInputError(
+                f"path: {path} arr_1 is {labels.dtype} {labels.shape}; need {len(images)} integer labels ≥ 0"
+            )
+        labels = labels.astype(np.int64)
+    if resolution is not None:
+        images = crop_resize_array(images, resolution)
+    return ImageDataset.from_uint8(images, labels, None, xflip, source=str(path))

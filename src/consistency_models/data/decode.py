@@ -1,0 +1,120 @@
+"""Decoding PNG/JPEG files into one uint8 NHWC array, and EDM's `dataset.json` labels.
+
+Rules shared by the image folder and the zip: the first image fixes the channels (grayscale
+`L` → 1 channel, anything else → RGB, 3 channels) and every image is converted to it; all
+images must have one size unless `resolution` is given, in which case each is center-cropped
+to a square and resized to resolution × resolution with Lanczos (as EDM's `dataset_tool.py
+--transform=center-crop`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import IO
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import InvalidInputError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+
+
+def is_image_name(name: str) -> bool:
+    """True for *.png, *.jpg, *.jpeg (any case), skipping hidden files such as macOS `._x.png`."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    return base.lower().endswith(IMAGE_SUFFIXES) and not base.startswith(".")
+
+
+def check_resolution(resolution: int | None) -> int | None:
+    if resolution is not None and (isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1):
+        raise InvalidInputError(f"resolution: {resolution!r} must be a positive number of pixels or None")
+    return resolution
+
+
+def center_crop_resize(image: Image.Image, resolution: int) -> Image.Image:
+    """Crop the largest centered square, then resize it to resolution × resolution (Lanczos)."""
+    w, h = image.size
+    if (w, h) == (resolution, resolution):
+        return image
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    square = image.crop((left, top, left + side, top + side))
+    return square.resize((resolution, resolution), Image.LANCZOS)
+
+
+def open_image(open_file: Callable[[], IO[bytes]], name: str) -> Image.Image:
+    """Open and fully decode one image; an unreadable file is an InvalidInputError naming it."""
+    try:
+        with open_file() as f:
+            image = Image.open(f)
+            image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise InvalidInputError(f"path: {name} is not a readable PNG/JPEG image ({type(exc).__name__})") from None
+    return image
+
+
+def decode_images(
+    files: Sequence[tuple[str, Callable[[], IO[bytes]]]],  # (name for messages, opener) per image
+    resolution: int | None = None,                          # None = all must share one size
+) -> np.ndarray:
+    """Decode `files` into one uint8 array (N, H, W, C), C = 1 or 3 as the first image says."""
+    mode = None
+    size = None
+    first = ""
+    out = []
+    for name, open_file in files:
+        image = open_image(open_file, name)
+        if mode is None:
+            mode = "L" if image.mode in GRAY_MODES else "RGB"
+            first = name
+        image = image.convert(mode)
+        if resolution is not None:
+            image = center_crop_resize(image, resolution)
+        if size is None:
+            size = image.size
+        elif image.size != size:
+            raise InvalidInputError(
+                f"path: {name} is {image.size[0]}×{image.size[1]} but {first} is {size[0]}×{size[1]}; "
+                "give a resolution to center-crop and resize all images"
+            )
+        array = np.asarray(image, dtype=np.uint8)
+        out.append(array[..., None] if array.ndim == 2 else array)
+    return np.stack(out)
+
+
+def labels_from_json(text: bytes | str, names: Sequence[str], where: str) -> np.ndarray | None:
+    """EDM's `dataset.json` `{"labels": [["path", label], ...]}` (or `null`) → one int64 label per name."""
+    try:
+        table = json.loads(text).get("labels")
+        if table is None:
+            return None
+        table = {str(path).replace("\\", "/"): label for path, label in table}
+    except (ValueError, TypeError, AttributeError):
+        raise InvalidInputError(
+            f'path: {where} is not of the form {{"labels": [["path", label], ...]}}'
+        ) from None
+    labels = []
+    for name in names:
+        if name not in table:
+            raise InvalidInputError(f"path: {where} has no label for the image {name}")
+        label = table[name]
+        if isinstance(label, bool) or not isinstance(label, int) or label < 0:
+            raise InvalidInputError(f"path: {where} gives {name} the label {label!r}; labels must be integers ≥ 0")
+        labels.append(label)
+    return np.asarray(labels, dtype=np.int64)
+
+
+def crop_resize_array(images: np.ndarray, resolution: int) -> np.ndarray:
+    """`center_crop_resize` applied to every image of a uint8 (N, H, W, C) array."""
+    n, h, w, c = images.shape
+    if (h, w) == (resolution, resolution):
+        return images
+    out = np.empty((n, resolution, resolution, c), dtype=np.uint8)
+    for i, image in enumerate(images):
+        pil = Image.fromarray(image[..., 0] if c == 1 else image)
+        resized = np.asarray(center_crop_resize(pil, resolution), dtype=np.uint8)
+        out[i] = resized[..., None] if c == 1 else resized
+    return out

@@ -1,0 +1,281 @@
+"""The training loop: optimizer, EMA, distributed, checkpoints, logging — and nothing else.
+
+The loss (a callable from `losses.py`) decides what is learned; this file decides how the
+steps are taken. Randomness is a pure function of (seed, step): the data order of each epoch,
+and the noise/σ draws of each step come from generators seeded from them, so a resumed run
+continues exactly where the interrupted one stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import InvalidInputError
+from ..io.atomic import write_json
+from ..parametrization import PARAMETRIZATIONS, Preconditioned
+from .batch_rng import BatchRNG, local_rows
+from .checkpoint import capture_rng_state, latest_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
+from .config import TrainConfig
+from .distributed import DistributedContext, setup_distributed
+from .ema import EMA
+from .losses import CDLoss, CTLoss, ECTLoss, EDMLoss, ICTLoss, Loss
+from .models import build_network, export_pipeline, load_teacher, preview
+from ..data import load_dataset
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
+    """A generator for one purpose (`stream`) at one step, the same on every process."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 16 + stream)
+
+
+def epoch_order(num_items: int, seed: int, epoch: int) -> torch.Tensor:
+    """The data order of an epoch: a permutation seeded by (seed, epoch)."""
+    return torch.randperm(num_items, generator=step_generator(seed, epoch, 15))
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up to `lr` over `warmup_steps`, then constant."""
+    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    return cfg.lr
+
+
+class Trainer:
+    """Runs one training configuration from scratch or from its newest checkpoint."""
+
+    def __init__(self, cfg: TrainConfig, ctx: DistributedContext | None = None) -> None:
+        self.cfg = cfg
+        self.ctx = ctx or setup_distributed(cfg.device)
+        self.out = Path(cfg.out)
+        self._check_run_folder()
+        self.dataset = load_dataset(cfg.data, resolution=cfg.resolution, use_labels=cfg.use_labels, xflip=cfg.xflip)
+        self.data_x, self.data_y = self.dataset.tensors()
+        if len(self.dataset) < cfg.batch_size:
+            raise InvalidInputError(
+                f"batch_size: {cfg.batch_size} is larger than the data set ({len(self.dataset)} items)"
+            )
+        torch.manual_seed(cfg.seed)
+        device = self.ctx.device
+        self.teacher = load_teacher(cfg.teacher, device) if cfg.teacher else None
+        self.network = build_network(cfg, self.dataset, self.teacher).to(device)
+        self.parametrization = "edm" if cfg.method == "edm" else "consistency"
+        self.loss = self._build_loss()
+        params = [p for p in self.network.parameters() if p.requires_grad]
+        opt_cls = torch.optim.RAdam if cfg.optimizer == "radam" else torch.optim.AdamW
+        self.optimizer = opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.ema = EMA(self.network, cfg.ema_rates) if cfg.ema_rates else None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "float16" and device.type == "cuda")
+        self.step = 0
+        self.rows = local_rows(cfg.batch_size // cfg.accumulation, self.ctx.rank, self.ctx.world_size)
+        if cfg.resume:
+            self._resume()
+
+    # -- setup ----------------------------------------------------------------------------
+    def _check_run_folder(self) -> None:
+        cfg = self.cfg
+        if not self.out.parent.is_dir():
+            raise InvalidInputError(f"out: the folder {self.out.parent} does not exist")
+        has_run = (self.out / "checkpoints").is_dir() and any((self.out / "checkpoints").iterdir())
+        if has_run and not cfg.resume:
+            raise InvalidInputError(f"out: {self.out} already holds a run; pass --resume to continue it or choose a new folder")
+        if not has_run and self.out.exists() and any(self.out.iterdir()) and not cfg.resume:
+            raise InvalidInputError(f"out: {self.out} exists and is not empty; choose a new folder")
+
+    def _wrap(self, network: nn.Module, parametrization: str) -> Preconditioned:
+        cfg = self.cfg
+        return PARAMETRIZATIONS[parametrization](network, cfg.sigma_data, cfg.sigma_min)
+
+    def _build_loss(self) -> Loss:
+        cfg = self.cfg
+        trained = self.network
+        if self.ctx.enabled:
+            trained = nn.parallel.DistributedDataParallel(
+                self.network, device_ids=[self.ctx.device.index] if self.ctx.device.type == "cuda" else None
+            )
+        self.trained = trained
+        self.target_network: nn.Module | None = None
+        sigma = dict(sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max, rho=cfg.rho)
+        if cfg.method == "edm":
+            return EDMLoss(self._wrap(trained, "edm"))
+        student = self._wrap(trained, "consistency")
+        if cfg.method in ("cd", "ct"):
+            self.target_network = copy.deepcopy(self.network).requires_grad_(False)
+            target = self._wrap(self.target_network, "consistency")
+        else:
+            target = self._wrap(self.network, "consistency")  # stop-grad θ, no EMA
+        if cfg.method == "cd":
+            teacher = self._wrap(self.teacher, "edm")
+            return CDLoss(student, target, teacher, cfg.num_scales, cfg.target_mu, cfg.solver, cfg.distance, **sigma)
+        if cfg.method == "ct":
+            return CTLoss(student, target, cfg.steps, cfg.s0, cfg.s1, cfg.mu0, cfg.mu_form, cfg.distance, **sigma)
+        if cfg.method == "ict":
+            return ICTLoss(student, target, cfg.steps, cfg.s0, cfg.s1, distance=cfg.distance, **sigma)
+        return ECTLoss(student, cfg.steps, cfg.ect_stages, sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max,
+                       target=target)
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        state = {
+            "config": self.cfg.to_dict(),
+            "step": self.step,
+            "network": self.network.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": capture_rng_state(),
+            "scaler": self.scaler.state_dict(),
+        }
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        if self.target_network is not None:
+            state["target"] = self.target_network.state_dict()
+        return state
+
+    def _resume(self) -> None:
+        path = latest_checkpoint(self.out)
+        if path is None:
+            return
+        state = load_checkpoint(path)
+        saved = TrainConfig.from_dict(state["config"]).to_dict()
+        now = self.cfg.to_dict()
+        changed = [k for k in now if k not in TrainConfig.RESUMABLE and saved.get(k) != now[k]]
+        if changed:
+            details = ", ".join(f"{k}={saved.get(k)!r} (now {now[k]!r})" for k in changed[:4])
+            raise InvalidInputError(f"resume: {self.out} was trained with other settings: {details}")
+        self.network.load_state_dict(state["network"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        if self.target_network is not None:
+            self.target_network.load_state_dict(state["target"])
+        restore_rng_state(state["rng"])
+        self.step = int(state["step"])
+
+    def save(self) -> None:
+        """Checkpoint (rank 0), then refresh the run folder's pipeline files (EMA weights)."""
+        if self.ctx.is_main:
+            save_checkpoint(self.out, self.step, self.state_dict(), keep=self.cfg.keep)
+            export_pipeline(self, self.out)
+        self.ctx.barrier()
+
+    # -- the loop -----------------------------------------------------------------------------
+    def batch(self, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """This process's rows of micro-batch `micro` of global step `step`."""
+        cfg = self.cfg
+        micro_batch = cfg.batch_size // cfg.accumulation
+        per_epoch = len(self.dataset) // micro_batch
+        index = step * cfg.accumulation + micro
+        epoch, position = divmod(index, per_epoch)
+        order = epoch_order(len(self.dataset), cfg.seed, epoch)
+        rows = order[position * micro_batch:(position + 1) * micro_batch]
+        x = self.data_x[rows]
+        if cfg.xflip:  # flip the whole global micro-batch, so every process draws alike
+            x = self.dataset.augment(x, step_generator(cfg.seed, index, 14))
+        x, rows = x[self.rows], rows[self.rows]
+        y = self.data_y[rows] if self.dataset.num_classes and cfg.use_labels else None
+        device = self.ctx.device
+        return x.to(device), (y.to(device) if y is not None else None)
+
+    def train_step(self) -> float:
+        cfg = self.cfg
+        device = self.ctx.device
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, self.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=device)
+        micro_batch = cfg.batch_size // cfg.accumulation
+        autocast_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(cfg.precision)
+        for micro in range(cfg.accumulation):
+            x, y = self.batch(self.step, micro)
+            rng = BatchRNG(step_generator(cfg.seed, self.step * cfg.accumulation + micro, 0), micro_batch,
+                           self.rows, device)
+            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+                per_sample = self.loss(x, y, self.step, rng)
+            # Mean over the global micro-batch: DDP averages gradients over ranks.
+            loss = per_sample.mean() / cfg.accumulation
+            self.scaler.scale(loss).backward()
+            total += loss.detach()
+        total = self.ctx.mean(total)
+        value = float(total)
+        if not math.isfinite(value):
+            raise TrainingDiverged(
+                f"the loss became {value} at step {self.step}; the run stopped and its last good checkpoint "
+                f"in {self.out / 'checkpoints'} is kept (try a lower --lr or --grad-clip)"
+            )
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = None
+        if cfg.grad_clip:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.network.parameters(), cfg.grad_clip))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.loss.after_step(self.step)
+        if self.ema is not None:
+            self.ema.update(self.network)
+        self.step += 1
+        self.last_grad_norm = grad_norm
+        return value
+
+    def run(self) -> Path:
+        """Train until `steps`; returns the run folder (a pipeline folder)."""
+        cfg = self.cfg
+        main = self.ctx.is_main
+        if main:
+            self.out.mkdir(exist_ok=True)
+            write_json(self.out / "train_config.json", cfg.to_dict())
+        writer = self._tensorboard() if main and cfg.tensorboard else None
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not (main and cfg.progress), desc=f"train {cfg.method}",
+                   dynamic_ncols=True)
+        started, images = time.perf_counter(), 0
+        try:
+            while self.step < cfg.steps:
+                value = self.train_step()
+                images += cfg.batch_size
+                rate = images / max(time.perf_counter() - started, 1e-9)
+                bar.update(1)
+                bar.set_postfix(loss=f"{value:.4g}", img_s=f"{rate:.0f}")
+                if main and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
+                    self._log({"step": self.step, "loss": value, "lr": learning_rate(cfg, self.step - 1),
+                               "grad_norm": self.last_grad_norm, "images_per_s": rate}, writer)
+                if self.step % cfg.save_every == 0 or self.step == cfg.steps:
+                    self.save()
+                if main and (self.step % cfg.sample_every == 0 or self.step == cfg.steps):
+                    preview(self, self.out / "samples" / f"step-{self.step:08d}.png")
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
+        return self.out
+
+    def _log(self, record: dict, writer) -> None:
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if writer is not None:
+            for key, value in record.items():
+                if key != "step" and value is not None:
+                    writer.add_scalar(key, value, record["step"])
+
+    def _tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise InvalidInputError("tensorboard: the tensorboard package is not installed; pip install tensorboard") from None
+        return SummaryWriter(str(self.out / "tensorboard"))
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run `cfg` (in this process, or as one rank of a torchrun job)."""
+    return Trainer(cfg).run()
+
+
+__all__ = ["Trainer", "TrainingDiverged", "train"]

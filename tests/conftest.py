@@ -1,0 +1,148 @@
+"""Shared fixtures: small random networks (ours and diffusers'), saved pipeline folders, a network guard.
+
+Everything here is real: real `UNet2DModel`s, real safetensors files written by
+`save_pretrained`. Networks get seeded random weights everywhere (diffusers and our default
+init leave some layers at zero, which would hide wiring mistakes).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+
+import pytest
+import torch
+from diffusers import CMStochasticIterativeScheduler as DiffusersScheduler
+from diffusers import ConsistencyModelPipeline as DiffusersPipeline
+from diffusers import UNet2DModel
+
+from consistency_models import CMStochasticIterativeScheduler, ConsistencyModelPipeline, UNetModel, preset
+from consistency_models.io.diffusers_format import unet_config_to_diffusers
+from openai_reference_unet import randomize_
+
+SLOW_ENV = "CM_SLOW_TESTS"
+
+# One intra-op thread: the networks here are tiny, and on a 2-core machine shared with another
+# busy process two OpenMP threads spin against each other (a 0.07 s forward then takes ~3 s).
+torch.set_num_threads(int(os.environ.get("CM_TEST_THREADS", "1")))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", f"slow: takes about a minute on 2 CPU cores; runs only with {SLOW_ENV}=1")
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get(SLOW_ENV) == "1":
+        return
+    skip = pytest.mark.skip(reason=f"slow test; set {SLOW_ENV}=1 to run it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+# -- builders ---------------------------------------------------------------------------------
+def diffusers_test_config(num_classes: int | None = 1000) -> dict:
+    """`UNet2DModel` kwargs of preset('test') as our translation writes them (without `_` keys)."""
+    cfg = {k: v for k, v in unet_config_to_diffusers(preset("test")).items() if not k.startswith("_")}
+    cfg["num_class_embeds"] = num_classes
+    return cfg
+
+
+@torch.no_grad()
+def perturb_(model: torch.nn.Module, seed: int, std: float = 0.1) -> torch.nn.Module:
+    """Add seeded Gaussian noise to every parameter, so no layer stays at its (zero) init."""
+    gen = torch.Generator().manual_seed(seed)
+    for p in model.parameters():
+        p.add_(torch.randn(p.shape, generator=gen, dtype=torch.float32).to(p.dtype) * std)
+    return model
+
+
+def build_diffusers_unet(config: dict, seed: int = 0) -> UNet2DModel:
+    """A diffusers `UNet2DModel` with deterministic, non-trivial random weights."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        unet = UNet2DModel(**config)
+    return perturb_(unet, seed + 1).eval()
+
+
+def build_unet(cfg, seed: int = 0, std: float = 0.05) -> UNetModel:
+    """Our `UNetModel` with every parameter drawn from a seeded generator."""
+    unet = UNetModel(cfg)
+    return randomize_(unet, torch.Generator().manual_seed(seed), std=std).eval()
+
+
+def save_diffusers_pipeline(unet: UNet2DModel, folder, num_train_timesteps: int = 40) -> None:
+    scheduler = DiffusersScheduler(num_train_timesteps=num_train_timesteps, sigma_min=0.002, sigma_max=80.0)
+    DiffusersPipeline(unet=unet, scheduler=scheduler).save_pretrained(folder)
+
+
+# -- fixtures ---------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def diffusers_unet():
+    """diffusers' test UNet (32 px, widths 32/64, head dim 8, 1000 classes), random weights."""
+    return build_diffusers_unet(diffusers_test_config(1000), seed=0)
+
+
+@pytest.fixture(scope="session")
+def diffusers_unet_uncond():
+    """The same architecture without class embedding (num_class_embeds None)."""
+    return build_diffusers_unet(diffusers_test_config(None), seed=10)
+
+
+@pytest.fixture(scope="session")
+def diffusers_pipeline_dir(tmp_path_factory, diffusers_unet):
+    """A pipeline folder written by diffusers' own `ConsistencyModelPipeline.save_pretrained` (N = 40)."""
+    folder = tmp_path_factory.mktemp("diffusers_pipe")
+    save_diffusers_pipeline(diffusers_unet, folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def diffusers_pipeline_dir_uncond(tmp_path_factory, diffusers_unet_uncond):
+    folder = tmp_path_factory.mktemp("diffusers_pipe_uncond")
+    save_diffusers_pipeline(diffusers_unet_uncond, folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def unet():
+    """Our UNet in the 'test' preset (class-conditional, 1000 classes), random weights."""
+    return build_unet(preset("test"), seed=1)
+
+
+@pytest.fixture(scope="session")
+def pipe(unet):
+    """Our pipeline around `unet` with the default N = 40 scheduler (the pipeline keeps no state)."""
+    p = ConsistencyModelPipeline(unet, CMStochasticIterativeScheduler())
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+@pytest.fixture(scope="session")
+def pipeline_dir(tmp_path_factory, pipe):
+    """`pipe` saved with our save_pretrained; read-only for tests (copy it to change files)."""
+    folder = tmp_path_factory.mktemp("our_pipe") / "pipe"
+    pipe.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def pipeline_copy(tmp_path, pipeline_dir):
+    """A private copy of `pipeline_dir` that a test may damage."""
+    return shutil.copytree(pipeline_dir, tmp_path / "pipe")
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Refuse (and record) every DNS lookup and socket connection made during the test."""
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("network access is disabled in tests")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    return attempts
