@@ -87,7 +87,6 @@ def gray_pipe():
     (dict(sigmas=[80.0, 0.002]), r"^sigmas: .*sigma_min=0.002"),
     (dict(num_inference_steps=0), r"^num_inference_steps: 0"),
     (dict(num_inference_steps=41), r"^num_inference_steps: 41"),
-    (dict(num_inference_steps=None), r"^num_inference_steps"),
     (dict(class_labels=[1000, 0]), r"^class_labels: \[1000, 0\] must be integers in \[0, 999\]"),
     (dict(class_labels=[-1, 0]), r"^class_labels: \[-1, 0\] must be integers"),
     (dict(class_labels=2.5), r"^class_labels: .*2\.5.*integers"),

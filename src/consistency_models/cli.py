@@ -6,6 +6,7 @@ Bad input prints one line `cm: error: ...` and exits with code 2, without a trac
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -52,7 +53,7 @@ def _device(name: str) -> torch.device:
 
 def cmd_sample(args: argparse.Namespace) -> None:
     """Sample a batch and write it as a PNG grid, a folder of PNGs or an ADM `.npz`."""
-    from .io.images import output_kind, save_images, to_uint8
+    from .io.images import output_kind, save_images, save_points, to_uint8
     from .pipeline import ConsistencyModelPipeline
 
     output_kind(args.out)  # refuse a bad output path before any work
@@ -69,6 +70,10 @@ def cmd_sample(args: argparse.Namespace) -> None:
         output_type="np",
     )
     labels = result.class_labels.cpu().numpy() if result.class_labels is not None else None
+    if not pipe.is_image_model:
+        save_points(result.images, args.out, labels)
+        print(f"wrote {len(result.images)} points to {args.out}")
+        return
     files = save_images(to_uint8(result.images), args.out, labels)
     where = files[0] if len(files) == 1 else f"{len(files)} files in {files[0].parent}"
     print(f"wrote {len(result.images)} images to {where}")
@@ -106,18 +111,26 @@ def cmd_train(args: argparse.Namespace) -> None:
     options["use_labels"] = not options.pop("unconditional", False)
     options["progress"] = not options.pop("no_progress", False)
     out = train(TrainConfig(**options))
-    print(f"trained {args.method} for {args.steps} steps; model in {out} (cm sample --model {out})")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"trained {args.method} for {args.steps} steps; model in {out} (cm sample --model {out})")
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse with the CLI's error format: one line `cm: error: ...`, exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"cm: error: {message} (see '{self.prog} --help')\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .io.openai import SCHEDULERS
     from .networks.presets import PRESETS
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="cm",
         description="Consistency models: one-step and few-step image generation (Song et al. 2023).",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=OneLineErrorParser)
 
     sample = sub.add_parser(
         "sample",
@@ -125,15 +138,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate images with one-step or multistep consistency sampling (Algorithm 1).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    sample.add_argument("--model", required=True,
-                        help="pipeline folder (diffusers format) or Hugging Face Hub id such as "
-                             "openai/diffusers-cd_imagenet64_l2")
+    sample.add_argument("--model", default="digits",
+                        help="embedded model name (digits, digits-teacher), pipeline folder (diffusers format) "
+                             "or Hugging Face Hub id such as openai/diffusers-cd_imagenet64_l2")
     sample.add_argument("--out", required=True,
                         help="samples.png (a grid), DIR/ (one PNG per image) or samples.npz "
                              "(arr_0: uint8 NHWC, arr_1: labels)")
     sample.add_argument("--batch-size", type=_positive_int, default=16, help="number of images")
     steps = sample.add_mutually_exclusive_group()
-    steps.add_argument("--steps", type=_positive_int, default=1, help="number of evenly spaced sampling steps")
+    steps.add_argument("--steps", type=_positive_int, default=None,
+                       help="sampling steps: evenly spaced grid points for a consistency model (default 1); "
+                            "Heun steps for a diffusion (EDM) model (default 18)")
     steps.add_argument("--timesteps", type=_int_list, default=None,
                        help="descending grid indices, e.g. 22,0 (index 0 = sigma_max)")
     steps.add_argument("--sigmas", type=_float_list, default=None,
@@ -222,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     convert = sub.add_parser("convert", help="convert checkpoints from other formats",
                              description="Convert checkpoints into diffusers pipeline folders.")
-    convert_sub = convert.add_subparsers(dest="source", metavar="SOURCE", required=True)
+    convert_sub = convert.add_subparsers(dest="source", metavar="SOURCE", required=True,
+                                         parser_class=OneLineErrorParser)
     openai = convert_sub.add_parser(
         "openai",
         help="OpenAI consistency_models .pt checkpoint",

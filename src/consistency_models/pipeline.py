@@ -22,7 +22,8 @@ from .io.hub import resolve_model_path
 from .io.images import pil_image, to_uint8
 from .networks.unet import UNetModel
 from .parametrization import PARAMETRIZATIONS, Preconditioned
-from .sampling import Generator, randn, resolve_sigmas, sample_consistency
+from .parametrization import karras_sigmas
+from .sampling import Generator, randn, resolve_sigmas, sample_consistency, sample_heun
 from .scheduler import CMStochasticIterativeScheduler
 
 OUTPUT_TYPES = ("pil", "np", "pt")
@@ -162,7 +163,7 @@ class ConsistencyModelPipeline:
         self,
         batch_size: int = 1,
         class_labels: torch.Tensor | Sequence[int] | int | None = None,
-        num_inference_steps: int = 1,
+        num_inference_steps: int | None = None,
         timesteps: Sequence[int] | None = None,
         sigmas: Sequence[float] | None = None,
         generator: Generator = None,
@@ -171,7 +172,12 @@ class ConsistencyModelPipeline:
         return_dict: bool = True,
         callback: Callable[[int, float, torch.Tensor], None] | None = None,
     ) -> ImagePipelineOutput | tuple:
-        """Sample `batch_size` images (Algorithm 1); `callback(step, timestep, x)` after each step."""
+        """Sample `batch_size` images; `callback(step, timestep, x)` after each step.
+
+        A consistency model samples with Algorithm 1 (default: one step). An EDM denoiser
+        (`parametrization="edm"`, e.g. a teacher) samples with the deterministic Heun sampler
+        on the N-point Karras grid ending at σ = 0 (default N = 18, 2N − 1 evaluations).
+        """
         if output_type not in OUTPUT_TYPES:
             raise InvalidInputError(f"output_type: {output_type!r} is not one of {', '.join(OUTPUT_TYPES)}")
         if output_type == "pil" and not self.is_image_model:
@@ -183,9 +189,19 @@ class ConsistencyModelPipeline:
                 f"generator: got a list of {len(generator)} generators for batch_size={batch_size}; give one per sample"
             )
         cfg = self.scheduler.config
-        schedule = resolve_sigmas(
-            num_inference_steps, timesteps, sigmas, cfg.num_train_timesteps, cfg.sigma_min, cfg.sigma_max, cfg.rho
-        )
+        edm = self.parametrization == "edm"
+        if edm and timesteps is None and sigmas is None:
+            steps = 18 if num_inference_steps is None else num_inference_steps
+            if not isinstance(steps, int) or steps < 2:
+                raise InvalidInputError(f"num_inference_steps: {steps!r} must be at least 2 for a diffusion (EDM) model")
+            schedule = karras_sigmas(steps, cfg.sigma_min, cfg.sigma_max, cfg.rho).tolist() + [0.0]
+        else:
+            schedule = resolve_sigmas(
+                1 if num_inference_steps is None else num_inference_steps, timesteps, sigmas,
+                cfg.num_train_timesteps, cfg.sigma_min, cfg.sigma_max, cfg.rho,
+            )
+            if edm:  # the ODE runs down to σ = 0 instead of stopping at σ_min
+                schedule[-1] = 0.0
         noise = self.prepare_latents(batch_size, latents, generator)
         labels = self.prepare_class_labels(batch_size, class_labels, generator)
         x = noise * schedule[0]
@@ -193,15 +209,20 @@ class ConsistencyModelPipeline:
         user_callback = None
         if callback is not None:
             def user_callback(i: int, sigma: float, sample: torch.Tensor) -> None:
-                callback(i, float(self.scheduler.sigma_to_t(sigma)), sample)
+                callback(i, float(self.scheduler.sigma_to_t(max(sigma, 1e-44))), sample)
 
         bar_config = {"disable": len(schedule) <= 2, "desc": "sampling", "leave": False, **self.progress_bar_config}
         with tqdm(total=len(schedule) - 1, **bar_config) as bar:
-            x = sample_consistency(
-                self.model, x, schedule, class_labels=labels, generator=generator, s_noise=cfg.s_noise,
-                clip_denoised=cfg.clip_denoised, sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max,
-                callback=user_callback, progress=bar.update,
-            )
+            if edm:
+                x = sample_heun(self.model, x, schedule, class_labels=labels, callback=user_callback,
+                                progress=bar.update)
+                x = x.clamp(-1, 1) if cfg.clip_denoised else x
+            else:
+                x = sample_consistency(
+                    self.model, x, schedule, class_labels=labels, generator=generator, s_noise=cfg.s_noise,
+                    clip_denoised=cfg.clip_denoised, sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max,
+                    callback=user_callback, progress=bar.update,
+                )
         if not self.is_image_model:  # points keep their coordinates
             images = x if output_type == "pt" else x.cpu().numpy()
             return ImagePipelineOutput(images=images, class_labels=labels) if return_dict else (images,)

@@ -8,13 +8,25 @@ from pathlib import Path
 
 from ..errors import InvalidInputError
 
+# Models shipped inside the package (src/consistency_models/weights/NAME), by name.
+EMBEDDED = {
+    "digits": "digits",                  # the default model: a consistency model of 16-px digits
+    "digits-teacher": "digits-teacher",  # its EDM teacher (a diffusion denoiser)
+}
+DEFAULT_MODEL = "digits"
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _PATTERNS = ["model_index.json", "unet/config.json", "unet/*.safetensors", "scheduler/*.json"]
 
 
 def resolve_model_path(name: str | os.PathLike) -> Path:
-    """A local folder as it is; an `owner/name` id is fetched through huggingface_hub when online."""
+    """An embedded model name ("digits"), a local folder, or an `owner/name` Hub id (fetched when online)."""
     path = Path(name)
+    if str(name) in EMBEDDED and not path.exists():
+        folder = Path(__file__).resolve().parent.parent / "weights" / EMBEDDED[str(name)]
+        if not (folder / "model_index.json").is_file():
+            raise InvalidInputError(f"model: the embedded model {name!r} is missing from this installation ({folder})")
+        return folder
     if path.exists():
         if not path.is_dir():
             raise InvalidInputError(f"model: {path} is a file; give a pipeline folder (model_index.json, unet/, scheduler/)")

@@ -63,6 +63,22 @@ def output_kind(out: str | os.PathLike) -> str:
     return kind
 
 
+def _save_npz(path: Path, arrays: dict) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+
+def save_points(points: np.ndarray, out: str | os.PathLike, labels: np.ndarray | None = None) -> None:
+    """Low-dimensional samples (N, D) as an .npz: arr_0 float32, arr_1 labels when given."""
+    if output_kind(out) != "npz":
+        raise InvalidInputError(f"out: {str(out)!r} must end in .npz for a model that makes points, not images")
+    arrays = {"arr_0": np.asarray(points, dtype=np.float32)}
+    if labels is not None:
+        arrays["arr_1"] = np.asarray(labels, dtype=np.int64)
+    _save_npz(Path(out), arrays)
+
+
 def save_images(images: np.ndarray, out: str | os.PathLike, labels: np.ndarray | None = None) -> list[Path]:
     """Write uint8 NHWC `images` as `out` says (see `output_kind`); returns the files written."""
     kind = output_kind(out)
@@ -74,9 +90,7 @@ def save_images(images: np.ndarray, out: str | os.PathLike, labels: np.ndarray |
         arrays = {"arr_0": images}
         if labels is not None:
             arrays["arr_1"] = np.asarray(labels, dtype=np.int64)
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
+        _save_npz(path, arrays)
         return [path]
     path.mkdir(exist_ok=True)
     files = []

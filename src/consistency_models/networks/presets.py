@@ -26,6 +26,11 @@ PRESETS: dict[str, UNetConfig] = {
         image_size=16, in_channels=1, out_channels=1, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
         attention_resolutions=(8,), num_head_channels=32, use_scale_shift_norm=True, num_classes=10,
     ),
+    # The embedded digits model: 16 px grayscale, 10 classes, ~2M parameters.
+    "digits16": UNetConfig(
+        image_size=16, in_channels=1, out_channels=1, model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=2,
+        attention_resolutions=(8, 4), num_head_channels=32, use_scale_shift_norm=True, num_classes=10, dropout=0.1,
+    ),
     "small32": UNetConfig(
         image_size=32, model_channels=64, channel_mult=(1, 2, 2), num_res_blocks=2,
         attention_resolutions=(16, 8), num_head_channels=32, use_scale_shift_norm=True, num_classes=None,

@@ -19,7 +19,6 @@ import os
 import pickle
 import random
 import re
-import tempfile
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -29,10 +28,10 @@ import numpy as np
 import torch
 
 from ..errors import InvalidInputError
+from ..io.atomic import TMP_SUFFIX, atomic_path, fsync_dir
 
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"^ckpt-(\d{8,})\.pt$")
-_TMP_SUFFIX = ".tmp"
 _LEAVES = (int, float, str, bool, type(None))
 _CONTAINERS = (dict, OrderedDict, list, tuple)
 _TENSORS = (torch.Tensor, torch.nn.Parameter)
@@ -76,7 +75,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, state: dict, keep: in
     created = not folder.is_dir()
     folder.mkdir(parents=True, exist_ok=True)
     if created:
-        _fsync_dir(folder.parent)
+        fsync_dir(folder.parent)
     _remove_temp_files(folder)
 
     newer = [s for s, _ in list_checkpoints(run_dir) if s > step]
@@ -88,18 +87,8 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, state: dict, keep: in
             stacklevel=2,
         )
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=folder)
-    tmp_path = Path(tmp)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-        _fsync_dir(folder)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+    with atomic_path(path, fsync=True) as tmp:
+        torch.save(state, tmp)
 
     _prune(run_dir, keep, written=path)
     return path
@@ -240,7 +229,7 @@ def _check_loadable(value: Any, where: str) -> None:
 def _remove_temp_files(folder: Path) -> None:
     """Delete the temp files a killed save left behind."""
     for path in folder.iterdir():
-        if path.name.endswith(_TMP_SUFFIX) and path.is_file():
+        if path.name.endswith(TMP_SUFFIX) and path.is_file():
             path.unlink(missing_ok=True)
 
 
@@ -249,14 +238,3 @@ def _prune(run_dir: str | os.PathLike, keep: int, written: Path) -> None:
     for _, path in list_checkpoints(run_dir)[:-keep]:
         if path != written:
             path.unlink(missing_ok=True)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename or a new entry in `folder` durable (a no-op where folders cannot be opened)."""
-    if os.name == "nt":
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

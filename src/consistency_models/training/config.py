@@ -91,8 +91,6 @@ class TrainConfig:
         for name, ok, allowed in checks:
             if not ok:
                 raise InvalidInputError(f"{name}: {getattr(self, name)!r} is not allowed; use {allowed}")
-        if self.method == "cd" and not self.teacher:
-            raise InvalidInputError("teacher: consistency distillation needs --teacher (an EDM denoiser folder)")
         if self.method == "ect" and not self.teacher:
             raise InvalidInputError("teacher: ECT tunes a pretrained EDM denoiser; pass --teacher")
         for key, value in METHOD_DEFAULTS[self.method].items():
@@ -112,5 +110,5 @@ class TrainConfig:
         return cls(**{k: v for k, v in data.items() if k in names})
 
     # Settings that may change between a run and its resumption.
-    RESUMABLE = ("resume", "progress", "log_every", "save_every", "sample_every", "keep", "device",
+    RESUMABLE = ("resume", "out", "progress", "log_every", "save_every", "sample_every", "keep", "device",
                  "tensorboard")

@@ -25,8 +25,11 @@ class EMA:
     names match `model.state_dict()`. The averages live on the device of each parameter.
     """
 
-    def __init__(self, model: nn.Module, rates: Iterable[float] = (0.999, 0.9999)) -> None:
+    def __init__(self, model: nn.Module, rates: Iterable[float] = (0.999, 0.9999), warmup: bool = False) -> None:
+        """`warmup`: use min(r, (1 + n)/(10 + n)) at update n, so short runs are not dominated
+        by the initial weights (the common EMA warm-up of TensorFlow's and diffusers' EMA)."""
         self.rates: tuple[float, ...] = _check_rates(rates)
+        self.warmup = warmup
         params = dict(model.named_parameters())
         canonical = {id(p): name for name, p in params.items()}
         # Every state_dict name of a parameter (tied ones included) → the name its average is kept under.
@@ -47,7 +50,7 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        """θ_ema ← r·θ_ema + (1 − r)·θ for every rate r; buffers copied."""
+        """θ_ema ← r·θ_ema + (1 − r)·θ for every rate r (warmed up if asked); buffers copied."""
         params = dict(model.named_parameters())
         if list(params) != self._param_names:
             raise InvalidInputError(
@@ -55,6 +58,8 @@ class EMA:
                 "pass the same (unwrapped) model"
             )
         for rate, average in zip(self.rates, self._averages):
+            if self.warmup:
+                rate = min(rate, (1 + self.num_updates) / (10 + self.num_updates))
             targets = [average[name] for name in self._param_names]
             sources = [_like(params[name].detach(), t) for name, t in zip(self._param_names, targets)]
             torch._foreach_lerp_(targets, sources, 1.0 - rate)

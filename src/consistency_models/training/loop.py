@@ -13,13 +13,14 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import InvalidInputError
-from ..io.atomic import write_json
+from ..io.atomic import atomic_path, write_json
 from ..parametrization import PARAMETRIZATIONS, Preconditioned
 from .batch_rng import BatchRNG, local_rows
 from .checkpoint import capture_rng_state, latest_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
@@ -45,6 +46,15 @@ def epoch_order(num_items: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(num_items, generator=step_generator(seed, epoch, 15))
 
 
+def _comparable(settings: dict) -> dict:
+    """Settings with data/teacher paths resolved, so the same run given another way compares equal."""
+    out = dict(settings)
+    for key in ("data", "teacher"):
+        if out.get(key) and Path(out[key]).exists():
+            out[key] = str(Path(out[key]).resolve())
+    return out
+
+
 def learning_rate(cfg: TrainConfig, step: int) -> float:
     """Linear warm-up to `lr` over `warmup_steps`, then constant."""
     if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
@@ -55,12 +65,22 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
 class Trainer:
     """Runs one training configuration from scratch or from its newest checkpoint."""
 
-    def __init__(self, cfg: TrainConfig, ctx: DistributedContext | None = None) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        ctx: DistributedContext | None = None,
+        teacher: Callable[..., torch.Tensor] | None = None,
+    ) -> None:
+        """`teacher`: a denoiser D(x, σ, class_labels) to use instead of loading `cfg.teacher`
+        (e.g. the exact denoiser of a known distribution)."""
         self.cfg = cfg
         self.ctx = ctx or setup_distributed(cfg.device)
         self.out = Path(cfg.out)
         self._check_run_folder()
-        self.dataset = load_dataset(cfg.data, resolution=cfg.resolution, use_labels=cfg.use_labels, xflip=cfg.xflip)
+        try:
+            self.dataset = load_dataset(cfg.data, resolution=cfg.resolution, use_labels=cfg.use_labels, xflip=cfg.xflip)
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"data: {exc}") from None
         self.data_x, self.data_y = self.dataset.tensors()
         if len(self.dataset) < cfg.batch_size:
             raise InvalidInputError(
@@ -68,14 +88,23 @@ class Trainer:
             )
         torch.manual_seed(cfg.seed)
         device = self.ctx.device
-        self.teacher = load_teacher(cfg.teacher, device) if cfg.teacher else None
-        self.network = build_network(cfg, self.dataset, self.teacher).to(device)
+        try:
+            teacher_network = load_teacher(cfg.teacher, device) if cfg.teacher else None
+        except InvalidInputError as exc:
+            message = str(exc)
+            raise InvalidInputError(message if message.startswith("teacher:") else f"teacher: {message}") from None
+        self.network = build_network(cfg, self.dataset, teacher_network).to(device)
+        if teacher is None and teacher_network is not None:
+            teacher = PARAMETRIZATIONS["edm"](teacher_network, cfg.sigma_data, cfg.sigma_min)
+        self.teacher = teacher
+        if cfg.method == "cd" and teacher is None:
+            raise InvalidInputError("teacher: consistency distillation needs --teacher (an EDM denoiser folder)")
         self.parametrization = "edm" if cfg.method == "edm" else "consistency"
         self.loss = self._build_loss()
         params = [p for p in self.network.parameters() if p.requires_grad]
         opt_cls = torch.optim.RAdam if cfg.optimizer == "radam" else torch.optim.AdamW
         self.optimizer = opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.ema = EMA(self.network, cfg.ema_rates) if cfg.ema_rates else None
+        self.ema = EMA(self.network, cfg.ema_rates, warmup=True) if cfg.ema_rates else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "float16" and device.type == "cuda")
         self.step = 0
         self.rows = local_rows(cfg.batch_size // cfg.accumulation, self.ctx.rank, self.ctx.world_size)
@@ -116,8 +145,7 @@ class Trainer:
         else:
             target = self._wrap(self.network, "consistency")  # stop-grad θ, no EMA
         if cfg.method == "cd":
-            teacher = self._wrap(self.teacher, "edm")
-            return CDLoss(student, target, teacher, cfg.num_scales, cfg.target_mu, cfg.solver, cfg.distance, **sigma)
+            return CDLoss(student, target, self.teacher, cfg.num_scales, cfg.target_mu, cfg.solver, cfg.distance, **sigma)
         if cfg.method == "ct":
             return CTLoss(student, target, cfg.steps, cfg.s0, cfg.s1, cfg.mu0, cfg.mu_form, cfg.distance, **sigma)
         if cfg.method == "ict":
@@ -146,8 +174,8 @@ class Trainer:
         if path is None:
             return
         state = load_checkpoint(path)
-        saved = TrainConfig.from_dict(state["config"]).to_dict()
-        now = self.cfg.to_dict()
+        saved = _comparable(TrainConfig.from_dict(state["config"]).to_dict())
+        now = _comparable(self.cfg.to_dict())
         changed = [k for k in now if k not in TrainConfig.RESUMABLE and saved.get(k) != now[k]]
         if changed:
             details = ", ".join(f"{k}={saved.get(k)!r} (now {now[k]!r})" for k in changed[:4])
@@ -161,9 +189,29 @@ class Trainer:
             self.target_network.load_state_dict(state["target"])
         restore_rng_state(state["rng"])
         self.step = int(state["step"])
+        if self.ctx.is_main:
+            self._truncate_metrics()
+
+    def _truncate_metrics(self) -> None:
+        """Drop log lines written after the checkpoint being resumed, so no step is logged twice."""
+        log = self.out / "metrics.jsonl"
+        if not log.is_file():
+            return
+        kept = [line for line in log.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= self.step]
+        with atomic_path(log) as tmp:
+            tmp.write_text("".join(line + "\n" for line in kept))
+
+    def _diverged(self, what: str) -> str:
+        return (f"{what} at step {self.step}; the run stopped and its last good checkpoint in "
+                f"{self.out / 'checkpoints'} is kept (try a lower --lr or --grad-clip)")
 
     def save(self) -> None:
-        """Checkpoint (rank 0), then refresh the run folder's pipeline files (EMA weights)."""
+        """Checkpoint (rank 0), then refresh the run folder's pipeline files (EMA weights).
+
+        Weights that are no longer finite are never saved: the run stops instead.
+        """
+        if not all(bool(torch.isfinite(p).all()) for p in self.network.parameters()):
+            raise TrainingDiverged(self._diverged("the weights became non-finite"))
         if self.ctx.is_main:
             save_checkpoint(self.out, self.step, self.state_dict(), keep=self.cfg.keep)
             export_pipeline(self, self.out)
@@ -209,14 +257,13 @@ class Trainer:
         total = self.ctx.mean(total)
         value = float(total)
         if not math.isfinite(value):
-            raise TrainingDiverged(
-                f"the loss became {value} at step {self.step}; the run stopped and its last good checkpoint "
-                f"in {self.out / 'checkpoints'} is kept (try a lower --lr or --grad-clip)"
-            )
+            raise TrainingDiverged(self._diverged(f"the loss became {value}"))
         self.scaler.unscale_(self.optimizer)
         grad_norm = None
         if cfg.grad_clip:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.network.parameters(), cfg.grad_clip))
+            if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
+                raise TrainingDiverged(self._diverged(f"the gradient norm became {grad_norm}"))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.loss.after_step(self.step)

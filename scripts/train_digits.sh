@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Retrain the embedded digits model from scratch with `cm train` only (2 CPU cores).
+# Stage 1: an EDM teacher; stage 2: consistency distillation from it, the student starting
+# as the teacher (as OpenAI's CD runs do). Every random draw is seeded from (seed, step),
+# so the runs are reproducible on the same CPU and torch build.
+# Usage: scripts/train_digits.sh RUN_ROOT   (writes RUN_ROOT/teacher and RUN_ROOT/cd)
+set -euo pipefail
+root=${1:?usage: scripts/train_digits.sh RUN_ROOT}
+mkdir -p "$root"
+cm train --method edm --data digits --preset digits16 --out "$root/teacher" \
+  --steps 800 --batch-size 128 --lr 5e-4 --warmup-steps 200 --ema-rates 0.999 \
+  --save-every 400 --sample-every 400 --log-every 50 --seed 0 --no-progress
+cm train --method cd --teacher "$root/teacher" --init-from-teacher --data digits --out "$root/cd" \
+  --num-scales 18 --target-mu 0.95 --distance l2 --solver heun \
+  --steps 1000 --batch-size 64 --lr 1e-4 --ema-rates 0.999 \
+  --save-every 250 --sample-every 250 --log-every 50 --seed 0 --no-progress

@@ -1,0 +1,162 @@
+"""`cm train` from the outside: its help, and bad input as one line `cm: error: ...` with exit code 2.
+
+`--help` and one bad input run as real `python -m consistency_models` processes; the other bad
+inputs go through the same `main()` in this process (a `cm train` process costs ~3 s of CPU
+before it can refuse anything, most of it importing torch). A refused run creates nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from consistency_models import CMStochasticIterativeScheduler, ConsistencyModelPipeline
+from consistency_models.cli import main
+from consistency_models.networks.mlp import MLP, MLPConfig
+from consistency_models.training import TrainConfig
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+for _name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+    ENV.pop(_name, None)
+
+# TrainConfig fields → the option that sets them (the rest: --name-with-dashes).
+RENAMED = {"use_labels": "--unconditional", "progress": "--no-progress"}
+# Settings `cm train` does not expose: from the command line the noise schedule (σ_min, σ_max,
+# σ_data, ρ) always keeps its defaults. Remove a name here when its option is added.
+NOT_ON_CLI = {"extra", "sigma_min", "sigma_max", "sigma_data", "rho"}
+
+
+def cm_command(*argv: str) -> list[str]:
+    return [sys.executable, "-m", "consistency_models", *argv]
+
+
+def base(out: Path, method: str = "ict", data: str = "toy:mog8") -> list[str]:
+    return ["train", "--method", method, "--data", data, "--out", str(out), "--steps", "2", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def places(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_cli")
+    # A consistency model (not an EDM denoiser) and a folder that is no pipeline at all.
+    consistency = root / "consistency_model"
+    ConsistencyModelPipeline(MLP(MLPConfig(hidden=16, depth=1, emb_dim=8)), CMStochasticIterativeScheduler(),
+                             "consistency").save_pretrained(consistency)
+    not_a_pipeline = root / "not_a_pipeline"
+    not_a_pipeline.mkdir()
+    (not_a_pipeline / "README.txt").write_text("not a model")
+    busy = root / "busy"  # a folder with other files (and no checkpoints)
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    return {"root": root, "consistency": consistency, "not_a_pipeline": not_a_pipeline, "busy": busy}
+
+
+def contents(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+CASE_NAMES = ["cd-without-teacher", "ect-without-teacher", "teacher-not-edm", "teacher-not-a-pipeline",
+              "data-missing", "batch-larger-than-data", "accumulation-not-dividing", "out-parent-missing",
+              "out-not-empty"]
+
+
+def cases(p: dict) -> dict[str, tuple[list[str], str]]:
+    """name → (argv, regex that the text after `cm: error: ` must match)."""
+    out = p["root"] / "out"
+    return {
+        "cd-without-teacher": (base(out, "cd"), r"^teacher: consistency distillation needs --teacher"),
+        "ect-without-teacher": (base(out, "ect"), r"^teacher: ECT tunes a pretrained EDM denoiser; pass --teacher$"),
+        "teacher-not-edm": ([*base(out, "cd"), "--teacher", str(p["consistency"])],
+                            rf"^teacher: {re.escape(str(p['consistency']))} holds a consistency model; "
+                            r"the teacher must be an EDM denoiser"),
+        "teacher-not-a-pipeline": ([*base(out, "cd"), "--teacher", str(p["not_a_pipeline"])],
+                                   rf"missing file {re.escape(str(p['not_a_pipeline'] / 'model_index.json'))}$"),
+        "data-missing": (base(out, data="nonexisting"), r"'nonexisting' is not a dataset \(no such file or folder\)"),
+        "batch-larger-than-data": ([*base(out), "--batch-size", "20001"],
+                                   r"^batch_size: 20001 is larger than the data set \(20000 items\)$"),
+        "accumulation-not-dividing": ([*base(out), "--batch-size", "64", "--accumulation", "3"],
+                                      r"^accumulation: 3 is not allowed; use a positive divisor of batch_size$"),
+        "out-parent-missing": (base(p["root"] / "missing" / "run"),
+                               rf"^out: the folder {re.escape(str(p['root'] / 'missing'))} does not exist$"),
+        "out-not-empty": (base(p["busy"]), rf"^out: {re.escape(str(p['busy']))} exists and is not empty"),
+    }
+
+
+def run_main(capsys, argv: list[str]) -> tuple[int, str, str]:
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_case_names(places):
+    assert list(cases(places)) == CASE_NAMES
+
+
+@pytest.fixture(scope="module")
+def processes(places):
+    """`cm train --help` and one bad input as real processes, started together."""
+    argvs = {"help": ["train", "--help"], "data-missing": cases(places)["data-missing"][0]}
+    procs = {name: subprocess.Popen(cm_command(*argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    env=ENV, cwd=places["root"])
+             for name, argv in argvs.items()}
+    return {name: (proc, *proc.communicate(timeout=120)) for name, proc in procs.items()}
+
+
+def test_help_lists_every_option(processes):
+    from consistency_models.cli import build_parser
+
+    proc, text, err = processes["help"]
+    assert proc.returncode == 0 and err == ""
+    assert text.startswith("usage: cm train")
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    parser_options = {s for action in train._actions for s in action.option_strings if s.startswith("--")}
+    config_options = {RENAMED.get(f.name, "--" + f.name.replace("_", "-"))
+                      for f in dataclasses.fields(TrainConfig) if f.name not in NOT_ON_CLI}
+    assert config_options <= parser_options, f"settings with no option: {sorted(config_options - parser_options)}"
+    options = parser_options | config_options
+    assert len(options) >= 40
+    # Each option is explained in the options section, not only in the usage line.
+    body = text.split("\noptions:\n", 1)[1]
+    missing = sorted(o for o in options if not re.search(rf"(?<![\w-]){re.escape(o)}(?![\w-])", body))
+    assert not missing, f"not in `cm train --help`: {missing}"
+
+
+def test_bad_input_process_is_one_line_exit_2(processes, places):
+    proc, out, err = processes["data-missing"]
+    assert proc.returncode == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("cm: error: ") and "Traceback" not in err, err
+    assert re.search(cases(places)["data-missing"][1], err)
+
+
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_bad_input_is_one_line_exit_2(name, places, capsys):
+    argv, pattern = cases(places)[name]
+    before = contents(places["root"])
+    code, out, err = run_main(capsys, argv)
+    assert code == 2, f"exit {code}\n{err}"
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("cm: error: "), lines[0]
+    assert re.search(pattern, lines[0][len("cm: error: "):]), lines[0]
+    assert contents(places["root"]) == before, "a refused run must create nothing"
+
+
+def test_unknown_method_is_one_line(places, capsys):
+    _, _, err = run_main(capsys, base(places["root"] / "out", method="foo"))
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cm: error: argument --method: invalid choice: 'foo'")
+
+
+@pytest.mark.parametrize("name, option", [("data-missing", "data"), ("teacher-not-a-pipeline", "teacher")])
+def test_error_names_the_option(places, capsys, name, option):
+    _, _, err = run_main(capsys, cases(places)[name][0])
+    assert err.startswith(f"cm: error: {option}: ")

@@ -1,0 +1,161 @@
+"""`torchrun --nproc_per_node 2 -m consistency_models train` on the CPU (gloo), as real processes.
+
+The global batch is split over the ranks with the same data order and the same noise per sample
+(`batch_rng.py`), and DDP averages the gradients, so two processes train the same weights as one
+process with the same global batch, up to the order of floating-point sums.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from consistency_models.training.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint
+
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+STEPS, BATCH = 20, 64
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+for _name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+    ENV.pop(_name, None)
+
+pytestmark = pytest.mark.skipif(not TORCHRUN.is_file(), reason=f"torchrun is not installed next to {sys.executable}")
+
+# Builds the Trainer itself so that every rank can save what it holds after the run.
+RANK_DUMP = textwrap.dedent('''
+    import sys
+    import torch
+    import torch.distributed as dist
+    from consistency_models.training import Trainer, TrainConfig
+
+    out, dump = sys.argv[1], sys.argv[2]
+    cfg = TrainConfig(method="ict", data="toy:mog8", out=out, steps={steps}, batch_size={batch}, save_every={steps},
+                      sample_every={steps}, log_every=5, seed=1, device="cpu", progress=False)
+    trainer = Trainer(cfg)
+    trainer.run()
+    torch.save({{"rank": trainer.ctx.rank, "world_size": trainer.ctx.world_size, "backend": dist.get_backend(),
+                "rows": [trainer.rows.start, trainer.rows.stop], "step": trainer.step,
+                "network": trainer.network.state_dict(), "ema": trainer.ema.state_dict(),
+                "optimizer": trainer.optimizer.state_dict()}}, f"{{dump}}/rank{{trainer.ctx.rank}}.pt")
+    dist.destroy_process_group()
+''').format(steps=STEPS, batch=BATCH)
+
+
+def train_argv(out: Path) -> list[str]:
+    return ["-m", "consistency_models", "train", "--method", "ict", "--data", "toy:mog8", "--out", str(out),
+            "--steps", str(STEPS), "--batch-size", str(BATCH), "--save-every", str(STEPS),
+            "--sample-every", str(STEPS), "--log-every", "5", "--seed", "1", "--device", "cpu", "--no-progress"]
+
+
+def torchrun(*argv: str) -> list[str]:
+    return [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", *argv]
+
+
+def assert_close_states(a, b, where: str, atol: float, exact: bool = False) -> None:
+    if isinstance(a, torch.Tensor):
+        assert a.shape == b.shape and a.dtype == b.dtype, where
+        if exact:
+            assert torch.equal(a, b), f"{where}: differs across ranks"
+        else:
+            torch.testing.assert_close(a, b, rtol=0, atol=atol, msg=lambda m: f"{where}: {m}")
+    elif isinstance(a, dict):
+        assert list(a) == list(b), f"{where}: keys differ"
+        for key in a:
+            assert_close_states(a[key], b[key], f"{where}[{key!r}]", atol, exact)
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_close_states(x, y, f"{where}[{i}]", atol, exact)
+    else:
+        assert a == b, f"{where}: {a!r} vs {b!r}"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Started together: the CLI under torchrun (2 ranks), the rank-dump helper under torchrun
+    (2 ranks) and the CLI in one process; all on the CPU, with the same global batch of 64."""
+    root = tmp_path_factory.mktemp("distributed")
+    paths = {"two": root / "two", "one": root / "one", "helper": root / "helper", "dump": root / "dump"}
+    paths["dump"].mkdir()
+    script = root / "rank_dump.py"
+    script.write_text(RANK_DUMP)
+    commands = {
+        "two": torchrun(*train_argv(paths["two"])),
+        "helper": torchrun(str(script), str(paths["helper"]), str(paths["dump"])),
+        "one": [sys.executable, *train_argv(paths["one"])],
+    }
+    started = time.monotonic()
+    procs = {name: subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                                    cwd=root)
+             for name, cmd in commands.items()}
+    outputs = {}
+    try:
+        for name, proc in procs.items():
+            outputs[name] = proc.communicate(timeout=max(1.0, 60 - (time.monotonic() - started)))
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    elapsed = time.monotonic() - started
+    for name, proc in procs.items():
+        assert proc.returncode == 0, f"{name} exited {proc.returncode}:\n{outputs[name][1][-4000:]}"
+        assert "Traceback" not in outputs[name][1], outputs[name][1]
+    assert elapsed < 60, f"took {elapsed:.0f} s"
+    return paths, outputs
+
+
+def test_every_rank_holds_the_same_state(runs):
+    """After the run, both ranks hold bitwise the same weights, EMA and optimizer state (gloo)."""
+    paths, _ = runs
+    ranks = [torch.load(paths["dump"] / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    for r, state in enumerate(ranks):
+        assert state["rank"] == r and state["world_size"] == 2 and state["backend"] == "gloo"
+        assert state["step"] == STEPS
+    assert ranks[0]["rows"] == [0, BATCH // 2] and ranks[1]["rows"] == [BATCH // 2, BATCH]
+    for key in ("network", "ema", "optimizer"):
+        assert_close_states(ranks[0][key], ranks[1][key], key, atol=0, exact=True)
+    # The helper and `torchrun -m consistency_models train` ran the same training: the same bits.
+    cli_two = load_checkpoint(checkpoint_path(paths["two"], STEPS))
+    helper = load_checkpoint(checkpoint_path(paths["helper"], STEPS))
+    for key in ("network", "ema", "optimizer"):
+        assert_close_states(cli_two[key], helper[key], key, atol=0, exact=True)
+        assert_close_states(cli_two[key], ranks[0][key], key, atol=0, exact=True)
+
+
+def test_two_processes_train_what_one_process_trains(runs):
+    """Two processes with a global batch of 64 train what one process does with 64 (up to float sums)."""
+    paths, _ = runs
+    two = load_checkpoint(checkpoint_path(paths["two"], STEPS))
+    one = load_checkpoint(checkpoint_path(paths["one"], STEPS))
+    assert two["config"]["batch_size"] == one["config"]["batch_size"] == BATCH
+    assert two["step"] == one["step"] == STEPS
+    for key in ("network", "ema"):
+        assert_close_states(two[key], one[key], key, atol=1e-5)
+    logs = {name: [json.loads(line) for line in (paths[name] / "metrics.jsonl").read_text().splitlines()]
+            for name in ("two", "one")}
+    assert [r["step"] for r in logs["two"]] == [r["step"] for r in logs["one"]] == [5, 10, 15, 20]
+    for a, b in zip(logs["two"], logs["one"]):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+
+
+def test_only_rank_0_writes_files(runs):
+    paths, _ = runs
+    two, one = paths["two"], paths["one"]
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
+    assert [s for s, _ in list_checkpoints(two)] == [STEPS]
+    assert [p.name for p in (two / "samples").iterdir()] == [f"step-{STEPS:08d}.png"]
+    assert len((two / "metrics.jsonl").read_text().splitlines()) == 4  # not once per rank
+
+
+def test_only_rank_0_prints_the_summary(runs):
+    _, outputs = runs
+    stdout = outputs["two"][0]
+    assert stdout.count("trained ict for 20 steps") == 1, stdout
