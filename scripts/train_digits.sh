@@ -14,3 +14,15 @@ cm train --method cd --teacher "$root/teacher" --init-from-teacher --data digits
   --num-scales 18 --target-mu 0.95 --distance l2 --solver heun \
   --steps 1000 --batch-size 64 --lr 1e-4 --ema-rates 0.999 \
   --save-every 250 --sample-every 250 --log-every 50 --seed 0 --no-progress
+# Ship the EMA weights in float16 (loading casts back to float32): under 10 MB for both models.
+python - "$root" <<'PY'
+import sys, shutil, torch
+from pathlib import Path
+from consistency_models import ConsistencyModelPipeline
+root = Path(sys.argv[1])
+dest = Path(__import__("consistency_models").__file__).parent / "weights"
+for run, name in ((root / "cd", "digits"), (root / "teacher", "digits-teacher")):
+    shutil.rmtree(dest / name, ignore_errors=True)
+    ConsistencyModelPipeline.from_pretrained(run).to(dtype=torch.float16).save_pretrained(dest / name)
+    print("wrote", dest / name)
+PY

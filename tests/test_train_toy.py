@@ -52,7 +52,7 @@ def test_data_floor_and_teacher(reference):
     teacher = sliced_wasserstein(sample_heun(exact_teacher, x, [*karras_sigmas(18).tolist(), 0.0]), reference)
     noise = sliced_wasserstein(0.5 * torch.randn(NUM, 2, generator=torch.Generator().manual_seed(3)), reference)
     print(f"\nSW data floor {floor:.4f}, exact teacher Heun-18 {teacher:.4f}, matched Gaussian {noise:.4f}")
-    assert teacher < 2 * floor < noise / 3
+    assert teacher < 2 * floor and floor < noise / 3
 
 
 def test_cd_one_step_within_2x_of_teacher(tmp_path, reference):
