@@ -1,6 +1,6 @@
 """Sample quality of a digits consistency model (and its EDM teacher): one markdown table.
 
-    python bench/quality_digits.py                                   # the embedded "digits" model
+    python bench/quality_digits.py                                   # the embedded "digits" model and teacher
     python bench/quality_digits.py --model RUN/cd --teacher RUN/teacher --json quality.json
 
 Rows: the consistency model at 1 step, 2 steps (the scheduler's default grid) and 2 steps with
@@ -180,7 +180,9 @@ def table(rows: list[Row]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="digits", help="consistency-model pipeline folder (default: embedded 'digits')")
-    parser.add_argument("--teacher", default=None, help="EDM denoiser pipeline folder (e.g. 'digits-teacher'): adds Heun rows")
+    parser.add_argument("--teacher", default=None,
+                        help="EDM denoiser pipeline folder: adds Heun rows (default: 'digits-teacher' with the "
+                             "embedded model, 'none' to skip)")
     parser.add_argument("--search-sigmas", default="0.3,0.5,0.8,1.2,2.0",
                         help="intermediate σ values tried for the 2-step row (σ = [σ_max, s])")
     parser.add_argument("--per-class", type=int, default=100, help="samples per label 0–9 (default 100: 1,000 in all)")
@@ -205,6 +207,10 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--per-class: {args.per_class} is too few; give at least 2")
     search = parse_sigmas(args.search_sigmas)
     model = load_pipeline(args.model, "--model", "consistency")
+    if args.teacher is None and args.model == "digits":
+        args.teacher = "digits-teacher"
+    if args.teacher == "none":
+        args.teacher = None
     teacher = None if args.teacher is None else load_pipeline(args.teacher, "--teacher", "edm")
     cfg = model.scheduler.config
     for s in search:
