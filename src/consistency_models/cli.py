@@ -214,8 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--precision", choices=PRECISIONS, default=defaults.precision, help="autocast dtype")
     train.add_argument("--dropout", type=float, default=None, help="override the preset's dropout")
     train.add_argument("--seed", type=int, default=defaults.seed)
-    train.add_argument("--distance", choices=DISTANCES, default=None,
-                       help="consistency distance (default: l2 for cd/ct, pseudo_huber for ict/ect)")
+    train.add_argument("--distance", choices=[*DISTANCES, "lpips"], default=None,
+                       help="consistency distance (default: l2 for cd/ct, pseudo_huber for ict/ect); lpips needs "
+                            "--lpips-vgg and --lpips-lin")
+    train.add_argument("--lpips-vgg", default=None, help="VGG-16 weights file (torchvision layout) for lpips")
+    train.add_argument("--lpips-lin", default=None, help="LPIPS linear-layer weights file (vgg.pth v0.1) for lpips")
     train.add_argument("--num-scales", type=_positive_int, default=defaults.num_scales, help="CD grid size N")
     train.add_argument("--target-mu", type=float, default=defaults.target_mu, help="CD target EMA rate")
     train.add_argument("--solver", choices=["heun", "euler"], default=defaults.solver, help="CD teacher step")

@@ -46,7 +46,9 @@ class TrainConfig:
     dropout: float | None = None                  # override the preset's dropout
     seed: int = 0
     # method settings (None = the method's default)
-    distance: str | None = None                   # l2 | l1 | pseudo_huber
+    distance: str | None = None                   # l2 | l1 | pseudo_huber | lpips
+    lpips_vgg: str | None = None                  # VGG-16 weights (torchvision layout) for lpips
+    lpips_lin: str | None = None                  # LPIPS linear-layer weights (vgg.pth v0.1)
     num_scales: int = 18                          # CD grid size N
     target_mu: float = 0.95                       # CD target EMA rate μ
     solver: str = "heun"                          # CD teacher ODE step: heun | euler
@@ -91,6 +93,8 @@ class TrainConfig:
         for name, ok, allowed in checks:
             if not ok:
                 raise InvalidInputError(f"{name}: {getattr(self, name)!r} is not allowed; use {allowed}")
+        if self.distance == "lpips" and not (self.lpips_vgg and self.lpips_lin):
+            raise InvalidInputError("distance: lpips needs --lpips-vgg and --lpips-lin weight files (nothing is downloaded)")
         if self.method == "ect" and not self.teacher:
             raise InvalidInputError("teacher: ECT tunes a pretrained EDM denoiser; pass --teacher")
         for key, value in METHOD_DEFAULTS[self.method].items():

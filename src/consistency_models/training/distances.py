@@ -15,7 +15,7 @@ import torch
 
 Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-DISTANCES = ("l2", "l1", "pseudo_huber")
+DISTANCES = ("l2", "l1", "pseudo_huber")  # and "lpips" in training, from user-given weights (lpips.py)
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -42,8 +42,10 @@ def pseudo_huber(x: torch.Tensor, y: torch.Tensor, c: float | None = None) -> to
     return torch.sqrt(diff.pow(2).sum(dim=1) + c**2) - c
 
 
-def get_distance(name: str) -> Distance:
-    """The distance called `name` (l2, l1, pseudo_huber)."""
+def get_distance(name: str | Distance) -> Distance:
+    """The distance called `name` (l2, l1, pseudo_huber); a callable (e.g. `LPIPS`) is used as it is."""
+    if callable(name):
+        return name
     table: dict[str, Distance] = {"l2": l2, "l1": l1, "pseudo_huber": pseudo_huber}
     if name not in table:
         raise ValueError(f"distance: {name!r} is not one of {', '.join(DISTANCES)}")

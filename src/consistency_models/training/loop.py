@@ -27,6 +27,7 @@ from .checkpoint import capture_rng_state, latest_checkpoint, load_checkpoint, r
 from .config import TrainConfig
 from .distributed import DistributedContext, setup_distributed
 from .ema import EMA
+from .lpips import LPIPS
 from .losses import CDLoss, CTLoss, ECTLoss, EDMLoss, ICTLoss, Loss
 from .models import build_network, export_pipeline, load_teacher, preview
 from ..data import load_dataset
@@ -136,6 +137,9 @@ class Trainer:
         self.trained = trained
         self.target_network: nn.Module | None = None
         sigma = dict(sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max, rho=cfg.rho)
+        distance = cfg.distance
+        if distance == "lpips":
+            distance = LPIPS.from_files(cfg.lpips_vgg, cfg.lpips_lin).to(self.ctx.device)
         if cfg.method == "edm":
             return EDMLoss(self._wrap(trained, "edm"))
         student = self._wrap(trained, "consistency")
@@ -145,11 +149,11 @@ class Trainer:
         else:
             target = self._wrap(self.network, "consistency")  # stop-grad θ, no EMA
         if cfg.method == "cd":
-            return CDLoss(student, target, self.teacher, cfg.num_scales, cfg.target_mu, cfg.solver, cfg.distance, **sigma)
+            return CDLoss(student, target, self.teacher, cfg.num_scales, cfg.target_mu, cfg.solver, distance, **sigma)
         if cfg.method == "ct":
-            return CTLoss(student, target, cfg.steps, cfg.s0, cfg.s1, cfg.mu0, cfg.mu_form, cfg.distance, **sigma)
+            return CTLoss(student, target, cfg.steps, cfg.s0, cfg.s1, cfg.mu0, cfg.mu_form, distance, **sigma)
         if cfg.method == "ict":
-            return ICTLoss(student, target, cfg.steps, cfg.s0, cfg.s1, distance=cfg.distance, **sigma)
+            return ICTLoss(student, target, cfg.steps, cfg.s0, cfg.s1, distance=distance, **sigma)
         return ECTLoss(student, cfg.steps, cfg.ect_stages, sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max,
                        target=target)
 
