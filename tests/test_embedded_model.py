@@ -57,3 +57,11 @@ def test_cm_sample_without_model_uses_the_embedded_one(tmp_path, capsys):
     assert data["arr_0"].shape == (16, 16, 16, 1) and (data["arr_1"] == 3).all()
     images = torch.from_numpy(data["arr_0"]).permute(0, 3, 1, 2).float() / 255
     assert (classify(images) == 3).float().mean().item() >= 0.8
+
+
+def test_sampling_is_reproducible_despite_dropout(pipe):
+    """The network was trained with dropout 0.1; a loaded pipeline samples in eval mode."""
+    assert not pipe.unet.training
+    a = pipe(batch_size=4, generator=torch.Generator().manual_seed(7), output_type="pt").images
+    b = pipe(batch_size=4, generator=torch.Generator().manual_seed(7), output_type="pt").images
+    assert torch.equal(a, b)

@@ -50,7 +50,7 @@ class ConsistencyModelPipeline:
             raise InvalidInputError(
                 f"parametrization: {parametrization!r} is not one of {', '.join(PARAMETRIZATIONS)}"
             )
-        self.unet = unet
+        self.unet = unet.eval()  # inference only: dropout off
         self.scheduler = scheduler or CMStochasticIterativeScheduler()
         self.parametrization = parametrization
         cfg = self.scheduler.config
