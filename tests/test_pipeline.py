@@ -156,8 +156,8 @@ def _truncate(path):
     ("model_index.json", _garble, r"^model: corrupt JSON in .*model_index\.json"),
     ("unet/config.json", _delete, r"^unet config: missing file .*config\.json"),
     ("unet/config.json", _garble, r"^unet config: corrupt JSON in .*config\.json"),
-    ("scheduler/scheduler_config.json", _delete, r"^scheduler: missing config file"),
-    ("scheduler/scheduler_config.json", _garble, r"^scheduler: corrupt config file"),
+    ("scheduler/scheduler_config.json", _delete, r"^scheduler: missing file .*scheduler_config\.json"),
+    ("scheduler/scheduler_config.json", _garble, r"^scheduler: corrupt JSON in .*scheduler_config\.json"),
     ("unet/diffusion_pytorch_model.safetensors", _delete, r"^weights: missing file .*safetensors"),
     ("unet/diffusion_pytorch_model.safetensors", _truncate, r"^weights: corrupt or unreadable weights file"),
 ])

@@ -11,7 +11,6 @@ loop runs unchanged:
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 
 from .errors import InvalidInputError
 from .io.atomic import write_json
+from .io.diffusers_format import read_json
 from .parametrization import consistency_scalings, karras_sigmas, sigmas_at
 from .sampling import Generator, randn, renoise, resolve_sigmas
 
@@ -87,16 +87,7 @@ class CMStochasticIterativeScheduler:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, subfolder: str | None = None) -> "CMStochasticIterativeScheduler":
         folder = Path(path) / subfolder if subfolder else Path(path)
-        file = folder / CONFIG_NAME
-        if not file.is_file():
-            raise InvalidInputError(f"scheduler: missing config file {file}")
-        try:
-            data = json.loads(file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InvalidInputError(f"scheduler: corrupt config file {file}: {exc}") from None
-        if not isinstance(data, dict):
-            raise InvalidInputError(f"scheduler: config file {file} does not hold a JSON object")
-        return cls.from_config(data)
+        return cls.from_config(read_json(folder / CONFIG_NAME, "scheduler"))
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         folder = Path(folder)
