@@ -134,7 +134,6 @@ class Trainer:
             trained = nn.parallel.DistributedDataParallel(
                 self.network, device_ids=[self.ctx.device.index] if self.ctx.device.type == "cuda" else None
             )
-        self.trained = trained
         self.target_network: nn.Module | None = None
         sigma = dict(sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max, rho=cfg.rho)
         distance = cfg.distance

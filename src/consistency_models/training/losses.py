@@ -109,6 +109,13 @@ class _PairLoss(Loss):
                 target = self.target(x_lo, t_lo, class_labels)
         return student, target
 
+    def same_noise_pair(self, x, class_labels, grid: torch.Tensor, index: torch.Tensor, rng: BatchRNG):
+        """(student at grid[index+1], target at grid[index], t_lo, t_hi), both noised with one z (CT, iCT)."""
+        t_lo, t_hi = grid[index].to(x.device), grid[index + 1].to(x.device)
+        z = rng.randn(*x.shape[1:])
+        student, target = self.pair(x, class_labels, t_hi, x + _column(t_hi, x) * z, t_lo, x + _column(t_lo, x) * z)
+        return student, target, t_lo, t_hi
+
 
 class CDLoss(_PairLoss):
     """Consistency distillation (Algorithm 2): the target sits one teacher ODE step below.
@@ -180,9 +187,7 @@ class CTLoss(_PairLoss):
         num_scales, _ = self.schedule(step)
         grid = ascending_grid(num_scales, *self.sigma_range)
         n = rng.randint(num_scales - 1).cpu()
-        t_lo, t_hi = grid[n].to(x.device), grid[n + 1].to(x.device)
-        z = rng.randn(*x.shape[1:])
-        student, target = self.pair(x, class_labels, t_hi, x + _column(t_hi, x) * z, t_lo, x + _column(t_lo, x) * z)
+        student, target, _, _ = self.same_noise_pair(x, class_labels, grid, n, rng)
         return self.distance(student, target)
 
     def after_step(self, step):
@@ -216,9 +221,7 @@ class ICTLoss(_PairLoss):
         num_scales = ict_schedule(step, self.total_steps, self.s0, self.s1)
         grid = ascending_grid(num_scales, *self.sigma_range)
         i = rng.choice(ict_index_probabilities(grid, self.p_mean, self.p_std)).cpu()
-        t_lo, t_hi = grid[i].to(x.device), grid[i + 1].to(x.device)
-        z = rng.randn(*x.shape[1:])
-        student, target = self.pair(x, class_labels, t_hi, x + _column(t_hi, x) * z, t_lo, x + _column(t_lo, x) * z)
+        student, target, t_lo, t_hi = self.same_noise_pair(x, class_labels, grid, i, rng)
         weight = (1 / (t_hi - t_lo)).to(torch.float32)
         return weight * self.distance(student, target)
 

@@ -31,13 +31,13 @@ if TYPE_CHECKING:
     from .loop import Trainer
 
 
-def default_preset(dataset) -> str:
+def default_preset(dataset: ImageDataset | PointDataset) -> str:
     if dataset.kind == "points":
         return "mlp2d"
     return "tiny16" if dataset.shape[-1] <= 16 else "small32"
 
 
-def build_network(cfg: TrainConfig, dataset, teacher: nn.Module | None = None) -> nn.Module:
+def build_network(cfg: TrainConfig, dataset: ImageDataset | PointDataset, teacher: nn.Module | None = None) -> nn.Module:
     """A fresh network for `dataset` (or a copy of the teacher when `init_from_teacher`)."""
     if teacher is not None and cfg.init_from_teacher:
         network = copy.deepcopy(teacher).requires_grad_(True)
