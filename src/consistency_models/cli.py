@@ -79,6 +79,48 @@ def cmd_sample(args: argparse.Namespace) -> None:
     print(f"wrote {len(result.images)} images to {where}")
 
 
+def cmd_edit(args: argparse.Namespace) -> None:
+    """Zero-shot editing of one image (Algorithm 4); `interpolate` writes a strip of frames."""
+    from . import editing
+    from .io.images import make_grid, output_kind, read_image, save_png, to_uint8
+    from .pipeline import ConsistencyModelPipeline
+
+    if output_kind(args.out) != "grid":
+        raise InvalidInputError(f"out: {args.out!r} must be a .png file")
+    pipe = ConsistencyModelPipeline.from_pretrained(args.model, device=_device(args.device))
+    if not pipe.is_image_model:
+        raise InvalidInputError(f"model: {args.model} makes points, not images; editing needs an image model")
+    channels, size, _ = pipe.sample_shape
+    generator = torch.Generator().manual_seed(args.seed)
+    schedule = {"num_inference_steps": args.steps, "timesteps": args.timesteps, "sigmas": args.sigmas}
+    common = {"generator": generator, "class_labels": args.class_label}
+
+    def image(path: str, channels: int = channels, size: int = size, argument: str = "image", **kw):
+        return read_image(path, channels, size, args.resize, argument, **kw)
+
+    if args.edit == "interpolate":
+        result = editing.interpolate(pipe, num=args.num, **common)
+    elif args.edit == "inpaint":
+        from PIL import Image
+
+        mask = image(args.mask, 1, argument="mask", resample=Image.NEAREST)
+        result = editing.inpaint(pipe, image(args.image), mask, **schedule, **common)
+    elif args.edit == "colorize":
+        result = editing.colorize(pipe, image(args.image, 1), **schedule, **common)
+    elif args.edit == "superres":
+        editing.check_factor(args.factor, size)
+        low = image(args.image, size=size // args.factor, argument="image (the low-resolution input)")
+        result = editing.super_resolve(pipe, low, args.factor, **schedule, **common)
+    elif args.edit == "stroke":
+        extra = {} if args.sigma is None else {"sigma_start": args.sigma}
+        result = editing.stroke_guided(pipe, image(args.image), **extra, **schedule, **common)
+    else:  # denoise
+        result = editing.denoise(pipe, image(args.image), args.sigma, **common)
+    images = to_uint8(result.cpu().permute(0, 2, 3, 1).numpy())
+    save_png(make_grid(images, nrow=len(images)) if len(images) > 1 else images[0], args.out)
+    print(f"wrote {args.out} ({args.edit}, {len(images)} image{'s' if len(images) > 1 else ''})")
+
+
 def cmd_convert_openai(args: argparse.Namespace) -> None:
     """Convert an OpenAI `.pt` checkpoint into a diffusers pipeline folder."""
     from .io.openai import convert_openai_checkpoint
@@ -122,6 +164,56 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"cm: error: {message} (see '{self.prog} --help')\n")
 
 
+EDITS = {  # name: (help, needs --image)
+    "inpaint": ("regenerate the masked pixels (mask: white = regenerate)", True),
+    "colorize": ("color a grayscale image (needs an RGB model)", True),
+    "superres": ("upsample a low-resolution image by --factor", True),
+    "stroke": ("turn a coarse stroke painting into an image (SDEdit)", True),
+    "denoise": ("remove Gaussian noise of std --sigma (in [-1, 1] units) in one step", True),
+    "interpolate": ("one-step samples along a spherical path between two noise draws", False),
+}
+
+
+def _add_edit_parser(sub: argparse._SubParsersAction) -> None:
+    from .io.hub import DEFAULT_MODEL
+
+    edit = sub.add_parser("edit", help="zero-shot editing: inpaint, colorize, superres, stroke, denoise, interpolate",
+                          description="Zero-shot image editing with a consistency model (Algorithm 4).")
+    kinds = edit.add_subparsers(dest="edit", metavar="EDIT", required=True, parser_class=OneLineErrorParser)
+    for name, (help_text, needs_image) in EDITS.items():
+        p = kinds.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".",
+                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p.add_argument("--model", default=DEFAULT_MODEL, help="embedded model name, pipeline folder or Hub id")
+        if needs_image:
+            p.add_argument("--image", required=True, help="input PNG/JPEG at the model's size (see --resize)")
+            p.add_argument("--resize", action="store_true", help="center-crop and resize inputs of another size")
+        else:
+            p.set_defaults(resize=False)
+        p.add_argument("--out", required=True, help="output PNG")
+        if name == "inpaint":
+            p.add_argument("--mask", required=True, help="mask PNG: white = regenerate, black = keep")
+        if name == "superres":
+            p.add_argument("--factor", type=_positive_int, default=4, help="upsampling factor")
+        if name == "stroke":
+            p.add_argument("--sigma", type=float, default=None, help="starting noise level (default 1; higher gives the model more freedom)")
+        if name == "denoise":
+            p.add_argument("--sigma", type=float, required=True, help="noise std of the input, in [-1, 1] units")
+        if name == "interpolate":
+            p.add_argument("--num", type=_positive_int, default=8, help="frames, both ends included")
+        if name not in ("denoise", "interpolate"):
+            steps = p.add_mutually_exclusive_group()
+            steps.add_argument("--steps", type=_positive_int, default=None,
+                               help="evenly spaced points of the model's grid (default: the 40-point grid)")
+            steps.add_argument("--timesteps", type=_int_list, default=None, help="descending grid indices")
+            steps.add_argument("--sigmas", type=_float_list, default=None, help="descending noise levels")
+        else:
+            p.set_defaults(steps=None, timesteps=None, sigmas=None)
+        p.add_argument("--class-label", type=int, default=None, help="class of a conditional model (random if omitted)")
+        p.add_argument("--seed", type=int, default=0, help="seed of the noise")
+        p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
+        p.set_defaults(func=cmd_edit)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .io.openai import SCHEDULERS
     from .networks.presets import PRESETS
@@ -160,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="cpu, cuda or cuda:N")
     sample.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="network precision")
     sample.set_defaults(func=cmd_sample)
+
+    _add_edit_parser(sub)
 
     new = sub.add_parser(
         "new",

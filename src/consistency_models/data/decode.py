@@ -34,15 +34,15 @@ def check_resolution(resolution: int | None) -> int | None:
     return resolution
 
 
-def center_crop_resize(image: Image.Image, resolution: int) -> Image.Image:
-    """Crop the largest centered square, then resize it to resolution × resolution (Lanczos)."""
+def center_crop_resize(image: Image.Image, resolution: int, resample: int = Image.LANCZOS) -> Image.Image:
+    """Crop the largest centered square, then resize it to resolution × resolution (Lanczos by default)."""
     w, h = image.size
     if (w, h) == (resolution, resolution):
         return image
     side = min(w, h)
     left, top = (w - side) // 2, (h - side) // 2
     square = image.crop((left, top, left + side, top + side))
-    return square.resize((resolution, resolution), Image.LANCZOS)
+    return square.resize((resolution, resolution), resample)
 
 
 def open_image(open_file: Callable[[], IO[bytes]], name: str) -> Image.Image:

@@ -1,4 +1,4 @@
-"""Writing sampled images: a PNG grid, a folder of PNGs, or an ADM-style `.npz`.
+"""Writing sampled images (a PNG grid, a folder of PNGs, an ADM-style `.npz`) and reading one image.
 
 Every file is written to a temporary name and renamed, so an interrupted run never leaves a
 half-written image behind.
@@ -33,6 +33,33 @@ def make_grid(images: np.ndarray, nrow: int | None = None, padding: int = 2) -> 
         y, x = padding + r * (h + padding), padding + col * (w + padding)
         grid[y:y + h, x:x + w] = img
     return grid
+
+
+def read_image(
+    path: str | os.PathLike,
+    channels: int,                # 1: grayscale (RGB is converted by luminance), 3: RGB (gray is replicated)
+    size: int,                    # the square size the caller needs
+    resize: bool = False,         # center-crop and resize a different size instead of refusing it
+    argument: str = "image",      # the name in error messages
+    resample: int = Image.LANCZOS,
+) -> Image.Image:
+    """One PNG/JPEG file → a PIL image of mode L or RGB, size × size; another size is an error unless `resize`."""
+    from ..data.decode import center_crop_resize, open_image
+
+    if not Path(path).is_file():
+        raise InvalidInputError(f"{argument}: no such file {str(path)!r}")
+    if channels not in (1, 3):
+        raise InvalidInputError(f"{argument}: images with {channels} channels cannot be read from PNG/JPEG files")
+    image = open_image(lambda: open(path, "rb"), str(path))
+    image = image.convert("L" if channels == 1 else "RGB")
+    if image.size != (size, size):
+        if not resize:
+            raise InvalidInputError(
+                f"{argument}: {path} is {image.size[0]}×{image.size[1]} but {size}×{size} is needed; "
+                "give --resize to center-crop and resize it"
+            )
+        image = center_crop_resize(image, size, resample)
+    return image
 
 
 def pil_image(image: np.ndarray) -> Image.Image:

@@ -1,0 +1,414 @@
+"""Zero-shot image editing with a consistency model (CM paper, Algorithm 4 and Section 6.3).
+
+Every edit keeps some linear measurements of a reference image y and lets the model generate
+the rest. With an orthogonal transform A and a mask Ω in A's domain (Ω = 1: generate,
+Ω = 0: keep), each step of Algorithm 4 replaces the model's estimate x by
+
+    A⁻¹[(A y) ⊙ (1 − Ω) + (A x) ⊙ Ω]
+
+and then adds noise for the next level, so the result carries the known part of y exactly (up
+to float rounding and the final clip to the image range):
+
+- inpainting: A = I, Ω = the mask (1 = regenerate);
+- colorization: per pixel, A = Qᵀ with Q orthogonal and Q[:, 0] ∝ the luminance weights
+  (0.2989, 0.5870, 0.1140); Ω keeps the first coordinate (luminance), generates the other two;
+- super-resolution: per factor × factor patch of each channel, A = Qᵀ with Q[:, 0] ∝ (1, …, 1);
+  Ω keeps the first coordinate (the patch mean, scaled), generates the complement.
+
+Stroke-guided generation (SDEdit, Meng et al. 2022) starts Algorithm 1 from a noised stroke
+painting at an intermediate σ, without replacement; denoising is one evaluation f(x, σ);
+interpolation evaluates f once at σ_max along a spherical path between two noise draws.
+
+Mask convention: OpenAI's code marks the *known* pixels with 1; here, as Ω in the paper, a
+mask marks the pixels to *regenerate* with 1 (a mask PNG is white where to regenerate).
+
+Images go in and come out as float tensors in [0, 1], NCHW (a CHW tensor or PIL images are
+accepted too); the model sees them in [−1, 1]. Noise levels σ are in the model's units.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .errors import InvalidInputError
+from .parametrization import karras_sigmas
+from .pipeline import ConsistencyModelPipeline
+from .sampling import Generator, randn, resolve_sigmas, sample_consistency
+
+LUMA_WEIGHTS = (0.2989, 0.5870, 0.1140)  # ITU-R BT.601 luma, as OpenAI's colorization
+EDIT_GRID = 40                            # points of the default σ grid (as OpenAI's editing runs)
+STROKE_SIGMA = 1.0                        # default starting σ of stroke-guided generation (digits: 0.5–2 keep the strokes)
+Labels = torch.Tensor | Sequence[int] | int | None
+
+
+# -- orthogonal transforms A and masks Ω ---------------------------------------------------------
+def orthonormal_basis(first: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """An orthogonal matrix Q (float64) whose first column is first/‖first‖.
+
+    Gram–Schmidt (by QR) of [first, e₂, …, eₙ]; the signs are fixed so that Q[:, 0] points
+    along `first` (needs first[0] ≠ 0).
+    """
+    v = torch.as_tensor(first, dtype=torch.float64).reshape(-1)
+    basis = torch.eye(v.numel(), dtype=torch.float64)
+    basis[:, 0] = v
+    q, r = torch.linalg.qr(basis)
+    return q * torch.sign(torch.diagonal(r))
+
+
+class Replacement:
+    """x ↦ A⁻¹[(A y) ⊙ (1 − Ω) + (A x) ⊙ Ω] for an orthogonal A (so A⁻¹ = Aᵀ)."""
+
+    def __init__(self, omega: torch.Tensor) -> None:
+        self.omega = omega  # in A's domain, broadcastable; 1 = generate, 0 = keep
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # A x
+        return x
+
+    def inverse(self, a: torch.Tensor) -> torch.Tensor:  # A⁻¹ a
+        return a
+
+    def known(self, y: torch.Tensor) -> torch.Tensor:
+        """A⁻¹[(A y) ⊙ (1 − Ω)]: the kept part of y, zero elsewhere (Algorithm 4, line 2)."""
+        return self.inverse(self.forward(y) * (1 - self.omega))
+
+    def __call__(self, x: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+        """Put the known part back: known + A⁻¹[(A x) ⊙ Ω] (lines 5 and 9)."""
+        return known + self.inverse(self.forward(x) * self.omega)
+
+
+class ChannelTransform(Replacement):
+    """A = Qᵀ acting on the channel vector of every pixel (colorization)."""
+
+    def __init__(self, q: torch.Tensor, omega: torch.Tensor) -> None:
+        super().__init__(omega.reshape(1, -1, 1, 1))
+        self.q = q
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("ji,bjhw->bihw", self.q.to(x), x)
+
+    def inverse(self, a: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("ij,bjhw->bihw", self.q.to(a), a)
+
+
+class PatchTransform(Replacement):
+    """A = Qᵀ acting on the flattened factor × factor patches of each channel (super-resolution)."""
+
+    def __init__(self, q: torch.Tensor, omega: torch.Tensor, factor: int) -> None:
+        super().__init__(omega)
+        self.q = q
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) → (B, C, H/f, W/f, f²)
+        b, c, h, w = x.shape
+        f = self.factor
+        patches = x.reshape(b, c, h // f, f, w // f, f).permute(0, 1, 2, 4, 3, 5).reshape(b, c, h // f, w // f, f * f)
+        return patches @ self.q.to(x)
+
+    def inverse(self, a: torch.Tensor) -> torch.Tensor:
+        b, c, hf, wf, _ = a.shape
+        f = self.factor
+        patches = a @ self.q.to(a).T
+        return patches.reshape(b, c, hf, wf, f, f).permute(0, 1, 2, 4, 3, 5).reshape(b, c, hf * f, wf * f)
+
+
+def colorization_transform() -> ChannelTransform:
+    """Keep the luminance coordinate, generate the two chroma coordinates."""
+    return ChannelTransform(orthonormal_basis(LUMA_WEIGHTS), torch.tensor([0.0, 1.0, 1.0]))
+
+
+def super_resolution_transform(factor: int) -> PatchTransform:
+    """Keep each patch's mean (first coordinate), generate the other factor² − 1."""
+    omega = torch.ones(factor * factor)
+    omega[0] = 0
+    return PatchTransform(orthonormal_basis(torch.ones(factor * factor)), omega, factor)
+
+
+# -- inputs --------------------------------------------------------------------------------------
+def _as_batch(image: torch.Tensor | np.ndarray | object | Sequence[object], argument: str) -> torch.Tensor:
+    """A tensor/array (CHW or NCHW) in [0, 1] or PIL image(s) → float32 NCHW in [0, 1]."""
+    if isinstance(image, (list, tuple)) and image and not isinstance(image[0], (int, float)):
+        return torch.cat([_as_batch(im, argument) for im in image])
+    if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
+        array = np.asarray(image, dtype=np.float32) / 255.0
+        array = array[..., None] if array.ndim == 2 else array
+        return torch.from_numpy(array).permute(2, 0, 1)[None].contiguous()
+    try:
+        t = torch.as_tensor(image)
+    except (TypeError, ValueError, RuntimeError):
+        raise InvalidInputError(f"{argument}: {type(image).__name__} is not an image tensor or a PIL image") from None
+    if t.ndim == 3:
+        t = t[None]
+    if t.ndim != 4:
+        raise InvalidInputError(f"{argument}: shape {tuple(t.shape)} is not (C, H, W) or (N, C, H, W)")
+    if t.dtype == torch.uint8:
+        return t.float() / 255.0
+    t = t.float()
+    if t.numel() and (t.min() < 0 or t.max() > 1 or not torch.isfinite(t).all()):
+        raise InvalidInputError(
+            f"{argument}: values span [{t.min().item():.3g}, {t.max().item():.3g}]; images must be in [0, 1]"
+        )
+    return t
+
+
+def _check_image(pipe: ConsistencyModelPipeline, t: torch.Tensor, argument: str, channels: int | None = None,
+                 size: int | None = None) -> torch.Tensor:
+    """Check channels and size against the model (or the given ones); return it in [−1, 1] on the device."""
+    if not pipe.is_image_model:
+        raise InvalidInputError("model: editing needs an image model; this one makes points")
+    c, s, _ = pipe.sample_shape
+    channels = c if channels is None else channels
+    size = s if size is None else size
+    if t.shape[1] != channels:
+        raise InvalidInputError(f"{argument}: {t.shape[1]} channels, but {channels} are needed here")
+    if tuple(t.shape[2:]) != (size, size):
+        raise InvalidInputError(
+            f"{argument}: size {t.shape[3]}×{t.shape[2]} does not match the {size}×{size} needed here"
+        )
+    return (t * 2 - 1).to(pipe.device)
+
+
+def _schedule(pipe: ConsistencyModelPipeline, num_inference_steps: int | None, timesteps: Sequence[int] | None,
+              sigmas: Sequence[float] | None) -> list[float]:
+    """Evaluation σs + [σ_min]; by default every point of the 40-point Karras grid (39 evaluations).
+
+    `timesteps` and `num_inference_steps` index the model's own grid, as in sampling.
+    """
+    cfg = pipe.scheduler.config
+    if num_inference_steps is None and timesteps is None and sigmas is None:
+        sigmas = karras_sigmas(EDIT_GRID, cfg.sigma_min, cfg.sigma_max, cfg.rho)[:-1].tolist()
+    return resolve_sigmas(num_inference_steps, timesteps, sigmas, cfg.num_train_timesteps,
+                          cfg.sigma_min, cfg.sigma_max, cfg.rho)
+
+
+def _to_image(x: torch.Tensor) -> torch.Tensor:
+    """[−1, 1] → [0, 1], with the final clip."""
+    return (x.float() / 2 + 0.5).clamp(0, 1)
+
+
+# -- the shared loop -----------------------------------------------------------------------------
+@torch.no_grad()
+def edit(
+    pipe: ConsistencyModelPipeline,
+    y: torch.Tensor,                              # reference images in [−1, 1], (B, C, H, W)
+    replacement: Replacement | None,              # A and Ω; None = no replacement (SDEdit)
+    sigmas: Sequence[float],                      # evaluation σs followed by σ_min
+    generator: Generator = None,
+    class_labels: Labels = None,
+) -> torch.Tensor:
+    """Algorithm 4 on images in [−1, 1]; returns the edited images in [−1, 1] (before the final clip).
+
+    x ~ N(A⁻¹[(A y)(1 − Ω)], σ₁²I); then for each σ: x₀ = clip(f(x, σ)), replace the known
+    part, and re-noise to the next σ as in Algorithm 1 (no noise after the last step).
+    """
+    y = y.float()
+    known = y if replacement is None else replacement.known(y)
+    noise = randn(y.shape, generator, device=y.device)
+    labels = pipe.prepare_class_labels(y.shape[0], class_labels, generator)
+    cfg = pipe.scheduler.config
+
+    def projected(x: torch.Tensor, sigma: float, labels: torch.Tensor | None) -> torch.Tensor:
+        x0 = pipe.model(x, sigma, labels).clamp(-1, 1)  # OpenAI clips before the replacement
+        return x0 if replacement is None else replacement(x0, known)
+
+    return sample_consistency(
+        projected, known + sigmas[0] * noise, sigmas, class_labels=labels, generator=generator,
+        s_noise=cfg.s_noise, clip_denoised=False, sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max,
+    )
+
+
+# -- the edits -----------------------------------------------------------------------------------
+def _mask(pipe: ConsistencyModelPipeline, mask: torch.Tensor | object, image: torch.Tensor) -> torch.Tensor:
+    m = _as_batch(mask, "mask")
+    if m.shape[0] not in (1, image.shape[0]):
+        raise InvalidInputError(f"mask: {m.shape[0]} masks for {image.shape[0]} images; give one or one per image")
+    if m.shape[1] not in (1, image.shape[1]) or tuple(m.shape[2:]) != tuple(image.shape[2:]):
+        raise InvalidInputError(
+            f"mask: shape {tuple(m.shape[1:])} does not fit images of shape {tuple(image.shape[1:])} "
+            "(give 1 or the image's channels and the same height and width)"
+        )
+    return (m > 0.5).float().to(pipe.device)
+
+
+def inpaint(
+    pipe: ConsistencyModelPipeline,
+    image: torch.Tensor | object,
+    mask: torch.Tensor | object,
+    *,
+    num_inference_steps: int | None = None,
+    timesteps: Sequence[int] | None = None,
+    sigmas: Sequence[float] | None = None,
+    generator: Generator = None,
+    class_labels: Labels = None,
+) -> torch.Tensor:
+    """Regenerate the pixels where `mask` is 1 (white), keep the others exactly; any channel count."""
+    y = _check_image(pipe, _as_batch(image, "image"), "image")
+    omega = _mask(pipe, mask, y)
+    x = edit(pipe, y, Replacement(omega), _schedule(pipe, num_inference_steps, timesteps, sigmas), generator,
+             class_labels)
+    return _to_image(x)
+
+
+def _luminance(t: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) → (B, 1, H, W) with the luma weights; (B, 1, H, W) unchanged."""
+    if t.shape[1] == 3:
+        return torch.einsum("c,bchw->bhw", torch.tensor(LUMA_WEIGHTS, dtype=t.dtype), t)[:, None]
+    return t
+
+
+def colorize(
+    pipe: ConsistencyModelPipeline,
+    gray: torch.Tensor | object,
+    *,
+    num_inference_steps: int | None = None,
+    timesteps: Sequence[int] | None = None,
+    sigmas: Sequence[float] | None = None,
+    generator: Generator = None,
+    class_labels: Labels = None,
+) -> torch.Tensor:
+    """Color a grayscale image (1 channel, or RGB whose luminance is taken) with an RGB model.
+
+    The result's luminance 0.2989 R + 0.5870 G + 0.1140 B equals the input's gray value (×
+    the weights' sum, 0.9999) up to rounding and the final clip.
+    """
+    if pipe.is_image_model and pipe.sample_shape[0] != 3:
+        raise InvalidInputError(f"model: colorization needs an RGB model; this one has {pipe.sample_shape[0]} channel(s)")
+    g = _luminance(_as_batch(gray, "gray"))
+    y = _check_image(pipe, g.expand(-1, 3, -1, -1), "gray")  # gray replicated: its luminance is Σw·g
+    x = edit(pipe, y, colorization_transform(), _schedule(pipe, num_inference_steps, timesteps, sigmas), generator,
+             class_labels)
+    return _to_image(x)
+
+
+def check_factor(factor: int, size: int) -> int:
+    """A super-resolution factor must be an integer ≥ 2 that divides the image size."""
+    allowed = [f for f in range(2, size + 1) if size % f == 0]
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor not in allowed:
+        raise InvalidInputError(
+            f"factor: {factor!r} must divide the model's image size {size}; use one of {', '.join(map(str, allowed))}"
+        )
+    return factor
+
+
+def super_resolve(
+    pipe: ConsistencyModelPipeline,
+    low_res: torch.Tensor | object,
+    factor: int,
+    *,
+    num_inference_steps: int | None = None,
+    timesteps: Sequence[int] | None = None,
+    sigmas: Sequence[float] | None = None,
+    generator: Generator = None,
+    class_labels: Labels = None,
+) -> torch.Tensor:
+    """Upsample by `factor`: every factor × factor patch of the result has the low-res pixel as its mean."""
+    if not pipe.is_image_model:
+        raise InvalidInputError("model: editing needs an image model; this one makes points")
+    channels, size, _ = pipe.sample_shape
+    check_factor(factor, size)
+    low = _check_image(pipe, _as_batch(low_res, "low_res"), "low_res", channels, size // factor)
+    y = low.repeat_interleave(factor, dim=2).repeat_interleave(factor, dim=3)  # patch means = low-res pixels
+    x = edit(pipe, y, super_resolution_transform(factor), _schedule(pipe, num_inference_steps, timesteps, sigmas),
+             generator, class_labels)
+    return _to_image(x)
+
+
+def stroke_guided(
+    pipe: ConsistencyModelPipeline,
+    strokes: torch.Tensor | object,
+    *,
+    sigma_start: float = STROKE_SIGMA,
+    num_inference_steps: int | None = None,
+    timesteps: Sequence[int] | None = None,
+    sigmas: Sequence[float] | None = None,
+    generator: Generator = None,
+    class_labels: Labels = None,
+) -> torch.Tensor:
+    """SDEdit with a consistency model: noise a coarse stroke painting to σ₁, then sample from there.
+
+    Default σs: the model's grid points at or below `sigma_start` (a lower start keeps more of
+    the strokes, a higher one gives the model more freedom).
+    """
+    y = _check_image(pipe, _as_batch(strokes, "strokes"), "strokes")
+    if num_inference_steps is None and timesteps is None and sigmas is None:
+        cfg = pipe.scheduler.config
+        if not cfg.sigma_min < sigma_start <= cfg.sigma_max:
+            raise InvalidInputError(
+                f"sigma_start: {sigma_start!r} must lie in ({cfg.sigma_min}, {cfg.sigma_max}]"
+            )
+        grid = _schedule(pipe, None, None, None)
+        sigmas = [s for s in grid[:-1] if s <= sigma_start] or [grid[-2]]
+    x = edit(pipe, y, None, _schedule(pipe, num_inference_steps, timesteps, sigmas), generator, class_labels)
+    return _to_image(x)
+
+
+@torch.no_grad()
+def denoise(
+    pipe: ConsistencyModelPipeline,
+    noisy: torch.Tensor | object,
+    sigma: float,
+    *,
+    generator: Generator = None,
+    class_labels: Labels = None,
+) -> torch.Tensor:
+    """One evaluation f(x, σ) of an image carrying Gaussian noise of std σ (in [−1, 1] units)."""
+    cfg = pipe.scheduler.config
+    try:
+        sigma = float(sigma)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"sigma: {sigma!r} is not a number") from None
+    if not cfg.sigma_min < sigma <= cfg.sigma_max:
+        raise InvalidInputError(f"sigma: {sigma!r} must lie in ({cfg.sigma_min}, {cfg.sigma_max}]")
+    x = _check_image(pipe, _as_batch(noisy, "noisy"), "noisy")
+    labels = pipe.prepare_class_labels(x.shape[0], class_labels, generator)
+    return _to_image(pipe.model(x, sigma, labels))
+
+
+def slerp(z0: torch.Tensor, z1: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation (Shoemake 1985) between two flattened noise draws, one row per α."""
+    a, b = z0.reshape(-1).double(), z1.reshape(-1).double()
+    theta = torch.arccos((a @ b / (a.norm() * b.norm())).clamp(-1, 1))
+    alpha = alpha.double().reshape(-1, 1)
+    if theta < 1e-6:  # (near) parallel draws: a straight line is the same path
+        rows = (1 - alpha) * a + alpha * b
+    else:
+        rows = (torch.sin((1 - alpha) * theta) * a + torch.sin(alpha * theta) * b) / torch.sin(theta)
+    return rows.float().reshape(-1, *z0.shape)  # (len(alpha), *z0.shape)
+
+
+@torch.no_grad()
+def interpolate(
+    pipe: ConsistencyModelPipeline,
+    z0: torch.Tensor | None = None,
+    z1: torch.Tensor | None = None,
+    num: int = 8,
+    *,
+    generator: Generator = None,
+    class_labels: Labels = None,
+) -> torch.Tensor:
+    """`num` one-step samples along the spherical path from noise z0 to z1 (drawn when not given).
+
+    z0, z1 are unit-variance noise of the model's sample shape; every frame uses the same class
+    label (given, or drawn once). Returns (num, C, H, W) in [0, 1].
+    """
+    if isinstance(num, bool) or not isinstance(num, int) or num < 2:
+        raise InvalidInputError(f"num: {num!r} must be an integer ≥ 2 (the two ends included)")
+    shape = (1, *pipe.sample_shape)
+    ends = []
+    for name, z in (("z0", z0), ("z1", z1)):
+        if z is None:
+            z = randn(shape, generator, device=pipe.device)
+        z = torch.as_tensor(z, dtype=torch.float32).to(pipe.device)
+        if z.numel() != math.prod(shape):
+            raise InvalidInputError(f"{name}: shape {tuple(z.shape)} does not match the model's sample shape {shape}")
+        ends.append(z.reshape(shape))
+    labels = pipe.prepare_class_labels(1, class_labels, generator)
+    if labels is not None:
+        labels = labels.expand(num)
+    cfg = pipe.scheduler.config
+    x = slerp(ends[0][0], ends[1][0], torch.linspace(0, 1, num)).to(pipe.device) * cfg.sigma_max
+    return _to_image(sample_consistency(pipe.model, x, [cfg.sigma_max, cfg.sigma_min], class_labels=labels,
+                                        clip_denoised=cfg.clip_denoised))
