@@ -57,6 +57,9 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from .pipeline import ConsistencyModelPipeline
 
     output_kind(args.out)  # refuse a bad output path before any work
+    if args.num is not None:
+        _sample_many(args)
+        return
     device = _device(args.device)
     pipe = ConsistencyModelPipeline.from_pretrained(args.model, torch_dtype=DTYPES[args.dtype], device=device)
     generator = torch.Generator().manual_seed(args.seed)
@@ -77,6 +80,30 @@ def cmd_sample(args: argparse.Namespace) -> None:
     files = save_images(to_uint8(result.images), args.out, labels)
     where = files[0] if len(files) == 1 else f"{len(files)} files in {files[0].parent}"
     print(f"wrote {len(result.images)} images to {where}")
+
+
+def _sample_many(args: argparse.Namespace) -> None:
+    """`cm sample --num N`: per-image seeds, shards, resume; one process or one per rank under torchrun."""
+    from .generation import generate_samples
+    from .pipeline import ConsistencyModelPipeline
+    from .training.distributed import setup_distributed, teardown_distributed
+
+    if args.class_labels is not None and len(args.class_labels) != 1:
+        raise InvalidInputError(f"class_labels: give one label for all images with --num, not {args.class_labels}")
+    _device(args.device)
+    context = setup_distributed(args.device)
+    try:
+        pipe = ConsistencyModelPipeline.from_pretrained(args.model, torch_dtype=DTYPES[args.dtype],
+                                                        device=context.device)
+        out = generate_samples(
+            pipe, args.num, args.out, batch_size=args.batch_size, seed=args.seed,
+            class_labels=None if args.class_labels is None else args.class_labels[0],
+            num_inference_steps=args.steps, timesteps=args.timesteps, sigmas=args.sigmas, context=context,
+        )
+    finally:
+        teardown_distributed()
+    if out is not None:
+        print(f"wrote {args.num} images to {out}")
 
 
 def cmd_edit(args: argparse.Namespace) -> None:
@@ -236,7 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", required=True,
                         help="samples.png (a grid), DIR/ (one PNG per image) or samples.npz "
                              "(arr_0: uint8 NHWC, arr_1: labels)")
-    sample.add_argument("--batch-size", type=_positive_int, default=16, help="number of images")
+    sample.add_argument("--batch-size", type=_positive_int, default=16,
+                        help="number of images (with --num: images per network call)")
+    sample.add_argument("--num", "--num-samples", dest="num", type=_positive_int, default=None,
+                        help="generate this many images into an .npz with per-image seeds, resumable, "
+                             "sharded over processes under torchrun (for FID); under torchrun spell it "
+                             "--num-samples (torchrun's own parser mistakes --num for --numa-binding)")
     steps = sample.add_mutually_exclusive_group()
     steps.add_argument("--steps", type=_positive_int, default=None,
                        help="sampling steps: evenly spaced grid points for a consistency model (default 1); "

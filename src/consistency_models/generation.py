@@ -1,0 +1,203 @@
+"""Sharded, resumable sample generation for evaluation (e.g. 50,000 images for FID).
+
+Image i is drawn from its own generator, seeded from (seed, i): its noise, its class label and
+every re-noising draw of multistep sampling come from that generator alone, so image i is the
+same whatever the batch size, the number of processes or how often the run was restarted.
+
+Under `torchrun`, rank r owns the images i with i mod world_size = r. Each finished batch is
+written as a shard (`OUT.shards/r{rank}-{first index}.npz`: images, labels, indices) by temp
+file and rename; a restarted run reads the shards it has and makes only the missing images.
+When every image exists, rank 0 merges them in index order into one ADM-style `.npz`
+(arr_0: uint8 NHWC, arr_1: labels for a class-conditional model) and deletes the shards.
+"""
+
+from __future__ import annotations
+
+import os
+import json
+from dataclasses import asdict
+import shutil
+import zipfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .errors import InvalidInputError
+from .io.atomic import atomic_path
+from .io.images import save_images, to_uint8
+from .pipeline import ConsistencyModelPipeline
+from .training.distributed import DistributedContext
+
+SHARD_SUFFIX = ".shards"
+
+
+def image_seed(seed: int, index: int) -> int:
+    """A 63-bit seed for image `index` of a run seeded `seed` (NumPy's SeedSequence hashing)."""
+    state = np.random.SeedSequence([int(seed), int(index)]).generate_state(2, np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+def image_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator]:
+    """One CPU generator per image, seeded from (seed, index)."""
+    return [torch.Generator().manual_seed(image_seed(seed, i)) for i in indices]
+
+
+def shard_folder(out: str | os.PathLike) -> Path:
+    return Path(str(out) + SHARD_SUFFIX)
+
+
+def _read_shard(path: Path) -> dict[str, np.ndarray] | None:
+    """A shard's arrays, or None for a damaged or foreign file (its images are made again)."""
+    try:
+        with np.load(path) as data:
+            shard = {key: data[key] for key in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return None
+    return shard if {"images", "indices"} <= shard.keys() else None
+
+
+def _shards(folder: Path) -> list[dict[str, np.ndarray]]:
+    if not folder.is_dir():
+        return []
+    return [shard for path in sorted(folder.glob("r*.npz")) if (shard := _read_shard(path)) is not None]
+
+
+def existing_indices(folder: Path) -> set[int]:
+    """The image indices already written as shards in `folder`."""
+    return {int(i) for shard in _shards(folder) for i in shard["indices"]}
+
+
+def sample_batches(
+    pipe: ConsistencyModelPipeline,
+    indices: Sequence[int],                     # which images, in this order
+    batch_size: int,
+    seed: int,
+    class_labels: int | None = None,
+    num_inference_steps: int | None = None,
+    timesteps: Sequence[int] | None = None,
+    sigmas: Sequence[float] | None = None,
+) -> Iterator[tuple[list[int], np.ndarray, np.ndarray | None]]:
+    """(indices, uint8 NHWC images, int64 labels or None) per batch; image i from its own generator."""
+    saved = dict(pipe.progress_bar_config)
+    pipe.set_progress_bar_config(disable=True)  # the caller shows one bar for the whole run
+    try:
+        for start in range(0, len(indices), batch_size):
+            batch = list(indices[start:start + batch_size])
+            result = pipe(
+                batch_size=len(batch), class_labels=class_labels, num_inference_steps=num_inference_steps,
+                timesteps=timesteps, sigmas=sigmas, generator=image_generators(seed, batch), output_type="np",
+            )
+            labels = None if result.class_labels is None else result.class_labels.cpu().numpy().astype(np.int64)
+            yield batch, to_uint8(result.images), labels
+    finally:
+        pipe.progress_bar_config = saved
+
+
+def model_fingerprint(pipe: ConsistencyModelPipeline) -> dict:
+    """What identifies the model for a resume: its config, parametrization, grid and a weight checksum."""
+    with torch.no_grad():
+        checksum = sum(float(p.double().sum()) for p in pipe.unet.parameters())
+    return {"unet": pipe.unet.config.to_dict(), "parametrization": pipe.parametrization,
+            "scheduler": asdict(pipe.scheduler.config), "checksum": f"{checksum:.10e}", "dtype": str(pipe.dtype)}
+
+
+def check_run_settings(folder: Path, settings: dict) -> None:
+    """Refuse to mix shards made with other settings; record them for the first run."""
+    record = folder / "run.json"
+    settings = json.loads(json.dumps(settings))  # tuples → lists, as they read back
+    if record.is_file():
+        try:
+            previous = json.loads(record.read_text())
+        except (OSError, ValueError):
+            previous = None
+        if previous != settings:
+            changed = sorted(k for k in settings if not isinstance(previous, dict) or previous.get(k) != settings[k])
+            raise InvalidInputError(
+                f"out: the shards in {folder} were made with other settings ({', '.join(changed) or 'unreadable'}); "
+                "run the same command as before, or delete that folder to start over"
+            )
+        return
+    with atomic_path(record) as tmp:
+        tmp.write_text(json.dumps(settings, indent=1))
+
+
+def _check_arguments(num: int, batch_size: int, out: str | os.PathLike) -> Path:
+    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+        raise InvalidInputError(f"num: {num!r} must be a positive number of images")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidInputError(f"batch_size: {batch_size!r} must be a positive integer")
+    path = Path(out)
+    if path.suffix.lower() != ".npz":
+        raise InvalidInputError(f"out: {str(out)!r} must end in .npz (ADM-style arrays) for sharded generation")
+    if not path.parent.is_dir():
+        raise InvalidInputError(f"out: the folder {path.parent} does not exist")
+    return path
+
+
+def generate_samples(
+    pipe: ConsistencyModelPipeline,
+    num: int,                                   # images in the whole run
+    out: str | os.PathLike,                     # the merged .npz
+    *,
+    batch_size: int = 64,                       # images per network call and per shard
+    seed: int = 0,
+    class_labels: int | None = None,            # one label for all images; None: drawn per image
+    num_inference_steps: int | None = None,
+    timesteps: Sequence[int] | None = None,
+    sigmas: Sequence[float] | None = None,
+    context: DistributedContext | None = None,  # this process's rank (torchrun); None: one process
+    progress: bool = True,
+) -> Path | None:
+    """Generate images 0 … num−1 (this rank's share), resuming from shards; rank 0 returns the merged file."""
+    path = _check_arguments(num, batch_size, out)
+    if not pipe.is_image_model:
+        raise InvalidInputError("model: sharded generation writes images; this model makes points")
+    context = context or DistributedContext()
+    folder = shard_folder(path)
+    folder.mkdir(exist_ok=True)
+    check_run_settings(folder, {
+        "seed": seed, "class_labels": class_labels, "num_inference_steps": num_inference_steps,
+        "timesteps": None if timesteps is None else list(timesteps),
+        "sigmas": None if sigmas is None else list(sigmas), "model": model_fingerprint(pipe),
+    })
+    done = existing_indices(folder)
+    todo = [i for i in range(context.rank, num, context.world_size) if i not in done]
+    bar = tqdm(total=len(todo), unit="img", desc=f"sampling (rank {context.rank})" if context.enabled else "sampling",
+               disable=not progress, dynamic_ncols=True)
+    with bar:
+        for indices, images, labels in sample_batches(pipe, todo, batch_size, seed, class_labels,
+                                                      num_inference_steps, timesteps, sigmas):
+            arrays = {"images": images, "indices": np.asarray(indices, dtype=np.int64)}
+            if labels is not None:
+                arrays["labels"] = labels
+            with atomic_path(folder / f"r{context.rank}-{indices[0]:09d}.npz") as tmp, open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+            bar.update(len(indices))
+    context.barrier()
+    if not context.is_main:
+        return None
+    return merge_shards(folder, num, path)
+
+
+def merge_shards(folder: Path, num: int, out: Path) -> Path:
+    """Write images 0 … num−1 from the shards in index order into `out`, then delete the shards."""
+    missing = num - len([i for i in existing_indices(folder) if i < num])
+    if missing:
+        raise InvalidInputError(f"out: {missing} of {num} images are missing from {folder}; run the same command again")
+    images: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    for shard in _shards(folder):
+        keep = shard["indices"] < num
+        idx = shard["indices"][keep]
+        if images is None:
+            images = np.zeros((num, *shard["images"].shape[1:]), dtype=np.uint8)
+            labels = np.zeros(num, dtype=np.int64) if "labels" in shard else None
+        images[idx] = shard["images"][keep]
+        if labels is not None:
+            labels[idx] = shard["labels"][keep]
+    save_images(images, out, labels)
+    shutil.rmtree(folder)
+    return out

@@ -1,0 +1,124 @@
+"""Sharded generation (`cm sample --num`): image i is the same for any batch size, any number of
+torchrun processes and across an interrupted run; shards of other settings are refused."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import consistency_models as cm
+from consistency_models.generation import generate_samples, image_generators, image_seed, shard_folder
+
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+for _name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+    ENV.pop(_name, None)
+NUM = 10
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return cm.ConsistencyModelPipeline.from_pretrained("digits")
+
+
+def load(path) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(path) as data:
+        return data["arr_0"], data["arr_1"]
+
+
+@pytest.fixture(scope="module")
+def reference(pipe, tmp_path_factory):
+    """Two-step samples made one image at a time, straight from the pipeline with the per-image seeds."""
+    images, labels = [], []
+    for i in range(NUM):
+        out = pipe(1, num_inference_steps=2, generator=image_generators(7, [i]), output_type="np")
+        images.append(cm.io.images.to_uint8(out.images))
+        labels.append(out.class_labels.numpy())
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def test_image_seeds_differ_and_are_stable():
+    seeds = {image_seed(0, i) for i in range(1000)} | {image_seed(1, i) for i in range(1000)}
+    assert len(seeds) == 2000
+    assert image_seed(3, 5) == image_seed(3, 5)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 8])
+def test_same_images_for_every_batch_size(pipe, reference, tmp_path, batch_size):
+    out = generate_samples(pipe, NUM, tmp_path / "s.npz", batch_size=batch_size, seed=7, num_inference_steps=2,
+                           progress=False)
+    images, labels = load(out)
+    assert images.shape == (NUM, 16, 16, 1) and images.dtype == np.uint8
+    np.testing.assert_array_equal(labels, reference[1])
+    np.testing.assert_array_equal(images, reference[0])
+    assert not shard_folder(out).exists()  # merged and cleaned up
+
+
+def test_resume_after_an_interruption_makes_only_the_missing_images(pipe, reference, tmp_path, monkeypatch):
+    calls = []
+    original = type(pipe).__call__
+
+    def failing(self, batch_size, **kw):
+        calls.append(batch_size)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # as a user's Ctrl-C in the third batch
+        return original(self, batch_size, **kw)
+
+    monkeypatch.setattr(type(pipe), "__call__", failing)
+    with pytest.raises(KeyboardInterrupt):
+        generate_samples(pipe, NUM, tmp_path / "s.npz", batch_size=3, seed=7, num_inference_steps=2, progress=False)
+    assert not (tmp_path / "s.npz").exists()
+    shards = shard_folder(tmp_path / "s.npz")
+    (shards / "r0-000000099.npz").write_bytes(b"PK\x03\x04 truncated")  # a damaged leftover is ignored
+    calls.clear()
+    out = generate_samples(pipe, NUM, tmp_path / "s.npz", batch_size=4, seed=7, num_inference_steps=2,
+                           progress=False)
+    assert sum(calls) == NUM - 6  # two batches of 3 were kept
+    np.testing.assert_array_equal(load(out)[0], reference[0])
+
+
+def test_shards_of_other_settings_are_refused(pipe, tmp_path, monkeypatch):
+    folder = shard_folder(tmp_path / "s.npz")
+
+    def interrupt(self, *args, **kw):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(type(pipe), "__call__", interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            generate_samples(pipe, 4, tmp_path / "s.npz", seed=1, progress=False)
+    assert (folder / "run.json").is_file()
+    with pytest.raises(cm.InvalidInputError, match=r"other settings \(seed\)"):
+        generate_samples(pipe, 4, tmp_path / "s.npz", seed=2, progress=False)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"num": 0}, "num: 0 must be a positive number"),
+    ({"batch_size": 0}, "batch_size: 0 must be"),
+    ({"out": "samples.png"}, "must end in .npz"),
+    ({"out": "/no/such/folder/s.npz"}, "the folder /no/such/folder does not exist"),
+])
+def test_bad_arguments(pipe, tmp_path, kwargs, message):
+    args = {"num": 4, "out": tmp_path / "s.npz", "batch_size": 2} | kwargs
+    with pytest.raises(cm.InvalidInputError, match=message):
+        generate_samples(pipe, args.pop("num"), args.pop("out"), progress=False, **args)
+
+
+@pytest.mark.skipif(not TORCHRUN.is_file(), reason=f"torchrun is not installed next to {sys.executable}")
+def test_two_torchrun_processes_make_the_same_file(reference, tmp_path):
+    """`torchrun --nproc_per_node 2 cm sample --num` = the single-process images, merged by rank 0."""
+    out = tmp_path / "s.npz"
+    argv = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "-m", "consistency_models", "sample",
+            "--num-samples", str(NUM), "--batch-size", "2", "--steps", "2", "--seed", "7", "--device", "cpu", "--out", str(out)]
+    result = subprocess.run(argv, capture_output=True, text=True, env=ENV, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("wrote") == 1  # rank 0 alone merges and reports
+    images, labels = load(out)
+    np.testing.assert_array_equal(labels, reference[1])
+    np.testing.assert_array_equal(images, reference[0])
+    assert not shard_folder(out).exists()
