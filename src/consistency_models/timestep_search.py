@@ -1,0 +1,111 @@
+"""Choosing the intermediate noise level of two-step sampling by ternary search on FID.
+
+OpenAI's consistency-model release picks the middle point of `ts = 0, t, N−1` by a ternary
+search over the grid index t (its `ternary_search.sh`), assuming the FID of two-step samples
+is unimodal in t. Here every candidate is scored on the same `num` images (image i always
+starts from the noise of its own seed, so candidates differ only in t), with the Fréchet
+distance of the chosen features against reference statistics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from .errors import InvalidInputError
+from .generation import sample_batches
+from .metrics.features import FeatureExtractor
+from .metrics.frechet import RunningStatistics, frechet_distance
+from .parametrization import karras_sigmas
+from .pipeline import ConsistencyModelPipeline
+
+
+@dataclass
+class TimestepSearch:
+    """The best grid index t of `ts = 0, t, N−1` (diffusers: `timesteps=[t, 0]`), its σ and score."""
+
+    index: int
+    sigma: float
+    score: float
+    scores: dict[int, float] = field(default_factory=dict)  # every index evaluated → its score
+
+
+def ternary_search(score: Callable[[int], float], lo: int, hi: int) -> tuple[int, dict[int, float]]:
+    """The integer in [lo, hi] minimising a unimodal `score`, each point evaluated at most once.
+
+    Shrinks [lo, hi] by thirds while more than three points remain, then tries what is left.
+    """
+    if lo > hi:
+        raise InvalidInputError(f"search range: [{lo}, {hi}] is empty")
+    cache: dict[int, float] = {}
+
+    def f(i: int) -> float:
+        if i not in cache:
+            cache[i] = float(score(i))
+        return cache[i]
+
+    while hi - lo > 2:
+        m1, m2 = lo + (hi - lo) // 3, hi - (hi - lo) // 3
+        if f(m1) < f(m2):
+            hi = m2 - 1
+        else:
+            lo = m1 + 1
+    best = min(range(lo, hi + 1), key=f)
+    return best, cache
+
+
+def frechet_distance_of_samples(
+    pipe: ConsistencyModelPipeline,
+    extractor: FeatureExtractor,
+    reference: tuple[torch.Tensor, torch.Tensor],   # (μ, Σ) of the reference features
+    num: int,
+    timesteps: list[int],
+    batch_size: int = 64,
+    seed: int = 0,
+    class_labels: int | None = None,
+) -> float:
+    """FD between the features of `num` samples (images 0 … num−1 of `seed`) and the reference."""
+    stats = RunningStatistics()
+    for _, images, _ in sample_batches(pipe, range(num), batch_size, seed, class_labels, timesteps=timesteps):
+        stats.update(extractor.features(torch.from_numpy(images).permute(0, 3, 1, 2)))
+    mu, sigma = stats.finalize()
+    return frechet_distance(mu, sigma, *reference)
+
+
+def tune_timesteps(
+    pipe: ConsistencyModelPipeline,
+    extractor: FeatureExtractor,
+    reference: tuple[torch.Tensor, torch.Tensor],
+    num: int = 5000,
+    batch_size: int = 64,
+    seed: int = 0,
+    class_labels: int | None = None,
+    lo: int = 1,
+    hi: int | None = None,                           # default: N − 2 (N − 1 is σ_min itself)
+    progress: bool = True,
+) -> TimestepSearch:
+    """Ternary search of the two-step middle index t ∈ [lo, hi] on the model's N-point grid."""
+    if pipe.parametrization != "consistency":
+        raise InvalidInputError("model: the timestep search is for consistency models; this is a diffusion (EDM) model")
+    cfg = pipe.scheduler.config
+    n = cfg.num_train_timesteps
+    hi = n - 2 if hi is None else hi
+    if not 1 <= lo <= hi <= n - 2:
+        raise InvalidInputError(f"search range: [{lo}, {hi}] must lie within [1, {n - 2}] for a {n}-point grid")
+    if isinstance(num, bool) or not isinstance(num, int) or num < 2:
+        raise InvalidInputError(f"num: {num!r} must be at least 2 images")
+    bar = tqdm(desc="timestep search", unit="candidate", disable=not progress)
+
+    def score(t: int) -> float:
+        value = frechet_distance_of_samples(pipe, extractor, reference, num, [t, 0], batch_size, seed, class_labels)
+        bar.update(1)
+        bar.set_postfix(t=t, score=f"{value:.4g}")
+        return value
+
+    with bar:
+        best, scores = ternary_search(score, lo, hi)
+    grid = karras_sigmas(n, cfg.sigma_min, cfg.sigma_max, cfg.rho)
+    return TimestepSearch(best, float(grid[best]), scores[best], dict(sorted(scores.items())))
