@@ -106,6 +106,58 @@ def _sample_many(args: argparse.Namespace) -> None:
         print(f"wrote {args.num} images to {out}")
 
 
+def _extractor(args: argparse.Namespace):
+    from .metrics.features import feature_extractor
+
+    if args.inception_weights is not None and args.features != "inception":
+        raise InvalidInputError("inception_weights: given, but --features is not inception")
+    return feature_extractor(args.features, inception_weights=args.inception_weights, device=_device(args.device))
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    """FID, IS, KID and precision/recall of a sample set against a reference; or save a set's statistics."""
+    from .metrics.evaluate import compute_statistics, evaluate, format_table, save_statistics, write_results_json
+
+    if args.ref is None and args.save_stats is None:
+        raise InvalidInputError("ref: give the reference set (--ref), or --save-stats to only save statistics")
+    extractor = _extractor(args)
+    if args.save_stats is not None:
+        stats = compute_statistics(args.samples, extractor)
+        save_statistics(stats, args.save_stats)
+        print(f"wrote the {args.features} statistics of {stats.count} images to {args.save_stats}")
+        samples = stats
+    else:
+        samples = args.samples
+    if args.ref is None:
+        return
+    results = evaluate(samples, args.ref, extractor, metrics=args.metrics, kid_subsets=args.kid_subsets,
+                       kid_subset_size=args.kid_subset_size, seed=args.seed)
+    results = {"samples": str(args.samples), "reference": str(args.ref), "features": args.features, **results}
+    print(format_table(results))
+    if args.json is not None:
+        write_results_json(results, args.json)
+        print(f"wrote {args.json}")
+
+
+def cmd_tune_timesteps(args: argparse.Namespace) -> None:
+    """Ternary search of the two-step middle grid index by FID against reference statistics."""
+    from .metrics.evaluate import compute_statistics
+    from .pipeline import ConsistencyModelPipeline
+    from .timestep_search import search_range, tune_timesteps
+
+    extractor = _extractor(args)
+    pipe = ConsistencyModelPipeline.from_pretrained(args.model, device=_device(args.device))
+    search_range(pipe, args.lo, args.hi)  # refuse a bad range before any work
+    reference = compute_statistics(args.ref, extractor)
+    result = tune_timesteps(pipe, extractor, (torch.as_tensor(reference.mu), torch.as_tensor(reference.sigma)),
+                            num=args.num, batch_size=args.batch_size, seed=args.seed,
+                            class_labels=args.class_label, lo=args.lo, hi=args.hi)
+    for index, score in result.scores.items():
+        print(f"  t = {index:4d}  sigma = {result.sigmas[index]:9.4f}  FD = {score:.5g}")
+    print(f"best: --timesteps {result.index},0  (sigma {result.sigma:.4g}), "
+          f"{'FID' if args.features == 'inception' else 'FD'} {result.score:.5g} on {args.num} samples")
+
+
 def cmd_edit(args: argparse.Namespace) -> None:
     """Zero-shot editing of one image (Algorithm 4); `interpolate` writes a strip of frames."""
     from . import editing
@@ -241,6 +293,51 @@ def _add_edit_parser(sub: argparse._SubParsersAction) -> None:
         p.set_defaults(func=cmd_edit)
 
 
+def _add_feature_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--features", choices=["inception", "digits"], default="inception",
+                   help="inception: the standard FID Inception-v3; digits: the embedded digits classifier")
+    p.add_argument("--inception-weights", default=None,
+                   help="pt_inception-2015-12-05-6726825d.pth (else $CM_INCEPTION_WEIGHTS or the cache folder)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
+
+
+def _add_eval_parsers(sub: argparse._SubParsersAction) -> None:
+    from .io.hub import DEFAULT_MODEL
+    from .metrics.evaluate import METRICS
+
+    ev = sub.add_parser("eval", help="FID, IS, KID, precision/recall of samples against a reference",
+                        description="Score a set of samples against a reference set. A set is a folder of "
+                                    "images, an ADM .npz (arr_0: uint8 NHWC), a statistics .npz (cm eval "
+                                    "--save-stats, or pytorch-fid/OpenAI reference statistics) or digits:test.",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ev.add_argument("--samples", required=True, help="the generated set")
+    ev.add_argument("--ref", default=None, help="the reference set")
+    _add_feature_arguments(ev)
+    ev.add_argument("--metrics", type=lambda t: [m for m in t.split(",") if m], default=list(METRICS),
+                    help="comma-separated: " + ",".join(METRICS))
+    ev.add_argument("--kid-subsets", type=_positive_int, default=100)
+    ev.add_argument("--kid-subset-size", type=_positive_int, default=1000)
+    ev.add_argument("--seed", type=int, default=0, help="seed of KID's subsets")
+    ev.add_argument("--save-stats", default=None, help="also write the statistics of --samples to this .npz")
+    ev.add_argument("--json", default=None, help="write the results to this JSON file")
+    ev.set_defaults(func=cmd_eval)
+
+    tune = sub.add_parser("tune-timesteps", help="search the middle timestep of two-step sampling by FID",
+                          description="OpenAI's ternary search of t in --timesteps t,0, scored by the FID "
+                                      "(or digits FD) of --num samples against --ref.",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    tune.add_argument("--model", default=DEFAULT_MODEL, help="embedded model name, pipeline folder or Hub id")
+    tune.add_argument("--ref", required=True, help="reference set or statistics (see cm eval)")
+    tune.add_argument("--num", type=_positive_int, default=5000, help="samples per candidate")
+    tune.add_argument("--batch-size", type=_positive_int, default=64)
+    tune.add_argument("--seed", type=int, default=0, help="seed of the (shared) per-image noise")
+    tune.add_argument("--class-label", type=int, default=None, help="one class for all samples (random if omitted)")
+    tune.add_argument("--lo", type=_positive_int, default=1, help="lowest grid index tried")
+    tune.add_argument("--hi", type=_positive_int, default=None, help="highest grid index tried (default N-2)")
+    _add_feature_arguments(tune)
+    tune.set_defaults(func=cmd_tune_timesteps)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .io.openai import SCHEDULERS
     from .networks.presets import PRESETS
@@ -286,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.set_defaults(func=cmd_sample)
 
     _add_edit_parser(sub)
+    _add_eval_parsers(sub)
 
     new = sub.add_parser(
         "new",

@@ -31,6 +31,7 @@ class TimestepSearch:
     sigma: float
     score: float
     scores: dict[int, float] = field(default_factory=dict)  # every index evaluated → its score
+    sigmas: dict[int, float] = field(default_factory=dict)  # every index evaluated → its σ
 
 
 def ternary_search(score: Callable[[int], float], lo: int, hi: int) -> tuple[int, dict[int, float]]:
@@ -75,6 +76,17 @@ def frechet_distance_of_samples(
     return frechet_distance(mu, sigma, *reference)
 
 
+def search_range(pipe: ConsistencyModelPipeline, lo: int = 1, hi: int | None = None) -> tuple[int, int]:
+    """Check a search range against the model's grid; hi defaults to N − 2 (N − 1 is σ_min itself)."""
+    if pipe.parametrization != "consistency":
+        raise InvalidInputError("model: the timestep search is for consistency models; this is a diffusion (EDM) model")
+    n = pipe.scheduler.config.num_train_timesteps
+    hi = n - 2 if hi is None else hi
+    if not 1 <= lo <= hi <= n - 2:
+        raise InvalidInputError(f"search range: [{lo}, {hi}] must lie within [1, {n - 2}] for a {n}-point grid")
+    return lo, hi
+
+
 def tune_timesteps(
     pipe: ConsistencyModelPipeline,
     extractor: FeatureExtractor,
@@ -88,13 +100,9 @@ def tune_timesteps(
     progress: bool = True,
 ) -> TimestepSearch:
     """Ternary search of the two-step middle index t ∈ [lo, hi] on the model's N-point grid."""
-    if pipe.parametrization != "consistency":
-        raise InvalidInputError("model: the timestep search is for consistency models; this is a diffusion (EDM) model")
+    lo, hi = search_range(pipe, lo, hi)
     cfg = pipe.scheduler.config
     n = cfg.num_train_timesteps
-    hi = n - 2 if hi is None else hi
-    if not 1 <= lo <= hi <= n - 2:
-        raise InvalidInputError(f"search range: [{lo}, {hi}] must lie within [1, {n - 2}] for a {n}-point grid")
     if isinstance(num, bool) or not isinstance(num, int) or num < 2:
         raise InvalidInputError(f"num: {num!r} must be at least 2 images")
     bar = tqdm(desc="timestep search", unit="candidate", disable=not progress)
@@ -108,4 +116,5 @@ def tune_timesteps(
     with bar:
         best, scores = ternary_search(score, lo, hi)
     grid = karras_sigmas(n, cfg.sigma_min, cfg.sigma_max, cfg.rho)
-    return TimestepSearch(best, float(grid[best]), scores[best], dict(sorted(scores.items())))
+    return TimestepSearch(best, float(grid[best]), scores[best], dict(sorted(scores.items())),
+                          {i: float(grid[i]) for i in sorted(scores)})

@@ -47,20 +47,17 @@ def load_zip(
     return ImageDataset.from_uint8(images, labels, None, xflip, source=str(path))
 
 
-def load_npz(
-    path: str | os.PathLike,
-    resolution: int | None = None,           # None: keep the stored size
-    use_labels: bool = True,                 # use arr_1 when present
-    xflip: bool = False,                     # random horizontal flips in `augment`
-) -> ImageDataset:
-    """`arr_0` (uint8 NHWC) and optional `arr_1` (labels) of an ADM-style npz as an `ImageDataset`."""
-    path = Path(path)
-    check_resolution(resolution)
+def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every array of an .npz file (no pickles); an unreadable file is an InvalidInputError naming it."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
+            return {key: data[key] for key in data.files}
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise InvalidInputError(f"path: {path} is not a readable .npz file ({type(exc).__name__})") from None
+
+
+def npz_images(arrays: dict[str, np.ndarray], path: str | os.PathLike) -> np.ndarray:
+    """The checked `arr_0` of an ADM-style npz as uint8 (N, H, W, C), C = 1 or 3 ((N, H, W) gains C = 1)."""
     if "arr_0" not in arrays:
         raise InvalidInputError(f"path: {path} has no arr_0 (found {', '.join(sorted(arrays)) or 'nothing'})")
     images = arrays["arr_0"]
@@ -70,6 +67,20 @@ def load_npz(
         raise InvalidInputError(
             f"path: {path} arr_0 is {images.dtype} {images.shape}; need uint8 (N, H, W, C), N ≥ 1, C = 1 or 3"
         )
+    return images
+
+
+def load_npz(
+    path: str | os.PathLike,
+    resolution: int | None = None,           # None: keep the stored size
+    use_labels: bool = True,                 # use arr_1 when present
+    xflip: bool = False,                     # random horizontal flips in `augment`
+) -> ImageDataset:
+    """`arr_0` (uint8 NHWC) and optional `arr_1` (labels) of an ADM-style npz as an `ImageDataset`."""
+    path = Path(path)
+    check_resolution(resolution)
+    arrays = read_npz(path)
+    images = npz_images(arrays, path)
     labels = None
     if use_labels and "arr_1" in arrays:
         labels = arrays["arr_1"]

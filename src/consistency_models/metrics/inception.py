@@ -360,7 +360,8 @@ def resolve_inception_weights(
                 reason = f"download failed: {str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}"
         raise InvalidInputError(
             f"inception weights: {INCEPTION_FILENAME} not found ({reason}); download {INCEPTION_URL} "
-            f"and put it at {cached}, or set ${WEIGHTS_ENV} to its path, or pass path="
+            f"and put it at {cached}, or set ${WEIGHTS_ENV} to its path, "
+            "or give its path (--inception-weights, or path= in Python)"
         )
     return cached
 

@@ -1,0 +1,73 @@
+"""`cm sample --num` + `cm eval` + `cm tune-timesteps` end to end on the embedded model, offline."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_cli import run_cli
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory):
+    """120 one-step digits written twice: in batches of 120 and of 7 (the same images)."""
+    d = tmp_path_factory.mktemp("eval")
+    for name, batch in (("a.npz", "120"), ("b.npz", "7")):
+        from consistency_models.cli import main
+
+        assert main(["sample", "--num", "120", "--batch-size", batch, "--seed", "3", "--out", str(d / name)]) == 0
+    return d
+
+
+def test_fid_of_the_embedded_model_against_held_out_digits(samples, capsys):
+    out = samples / "results.json"
+    code, stdout, err = run_cli(capsys, "eval", "--samples", str(samples / "a.npz"), "--ref", "digits:test",
+                                "--features", "digits", "--json", str(out))
+    assert code == 0, err
+    results = json.loads(out.read_text())
+    print(f"\nembedded model, 120 one-step samples vs 300 held-out digits: {results}")
+    assert results["num_samples"] == 120 and results["num_reference"] == 300
+    assert 0 < results["fid"] < 5  # the data floor (train vs test digits) is about 0.7 with 300 vs 1200
+    assert 0 <= results["precision"] <= 1 and 0 <= results["recall"] <= 1
+    assert "FID" in stdout and "KID" in stdout
+
+
+def test_same_fid_for_every_batch_size_and_through_saved_statistics(samples, capsys):
+    fids = []
+    for name in ("a.npz", "b.npz"):
+        code, _, err = run_cli(capsys, "eval", "--samples", str(samples / name), "--ref", "digits:test",
+                               "--features", "digits", "--metrics", "fid", "--json", str(samples / f"{name}.json"))
+        assert code == 0, err
+        fids.append(json.loads((samples / f"{name}.json").read_text())["fid"])
+    code, _, err = run_cli(capsys, "eval", "--samples", "digits:test", "--features", "digits",
+                           "--save-stats", str(samples / "ref.npz"))
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "eval", "--samples", str(samples / "a.npz"), "--ref", str(samples / "ref.npz"),
+                           "--features", "digits", "--metrics", "fid", "--json", str(samples / "s.json"))
+    assert code == 0, err
+    fids.append(json.loads((samples / "s.json").read_text())["fid"])
+    assert fids[0] == fids[1]
+    assert fids[2] == pytest.approx(fids[0], rel=1e-9)
+
+
+def test_tune_timesteps_prints_the_best_index(samples, capsys):
+    code, stdout, err = run_cli(capsys, "tune-timesteps", "--ref", "digits:test", "--features", "digits",
+                                "--num", "32", "--lo", "7", "--hi", "10")
+    assert code == 0, err
+    assert "best: --timesteps" in stdout and stdout.count("t = ") >= 3
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["eval", "--samples", "digits:test", "--ref", "digits"], "put it at"),  # offline, no weights file
+    (["eval", "--samples", "digits:test", "--ref", "digits", "--features", "digits", "--inception-weights", "x"],
+     "inception_weights: given, but --features is not inception"),
+    (["eval", "--samples", "missing", "--ref", "digits", "--features", "digits"], "'missing' is not a set of images"),
+    (["eval", "--samples", "digits:test", "--features", "digits"], "ref: give the reference set"),
+    (["tune-timesteps", "--ref", "digits:test", "--features", "digits", "--lo", "20"], "search range: [20, 16]"),
+])
+def test_eval_errors_are_one_line(capsys, monkeypatch, tmp_path, no_network, argv, message):
+    monkeypatch.setenv("HOME", str(tmp_path))  # no cached Inception weights
+    monkeypatch.delenv("CM_INCEPTION_WEIGHTS", raising=False)
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2
+    assert message in err and err.count("\n") == 1
