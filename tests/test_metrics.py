@@ -59,7 +59,9 @@ def test_kid_is_unbiased_for_two_samples_of_one_distribution():
     assert abs(result.mean) < tolerance
     # The biased (V-statistic) estimate keeps the i = j terms: it sits well above that tolerance.
     xs, ys = x[:m], y[:m]
-    kernel = lambda a, b: (a @ b.T / a.shape[1] + 1) ** 3
+    def kernel(a, b):
+        return (a @ b.T / a.shape[1] + 1) ** 3
+
     biased = kernel(xs, xs).mean() + kernel(ys, ys).mean() - 2 * kernel(xs, ys).mean()
     assert biased > 10 * tolerance
     # Shifted means: clearly positive.
