@@ -62,7 +62,7 @@ def contents(root: Path) -> list[str]:
 
 CASE_NAMES = ["cd-without-teacher", "ect-without-teacher", "teacher-not-edm", "teacher-not-a-pipeline",
               "data-missing", "batch-larger-than-data", "accumulation-not-dividing", "out-parent-missing",
-              "out-not-empty"]
+              "out-not-empty", "init-from-wrong-shape", "init-from-and-from-teacher"]
 
 
 def cases(p: dict) -> dict[str, tuple[list[str], str]]:
@@ -84,6 +84,12 @@ def cases(p: dict) -> dict[str, tuple[list[str], str]]:
         "out-parent-missing": (base(p["root"] / "missing" / "run"),
                                rf"^out: the folder {re.escape(str(p['root'] / 'missing'))} does not exist$"),
         "out-not-empty": (base(p["busy"]), rf"^out: {re.escape(str(p['busy']))} exists and is not empty"),
+        "init-from-wrong-shape": ([*base(out, data="digits"), "--init-from", str(p["consistency"])],
+                                  rf"^init_from: {re.escape(str(p['consistency']))} makes samples of shape \(2,\), "
+                                  r"but the data has \(1, 16, 16\)$"),
+        "init-from-and-from-teacher": ([*base(out, "cd"), "--teacher", str(p["consistency"]), "--init-from-teacher",
+                                        "--init-from", str(p["consistency"])],
+                                       r"^init_from: give --init-from or --init-from-teacher, not both$"),
     }
 
 
@@ -160,3 +166,16 @@ def test_unknown_method_is_one_line(places, capsys):
 def test_error_names_the_option(places, capsys, name, option):
     _, _, err = run_main(capsys, cases(places)[name][0])
     assert err.startswith(f"cm: error: {option}: ")
+
+
+def test_init_from_starts_at_the_given_weights(places, capsys):
+    """With a vanishing learning rate, a run started --init-from a model exports that model's weights."""
+    out = places["root"] / "fine_tuned"
+    code, _, err = run_main(capsys, [*base(out), "--init-from", str(places["consistency"]), "--lr", "1e-30",
+                                     "--unconditional", "--sample-every", "2", "--save-every", "2"])
+    assert code == 0, err
+    start = ConsistencyModelPipeline.from_pretrained(places["consistency"]).unet.state_dict()
+    end = ConsistencyModelPipeline.from_pretrained(out).unet.state_dict()
+    assert start.keys() == end.keys()
+    for key in start:
+        assert (start[key] - end[key]).abs().max() < 1e-20, key  # a fresh network would differ by ~0.1

@@ -424,6 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--teacher", default=None, help="EDM denoiser folder for cd and ect")
     train.add_argument("--init-from-teacher", dest="init_from_teacher", action=argparse.BooleanOptionalAction,
                        default=None, help="start the student from the teacher's weights (default: yes for ect)")
+    train.add_argument("--init-from", dest="init_from", default=None,
+                       help="start from this pipeline folder's network (fine-tuning; same shape and classes)")
     train.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size, help="global batch size")
     train.add_argument("--steps", type=_positive_int, default=defaults.steps, help="optimizer steps")
     train.add_argument("--lr", type=float, default=defaults.lr, help="learning rate")

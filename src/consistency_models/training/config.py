@@ -33,6 +33,7 @@ class TrainConfig:
     xflip: bool = False                           # random horizontal flips
     teacher: str | None = None                    # EDM denoiser folder (cd, ect)
     init_from_teacher: bool | None = None         # student starts as the teacher (default: ect yes, cd no)
+    init_from: str | None = None                  # start from this pipeline folder's network (fine-tuning)
     batch_size: int = 64
     steps: int = 10_000                           # optimizer steps K
     lr: float = 2e-4
@@ -101,7 +102,9 @@ class TrainConfig:
             if getattr(self, key) is None:
                 setattr(self, key, value)
         if self.init_from_teacher is None:
-            self.init_from_teacher = self.method == "ect"
+            self.init_from_teacher = self.method == "ect" and not self.init_from
+        if self.init_from and self.init_from_teacher:
+            raise InvalidInputError("init_from: give --init-from or --init-from-teacher, not both")
 
     def to_dict(self) -> dict:
         d = asdict(self)

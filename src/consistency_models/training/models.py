@@ -37,10 +37,30 @@ def default_preset(dataset: ImageDataset | PointDataset) -> str:
     return "tiny16" if dataset.shape[-1] <= 16 else "small32"
 
 
+def load_initial_network(path: str, dataset: ImageDataset | PointDataset, use_labels: bool) -> nn.Module:
+    """The network of a pipeline folder to fine-tune; it must fit the data's shape and classes."""
+    from ..pipeline import ConsistencyModelPipeline
+
+    network = ConsistencyModelPipeline.from_pretrained(path).unet.float()
+    got, wanted = tuple(ConsistencyModelPipeline(network).sample_shape), tuple(dataset.shape)
+    if got != wanted:
+        raise InvalidInputError(f"init_from: {path} makes samples of shape {got}, but the data has {wanted}")
+    classes = dataset.num_classes if use_labels else None
+    if network.config.num_classes != classes:
+        raise InvalidInputError(
+            f"init_from: {path} has num_classes={network.config.num_classes}, but the run needs {classes}"
+        )
+    return network.train().requires_grad_(True)
+
+
 def build_network(cfg: TrainConfig, dataset: ImageDataset | PointDataset, teacher: nn.Module | None = None) -> nn.Module:
-    """A fresh network for `dataset` (or a copy of the teacher when `init_from_teacher`)."""
-    if teacher is not None and cfg.init_from_teacher:
+    """A fresh network for `dataset`, a copy of the teacher (`init_from_teacher`) or a saved one (`init_from`)."""
+    network = None
+    if cfg.init_from:
+        network = load_initial_network(cfg.init_from, dataset, cfg.use_labels)
+    elif teacher is not None and cfg.init_from_teacher:
         network = copy.deepcopy(teacher).requires_grad_(True)
+    if network is not None:
         if cfg.dropout is not None:
             for module in network.modules():
                 if isinstance(module, nn.Dropout):
