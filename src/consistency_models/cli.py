@@ -54,14 +54,12 @@ def _device(name: str) -> torch.device:
 def cmd_sample(args: argparse.Namespace) -> None:
     """Sample a batch and write it as a PNG grid, a folder of PNGs or an ADM `.npz`."""
     from .io.images import output_kind, save_images, save_points, to_uint8
-    from .pipeline import ConsistencyModelPipeline
 
     output_kind(args.out)  # refuse a bad output path before any work
     if args.num is not None:
         _sample_many(args)
         return
-    device = _device(args.device)
-    pipe = ConsistencyModelPipeline.from_pretrained(args.model, torch_dtype=DTYPES[args.dtype], device=device)
+    pipe = _sampling_pipeline(args, _device(args.device))
     generator = torch.Generator().manual_seed(args.seed)
     result = pipe(
         batch_size=args.batch_size,
@@ -82,10 +80,24 @@ def cmd_sample(args: argparse.Namespace) -> None:
     print(f"wrote {len(result.images)} images to {where}")
 
 
+def _sampling_pipeline(args: argparse.Namespace, device: torch.device):
+    """The model in the asked precision, with the asked fast paths (see ConsistencyModelPipeline)."""
+    from .pipeline import ConsistencyModelPipeline
+
+    pipe = ConsistencyModelPipeline.from_pretrained(args.model, torch_dtype=DTYPES[args.dtype], device=device)
+    pipe.enable_fast_kernels(args.fast_kernels)
+    if args.compile:
+        pipe.compile()
+    if args.cuda_graph:
+        if device.type != "cuda":
+            raise InvalidInputError(f"cuda_graph: needs --device cuda, not {device}")
+        pipe.enable_cuda_graph()
+    return pipe
+
+
 def _sample_many(args: argparse.Namespace) -> None:
     """`cm sample --num N`: per-image seeds, shards, resume; one process or one per rank under torchrun."""
     from .generation import generate_samples
-    from .pipeline import ConsistencyModelPipeline
     from .training.distributed import setup_distributed, teardown_distributed
 
     if args.class_labels is not None and len(args.class_labels) != 1:
@@ -93,8 +105,7 @@ def _sample_many(args: argparse.Namespace) -> None:
     _device(args.device)
     context = setup_distributed(args.device)
     try:
-        pipe = ConsistencyModelPipeline.from_pretrained(args.model, torch_dtype=DTYPES[args.dtype],
-                                                        device=context.device)
+        pipe = _sampling_pipeline(args, context.device)
         out = generate_samples(
             pipe, args.num, args.out, batch_size=args.batch_size, seed=args.seed,
             class_labels=None if args.class_labels is None else args.class_labels[0],
@@ -245,7 +256,7 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 EDITS = {  # name: (help, needs --image)
     "inpaint": ("regenerate the masked pixels (mask: white = regenerate)", True),
-    "colorize": ("color a grayscale image (needs an RGB model)", True),
+    "colorize": ("color a grayscale image (needs an RGB model; default: the embedded digits-color)", True),
     "superres": ("upsample a low-resolution image by --factor", True),
     "stroke": ("turn a coarse stroke painting into an image (SDEdit)", True),
     "denoise": ("remove Gaussian noise of std --sigma (in [-1, 1] units) in one step", True),
@@ -254,7 +265,7 @@ EDITS = {  # name: (help, needs --image)
 
 
 def _add_edit_parser(sub: argparse._SubParsersAction) -> None:
-    from .io.hub import DEFAULT_MODEL
+    from .io.hub import COLOR_MODEL, DEFAULT_MODEL
 
     edit = sub.add_parser("edit", help="zero-shot editing: inpaint, colorize, superres, stroke, denoise, interpolate",
                           description="Zero-shot image editing with a consistency model (Algorithm 4).")
@@ -262,7 +273,8 @@ def _add_edit_parser(sub: argparse._SubParsersAction) -> None:
     for name, (help_text, needs_image) in EDITS.items():
         p = kinds.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".",
                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-        p.add_argument("--model", default=DEFAULT_MODEL, help="embedded model name, pipeline folder or Hub id")
+        p.add_argument("--model", default=COLOR_MODEL if name == "colorize" else DEFAULT_MODEL,
+                       help="embedded model name, pipeline folder or Hub id")
         if needs_image:
             p.add_argument("--image", required=True, help="input PNG/JPEG at the model's size (see --resize)")
             p.add_argument("--resize", action="store_true", help="center-crop and resize inputs of another size")
@@ -355,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     sample.add_argument("--model", default="digits",
-                        help="embedded model name (digits, digits-teacher), pipeline folder (diffusers format) "
+                        help="embedded model name (digits, digits-teacher, digits-color), pipeline folder (diffusers format) "
                              "or Hugging Face Hub id such as openai/diffusers-cd_imagenet64_l2")
     sample.add_argument("--out", required=True,
                         help="samples.png (a grid), DIR/ (one PNG per image) or samples.npz "
@@ -379,7 +391,13 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0, help="seed of the noise and of random labels")
     sample.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cpu, cuda or cuda:N")
-    sample.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="network precision")
+    sample.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+                        help="network precision; bfloat16/float16 keep GroupNorm and the skip path in float32")
+    sample.add_argument("--compile", action="store_true",
+                        help="torch.compile the consistency function (fullgraph; the first call compiles)")
+    sample.add_argument("--fast-kernels", action=argparse.BooleanOptionalAction, default=True,
+                        help="Winograd 3x3 convolutions and channels_last for wide networks on CPU (~1e-6 off)")
+    sample.add_argument("--cuda-graph", action="store_true", help="capture the sampling loop as one CUDA graph")
     sample.set_defaults(func=cmd_sample)
 
     _add_edit_parser(sub)

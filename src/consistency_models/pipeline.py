@@ -21,9 +21,16 @@ from .io.diffusers_format import load_network, read_model_index, save_network, w
 from .io.hub import resolve_model_path
 from .io.images import pil_image, to_uint8
 from .networks.unet import UNetModel
-from .parametrization import PARAMETRIZATIONS, Preconditioned
-from .parametrization import karras_sigmas
-from .sampling import Generator, randn, resolve_sigmas, sample_consistency, sample_heun
+from .parametrization import PARAMETRIZATIONS, Preconditioned, karras_sigmas
+from .sampling import (
+    CUDAGraphSampler,
+    Generator,
+    draw_step_noise,
+    randn,
+    resolve_sigmas,
+    sample_consistency,
+    sample_heun,
+)
 from .scheduler import CMStochasticIterativeScheduler
 
 OUTPUT_TYPES = ("pil", "np", "pt")
@@ -56,6 +63,11 @@ class ConsistencyModelPipeline:
         cfg = self.scheduler.config
         self.model: Preconditioned = PARAMETRIZATIONS[parametrization](unet, cfg.sigma_data, cfg.sigma_min)
         self.progress_bar_config: dict[str, Any] = {}
+        self._fast_kernels = False
+        self._compile_options: dict[str, Any] | None = None  # set by compile()
+        self._compiled: Callable[..., torch.Tensor] | None = None
+        self._cuda_graph = False
+        self._graph: CUDAGraphSampler | None = None
 
     # -- loading and saving -------------------------------------------------------------
     @classmethod
@@ -83,9 +95,60 @@ class ConsistencyModelPipeline:
         self.scheduler.save_pretrained(folder / "scheduler")
         write_model_index(folder, self.parametrization)
 
-    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "ConsistencyModelPipeline":
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> ConsistencyModelPipeline:
+        """Move the network; a bfloat16/float16 `dtype` is mixed precision: the network's convolutions,
+        matmuls and attention run in it, GroupNorm, the skip path c_skip·x and the combination
+        c_skip·x + c_out·F in float32 (`Preconditioned`)."""
         self.unet.to(device=device, dtype=dtype)
+        if self._fast_kernels:  # what pays off depends on the device
+            self.unet.use_fast_kernels()
+        self._reset_fast_paths()
         return self
+
+    # -- fast paths -----------------------------------------------------------------------
+    def enable_fast_kernels(self, enabled: bool = True) -> ConsistencyModelPipeline:
+        """Winograd F(2×2, 3×3) for the wide 3×3 convolutions on CPU and channels_last weights and
+        activations for wide networks (`UNetModel.use_fast_kernels`). Agrees with the default
+        float32 path to ~1e-5; a point model (MLP) is left as it is."""
+        self._fast_kernels = enabled and hasattr(self.unet, "use_fast_kernels")
+        if hasattr(self.unet, "use_fast_kernels"):
+            self.unet.use_fast_kernels(enabled)
+        self._reset_fast_paths()
+        return self
+
+    def compile(self, enabled: bool = True, **options: Any) -> ConsistencyModelPipeline:
+        """Sample through `torch.compile(self.model, fullgraph=True, dynamic=False, **options)`: one
+        graph for every σ of consistency sampling (EDM/Heun sampling stays eager). On CPU inductor's
+        freezing is on unless `options` say otherwise: the weights become constants of the
+        graph, so call compile() again after changing them in place. Compilation happens on
+        the first call for each batch shape and dtype."""
+        self._compile_options = ({"fullgraph": True, "dynamic": False, **options} if enabled else None)
+        self._reset_fast_paths()
+        return self
+
+    def enable_cuda_graph(self, enabled: bool = True) -> ConsistencyModelPipeline:
+        """On CUDA, capture the whole consistency sampling loop as one CUDA graph, the first time a
+        batch shape, schedule and label shape is seen, and replay it on later calls (same images as
+        without). Calls with a `callback`, EDM models and other devices run without it."""
+        self._cuda_graph = enabled
+        self._graph = None
+        return self
+
+    def _reset_fast_paths(self) -> None:
+        """Compiled functions and captured graphs hold the old weights, dtypes and layouts: rebuild lazily."""
+        self._compiled = None
+        self._graph = None
+
+    def _sampling_model(self) -> Callable[..., torch.Tensor]:
+        """The consistency function the sampler calls: compiled when compile() was asked for."""
+        if self._compile_options is None:
+            return self.model
+        if self._compiled is None:
+            options = dict(self._compile_options)
+            if self.device.type == "cpu":
+                options["options"] = {"freezing": True, **options.get("options", {})}
+            self._compiled = torch.compile(self.model, **options)
+        return self._compiled
 
     @property
     def device(self) -> torch.device:
@@ -218,15 +281,11 @@ class ConsistencyModelPipeline:
                                 progress=bar.update)
                 x = x.clamp(-1, 1) if cfg.clip_denoised else x
             else:
-                x = sample_consistency(
-                    self.model, x, schedule, class_labels=labels, generator=generator, s_noise=cfg.s_noise,
-                    clip_denoised=cfg.clip_denoised, sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max,
-                    callback=user_callback, progress=bar.update,
-                )
+                x = self._sample_consistency(x, schedule, labels, generator, user_callback, bar.update)
         if not self.is_image_model:  # points keep their coordinates
             images = x if output_type == "pt" else x.cpu().numpy()
             return ImagePipelineOutput(images=images, class_labels=labels) if return_dict else (images,)
-        images = (x / 2 + 0.5).clamp(0, 1)
+        images = (x / 2 + 0.5).clamp(0, 1).contiguous()
         if output_type != "pt":
             images = images.cpu().permute(0, 2, 3, 1).numpy()
             if output_type == "pil":
@@ -234,3 +293,32 @@ class ConsistencyModelPipeline:
         if not return_dict:
             return (images,)
         return ImagePipelineOutput(images=images, class_labels=labels)
+
+    def _sample_consistency(
+        self,
+        x: torch.Tensor,
+        schedule: list[float],
+        labels: torch.Tensor | None,
+        generator: Generator,
+        callback: Callable[[int, float, torch.Tensor], None] | None,
+        progress: Callable[[int], object],
+    ) -> torch.Tensor:
+        """Algorithm 1 through the fast paths that are on: channels_last, compiled model, CUDA graph."""
+        cfg = self.scheduler.config
+        options = {"s_noise": cfg.s_noise, "clip_denoised": cfg.clip_denoised,
+                   "sigma_min": cfg.sigma_min, "sigma_max": cfg.sigma_max}
+        if getattr(self.unet, "channels_last", False):
+            x = x.contiguous(memory_format=torch.channels_last)
+        model = self._sampling_model()
+        if not (self._cuda_graph and x.device.type == "cuda" and callback is None):
+            return sample_consistency(model, x, schedule, class_labels=labels, generator=generator,
+                                      callback=callback, progress=progress, **options)
+        steps = len(schedule) - 1
+        noise = draw_step_noise(x.shape, steps, generator, x.device)
+        key = CUDAGraphSampler.key_for(model, x, schedule, labels)
+        if self._graph is None or self._graph.key != key:
+            self._graph = None  # free the old graph's memory before capturing the new one
+            self._graph = CUDAGraphSampler(model, x, schedule, labels, noise, **options)
+        x = self._graph(x, labels, noise)
+        progress(steps)
+        return x

@@ -124,6 +124,14 @@ def resolve_sigmas(
     return sigmas_from_timesteps(timesteps, num_train_timesteps, sigma_min, sigma_max, rho)
 
 
+def renoise_scale(
+    sigma_next: float, s_noise: float = 1.0, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX
+) -> float:
+    """s_noise·√(σ̂² − σ_min²), σ̂ = clamp(σ_next, σ_min, σ_max): z's factor in Algorithm 1, line 5."""
+    sigma_hat = min(max(float(sigma_next), sigma_min), sigma_max)
+    return s_noise * (sigma_hat**2 - sigma_min**2) ** 0.5
+
+
 def renoise(
     denoised: torch.Tensor,
     sigma_next: float,
@@ -133,8 +141,15 @@ def renoise(
     sigma_max: float = SIGMA_MAX,
 ) -> torch.Tensor:
     """x = x₀ + s_noise·z·√(σ̂² − σ_min²), σ̂ = clamp(σ_next, σ_min, σ_max) (Algorithm 1, line 5)."""
-    sigma_hat = min(max(float(sigma_next), sigma_min), sigma_max)
-    return denoised + (s_noise * (sigma_hat**2 - sigma_min**2) ** 0.5) * noise
+    return denoised + renoise_scale(sigma_next, s_noise, sigma_min, sigma_max) * noise
+
+
+def sigma_levels(sigmas: Sequence[float], device: torch.device | str | None = None) -> list[torch.Tensor]:
+    """The evaluation σs (all but the final σ_min) as 0-d float64 tensors on `device`, made once per
+    schedule: the loop then copies nothing from the host, and a compiled model gets one graph for
+    every step (a Python float would be baked into the graph, one recompilation per σ)."""
+    levels = torch.tensor([float(s) for s in sigmas[:-1]], dtype=torch.float64).to(device)
+    return [level.clone() for level in levels.unbind()]
 
 
 @torch.no_grad()
@@ -151,24 +166,30 @@ def sample_consistency(
     sigma_max: float = SIGMA_MAX,
     callback: Callable[[int, float, torch.Tensor], None] | None = None,
     progress: Callable[[int], object] | None = None,
+    noise: torch.Tensor | None = None,
+    levels: Sequence[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """One-step (len(sigmas) == 2) or multistep consistency sampling (Algorithm 1).
 
     The same numbers as OpenAI's `stochastic_iterative_sampler` and diffusers'
     `CMStochasticIterativeScheduler`: every step of a multistep run draws fresh noise (the
-    last one scaled by 0), a one-step run draws none.
+    last one scaled by 0), a one-step run draws none. `model(x, sigma, class_labels)` gets σ
+    as a 0-d float64 tensor on x's device (as k-diffusion passes tensors). `noise` (steps × x's
+    shape) replaces the draws from `generator`, and `levels` (from `sigma_levels`) the σ
+    tensors, for a loop that must not touch the host (CUDA graph capture).
     """
     sigmas = [float(s) for s in sigmas]
     if len(sigmas) < 2:
         raise InvalidInputError("sigmas: need at least one evaluation level followed by sigma_min")
     steps = len(sigmas) - 1
+    levels = sigma_levels(sigmas, x.device) if levels is None else levels
     for i in range(steps):
-        x0 = model(x, sigmas[i], class_labels)
+        x0 = model(x, levels[i], class_labels)
         if clip_denoised:
             x0 = x0.clamp(-1, 1)
         if steps > 1:
-            noise = randn(x0.shape, generator, device=x0.device, dtype=x0.dtype)
-            x = renoise(x0, sigmas[i + 1], noise, s_noise, sigma_min, sigma_max)
+            z = noise[i] if noise is not None else randn(x0.shape, generator, device=x0.device, dtype=x0.dtype)
+            x = x0 + renoise_scale(sigmas[i + 1], s_noise, sigma_min, sigma_max) * z
         else:
             x = x0
         if callback is not None:
@@ -176,6 +197,73 @@ def sample_consistency(
         if progress is not None:
             progress(1)
     return x
+
+
+class CUDAGraphSampler:
+    """`sample_consistency` for one fixed batch shape, schedule and model, captured once as a
+    single CUDA graph (every step of the multistep loop) and replayed.
+
+    The graph reads its inputs from static buffers: the scaled starting noise, the class labels
+    and the step noises, which the caller draws beforehand in the order the loop would
+    (`draw_step_noise`), so a replay gives the same images as the eager loop.
+    """
+
+    def __init__(
+        self,
+        model: Callable[..., torch.Tensor],
+        x: torch.Tensor,
+        sigmas: Sequence[float],
+        class_labels: torch.Tensor | None,
+        noise: torch.Tensor | None,
+        warmup: int = 2,
+        **options: float | bool,
+    ) -> None:
+        if x.device.type != "cuda":
+            raise InvalidInputError(f"cuda_graph: needs a CUDA device, the model is on {x.device}")
+        self.key = self.key_for(model, x, sigmas, class_labels)
+        self.static_x = x.clone()
+        self.static_labels = None if class_labels is None else class_labels.clone()
+        self.static_noise = None if noise is None else noise.clone()
+        # The graph reads the σ tensors at replay: they must live as long as it does.
+        self.levels = sigma_levels(sigmas, x.device)
+
+        def run() -> torch.Tensor:
+            return sample_consistency(model, self.static_x, sigmas, class_labels=self.static_labels,
+                                      noise=self.static_noise, levels=self.levels, **options)
+
+        side = torch.cuda.Stream(device=x.device)
+        side.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(side):  # warm-up outside the graph: lazy init, autotuning, compilation
+            for _ in range(warmup):
+                run()
+        torch.cuda.current_stream(x.device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.static_out = run()
+
+    @staticmethod
+    def key_for(model: Callable, x: torch.Tensor, sigmas: Sequence[float], class_labels: torch.Tensor | None) -> tuple:
+        """What a captured graph is valid for."""
+        labels = None if class_labels is None else (tuple(class_labels.shape), class_labels.dtype)
+        return (id(model), tuple(x.shape), x.dtype, x.stride(), x.device, tuple(float(s) for s in sigmas), labels)
+
+    def __call__(self, x: torch.Tensor, class_labels: torch.Tensor | None, noise: torch.Tensor | None) -> torch.Tensor:
+        self.static_x.copy_(x)
+        if self.static_labels is not None:
+            self.static_labels.copy_(class_labels)
+        if self.static_noise is not None:
+            self.static_noise.copy_(noise)
+        self.graph.replay()
+        return self.static_out.clone()
+
+
+def draw_step_noise(
+    shape: Sequence[int], steps: int, generator: Generator, device: torch.device | str | None
+) -> torch.Tensor | None:
+    """The step noises a multistep `sample_consistency` run draws, drawn in advance (None for one step)."""
+    if steps < 2:
+        return None
+    return torch.stack([randn(shape, generator, device=device) for _ in range(steps)])
 
 
 def _column(sigma: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
