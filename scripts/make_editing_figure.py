@@ -22,6 +22,7 @@ from consistency_models import ConsistencyModelPipeline, editing
 from consistency_models.data import load_dataset
 from consistency_models.io.atomic import atomic_path
 from consistency_models.io.images import to_uint8
+from make_color_digits import color_digits
 
 SCALE = 4          # pixels per model pixel in the figure
 GAP = 6            # pixels between triples
@@ -47,6 +48,7 @@ def stroke_paintings(size: int = 16) -> tuple[torch.Tensor, list[int]]:
 
 def tile(images: torch.Tensor) -> np.ndarray:
     """(N, C, H, W) in [0, 1] → one uint8 RGB row, images side by side, magnified."""
+    images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
     row = torch.cat(list(images), dim=2)  # (C, H, N·W)
     row = row.expand(3, -1, -1) if row.shape[0] == 1 else row
     array = to_uint8(row.permute(1, 2, 0).numpy())
@@ -58,6 +60,7 @@ def main() -> None:
     parser.add_argument("--out", default="docs/images/editing.png")
     parser.add_argument("--model", default="digits")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--color-model", default="digits-color", help="RGB model for the colorization row")
     parser.add_argument("--count", type=int, default=4, help="digits per row")
     args = parser.parse_args()
 
@@ -82,10 +85,13 @@ def main() -> None:
     result = editing.super_resolve(pipe, low, 4, generator=generator(), class_labels=labels)
     rows.append(("super-resolution\n4x (4x4 input)", torch.stack([images, F.interpolate(low, scale_factor=4.0), result], 1)))
 
-    if channels == 3:
-        gray = editing._luminance(images)
-        result = editing.colorize(pipe, gray, generator=generator(), class_labels=labels)
-        rows.append(("colorization", torch.stack([images, gray.expand(-1, 3, -1, -1), result], 1)))
+    color_pipe = ConsistencyModelPipeline.from_pretrained(args.color_model)
+    colored, color_labels = color_digits("test", seed=1)
+    colored = torch.from_numpy(colored[pick.numpy()]).permute(0, 3, 1, 2).float() / 255
+    gray = editing._luminance(colored)
+    result = editing.colorize(color_pipe, gray, generator=generator(),
+                              class_labels=torch.from_numpy(color_labels[pick.numpy()]))
+    rows.append((f"colorization\n({args.color_model})", torch.stack([colored, gray.expand(-1, 3, -1, -1), result], 1)))
 
     strokes, stroke_labels = stroke_paintings()
     strokes = strokes.expand(-1, channels, -1, -1)

@@ -35,11 +35,11 @@ for name, out in (("digits-teacher", "init-teacher"), ("digits", "init-cd")):
     print("wrote", root / out)
 PY
 $cm train --method edm --init-from "$root/init-teacher" --data "$root/color_digits.npz" --out "$root/teacher" \
-  --steps ${TEACHER_STEPS:-400} --batch-size 128 --lr 2e-4 --warmup-steps 50 --ema-rates 0.99 \
-  --save-every 200 --sample-every 200 --log-every 50 --seed 0 --no-progress --device "$device"
+  --steps ${TEACHER_STEPS:-1800} --batch-size 128 --lr 5e-4 --warmup-steps 100 --ema-rates 0.995 \
+  --save-every 300 --sample-every 300 --log-every 50 --seed 0 --no-progress --device "$device"
 $cm train --method cd --teacher "$root/teacher" --init-from "$root/init-cd" --data "$root/color_digits.npz" \
   --out "$root/cd" --num-scales 18 --target-mu 0.95 --distance l2 --solver heun \
-  --steps ${CD_STEPS:-400} --batch-size 64 --lr 1e-4 --ema-rates 0.99 \
+  --steps ${CD_STEPS:-800} --batch-size 64 --lr 1e-4 --ema-rates 0.995 \
   --save-every 200 --sample-every 200 --log-every 50 --seed 0 --no-progress --device "$device"
 # Ship the EMA weights in float16 (loading casts back to float32).
 dest=$($python -c "import consistency_models, pathlib; print(pathlib.Path(consistency_models.__file__).parent / 'weights')")

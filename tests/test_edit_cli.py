@@ -47,6 +47,7 @@ def read(path) -> np.ndarray:
         (["denoise", "--image", "digit.png", "--sigma", "0.2"], (16, 16)),
         (["interpolate", "--num", "5"], (20, 92)),  # a strip of 5 frames, 2-px padding
         (["colorize", "--image", "digit.png", "--model", "rgb"], (16, 16, 3)),
+        (["colorize", "--image", "digit_rgb.png"], (16, 16, 3)),  # the embedded digits-color model
     ],
 )
 def test_every_edit_writes_a_png(files, tmp_path, capsys, monkeypatch, argv, size):
@@ -96,7 +97,7 @@ def test_resize_makes_another_size_acceptable(files, tmp_path, capsys):
         (["inpaint", "--image", "digit.png", "--mask", "mask8.png"], "mask8.png is 8×8 but 16×16 is needed"),
         (["superres", "--image", "low.png", "--factor", "3"], "factor: 3 must divide the model's image size 16"),
         (["superres", "--image", "digit.png", "--factor", "4"], "digit.png is 16×16 but 4×4 is needed"),
-        (["colorize", "--image", "digit.png"], "colorization needs an RGB model"),
+        (["colorize", "--image", "digit.png", "--model", "digits"], "colorization needs an RGB model"),
         (["denoise", "--image", "digit.png", "--sigma", "-1"], "sigma: -1.0 must lie in"),
         (["denoise", "--image", "missing.png", "--sigma", "1"], "image: no such file 'missing.png'"),
         (["inpaint", "--image", "digit.png", "--mask", "mask.png", "--class-label", "12"], "class_labels: [12]"),

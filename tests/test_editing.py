@@ -231,3 +231,26 @@ def test_super_resolving_digits_beats_nearest_upsampling(digits):
     before, after = psnr(nearest, images), psnr(out, images)
     print(f"\n4× super-resolution of held-out digits: nearest {before:.2f} dB → consistency model {after:.2f} dB")
     assert after > before + 2
+
+
+def test_colorizing_digits_keeps_luminance_and_adds_color():
+    """The embedded RGB model colors held-out digits: their luminance is kept, and the strokes get hues."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from make_color_digits import color_digits
+
+    pipe = cm.ConsistencyModelPipeline.from_pretrained("digits-color")
+    truth, labels = color_digits("test", seed=1)
+    truth = torch.from_numpy(truth[:32]).permute(0, 3, 1, 2).float() / 255
+    gray = editing._luminance(truth)
+    out = editing.colorize(pipe, gray, generator=gen(), class_labels=torch.from_numpy(labels[:32]))
+    luminance_error = (editing._luminance(out) - LUMA.sum().float() * gray).abs()
+    strokes = gray[:, 0] > 0.3
+    chroma = (out.max(dim=1).values - out.min(dim=1).values)[strokes].mean().item()
+    true_chroma = (truth.max(dim=1).values - truth.min(dim=1).values)[strokes].mean().item()
+    print(f"\ncolorizing held-out digits: mean |luminance error| {luminance_error.mean():.4f} "
+          f"(clip only), stroke chroma {chroma:.3f} (data: {true_chroma:.3f}, gray input: 0)")
+    assert luminance_error.mean() < 0.01
+    assert chroma > 0.3 * true_chroma

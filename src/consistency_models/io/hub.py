@@ -12,8 +12,10 @@ from ..errors import InvalidInputError
 EMBEDDED = {
     "digits": "digits",                  # the default model: a consistency model of 16-px digits
     "digits-teacher": "digits-teacher",  # its EDM teacher (a diffusion denoiser)
+    "digits-color": "digits-color",      # RGB digits of random hue (fine-tuned from the above): for colorization
 }
 DEFAULT_MODEL = "digits"
+COLOR_MODEL = "digits-color"  # the default of `cm edit colorize` (colorization needs an RGB model)
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _PATTERNS = ["model_index.json", "unet/config.json", "unet/*.safetensors", "scheduler/*.json"]
