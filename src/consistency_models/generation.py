@@ -49,24 +49,27 @@ def shard_folder(out: str | os.PathLike) -> Path:
     return Path(str(out) + SHARD_SUFFIX)
 
 
-def _read_shard(path: Path) -> dict[str, np.ndarray] | None:
-    """A shard's arrays, or None for a damaged or foreign file (its images are made again)."""
+def _read_shard(path: Path, images: bool) -> dict[str, np.ndarray] | None:
+    """A shard's indices (and images and labels when `images`), or None for a damaged or foreign
+    file (its images are made again). `np.load` reads lazily: indices alone skip the pixels."""
     try:
         with np.load(path) as data:
-            shard = {key: data[key] for key in data.files}
+            if not {"images", "indices"} <= set(data.files):
+                return None
+            keys = data.files if images else ["indices"]
+            return {key: data[key] for key in keys}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile):
         return None
-    return shard if {"images", "indices"} <= shard.keys() else None
 
 
-def _shards(folder: Path) -> list[dict[str, np.ndarray]]:
+def _shards(folder: Path, images: bool = False) -> list[dict[str, np.ndarray]]:
     if not folder.is_dir():
         return []
-    return [shard for path in sorted(folder.glob("r*.npz")) if (shard := _read_shard(path)) is not None]
+    return [shard for path in sorted(folder.glob("r*.npz")) if (shard := _read_shard(path, images)) is not None]
 
 
 def existing_indices(folder: Path) -> set[int]:
-    """The image indices already written as shards in `folder`."""
+    """The image indices already written as shards in `folder` (their pixels are not read)."""
     return {int(i) for shard in _shards(folder) for i in shard["indices"]}
 
 
@@ -184,12 +187,15 @@ def generate_samples(
 
 def merge_shards(folder: Path, num: int, out: Path) -> Path:
     """Write images 0 … num−1 from the shards in index order into `out`, then delete the shards."""
-    missing = num - len([i for i in existing_indices(folder) if i < num])
-    if missing:
-        raise InvalidInputError(f"out: {missing} of {num} images are missing from {folder}; run the same command again")
+    shards = _shards(folder, images=True)  # every shard read once
+    done = {int(i) for shard in shards for i in shard["indices"] if i < num}
+    if len(done) < num:
+        raise InvalidInputError(
+            f"out: {num - len(done)} of {num} images are missing from {folder}; run the same command again"
+        )
     images: np.ndarray | None = None
     labels: np.ndarray | None = None
-    for shard in _shards(folder):
+    for shard in shards:
         keep = shard["indices"] < num
         idx = shard["indices"][keep]
         if images is None:
