@@ -7,7 +7,8 @@ rate each training step achieves, so efficiency can be followed over time:
     python bench/train_step.py --preset imagenet64 --batch-size 4 --device cuda --precision bfloat16
 
 FLOPs are counted with torch.utils.flop_counter on one step (forward + backward + target and
-teacher forwards); the rate is FLOPs / median step time.
+teacher forwards); the rate is FLOPs / median step time. The step is the whole optimizer step
+of `cm train`: loss, backward, RAdam (as built by the trainer, in its rectified phase), EMA.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from consistency_models import ConsistencyFunction, Denoiser, UNetModel, preset
 from consistency_models.training.batch_rng import BatchRNG
 from consistency_models.training.losses import CDLoss, CTLoss
+from consistency_models.training.optimizer import build_optimizer
 
 
 def matmul_rate(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
@@ -58,7 +60,7 @@ def build_loss(method: str, cfg, device: torch.device):
 def time_step(method: str, cfg, batch: int, device: torch.device, precision: str, repeats: int) -> tuple[float, float]:
     """(median seconds per optimizer step, FLOPs per step)."""
     network, loss_fn = build_loss(method, cfg, device)
-    optimizer = torch.optim.RAdam(network.parameters(), lr=1e-5)
+    optimizer = build_optimizer("radam", network.parameters(), lr=1e-5)
     x = torch.randn(batch, cfg.in_channels, cfg.image_size, cfg.image_size, device=device).clamp(-1, 1)
     labels = torch.randint(0, cfg.num_classes, (batch,), device=device) if cfg.num_classes else None
     autocast = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(precision)
@@ -73,6 +75,8 @@ def time_step(method: str, cfg, batch: int, device: torch.device, precision: str
         loss_fn.after_step(500)
 
     step(0)
+    for state in optimizer.state.values():  # past RAdam's first 5 steps: the rectified update of a long run
+        state["step"].fill_(1000)
     with FlopCounterMode(display=False) as counter:
         step(1)
     times = []
@@ -92,6 +96,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", choices=["float32", "bfloat16", "both"], default="both")
+    parser.add_argument("--methods", default="ct,cd", help="comma-separated subset of ct,cd")
     args = parser.parse_args()
     device = torch.device(args.device)
     cfg = preset(args.preset)
@@ -101,15 +106,18 @@ def main() -> None:
     print(f"matmul 2048²: float32 {fp32:.1f} GFLOP/s, bfloat16 {bf16:.1f} GFLOP/s")
     print(f"{'step':<6} {'precision':<10} {'img/s':>9} {'GFLOP/step':>11} {'GFLOP/s':>9} {'of fp32 matmul':>15}")
     precisions = ["float32", "bfloat16"] if args.precision == "both" else [args.precision]
+    methods = [m for m in args.methods.split(",") if m]
+    if not methods or any(m not in ("ct", "cd") for m in methods):
+        parser.error(f"--methods: {args.methods!r} is not a comma-separated subset of ct,cd")
     results = {}
-    for method in ("ct", "cd"):
+    for method in methods:
         for precision in precisions:
             seconds, flops = time_step(method, cfg, args.batch_size, device, precision, args.repeats)
             rate = flops / seconds / 1e9
             results[(method, precision)] = seconds
             print(f"{method:<6} {precision:<10} {args.batch_size / seconds:>9.1f} {flops / 1e9:>11.2f} "
                   f"{rate:>9.1f} {rate / fp32:>14.0%}")
-    for method in ("ct", "cd"):
+    for method in methods:
         if (method, "bfloat16") in results and (method, "float32") in results:
             print(f"{method}: bfloat16 step is {results[(method, 'float32')] / results[(method, 'bfloat16')]:.2f}x "
                   "the float32 one")

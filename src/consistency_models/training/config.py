@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 
 from ..errors import InvalidInputError
+from .optimizer import OPTIMIZERS
 
 METHODS = ("edm", "cd", "ct", "ict", "ect")
-OPTIMIZERS = ("radam", "adamw")
 PRECISIONS = ("float32", "bfloat16", "float16")
 
 # Per-method defaults for settings left as None.

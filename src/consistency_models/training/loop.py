@@ -30,6 +30,7 @@ from .ema import EMA
 from .lpips import LPIPS
 from .losses import CDLoss, CTLoss, ECTLoss, EDMLoss, ICTLoss, Loss
 from .models import build_network, export_pipeline, load_teacher, preview
+from .optimizer import build_optimizer
 from ..data import load_dataset
 
 
@@ -103,8 +104,7 @@ class Trainer:
         self.parametrization = "edm" if cfg.method == "edm" else "consistency"
         self.loss = self._build_loss()
         params = [p for p in self.network.parameters() if p.requires_grad]
-        opt_cls = torch.optim.RAdam if cfg.optimizer == "radam" else torch.optim.AdamW
-        self.optimizer = opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = build_optimizer(cfg.optimizer, params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.ema = EMA(self.network, cfg.ema_rates, warmup=True) if cfg.ema_rates else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "float16" and device.type == "cuda")
         self.step = 0
