@@ -20,7 +20,7 @@ from consistency_models import (
     InvalidInputError,
     UNetConfig,
 )
-from consistency_models.networks.unet import group_norm_fp32
+from consistency_models.networks.unet import group_norm_fp32, upsample_nearest_2x
 from consistency_models.networks.winograd import (
     Conv3x3,
     winograd_conv3x3,
@@ -191,6 +191,26 @@ def test_group_norm_of_bfloat16_is_computed_in_float32(channels_last):
     assert out.dtype == torch.bfloat16
     # The float32 result within one bfloat16 ulp (a bfloat16 reduction would be far off).
     assert ((out.float() - ref).abs() <= ref.abs() * 2**-7 + 1e-6).all()
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_upsample_is_interpolate_nearest(layout, dtype):
+    """The broadcast-copy 2× upsampling equals F.interpolate(mode="nearest"), values and gradients."""
+    x = torch.randn(2, 5, 4, 6, dtype=dtype)
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    elif layout == "strided":
+        x = torch.randn(2, 5, 4, 12, dtype=dtype)[..., ::2]
+    x.requires_grad_(True)
+    ours = upsample_nearest_2x(x)
+    reference = F.interpolate(x, scale_factor=2.0, mode="nearest")
+    assert ours.shape == (2, 5, 8, 12) and torch.equal(ours, reference)
+    assert ours[0, 1, 3, 5] == x[0, 1, 1, 2]  # by hand: output (i, j) reads input (i // 2, j // 2)
+    grad = torch.randn_like(ours)
+    (ours_grad,) = torch.autograd.grad(ours, x, grad)
+    (reference_grad,) = torch.autograd.grad(reference, x, grad)
+    torch.testing.assert_close(ours_grad, reference_grad)
 
 
 # -- torch.compile ------------------------------------------------------------------------------------

@@ -104,6 +104,16 @@ def group_norm_fp32(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
     return F.group_norm(x.float(), norm.num_groups, weight, bias, norm.eps).to(x.dtype)
 
 
+def upsample_nearest_2x(x: torch.Tensor) -> torch.Tensor:
+    """Nearest-neighbour 2× upsampling (F.interpolate's "nearest"). On CPU an NCHW tensor is
+    upsampled as one broadcast copy: PyTorch's NCHW kernel goes through channels_last and back
+    (measured 3× slower at (32, 64, 16, 16)); channels_last input keeps PyTorch's kernel."""
+    if x.device.type != "cpu" or x.dim() != 4 or not x.is_contiguous():
+        return F.interpolate(x, scale_factor=2.0, mode="nearest")
+    n, c, h, w = x.shape
+    return x[:, :, :, None, :, None].expand(n, c, h, 2, w, 2).reshape(n, c, 2 * h, 2 * w)
+
+
 def timestep_embedding(noise_labels: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding [cos(t·f_k), sin(t·f_k)], f_k = exp(−ln(max_period)·k/(dim/2)), in float32."""
     half = dim // 2
@@ -154,7 +164,7 @@ class ResBlock(nn.Module):
         if self.resample == "down":
             return F.avg_pool2d(x, kernel_size=2, stride=2)
         if self.resample == "up":
-            return F.interpolate(x, scale_factor=2.0, mode="nearest")
+            return upsample_nearest_2x(x)
         return x
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
