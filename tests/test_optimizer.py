@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -79,3 +80,82 @@ def test_fast_forms_are_chosen_on_cpu():
 def test_unknown_optimizer():
     with pytest.raises(ValueError, match=r"optimizer: unknown optimizer 'sgd'; choose one of radam, adamw"):
         build_optimizer("sgd", [torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+
+
+def run_steps(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], grads, steps: range, skip=None) -> None:
+    for step in steps:
+        for i, (p, g) in enumerate(zip(params, grads)):
+            p.grad = None if skip == (step, i) else g[step].clone()
+        optimizer.step()
+
+
+def two_copies(seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(64, 33), (17,), (3, 3, 4, 4)]
+    start = [torch.randn(s, generator=gen) for s in shapes]
+    grads = [[torch.randn(s, generator=gen) for _ in range(14)] for s in shapes]
+    copies = [[torch.nn.Parameter(x.clone()) for x in start] for _ in range(2)]
+    return copies, grads
+
+
+def test_fused_rectified_steps_match_torch_radam(monkeypatch):
+    """Fourteen steps with L2 weight decay: the same parameters and state as torch.optim.RAdam
+    (single-tensor) to float32 rounding, the steps from 6 on taken by the fused Adam kernel."""
+    import consistency_models.training.optimizer as module
+
+    fused_calls = []
+
+    def counting_adam(*args, **kwargs):
+        fused_calls.append(kwargs["fused"])
+        return module_adam(*args, **kwargs)
+
+    module_adam = module.adam_update
+    monkeypatch.setattr(module, "adam_update", counting_adam)
+    (ours, reference), grads = two_copies()
+    optimizer = build_optimizer("radam", ours, lr=3e-3, weight_decay=0.05)
+    torch_radam = torch.optim.RAdam(reference, lr=3e-3, weight_decay=0.05, foreach=False)
+    run_steps(optimizer, ours, grads, range(14))
+    run_steps(torch_radam, reference, grads, range(14))
+    assert fused_calls == [True] * 9  # steps 6..14: ρ_t > 5 from t = 6 with β2 = 0.999
+    for p, q in zip(ours, reference):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            torch.testing.assert_close(optimizer.state[p][key], torch_radam.state[q][key], rtol=1e-5, atol=1e-12)
+
+
+def test_radam_state_dict_is_torch_radams():
+    """A torch.optim.RAdam checkpoint resumes in ours (and the other way) with the same result."""
+    (ours, reference), grads = two_copies(1)
+    torch_radam = torch.optim.RAdam(reference, lr=1e-2)
+    run_steps(torch_radam, reference, grads, range(7))
+    with torch.no_grad():
+        for p, q in zip(ours, reference):
+            p.copy_(q)
+    optimizer = build_optimizer("radam", ours, lr=1e-2)
+    optimizer.load_state_dict(copy.deepcopy(torch_radam.state_dict()))  # as read from a file: no shared tensors
+    run_steps(optimizer, ours, grads, range(7, 14))
+    run_steps(torch_radam, reference, grads, range(7, 14))
+    for p, q in zip(ours, reference):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
+    assert set(optimizer.state_dict()["param_groups"][0]) == set(torch_radam.state_dict()["param_groups"][0])
+
+
+def test_radam_falls_back_where_it_cannot_fuse():
+    """A parameter without a gradient at step 8 (its step count lags) and decoupled weight decay:
+    torch.optim.RAdam's own path, same numbers."""
+    (ours, reference), grads = two_copies(2)
+    optimizer = build_optimizer("radam", ours, lr=1e-2)
+    torch_radam = torch.optim.RAdam(reference, lr=1e-2, foreach=False)
+    run_steps(optimizer, ours, grads, range(14), skip=(7, 1))
+    run_steps(torch_radam, reference, grads, range(14), skip=(7, 1))
+    assert float(optimizer.state[ours[1]]["step"]) == 13
+    for p, q in zip(ours, reference):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
+    (ours, reference), grads = two_copies(3)
+    optimizer = build_optimizer("radam", ours, lr=1e-2)
+    optimizer.param_groups[0].update(decoupled_weight_decay=True, weight_decay=0.1)
+    torch_radam = torch.optim.RAdam(reference, lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True)
+    run_steps(optimizer, ours, grads, range(10))
+    run_steps(torch_radam, reference, grads, range(10))
+    for p, q in zip(ours, reference):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
