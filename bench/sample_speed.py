@@ -44,6 +44,7 @@ from consistency_models import (
     UNetModel,
     preset,
 )
+from consistency_models.allocator import keep_freed_memory
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_PRESETS = {"cpu": "imagenet64:4,test:32", "cuda": "imagenet64:64,lsun256:8"}
@@ -241,6 +242,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true", help="add the torch.compile paths")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--json", type=Path, help="also write the result rows to this JSON file")
+    parser.add_argument("--default-allocator", action="store_true",
+                        help="leave glibc malloc as it is (default: keep freed memory, as `cm` does; both sides alike)")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats: must be at least 1")
@@ -262,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
+    kept = not args.default_allocator and keep_freed_memory()
     try:
         from diffusers.utils import logging as diffusers_logging
 
@@ -278,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     steps_list = [int(s) for s in args.steps.split(",")]
 
     print(f"torch {torch.__version__}, device {device}"
-          + (f" ({torch.cuda.get_device_name(device)})" if kind == "cuda" else f", {torch.get_num_threads()} threads"))
+          + (f" ({torch.cuda.get_device_name(device)})" if kind == "cuda" else f", {torch.get_num_threads()} threads")
+          + (", freed memory kept (allocator.keep_freed_memory)" if kept else ", default allocator"))
     if kind == "cuda":
         torch.backends.cudnn.benchmark = True
     all_rows = []

@@ -19,9 +19,11 @@ import statistics
 import time
 
 import torch
+from sample_speed import random_unet  # bench/ is on sys.path when this script runs
 from torch.utils.flop_counter import FlopCounterMode
 
-from consistency_models import ConsistencyFunction, Denoiser, UNetModel, preset
+from consistency_models import ConsistencyFunction, Denoiser, preset
+from consistency_models.allocator import keep_freed_memory
 from consistency_models.training.batch_rng import BatchRNG
 from consistency_models.training.losses import CDLoss, CTLoss
 from consistency_models.training.optimizer import build_optimizer
@@ -47,8 +49,10 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def build_loss(method: str, cfg, device: torch.device):
-    network = UNetModel(cfg).to(device).train()
+def build_loss(method: str, preset_name: str, device: torch.device):
+    """The network (random weights in every layer, as a trained one, see sample_speed.random_unet)
+    and the method's loss with a target copy (and, for CD, a teacher copy)."""
+    network = random_unet(preset_name).to(device).train()
     target = copy.deepcopy(network).requires_grad_(False)
     student, target_fn = ConsistencyFunction(network), ConsistencyFunction(target)
     if method == "ct":
@@ -57,15 +61,20 @@ def build_loss(method: str, cfg, device: torch.device):
     return network, CDLoss(student, target_fn, teacher, num_scales=18)
 
 
-def time_step(method: str, cfg, batch: int, device: torch.device, precision: str, repeats: int) -> tuple[float, float]:
-    """(median seconds per optimizer step, FLOPs per step)."""
-    network, loss_fn = build_loss(method, cfg, device)
+def time_steps(
+    method: str, preset_name: str, batch: int, device: torch.device, precisions: list[str], repeats: int
+) -> tuple[dict[str, list[float]], float, list[float]]:
+    """Seconds per optimizer step for each precision (one network, the precisions alternating step
+    by step so that load changes hit them alike), FLOPs per step, and the float32 matmul rate
+    measured before each round."""
+    cfg = preset(preset_name)
+    network, loss_fn = build_loss(method, preset_name, device)
     optimizer = build_optimizer("radam", network.parameters(), lr=1e-5)
     x = torch.randn(batch, cfg.in_channels, cfg.image_size, cfg.image_size, device=device).clamp(-1, 1)
     labels = torch.randint(0, cfg.num_classes, (batch,), device=device) if cfg.num_classes else None
-    autocast = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(precision)
 
-    def step(k: int) -> None:
+    def step(k: int, precision: str) -> None:
+        autocast = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(precision)
         rng = BatchRNG(torch.Generator().manual_seed(k), batch, slice(0, batch), device)
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
@@ -74,19 +83,23 @@ def time_step(method: str, cfg, batch: int, device: torch.device, precision: str
         optimizer.step()
         loss_fn.after_step(500)
 
-    step(0)
+    for precision in precisions:
+        step(0, precision)
     for state in optimizer.state.values():  # past RAdam's first 5 steps: the rectified update of a long run
         state["step"].fill_(1000)
     with FlopCounterMode(display=False) as counter:
-        step(1)
-    times = []
+        step(1, precisions[0])
+    times: dict[str, list[float]] = {precision: [] for precision in precisions}
+    rates = []
     for k in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        step(k + 2)
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), counter.get_total_flops()
+        rates.append(matmul_rate(device, torch.float32, repeats=3))
+        for precision in precisions:
+            sync(device)
+            start = time.perf_counter()
+            step(k + 2, precision)
+            sync(device)
+            times[precision].append(time.perf_counter() - start)
+    return times, counter.get_total_flops(), rates
 
 
 def main() -> None:
@@ -97,30 +110,36 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", choices=["float32", "bfloat16", "both"], default="both")
     parser.add_argument("--methods", default="ct,cd", help="comma-separated subset of ct,cd")
+    parser.add_argument("--default-allocator", action="store_true",
+                        help="leave glibc malloc as it is (default: keep freed memory, as `cm train` does)")
     args = parser.parse_args()
-    device = torch.device(args.device)
-    cfg = preset(args.preset)
-    fp32 = matmul_rate(device, torch.float32)
-    bf16 = matmul_rate(device, torch.bfloat16)
-    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
-    print(f"matmul 2048²: float32 {fp32:.1f} GFLOP/s, bfloat16 {bf16:.1f} GFLOP/s")
-    print(f"{'step':<6} {'precision':<10} {'img/s':>9} {'GFLOP/step':>11} {'GFLOP/s':>9} {'of fp32 matmul':>15}")
-    precisions = ["float32", "bfloat16"] if args.precision == "both" else [args.precision]
     methods = [m for m in args.methods.split(",") if m]
     if not methods or any(m not in ("ct", "cd") for m in methods):
         parser.error(f"--methods: {args.methods!r} is not a comma-separated subset of ct,cd")
-    results = {}
+    device = torch.device(args.device)
+    precisions = ["float32", "bfloat16"] if args.precision == "both" else [args.precision]
+    kept = not args.default_allocator and keep_freed_memory()
+    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"preset {args.preset}, batch {args.batch_size}, "
+          + ("freed memory kept (allocator.keep_freed_memory)" if kept else "default allocator"))
+    print(f"matmul 2048²: bfloat16 {matmul_rate(device, torch.bfloat16):.1f} GFLOP/s")
     for method in methods:
+        times, flops, rates = time_steps(method, args.preset, args.batch_size, device, precisions, args.repeats)
+        fp32 = statistics.median(rates)
+        print(f"{method}: float32 matmul 2048² {fp32:.1f} GFLOP/s (median of {len(rates)}, "
+              f"{min(rates):.1f}-{max(rates):.1f}), {flops / 1e9:.2f} GFLOP per step")
+        print(f"{'step':<6} {'precision':<10} {'img/s':>9} {'s/step':>8} {'min-max':>13} {'GFLOP/s':>9} "
+              f"{'of fp32 matmul':>15}")
         for precision in precisions:
-            seconds, flops = time_step(method, cfg, args.batch_size, device, precision, args.repeats)
+            seconds = statistics.median(times[precision])
             rate = flops / seconds / 1e9
-            results[(method, precision)] = seconds
-            print(f"{method:<6} {precision:<10} {args.batch_size / seconds:>9.1f} {flops / 1e9:>11.2f} "
+            spread = f"{min(times[precision]):.2f}-{max(times[precision]):.2f}"
+            print(f"{method:<6} {precision:<10} {args.batch_size / seconds:>9.2f} {seconds:>8.2f} {spread:>13} "
                   f"{rate:>9.1f} {rate / fp32:>14.0%}")
-    for method in methods:
-        if (method, "bfloat16") in results and (method, "float32") in results:
-            print(f"{method}: bfloat16 step is {results[(method, 'float32')] / results[(method, 'bfloat16')]:.2f}x "
-                  "the float32 one")
+        if len(precisions) == 2:
+            ratios = [a / b for a, b in zip(times["float32"], times["bfloat16"])]
+            print(f"{method}: bfloat16 step is {statistics.median(ratios):.2f}x the float32 one "
+                  f"(median over rounds, {min(ratios):.2f}-{max(ratios):.2f})")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from .allocator import keep_freed_memory
 from .errors import InvalidInputError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -508,6 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], None] = args.func
+    keep_freed_memory()  # the long-running commands reuse big tensors step after step
     try:
         func(args)
     except InvalidInputError as exc:
