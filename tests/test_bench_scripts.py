@@ -1,0 +1,41 @@
+"""The benchmark scripts run end to end at toy sizes and print their ratios (not their timings:
+this machine is too noisy to assert speed)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def run(script: str, *args: str) -> str:
+    result = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+def test_train_step_prints_rates_and_the_bfloat16_ratio():
+    out = run("train_step.py", "--preset", "tiny16", "--batch-size", "2", "--repeats", "2", "--methods", "ct")
+    assert "freed memory kept" in out or "default allocator" in out
+    assert re.search(r"^ct\s+float32\s+[\d.]+\s+[\d.]+\s+[\d.]+-[\d.]+\s+[\d.]+\s+\d+%$", out, re.M), out
+    assert re.search(r"^ct: bfloat16 step is [\d.]+x the float32 one", out, re.M), out
+
+
+def test_sample_speed_compares_with_diffusers():
+    out = run("sample_speed.py", "--presets", "test:2", "--steps", "1", "--repeats", "1",
+              "--paths", "diffusers-fp32,fp32,bf16+fast")
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("diffusers-", "fp32", "bf16"))}
+    assert set(rows) == {"diffusers-fp32", "fp32", "bf16+fast"}, out
+    # Same weights and noise: our float32 output matches diffusers' to float32 rounding.
+    assert float(rows["diffusers-fp32"][5]) < 1e-4
+    assert float(rows["bf16+fast"][6]) > 35  # PSNR against our float32 output
+
+
+def test_bad_arguments_exit_2():
+    result = subprocess.run([sys.executable, str(BENCH / "train_step.py"), "--methods", "ddim"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "--methods: 'ddim' is not a comma-separated subset of ct,cd" in result.stderr
