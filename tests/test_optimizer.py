@@ -159,3 +159,16 @@ def test_radam_falls_back_where_it_cannot_fuse():
     run_steps(torch_radam, reference, grads, range(10))
     for p, q in zip(ours, reference):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
+
+
+def test_rectification_starts_at_step_6_and_tends_to_1():
+    """ρ_∞ = 1999 for β2 = 0.999; ρ_5 ≈ 4.99 (no rectification), ρ_6 ≈ 5.99; r_t → 1."""
+    from consistency_models.training.optimizer import rectification
+
+    assert rectification(0.999, 5) is None
+    rho_inf, t = 1999.0, 6
+    rho_6 = rho_inf - 2 * t * 0.999**t / (1 - 0.999**t)
+    expected = math.sqrt((rho_6 - 4) * (rho_6 - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_6))
+    assert rectification(0.999, 6) == pytest.approx(expected, rel=1e-12)
+    assert 0.025 < rectification(0.999, 6) < 0.027   # by hand: √(1.994·3.994·1999/(1995·1997·5.994)) ≈ 0.0258
+    assert rectification(0.999, 1e6) == pytest.approx(1.0, abs=1e-6)
