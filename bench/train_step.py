@@ -19,7 +19,7 @@ import statistics
 import time
 
 import torch
-from sample_speed import random_unet  # bench/ is on sys.path when this script runs
+from sample_speed import random_unet, sync  # bench/ is on sys.path when this script runs
 from torch.utils.flop_counter import FlopCounterMode
 
 from consistency_models import ConsistencyFunction, Denoiser, preset
@@ -42,11 +42,6 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats
         sync(device)
         times.append(time.perf_counter() - start)
     return 2 * n**3 / statistics.median(times) / 1e9
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def build_loss(method: str, preset_name: str, device: torch.device):
