@@ -44,7 +44,7 @@ from consistency_models import (
     UNetModel,
     preset,
 )
-from consistency_models.allocator import keep_freed_memory
+from consistency_models.cli.allocator import keep_freed_memory
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_PRESETS = {"cpu": "imagenet64:4,test:32", "cuda": "imagenet64:64,lsun256:8"}

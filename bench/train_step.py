@@ -23,9 +23,9 @@ from sample_speed import random_unet, sync  # bench/ is on sys.path when this sc
 from torch.utils.flop_counter import FlopCounterMode
 
 from consistency_models import ConsistencyFunction, Denoiser, preset
-from consistency_models.allocator import keep_freed_memory
+from consistency_models.cli.allocator import keep_freed_memory
 from consistency_models.training.batch_rng import BatchRNG
-from consistency_models.training.losses import CDLoss, CTLoss
+from consistency_models.training.methods import CDLoss, CTLoss
 from consistency_models.training.optimizer import build_optimizer
 
 

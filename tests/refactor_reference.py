@@ -89,7 +89,7 @@ def training_outputs(tmp: Path) -> dict:
 
 def sampling_outputs(tmp: Path) -> dict:
     from consistency_models import ConsistencyModelPipeline, editing
-    from consistency_models.generation import generate_samples
+    from consistency_models.evaluation import generate_samples  # consistency_models.generation before the redesign
 
     results = {}
     pipe = ConsistencyModelPipeline.from_pretrained("digits")

@@ -11,7 +11,7 @@ import pytest
 # mallinfo2 (glibc ≥ 2.33): hblkhd = bytes in mmapped blocks, fordblks = free bytes kept in the heap.
 PROBE = """
 import ctypes, json, sys, torch
-from consistency_models.allocator import keep_freed_memory
+from consistency_models.cli.allocator import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "on" else False
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in

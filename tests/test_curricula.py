@@ -195,14 +195,17 @@ def test_ect_stage(k, total, stages, expected):
 # -- the defaults a run gets --------------------------------------------------------------------
 @pytest.mark.parametrize(
     "method, expected",
-    [("ct", dict(s0=2, s1=150, mu0=0.9, distance="l2", mu_form="openai")),
-     ("ict", dict(s0=10, s1=1280, distance="pseudo_huber")),
-     ("cd", dict(distance="l2", num_scales=18, target_mu=0.95, solver="heun")),
-     ("edm", dict(distance="l2"))],
+    [("ct", dict(s0=2, s1=150, mu0=0.9, distance="l2", mu_form="openai", num_scales=None, ect_stages=None)),
+     ("ict", dict(s0=10, s1=1280, distance="pseudo_huber", mu0=None, target_mu=None)),
+     ("cd", dict(distance="l2", num_scales=18, target_mu=0.95, solver="heun", s0=None)),
+     ("ect", dict(ect_stages=8, distance=None)),
+     ("edm", dict(distance=None, num_scales=None, s1=None))],
 )
 def test_train_config_method_defaults(method, expected):
+    """Each method's own settings get its registry defaults; the settings of other methods stay None."""
     from consistency_models.training.config import TrainConfig
 
-    cfg = TrainConfig(method=method, data="digits", out="run", teacher="teacher")
+    teacher = {"teacher": "teacher"} if method in ("cd", "ect") else {}
+    cfg = TrainConfig(method=method, data="digits", out="run", **teacher)
     assert {key: getattr(cfg, key) for key in expected} == expected
     assert (cfg.sigma_min, cfg.sigma_max, cfg.sigma_data, cfg.rho) == (0.002, 80.0, 0.5, 7.0)

@@ -176,7 +176,7 @@ def test_edits_are_reproducible(rgb_pipe):
 
 
 def test_default_schedule_is_the_40_point_grid(gray_pipe):
-    assert editing._schedule(gray_pipe, None, None, None) == pytest.approx(cm.karras_sigmas(40).tolist())
+    assert editing._schedule(gray_pipe, cm.NoiseLevels()) == pytest.approx(cm.karras_sigmas(40).tolist())
 
 
 @pytest.mark.parametrize(

@@ -27,12 +27,8 @@ from consistency_models.networks.winograd import (
     winograd_pays_off,
     winograd_weight,
 )
-from consistency_models.sampling import (
-    CUDAGraphSampler,
-    draw_step_noise,
-    resolve_sigmas,
-    sample_consistency,
-)
+from consistency_models.fast_paths import CUDAGraphSampler, draw_step_noise, replay_noise
+from consistency_models.sampling import resolve_sigmas, sample_consistency
 
 # Wide enough (128/256 channels) for Winograd and channels_last to engage, small enough for CPU tests.
 WIDE = UNetConfig(image_size=16, model_channels=128, channel_mult=(1, 2), num_res_blocks=1,
@@ -246,11 +242,11 @@ def test_compiled_sampling_is_one_graph_for_every_step():
 def test_to_and_compile_off_drop_the_compiled_function():
     pipe = make_pipe().compile(backend="eager")
     sample(pipe, steps=1)
-    assert pipe._compiled is not None
+    assert pipe.fast_paths._compiled is not None
     pipe.to(dtype=torch.float32)
-    assert pipe._compiled is None
+    assert pipe.fast_paths._compiled is None
     pipe.compile(False)
-    assert pipe._sampling_model() is pipe.model
+    assert pipe.fast_paths.compiled(pipe.denoiser, pipe.device) is pipe.denoiser
 
 
 @pytest.mark.slow
@@ -277,7 +273,7 @@ def test_predrawn_step_noise_reproduces_the_generator_draws():
     ref = sample_consistency(pipe.model, x, sigmas, class_labels=labels, generator=torch.Generator().manual_seed(7))
     noise = draw_step_noise(x.shape, len(sigmas) - 1, torch.Generator().manual_seed(7), x.device)
     assert noise.shape == (3, *x.shape)
-    out = sample_consistency(pipe.model, x, sigmas, class_labels=labels, noise=noise)
+    out = sample_consistency(pipe.denoiser, x, sigmas, class_labels=labels, noise_sampler=replay_noise(noise))
     assert torch.equal(out, ref)
     assert draw_step_noise(x.shape, 1, None, x.device) is None  # one step draws nothing
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import consistency_models as cm
-from consistency_models.generation import generate_samples, image_generators, image_seed, shard_folder
+from consistency_models.evaluation.generation import generate_samples, image_generators, image_seed, shard_folder
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}

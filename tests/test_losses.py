@@ -17,7 +17,7 @@ from torch import nn
 
 from consistency_models.parametrization import ConsistencyFunction, Denoiser
 from consistency_models.training.batch_rng import BatchRNG
-from consistency_models.training.losses import CDLoss, CTLoss, ECTLoss, EDMLoss, ICTLoss
+from consistency_models.training.methods import CDLoss, CTLoss, ECTLoss, EDMLoss, ICTLoss
 
 SIGMA_MIN, SIGMA_MAX, RHO, SD = 0.002, 80.0, 7.0, 0.5
 SHAPE = (2, 3)  # one sample; d = 6

@@ -92,7 +92,8 @@ def test_converted_folder_samples_like_reference_and_diffusers(tmp_path, referen
     reference network under the consistency scalings."""
     out = tmp_path / "converted"
     returned = convert_openai_checkpoint(checkpoint, out, config="test", scheduler="cd")
-    assert isinstance(returned.model, ConsistencyFunction)
+    assert returned.parametrization == "consistency" and returned.scheduler_config.num_train_timesteps == 40
+    assert isinstance(ConsistencyModelPipeline.from_pretrained(out).denoiser, ConsistencyFunction)
     index = json.loads((out / "model_index.json").read_text())
     assert "_parametrization" not in index
 
@@ -132,9 +133,9 @@ def test_edm_file_name_gives_denoiser(tmp_path, checkpoint):
 
 
 def test_explicit_parametrization_and_ct_scheduler(tmp_path, checkpoint):
-    pipe = convert_openai_checkpoint(checkpoint, tmp_path / "ct", config="test", scheduler="ct-imagenet64",
-                                     parametrization="edm")
-    assert isinstance(pipe.model, Denoiser)
+    parts = convert_openai_checkpoint(checkpoint, tmp_path / "ct", config="test", scheduler="ct-imagenet64",
+                                      parametrization="edm")
+    assert parts.parametrization == "edm" and parts.scheduler_config.num_train_timesteps == 201
     loaded = ConsistencyModelPipeline.from_pretrained(tmp_path / "ct")
     assert loaded.scheduler.config.num_train_timesteps == 201 and loaded.parametrization == "edm"
 

@@ -10,7 +10,7 @@ import torch
 
 import consistency_models as cm
 from consistency_models.metrics import feature_extractor, gaussian_statistics
-from consistency_models.timestep_search import frechet_distance_of_samples, ternary_search, tune_timesteps
+from consistency_models.evaluation.timestep_search import frechet_distance_of_samples, ternary_search, tune_timesteps
 
 
 @pytest.mark.parametrize("trial", range(30))

@@ -13,9 +13,10 @@ from .parametrization import (
     karras_sigmas,
     noise_conditioning,
 )
-from .pipeline import ConsistencyModelPipeline, ImagePipelineOutput
-from .sampling import resolve_sigmas, sample_consistency
-from .scheduler import CMStochasticIterativeScheduler, SchedulerConfig
+from .pipeline import ConsistencyModelPipeline, ImagePipelineOutput, create_model_folder
+from .sampling import sample_consistency, sample_heun
+from .schedule import NoiseLevels, SchedulerConfig, resolve_sigmas
+from .scheduler import CMStochasticIterativeScheduler
 
 __version__ = "0.1.0"
 
@@ -26,15 +27,18 @@ __all__ = [
     "Denoiser",
     "ImagePipelineOutput",
     "InvalidInputError",
+    "NoiseLevels",
     "PRESETS",
     "SchedulerConfig",
     "UNetConfig",
     "UNetModel",
     "consistency_scalings",
+    "create_model_folder",
     "edm_scalings",
     "karras_sigmas",
     "noise_conditioning",
     "preset",
     "resolve_sigmas",
     "sample_consistency",
+    "sample_heun",
 ]

@@ -29,7 +29,7 @@ accepted too); the model sees them in [−1, 1]. Noise levels σ are in the mode
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -37,7 +37,8 @@ import torch
 from .errors import InvalidInputError
 from .parametrization import karras_sigmas
 from .pipeline import ConsistencyModelPipeline
-from .sampling import Generator, randn, resolve_sigmas, sample_consistency
+from .sampling import Generator, randn, sample_consistency
+from .schedule import NoiseLevels
 
 LUMA_WEIGHTS = (0.2989, 0.5870, 0.1140)  # ITU-R BT.601 luma, as OpenAI's colorization
 EDIT_GRID = 40                            # points of the default σ grid (as OpenAI's editing runs)
@@ -171,17 +172,15 @@ def _check_image(pipe: ConsistencyModelPipeline, t: torch.Tensor, argument: str,
     return (t * 2 - 1).to(pipe.device)
 
 
-def _schedule(pipe: ConsistencyModelPipeline, num_inference_steps: int | None, timesteps: Sequence[int] | None,
-              sigmas: Sequence[float] | None) -> list[float]:
+def _schedule(pipe: ConsistencyModelPipeline, levels: NoiseLevels) -> list[float]:
     """Evaluation σs + [σ_min]; by default every point of the 40-point Karras grid (39 evaluations).
 
-    `timesteps` and `num_inference_steps` index the model's own grid, as in sampling.
+    Grid indices and step counts index the model's own grid, as in sampling.
     """
-    cfg = pipe.scheduler.config
-    if num_inference_steps is None and timesteps is None and sigmas is None:
-        sigmas = karras_sigmas(EDIT_GRID, cfg.sigma_min, cfg.sigma_max, cfg.rho)[:-1].tolist()
-    return resolve_sigmas(num_inference_steps, timesteps, sigmas, cfg.num_train_timesteps,
-                          cfg.sigma_min, cfg.sigma_max, cfg.rho)
+    cfg = pipe.sampling_config
+    if levels.is_default:
+        levels = NoiseLevels(sigmas=karras_sigmas(EDIT_GRID, cfg.sigma_min, cfg.sigma_max, cfg.rho)[:-1].tolist())
+    return levels.resolve(cfg)
 
 
 def _to_image(x: torch.Tensor) -> torch.Tensor:
@@ -208,10 +207,10 @@ def edit(
     known = y if replacement is None else replacement.known(y)
     noise = randn(y.shape, generator, device=y.device)
     labels = pipe.prepare_class_labels(y.shape[0], class_labels, generator)
-    cfg = pipe.scheduler.config
+    cfg = pipe.sampling_config
 
     def projected(x: torch.Tensor, sigma: float, labels: torch.Tensor | None) -> torch.Tensor:
-        x0 = pipe.model(x, sigma, labels).clamp(-1, 1)  # OpenAI clips before the replacement
+        x0 = pipe.denoiser(x, sigma, labels).clamp(-1, 1)  # OpenAI clips before the replacement
         return x0 if replacement is None else replacement(x0, known)
 
     return sample_consistency(
@@ -238,16 +237,15 @@ def inpaint(
     image: torch.Tensor | object,
     mask: torch.Tensor | object,
     *,
-    num_inference_steps: int | None = None,
-    timesteps: Sequence[int] | None = None,
-    sigmas: Sequence[float] | None = None,
+    levels: NoiseLevels | None = None,
     generator: Generator = None,
     class_labels: Labels = None,
+    **schedule: Any,
 ) -> torch.Tensor:
     """Regenerate the pixels where `mask` is 1 (white), keep the others exactly; any channel count."""
     y = _check_image(pipe, _as_batch(image, "image"), "image")
     omega = _mask(pipe, mask, y)
-    x = edit(pipe, y, Replacement(omega), _schedule(pipe, num_inference_steps, timesteps, sigmas), generator,
+    x = edit(pipe, y, Replacement(omega), _schedule(pipe, NoiseLevels.from_keywords(levels, schedule)), generator,
              class_labels)
     return _to_image(x)
 
@@ -263,11 +261,10 @@ def colorize(
     pipe: ConsistencyModelPipeline,
     gray: torch.Tensor | object,
     *,
-    num_inference_steps: int | None = None,
-    timesteps: Sequence[int] | None = None,
-    sigmas: Sequence[float] | None = None,
+    levels: NoiseLevels | None = None,
     generator: Generator = None,
     class_labels: Labels = None,
+    **schedule: Any,
 ) -> torch.Tensor:
     """Color a grayscale image (1 channel, or RGB whose luminance is taken) with an RGB model.
 
@@ -278,7 +275,7 @@ def colorize(
         raise InvalidInputError(f"model: colorization needs an RGB model; this one has {pipe.sample_shape[0]} channel(s)")
     g = _luminance(_as_batch(gray, "gray"))
     y = _check_image(pipe, g.expand(-1, 3, -1, -1), "gray")  # gray replicated: its luminance is Σw·g
-    x = edit(pipe, y, colorization_transform(), _schedule(pipe, num_inference_steps, timesteps, sigmas), generator,
+    x = edit(pipe, y, colorization_transform(), _schedule(pipe, NoiseLevels.from_keywords(levels, schedule)), generator,
              class_labels)
     return _to_image(x)
 
@@ -298,11 +295,10 @@ def super_resolve(
     low_res: torch.Tensor | object,
     factor: int,
     *,
-    num_inference_steps: int | None = None,
-    timesteps: Sequence[int] | None = None,
-    sigmas: Sequence[float] | None = None,
+    levels: NoiseLevels | None = None,
     generator: Generator = None,
     class_labels: Labels = None,
+    **schedule: Any,
 ) -> torch.Tensor:
     """Upsample by `factor`: every factor × factor patch of the result has the low-res pixel as its mean."""
     if not pipe.is_image_model:
@@ -311,7 +307,7 @@ def super_resolve(
     check_factor(factor, size)
     low = _check_image(pipe, _as_batch(low_res, "low_res"), "low_res", channels, size // factor)
     y = low.repeat_interleave(factor, dim=2).repeat_interleave(factor, dim=3)  # patch means = low-res pixels
-    x = edit(pipe, y, super_resolution_transform(factor), _schedule(pipe, num_inference_steps, timesteps, sigmas),
+    x = edit(pipe, y, super_resolution_transform(factor), _schedule(pipe, NoiseLevels.from_keywords(levels, schedule)),
              generator, class_labels)
     return _to_image(x)
 
@@ -321,11 +317,10 @@ def stroke_guided(
     strokes: torch.Tensor | object,
     *,
     sigma_start: float = STROKE_SIGMA,
-    num_inference_steps: int | None = None,
-    timesteps: Sequence[int] | None = None,
-    sigmas: Sequence[float] | None = None,
+    levels: NoiseLevels | None = None,
     generator: Generator = None,
     class_labels: Labels = None,
+    **schedule: Any,
 ) -> torch.Tensor:
     """SDEdit with a consistency model: noise a coarse stroke painting to σ₁, then sample from there.
 
@@ -333,15 +328,16 @@ def stroke_guided(
     the strokes, a higher one gives the model more freedom).
     """
     y = _check_image(pipe, _as_batch(strokes, "strokes"), "strokes")
-    if num_inference_steps is None and timesteps is None and sigmas is None:
-        cfg = pipe.scheduler.config
+    levels = NoiseLevels.from_keywords(levels, schedule)
+    if levels.is_default:
+        cfg = pipe.sampling_config
         if not cfg.sigma_min < sigma_start <= cfg.sigma_max:
             raise InvalidInputError(
                 f"sigma_start: {sigma_start!r} must lie in ({cfg.sigma_min}, {cfg.sigma_max}]"
             )
-        grid = _schedule(pipe, None, None, None)
-        sigmas = [s for s in grid[:-1] if s <= sigma_start] or [grid[-2]]
-    x = edit(pipe, y, None, _schedule(pipe, num_inference_steps, timesteps, sigmas), generator, class_labels)
+        grid = _schedule(pipe, levels)
+        levels = NoiseLevels(sigmas=[s for s in grid[:-1] if s <= sigma_start] or [grid[-2]])
+    x = edit(pipe, y, None, _schedule(pipe, levels), generator, class_labels)
     return _to_image(x)
 
 
@@ -355,7 +351,7 @@ def denoise(
     class_labels: Labels = None,
 ) -> torch.Tensor:
     """One evaluation f(x, σ) of an image carrying Gaussian noise of std σ (in [−1, 1] units)."""
-    cfg = pipe.scheduler.config
+    cfg = pipe.sampling_config
     try:
         sigma = float(sigma)
     except (TypeError, ValueError):
@@ -364,7 +360,7 @@ def denoise(
         raise InvalidInputError(f"sigma: {sigma!r} must lie in ({cfg.sigma_min}, {cfg.sigma_max}]")
     x = _check_image(pipe, _as_batch(noisy, "noisy"), "noisy")
     labels = pipe.prepare_class_labels(x.shape[0], class_labels, generator)
-    return _to_image(pipe.model(x, sigma, labels))
+    return _to_image(pipe.denoiser(x, sigma, labels))
 
 
 def slerp(z0: torch.Tensor, z1: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
@@ -408,7 +404,7 @@ def interpolate(
     labels = pipe.prepare_class_labels(1, class_labels, generator)
     if labels is not None:
         labels = labels.expand(num)
-    cfg = pipe.scheduler.config
+    cfg = pipe.sampling_config
     x = slerp(ends[0][0], ends[1][0], torch.linspace(0, 1, num)).to(pipe.device) * cfg.sigma_max
-    return _to_image(sample_consistency(pipe.model, x, [cfg.sigma_max, cfg.sigma_min], class_labels=labels,
+    return _to_image(sample_consistency(pipe.denoiser, x, [cfg.sigma_max, cfg.sigma_min], class_labels=labels,
                                         clip_denoised=cfg.clip_denoised))

@@ -57,14 +57,23 @@ def noise_conditioning(sigma: torch.Tensor) -> torch.Tensor:
     return 1000 * 0.25 * torch.log(sigma + 1e-44)
 
 
+def sigma_from_noise_conditioning(c_noise: torch.Tensor) -> torch.Tensor:
+    """σ = exp(c_noise/250), the inverse of `noise_conditioning` (in float64)."""
+    return torch.exp(torch.as_tensor(c_noise, dtype=torch.float64) / 250.0)
+
+
+def input_scaling(sigma: torch.Tensor, sigma_data: float = SIGMA_DATA) -> torch.Tensor:
+    """c_in(σ) = 1/√(σ² + σ_d²), shared by the consistency and EDM parametrizations."""
+    return 1 / (sigma**2 + sigma_data**2) ** 0.5
+
+
 def consistency_scalings(
     sigma: torch.Tensor, sigma_data: float = SIGMA_DATA, sigma_min: float = SIGMA_MIN
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(c_skip, c_out, c_in) with the σ_min-shifted boundary condition (CM paper, Appendix C)."""
     c_skip = sigma_data**2 / ((sigma - sigma_min) ** 2 + sigma_data**2)
     c_out = (sigma - sigma_min) * sigma_data / (sigma**2 + sigma_data**2) ** 0.5
-    c_in = 1 / (sigma**2 + sigma_data**2) ** 0.5
-    return c_skip, c_out, c_in
+    return c_skip, c_out, input_scaling(sigma, sigma_data)
 
 
 def edm_scalings(
@@ -73,8 +82,7 @@ def edm_scalings(
     """(c_skip, c_out, c_in) of the EDM denoiser (Karras et al. 2022, Table 1)."""
     c_skip = sigma_data**2 / (sigma**2 + sigma_data**2)
     c_out = sigma * sigma_data / (sigma**2 + sigma_data**2) ** 0.5
-    c_in = 1 / (sigma**2 + sigma_data**2) ** 0.5
-    return c_skip, c_out, c_in
+    return c_skip, c_out, input_scaling(sigma, sigma_data)
 
 
 def _sigma_vector(sigma: float | Sequence[float] | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -85,7 +93,10 @@ def _sigma_vector(sigma: float | Sequence[float] | torch.Tensor, x: torch.Tensor
     return sigma
 
 
-def _expand(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def append_dims(c: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A per-sample factor (a number or a (B,) tensor) as float32 on x's device, shaped (B, 1, …, 1)
+    to broadcast against x (k-diffusion's `append_dims`)."""
+    c = torch.as_tensor(c, device=x.device)
     return c.to(torch.float32).reshape(-1, *([1] * (x.ndim - 1)))
 
 
@@ -115,10 +126,10 @@ class Preconditioned(nn.Module):
         c_skip, c_out, c_in = self.scalings(sigma)
         x = x.float()
         dtype = next(self.network.parameters()).dtype
-        model_in = (x * _expand(c_in, x)).to(dtype)
+        model_in = (x * append_dims(c_in, x)).to(dtype)
         c_noise = noise_conditioning(sigma).to(torch.float32)
         model_out = self.network(model_in, c_noise, class_labels).float()
-        return _expand(c_skip, x) * x + _expand(c_out, x) * model_out
+        return append_dims(c_skip, x) * x + append_dims(c_out, x) * model_out
 
 
 class ConsistencyFunction(Preconditioned):

@@ -12,7 +12,7 @@ loop runs unchanged:
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -20,37 +20,19 @@ import numpy as np
 import torch
 
 from .errors import InvalidInputError
-from .io.atomic import write_json
-from .io.diffusers_format import read_json
-from .parametrization import consistency_scalings, karras_sigmas, sigmas_at
-from .sampling import Generator, randn, renoise, resolve_sigmas
-
-CONFIG_NAME = "scheduler_config.json"
-
-
-@dataclass(frozen=True)
-class SchedulerConfig:
-    """The scheduler's settings; the fields and defaults of diffusers' scheduler config."""
-
-    num_train_timesteps: int = 40   # points N of the Karras grid
-    sigma_min: float = 0.002        # ε, the boundary of the consistency function
-    sigma_max: float = 80.0         # T
-    sigma_data: float = 0.5
-    s_noise: float = 1.0            # scale of the noise re-added between steps
-    rho: float = 7.0
-    clip_denoised: bool = True      # clip each x₀ to [−1, 1]
-
-    def __getitem__(self, key: str):
-        return getattr(self, key)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "SchedulerConfig":
-        """Known keys only (diffusers writes `_class_name` and friends beside them)."""
-        names = {f.name for f in fields(cls)}
-        try:
-            return cls(**{k: v for k, v in data.items() if k in names})
-        except TypeError as exc:  # pragma: no cover - dataclass arity is fixed
-            raise InvalidInputError(f"scheduler config: {exc}") from None
+from .io.pipeline_folder import SCHEDULER_CONFIG as CONFIG_NAME
+from .io.pipeline_folder import read_scheduler_config, write_scheduler_config
+from .parametrization import (
+    append_dims,
+    consistency_scalings,
+    input_scaling,
+    karras_sigmas,
+    noise_conditioning,
+    sigma_from_noise_conditioning,
+    sigmas_at,
+)
+from .sampling import Generator, randn, renoise
+from .schedule import NoiseLevels, SchedulerConfig
 
 
 @dataclass
@@ -87,12 +69,10 @@ class CMStochasticIterativeScheduler:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, subfolder: str | None = None) -> "CMStochasticIterativeScheduler":
         folder = Path(path) / subfolder if subfolder else Path(path)
-        return cls.from_config(read_json(folder / CONFIG_NAME, "scheduler"))
+        return cls(read_scheduler_config(folder))
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        write_json(folder / CONFIG_NAME, {"_class_name": type(self).__name__, **asdict(self.config)})
+        write_scheduler_config(folder, self.config)
 
     # -- schedule -----------------------------------------------------------------------
     @property
@@ -101,8 +81,8 @@ class CMStochasticIterativeScheduler:
 
     @staticmethod
     def sigma_to_t(sigmas: float | np.ndarray) -> np.ndarray:
-        """The UNet's noise input 250·ln(σ + 1e-44), in float64."""
-        return 1000 * 0.25 * np.log(np.asarray(sigmas, dtype=np.float64) + 1e-44)
+        """The UNet's noise input c_noise(σ) = 250·ln(σ + 1e-44) (`noise_conditioning`), in float64."""
+        return noise_conditioning(torch.as_tensor(np.asarray(sigmas, dtype=np.float64))).numpy()
 
     def set_timesteps(
         self,
@@ -113,10 +93,7 @@ class CMStochasticIterativeScheduler:
         """Pick the grid indices to visit: evenly spaced, or custom descending indices."""
         if (num_inference_steps is None) == (timesteps is None):
             raise InvalidInputError("set_timesteps: give exactly one of num_inference_steps or timesteps")
-        cfg = self.config
-        sigmas = resolve_sigmas(
-            num_inference_steps, timesteps, None, cfg.num_train_timesteps, cfg.sigma_min, cfg.sigma_max, cfg.rho
-        )
+        sigmas = NoiseLevels.of(num_inference_steps, timesteps).resolve(self.config)
         self.custom_timesteps = timesteps is not None
         self.num_inference_steps = len(sigmas) - 1
         self.sigmas = torch.tensor(sigmas, dtype=torch.float32)
@@ -133,8 +110,7 @@ class CMStochasticIterativeScheduler:
         """c_in(σ)·x = x / √(σ² + σ_d²)."""
         if self._step_index is None:
             self._step_index = self._sigma_index(timestep)
-        sigma = self.sigmas[self._step_index]
-        return sample / ((sigma**2 + self.config.sigma_data**2) ** 0.5)
+        return sample * input_scaling(self.sigmas[self._step_index], self.config.sigma_data)
 
     def get_scalings_for_boundary_condition(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c_skip, c_out, _ = consistency_scalings(sigma, self.config.sigma_data, self.config.sigma_min)
@@ -175,9 +151,8 @@ class CMStochasticIterativeScheduler:
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """x + σ(t)·noise for the σ of each given timestep."""
-        sigma = torch.as_tensor(np.exp(np.asarray(timesteps.cpu(), dtype=np.float64) / 250.0), dtype=torch.float32)
-        sigma = sigma.to(original_samples.device).reshape(-1, *([1] * (original_samples.ndim - 1)))
-        return original_samples + noise * sigma
+        sigma = sigma_from_noise_conditioning(timesteps.cpu())
+        return original_samples + noise * append_dims(sigma, original_samples)
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps
@@ -186,4 +161,5 @@ class CMStochasticIterativeScheduler:
         return f"{type(self).__name__}({self.config})"
 
 
-__all__ = ["CMStochasticIterativeScheduler", "CMStochasticIterativeSchedulerOutput", "SchedulerConfig", "sigmas_at"]
+__all__ = ["CONFIG_NAME", "CMStochasticIterativeScheduler", "CMStochasticIterativeSchedulerOutput", "SchedulerConfig",
+           "sigmas_at"]

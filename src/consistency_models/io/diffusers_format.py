@@ -1,12 +1,9 @@
-"""diffusers' pipeline folder format: the on-disk format of this package.
-
-    model_index.json
-    unet/config.json                          a `UNet2DModel` config
-    unet/diffusion_pytorch_model.safetensors  (or the older .bin, read without pickle code)
-    scheduler/scheduler_config.json           a `CMStochasticIterativeScheduler` config
+"""diffusers' network format: `unet/config.json` (a `UNet2DModel` config, or our `MLP`) and
+`unet/diffusion_pytorch_model.safetensors` (or the older .bin, read without pickle code).
 
 Only the UNet2DModel settings that describe the ADM UNet are accepted; anything else is
-refused with the key, its value and what is allowed.
+refused with the key, its value and what is allowed. The whole pipeline folder (model_index,
+scheduler) is `pipeline_folder.py`.
 """
 
 from __future__ import annotations
@@ -29,8 +26,6 @@ from .atomic import atomic_path, write_json
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 WEIGHTS_NAME_BIN = "diffusion_pytorch_model.bin"
 CONFIG_NAME = "config.json"
-MODEL_INDEX = "model_index.json"
-PIPELINE_CLASS = "ConsistencyModelPipeline"
 DIFFUSERS_VERSION = "0.30.0"
 
 # UNet2DModel settings that must hold for the ADM UNet (key: allowed value).
@@ -228,34 +223,3 @@ def save_network(model: torch.nn.Module, folder: str | os.PathLike) -> None:
     with atomic_path(folder / WEIGHTS_NAME) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})
     write_json(folder / CONFIG_NAME, network_config(model))
-
-
-def require_new_folder(path: str | os.PathLike, what: str) -> Path:
-    """`path` as a folder to create: its parent must exist and it must be absent or empty."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise InvalidInputError(f"{what}: the folder {path.parent} does not exist")
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise InvalidInputError(f"{what}: {path} already exists and is not an empty folder; choose a new one")
-    return path
-
-
-def read_model_index(folder: Path) -> dict:
-    """model_index.json, checked to name a UNet and a consistency scheduler."""
-    index = read_json(folder / MODEL_INDEX, "model")
-    for part in ("unet", "scheduler"):
-        if part not in index:
-            raise InvalidInputError(f"model: {folder / MODEL_INDEX} names no {part!r} component")
-    return index
-
-
-def write_model_index(folder: Path, parametrization: str) -> None:
-    index = {
-        "_class_name": PIPELINE_CLASS,
-        "_diffusers_version": DIFFUSERS_VERSION,
-        "unet": ["diffusers", "UNet2DModel"],
-        "scheduler": ["diffusers", "CMStochasticIterativeScheduler"],
-    }
-    if parametrization != "consistency":
-        index["_parametrization"] = parametrization
-    write_json(folder / MODEL_INDEX, index)

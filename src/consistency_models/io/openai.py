@@ -19,8 +19,9 @@ import torch
 from ..errors import InvalidInputError
 from ..networks.presets import PRESETS, preset
 from ..networks.unet import UNetConfig, UNetModel
-from ..scheduler import CMStochasticIterativeScheduler
-from .diffusers_format import load_state_into, load_weights, require_new_folder
+from ..schedule import SchedulerConfig
+from .diffusers_format import load_state_into, load_weights
+from .pipeline_folder import PipelineParts, require_new_folder, save_pipeline_folder
 
 # Grid sizes N of OpenAI's released models (launch.sh): CD uses 40 points, CT 201 on ImageNet-64
 # and 151 on LSUN-256.
@@ -146,21 +147,17 @@ def convert_openai_checkpoint(
     config: UNetConfig | str = "imagenet64",
     scheduler: str = "cd",
     parametrization: str | None = None,
-):
-    """Convert an OpenAI checkpoint into a diffusers pipeline folder; returns the pipeline.
+) -> PipelineParts:
+    """Convert an OpenAI checkpoint into a diffusers pipeline folder; returns what it wrote.
 
     `parametrization` defaults to "edm" for files named edm_* (the teachers), else "consistency".
     """
-    from ..pipeline import ConsistencyModelPipeline
-
     if scheduler not in SCHEDULERS:
         raise InvalidInputError(f"scheduler: {scheduler!r} is not one of {', '.join(SCHEDULERS)}")
     out = require_new_folder(out_dir, "out_dir")
     if parametrization is None:
         parametrization = "edm" if Path(path).name.startswith("edm_") else "consistency"
-    unet = load_openai_unet(path, config)
-    pipe = ConsistencyModelPipeline(
-        unet, CMStochasticIterativeScheduler(num_train_timesteps=SCHEDULERS[scheduler]), parametrization
-    )
-    pipe.save_pretrained(out)
-    return pipe
+    parts = PipelineParts(load_openai_unet(path, config), SchedulerConfig(num_train_timesteps=SCHEDULERS[scheduler]),
+                          parametrization)
+    save_pipeline_folder(out, parts)
+    return parts

@@ -42,6 +42,11 @@ class MLPConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise InvalidInputError(f"dropout: {self.dropout!r} must be in [0, 1)")
 
+    @property
+    def sample_shape(self) -> tuple[int]:
+        """(dim,) of one sample (a point)."""
+        return (self.dim,)
+
     def to_dict(self) -> dict:
         return asdict(self)
 

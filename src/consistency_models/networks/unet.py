@@ -65,6 +65,11 @@ class UNetConfig:
     def level_resolutions(self) -> list[int]:
         return [self.image_size >> level for level in range(len(self.channel_mult))]
 
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one sample."""
+        return (self.in_channels, self.image_size, self.image_size)
+
     def level_has_attention(self, level: int) -> bool:
         return (self.image_size >> level) in self.attention_resolutions
 

@@ -1,18 +1,19 @@
 """Training: EDM teachers, consistency distillation (CD), consistency training (CT, iCT), ECT.
 
-Losses are callables (`losses.py`), curricula are pure functions of the step
-(`curricula.py`), and the loop (`loop.py`) owns optimizer, EMA, distributed, checkpoints
-and logging.
+Each method is a plug-in in `methods/` (its loss, defaults and needs, registered by name);
+curricula are pure functions of the step (`curricula.py`); the loop (`loop.py`) owns
+optimizer, EMA, distributed, checkpoints and logging; `networks.py` builds what a run trains,
+`export.py` and `preview.py` write what people use.
 """
 
-from .config import METHODS, TrainConfig
+from .config import TrainConfig
 from .curricula import ct_schedule, ect_r, ict_index_probabilities, ict_schedule
 from .distances import l1, l2, pseudo_huber
-from .losses import CDLoss, CTLoss, ECTLoss, EDMLoss, ICTLoss
 from .loop import Trainer, TrainingDiverged, train
+from .methods import METHODS, CDLoss, CTLoss, ECTLoss, EDMLoss, ICTLoss, Method, get_method, register
 
 __all__ = [
-    "CDLoss", "CTLoss", "ECTLoss", "EDMLoss", "ICTLoss", "METHODS", "TrainConfig", "Trainer",
-    "TrainingDiverged", "ct_schedule", "ect_r", "ict_index_probabilities", "ict_schedule", "l1", "l2",
-    "pseudo_huber", "train",
+    "CDLoss", "CTLoss", "ECTLoss", "EDMLoss", "ICTLoss", "METHODS", "Method", "TrainConfig", "Trainer",
+    "TrainingDiverged", "ct_schedule", "ect_r", "get_method", "ict_index_probabilities", "ict_schedule", "l1", "l2",
+    "pseudo_huber", "register", "train",
 ]

@@ -1,108 +1,169 @@
-"""Every setting of a training run, with the defaults each method uses."""
+"""Every setting of a training run, each with its help text beside it, checked once when made.
+
+Method-specific settings (`distance`, `num_scales`, `s0`, ...) default to None: the method's
+registry entry (`methods/`) supplies its defaults, and a setting the chosen method does not read
+is refused instead of ignored. `cm train` builds its options from these fields (`cli/train.py`).
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+import math
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields
+from typing import Any, Callable, Sequence
 
 from ..errors import InvalidInputError
+from .distances import DISTANCES
+from .methods import get_method, method_options
 from .optimizer import OPTIMIZERS
 
-METHODS = ("edm", "cd", "ct", "ict", "ect")
 PRECISIONS = ("float32", "bfloat16", "float16")
+SOLVERS = ("heun", "euler")
+MU_FORMS = ("openai", "paper")
 
-# Per-method defaults for settings left as None.
-METHOD_DEFAULTS: dict[str, dict] = {
-    "edm": {"distance": "l2"},
-    "cd": {"distance": "l2"},
-    "ct": {"distance": "l2", "s0": 2, "s1": 150, "mu0": 0.9},
-    "ict": {"distance": "pseudo_huber", "s0": 10, "s1": 1280},
-    "ect": {"distance": "pseudo_huber"},
-}
+
+def setting(
+    default: Any = MISSING,
+    help: str = "",
+    *,
+    choices: Sequence[str] | Callable[[], Sequence[str]] | None = None,
+    cli: bool = True,
+    aliases: dict[str, Any] | None = None,
+    default_factory: Callable[[], Any] | Any = MISSING,
+) -> Field:
+    """A config field with what `cm train --help` shows: help, choices (or a function giving them),
+    `cli=False` for settings without an option, `aliases` = {"--flag": value stored} for old spellings."""
+    metadata = {"help": help, "choices": choices, "cli": cli, "aliases": aliases or {}}
+    if default_factory is not MISSING:
+        return field(default_factory=default_factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def method_names() -> tuple[str, ...]:
+    from .methods import METHODS
+
+    return tuple(METHODS)
 
 
 @dataclass
 class TrainConfig:
     """A training run. `batch_size` is the global batch, whatever the number of processes."""
 
-    method: str                                   # edm | cd | ct | ict | ect
-    data: str                                     # digits | digits:test | toy:NAME | folder | .zip | .npz
-    out: str                                      # run folder (also a pipeline folder)
-    preset: str | None = None                     # network preset; default chosen from the data
-    resolution: int | None = None                 # resize images to this size
-    use_labels: bool = True                       # class-conditional when the data has labels
-    xflip: bool = False                           # random horizontal flips
-    teacher: str | None = None                    # EDM denoiser folder (cd, ect)
-    init_from_teacher: bool | None = None         # student starts as the teacher (default: ect yes, cd no)
-    init_from: str | None = None                  # start from this pipeline folder's network (fine-tuning)
-    batch_size: int = 64
-    steps: int = 10_000                           # optimizer steps K
-    lr: float = 2e-4
-    optimizer: str = "radam"
-    weight_decay: float = 0.0
-    warmup_steps: int = 0                         # linear learning-rate warm-up
-    grad_clip: float | None = 1.0                 # max global gradient norm; None = off
-    accumulation: int = 1                         # micro-batches per optimizer step
-    ema_rates: tuple[float, ...] = (0.999,)       # EMAs of the weights, apart from the target θ⁻
-    precision: str = "float32"                    # autocast dtype of the forward
-    dropout: float | None = None                  # override the preset's dropout
-    seed: int = 0
-    # method settings (None = the method's default)
-    distance: str | None = None                   # l2 | l1 | pseudo_huber | lpips
-    lpips_vgg: str | None = None                  # VGG-16 weights (torchvision layout) for lpips
-    lpips_lin: str | None = None                  # LPIPS linear-layer weights (vgg.pth v0.1)
-    num_scales: int = 18                          # CD grid size N
-    target_mu: float = 0.95                       # CD target EMA rate μ
-    solver: str = "heun"                          # CD teacher ODE step: heun | euler
-    s0: int | None = None                         # CT/iCT curriculum start
-    s1: int | None = None                         # CT/iCT curriculum end
-    mu0: float | None = None                      # CT initial target EMA rate
-    mu_form: str = "openai"                       # CT μ(k): openai (N−1) or paper (N)
-    ect_stages: int = 8                           # ECT: stages over the run
-    sigma_min: float = 0.002
-    sigma_max: float = 80.0
-    sigma_data: float = 0.5
-    rho: float = 7.0
+    method: str = setting(help="the training method", choices=method_names)
+    data: str = setting(help="digits, digits:test, toy:mog8|moons|checkerboard, an image folder (class = "
+                             "first-level subfolder), an EDM .zip or an ADM .npz")
+    out: str = setting(help="run folder (created; must be new unless --resume); also a pipeline folder")
+    preset: str | None = setting(None, "network preset (default: from the data: tiny16, small32, mlp2d)")
+    resolution: int | None = setting(None, "resize images to this size")
+    use_labels: bool = setting(True, "class-conditional when the data has labels",
+                               aliases={"--unconditional": False})
+    xflip: bool = setting(False, "random horizontal flips")
+    teacher: str | None = setting(None, "EDM denoiser folder (trained with --method edm, or converted)")
+    init_from_teacher: bool | None = setting(None, "start the student from the teacher's weights")
+    init_from: str | None = setting(None, "start from this pipeline folder's network (fine-tuning; same shape "
+                                          "and classes)")
+    batch_size: int = setting(64, "global batch size")
+    steps: int = setting(10_000, "optimizer steps K")
+    lr: float = setting(2e-4, "learning rate")
+    optimizer: str = setting("radam", "optimizer", choices=OPTIMIZERS)
+    weight_decay: float = setting(0.0, "weight decay (decoupled for adamw)")
+    warmup_steps: int = setting(0, "linear learning-rate warm-up steps")
+    grad_clip: float | None = setting(1.0, "max global gradient norm (0: off)")
+    accumulation: int = setting(1, "micro-batches per optimizer step")
+    ema_rates: tuple[float, ...] = setting(help="EMA rates of the weights, e.g. 0.999,0.9999 (the first is "
+                                                "exported)", default_factory=lambda: (0.999,))
+    precision: str = setting("float32", "autocast dtype of the forward", choices=PRECISIONS)
+    dropout: float | None = setting(None, "override the preset's dropout")
+    seed: int = setting(0, "seed of the weights, the data order and every noise draw")
+    # Method-specific settings: None = the method's default (see methods/).
+    distance: str | None = setting(None, "consistency distance; lpips needs --lpips-vgg and --lpips-lin",
+                                   choices=(*DISTANCES, "lpips"))
+    lpips_vgg: str | None = setting(None, "VGG-16 weights file (torchvision layout) for lpips")
+    lpips_lin: str | None = setting(None, "LPIPS linear-layer weights file (vgg.pth v0.1) for lpips")
+    num_scales: int | None = setting(None, "grid size N")
+    target_mu: float | None = setting(None, "target EMA rate mu")
+    solver: str | None = setting(None, "teacher ODE step", choices=SOLVERS)
+    s0: int | None = setting(None, "curriculum start (initial grid size term)")
+    s1: int | None = setting(None, "curriculum end (final grid size term)")
+    mu0: float | None = setting(None, "initial target EMA rate")
+    mu_form: str | None = setting(None, "mu(k): OpenAI's code (N-1) or the paper (N)", choices=MU_FORMS)
+    ect_stages: int | None = setting(None, "stages over the run")
+    sigma_min: float = setting(0.002, "sigma_min (epsilon) of the noise levels")
+    sigma_max: float = setting(80.0, "sigma_max (T) of the noise levels")
+    sigma_data: float = setting(0.5, "sigma_data of the preconditioning")
+    rho: float = setting(7.0, "rho of the Karras grid")
     # bookkeeping
-    log_every: int = 50
-    save_every: int = 1000
-    sample_every: int = 1000
-    keep: int = 3                                 # checkpoints kept
-    resume: bool = False
-    device: str | None = None
-    tensorboard: bool = False
-    progress: bool = True
-    extra: dict = field(default_factory=dict)
+    log_every: int = setting(50, "steps between lines of metrics.jsonl")
+    save_every: int = setting(1000, "steps between checkpoints")
+    sample_every: int = setting(1000, "steps between sample grids in samples/")
+    keep: int = setting(3, "checkpoints kept")
+    resume: bool = setting(False, "continue from the newest complete checkpoint")
+    device: str | None = setting(None, "cpu, cuda or cuda:N (default: cuda when available)")
+    tensorboard: bool = setting(False, "also log to RUN_DIR/tensorboard")
+    progress: bool = setting(True, "show a progress bar")
+    extra: dict = setting(help="settings of methods registered outside this package", cli=False,
+                          default_factory=dict)
 
     def __post_init__(self) -> None:
         self.ema_rates = tuple(float(r) for r in self.ema_rates)
+        self._check_values()
+        self._apply_method()
+
+    def _check_values(self) -> None:
         checks = [
-            ("method", self.method in METHODS, f"one of {', '.join(METHODS)}"),
             ("optimizer", self.optimizer in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
             ("precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
             ("batch_size", self.batch_size >= 1, "a positive integer"),
             ("steps", self.steps >= 1, "a positive integer"),
-            ("lr", self.lr > 0, "a positive number"),
+            ("resolution", self.resolution is None or self.resolution >= 1, "a positive integer"),
+            ("warmup_steps", self.warmup_steps >= 0, "a number of steps >= 0"),
+            ("weight_decay", math.isfinite(self.weight_decay) and self.weight_decay >= 0, "a number >= 0"),
+            ("dropout", self.dropout is None or 0 <= self.dropout < 1, "a probability in [0, 1)"),
+            ("log_every", self.log_every >= 1, "a positive integer"),
+            ("save_every", self.save_every >= 1, "a positive integer"),
+            ("sample_every", self.sample_every >= 1, "a positive integer"),
+            ("lr", math.isfinite(self.lr) and self.lr > 0, "a positive number"),
+            ("grad_clip", self.grad_clip is None or (math.isfinite(self.grad_clip) and self.grad_clip >= 0),
+             "a norm >= 0 (0: off)"),
             ("accumulation", self.accumulation >= 1 and self.batch_size % self.accumulation == 0,
              "a positive divisor of batch_size"),
             ("ema_rates", all(0 <= r < 1 for r in self.ema_rates), "rates in [0, 1)"),
-            ("target_mu", 0 <= self.target_mu < 1, "a rate in [0, 1)"),
-            ("num_scales", self.num_scales >= 2, "at least 2"),
-            ("solver", self.solver in ("heun", "euler"), "heun or euler"),
-            ("mu_form", self.mu_form in ("openai", "paper"), "openai or paper"),
+            ("target_mu", self.target_mu is None or 0 <= self.target_mu < 1, "a rate in [0, 1)"),
+            ("num_scales", self.num_scales is None or self.num_scales >= 2, "at least 2"),
+            ("s0", self.s0 is None or self.s0 >= 1, "a positive integer"),
+            ("s1", self.s1 is None or self.s1 >= 1, "a positive integer"),
+            ("mu0", self.mu0 is None or 0 <= self.mu0 < 1, "a rate in [0, 1)"),
+            ("ect_stages", self.ect_stages is None or self.ect_stages >= 1, "a positive integer"),
+            ("solver", self.solver in (None, *SOLVERS), " or ".join(SOLVERS)),
+            ("mu_form", self.mu_form in (None, *MU_FORMS), " or ".join(MU_FORMS)),
             ("keep", self.keep >= 1, "at least 1"),
         ]
         for name, ok, allowed in checks:
             if not ok:
                 raise InvalidInputError(f"{name}: {getattr(self, name)!r} is not allowed; use {allowed}")
+
+    def _apply_method(self) -> None:
+        """Refuse what the method does not read, fill in its defaults, check its teacher."""
+        method = get_method(self.method)
+        for name in sorted(method_options() - set(method.options)):
+            if getattr(self, name) is not None:
+                used = ", ".join(method.options) or "none"
+                raise InvalidInputError(
+                    f"{name}: {getattr(self, name)!r} is not used by --method {self.method} (its own settings: {used})"
+                )
+        for name, value in method.defaults.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        if (self.lpips_vgg or self.lpips_lin) and self.distance != "lpips":
+            raise InvalidInputError("lpips_vgg/lpips_lin: given, but --distance is not lpips")
         if self.distance == "lpips" and not (self.lpips_vgg and self.lpips_lin):
             raise InvalidInputError("distance: lpips needs --lpips-vgg and --lpips-lin weight files (nothing is downloaded)")
-        if self.method == "ect" and not self.teacher:
-            raise InvalidInputError("teacher: ECT tunes a pretrained EDM denoiser; pass --teacher")
-        for key, value in METHOD_DEFAULTS[self.method].items():
-            if getattr(self, key) is None:
-                setattr(self, key, value)
+        if method.teacher == "unused" and (self.teacher or self.init_from_teacher):
+            raise InvalidInputError(f"teacher: --method {self.method} uses no teacher; to start from a saved "
+                                    "network use --init-from")
         if self.init_from_teacher is None:
-            self.init_from_teacher = self.method == "ect" and not self.init_from
+            self.init_from_teacher = bool(self.teacher) and method.init_from_teacher and not self.init_from
+        if self.init_from_teacher and not self.teacher:
+            raise InvalidInputError("init_from_teacher: needs --teacher")
         if self.init_from and self.init_from_teacher:
             raise InvalidInputError("init_from: give --init-from or --init-from-teacher, not both")
 
@@ -113,9 +174,22 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
+        """The config of a saved run. Settings of other methods, which older versions saved with
+        their global defaults, are dropped."""
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        values = {k: v for k, v in data.items() if k in names}
+        method = get_method(values.get("method", ""))
+        for name in method_options() - set(method.options):
+            values.pop(name, None)
+        return cls(**values)
 
     # Settings that may change between a run and its resumption.
     RESUMABLE = ("resume", "out", "progress", "log_every", "save_every", "sample_every", "keep", "device",
                  "tensorboard")
+
+
+def method_defaults_text(name: str) -> str:
+    """'cd 18, ct 2': the defaults the registered methods give a method-specific setting."""
+    from .methods import METHODS
+
+    return ", ".join(f"{m.name} {m.defaults[name]}" for m in METHODS.values() if name in m.defaults)

@@ -19,19 +19,21 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..data import load_dataset
+from ..distributed import DistributedContext, setup_distributed
 from ..errors import InvalidInputError
 from ..io.atomic import atomic_path, write_json
-from ..parametrization import PARAMETRIZATIONS, Preconditioned
+from ..parametrization import PARAMETRIZATIONS
+from ..pipeline import ConsistencyModelPipeline
 from .batch_rng import BatchRNG, local_rows
 from .checkpoint import capture_rng_state, latest_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
 from .config import TrainConfig
-from .distributed import DistributedContext, setup_distributed
 from .ema import EMA
-from .lpips import LPIPS
-from .losses import CDLoss, CTLoss, ECTLoss, EDMLoss, ICTLoss, Loss
-from .models import build_network, export_pipeline, load_teacher, preview
+from .export import export_run, run_parts
+from .methods import Loss, LossInputs, get_method
+from .networks import build_network, load_teacher
 from .optimizer import build_optimizer
-from ..data import load_dataset
+from .preview import preview
 
 
 class TrainingDiverged(RuntimeError):
@@ -76,37 +78,27 @@ class Trainer:
         """`teacher`: a denoiser D(x, σ, class_labels) to use instead of loading `cfg.teacher`
         (e.g. the exact denoiser of a known distribution)."""
         self.cfg = cfg
+        self.method = get_method(cfg.method)
         self.ctx = ctx or setup_distributed(cfg.device)
         self.out = Path(cfg.out)
         self._check_run_folder()
-        try:
-            self.dataset = load_dataset(cfg.data, resolution=cfg.resolution, use_labels=cfg.use_labels, xflip=cfg.xflip)
-        except InvalidInputError as exc:
-            raise InvalidInputError(f"data: {exc}") from None
+        self.dataset = self._load_data()
         self.data_x, self.data_y = self.dataset.tensors()
-        if len(self.dataset) < cfg.batch_size:
-            raise InvalidInputError(
-                f"batch_size: {cfg.batch_size} is larger than the data set ({len(self.dataset)} items)"
-            )
         torch.manual_seed(cfg.seed)
-        device = self.ctx.device
-        try:
-            teacher_network = load_teacher(cfg.teacher, device) if cfg.teacher else None
-        except InvalidInputError as exc:
-            message = str(exc)
-            raise InvalidInputError(message if message.startswith("teacher:") else f"teacher: {message}") from None
-        self.network = build_network(cfg, self.dataset, teacher_network).to(device)
+        teacher_network = self._load_teacher()
+        self.network = build_network(cfg, self.dataset, teacher_network).to(self.ctx.device)
         if teacher is None and teacher_network is not None:
             teacher = PARAMETRIZATIONS["edm"](teacher_network, cfg.sigma_data, cfg.sigma_min)
         self.teacher = teacher
-        if cfg.method == "cd" and teacher is None:
-            raise InvalidInputError("teacher: consistency distillation needs --teacher (an EDM denoiser folder)")
-        self.parametrization = "edm" if cfg.method == "edm" else "consistency"
-        self.loss = self._build_loss()
+        if self.method.teacher == "required" and teacher is None:
+            raise InvalidInputError(f"teacher: --method {cfg.method} ({self.method.summary}) needs --teacher, "
+                                    "an EDM denoiser folder")
+        self.parametrization = self.method.parametrization
+        self.loss, self.target_network = self._build_loss()
         params = [p for p in self.network.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(cfg.optimizer, params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.ema = EMA(self.network, cfg.ema_rates, warmup=True) if cfg.ema_rates else None
-        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "float16" and device.type == "cuda")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "float16" and self.ctx.device.type == "cuda")
         self.step = 0
         self.rows = local_rows(cfg.batch_size // cfg.accumulation, self.ctx.rank, self.ctx.world_size)
         if cfg.resume:
@@ -123,38 +115,36 @@ class Trainer:
         if not has_run and self.out.exists() and any(self.out.iterdir()) and not cfg.resume:
             raise InvalidInputError(f"out: {self.out} exists and is not empty; choose a new folder")
 
-    def _wrap(self, network: nn.Module, parametrization: str) -> Preconditioned:
+    def _load_data(self):
         cfg = self.cfg
-        return PARAMETRIZATIONS[parametrization](network, cfg.sigma_data, cfg.sigma_min)
+        try:
+            dataset = load_dataset(cfg.data, resolution=cfg.resolution, use_labels=cfg.use_labels, xflip=cfg.xflip)
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"data: {exc}") from None
+        if len(dataset) < cfg.batch_size:
+            raise InvalidInputError(f"batch_size: {cfg.batch_size} is larger than the data set ({len(dataset)} items)")
+        return dataset
 
-    def _build_loss(self) -> Loss:
-        cfg = self.cfg
+    def _load_teacher(self) -> nn.Module | None:
+        if not self.cfg.teacher:
+            return None
+        try:
+            return load_teacher(self.cfg.teacher, self.ctx.device)
+        except InvalidInputError as exc:
+            message = str(exc)
+            raise InvalidInputError(message if message.startswith("teacher:") else f"teacher: {message}") from None
+
+    def _build_loss(self) -> tuple[Loss, nn.Module | None]:
+        """The method's loss, and its EMA target network θ⁻ when it keeps one."""
         trained = self.network
         if self.ctx.enabled:
             trained = nn.parallel.DistributedDataParallel(
                 self.network, device_ids=[self.ctx.device.index] if self.ctx.device.type == "cuda" else None
             )
-        self.target_network: nn.Module | None = None
-        sigma = dict(sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max, rho=cfg.rho)
-        distance = cfg.distance
-        if distance == "lpips":
-            distance = LPIPS.from_files(cfg.lpips_vgg, cfg.lpips_lin).to(self.ctx.device)
-        if cfg.method == "edm":
-            return EDMLoss(self._wrap(trained, "edm"))
-        student = self._wrap(trained, "consistency")
-        if cfg.method in ("cd", "ct"):
-            self.target_network = copy.deepcopy(self.network).requires_grad_(False)
-            target = self._wrap(self.target_network, "consistency")
-        else:
-            target = self._wrap(self.network, "consistency")  # stop-grad θ, no EMA
-        if cfg.method == "cd":
-            return CDLoss(student, target, self.teacher, cfg.num_scales, cfg.target_mu, cfg.solver, distance, **sigma)
-        if cfg.method == "ct":
-            return CTLoss(student, target, cfg.steps, cfg.s0, cfg.s1, cfg.mu0, cfg.mu_form, distance, **sigma)
-        if cfg.method == "ict":
-            return ICTLoss(student, target, cfg.steps, cfg.s0, cfg.s1, distance=distance, **sigma)
-        return ECTLoss(student, cfg.steps, cfg.ect_stages, sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max,
-                       target=target)
+        target = copy.deepcopy(self.network).requires_grad_(False) if self.method.target_network else None
+        inputs = LossInputs(student=trained, network=self.network, target=target, teacher=self.teacher,
+                            config=self.cfg, device=self.ctx.device)
+        return self.method.build_loss(inputs), target
 
     # -- checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -217,7 +207,7 @@ class Trainer:
             raise TrainingDiverged(self._diverged("the weights became non-finite"))
         if self.ctx.is_main:
             save_checkpoint(self.out, self.step, self.state_dict(), keep=self.cfg.keep)
-            export_pipeline(self, self.out)
+            export_run(self.out, self.exported())
         self.ctx.barrier()
 
     # -- the loop -----------------------------------------------------------------------------
@@ -300,12 +290,23 @@ class Trainer:
                 if self.step % cfg.save_every == 0 or self.step == cfg.steps:
                     self.save()
                 if main and (self.step % cfg.sample_every == 0 or self.step == cfg.steps):
-                    preview(self, self.out / "samples" / f"step-{self.step:08d}.png")
+                    self.preview()
         finally:
             bar.close()
             if writer is not None:
                 writer.close()
         return self.out
+
+    def exported(self):
+        """The pipeline parts this run exports (the first EMA's weights)."""
+        return run_parts(self.cfg, self.network, self.ema, images=self.dataset.kind == "image")
+
+    def preview(self) -> Path:
+        """Samples of the exported model as samples/step-K.png (a grid, or a scatter plot over the data)."""
+        path = self.out / "samples" / f"step-{self.step:08d}.png"
+        reference = None if self.dataset.kind == "image" else self.data_x[:2000].numpy()
+        preview(ConsistencyModelPipeline.from_parts(self.exported()), path, self.cfg.seed, reference)
+        return path
 
     def _log(self, record: dict, writer) -> None:
         with open(self.out / "metrics.jsonl", "a") as f:

@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from .errors import InvalidInputError
+from ..errors import InvalidInputError
+from ..metrics.features import FeatureExtractor
+from ..metrics.frechet import RunningStatistics, frechet_distance
+from ..parametrization import karras_sigmas
+from ..pipeline import ConsistencyModelPipeline
+from ..schedule import NoiseLevels
 from .generation import sample_batches
-from .metrics.features import FeatureExtractor
-from .metrics.frechet import RunningStatistics, frechet_distance
-from .parametrization import karras_sigmas
-from .pipeline import ConsistencyModelPipeline
 
 
 @dataclass
@@ -70,7 +71,8 @@ def frechet_distance_of_samples(
 ) -> float:
     """FD between the features of `num` samples (images 0 … num−1 of `seed`) and the reference."""
     stats = RunningStatistics()
-    for _, images, _ in sample_batches(pipe, range(num), batch_size, seed, class_labels, timesteps=timesteps):
+    for _, images, _ in sample_batches(pipe, range(num), batch_size, seed, class_labels,
+                                     NoiseLevels(timesteps=tuple(timesteps))):
         stats.update(extractor.features(torch.from_numpy(images).permute(0, 3, 1, 2)))
     mu, sigma = stats.finalize()
     return frechet_distance(mu, sigma, *reference)
@@ -80,7 +82,7 @@ def search_range(pipe: ConsistencyModelPipeline, lo: int = 1, hi: int | None = N
     """Check a search range against the model's grid; hi defaults to N − 2 (N − 1 is σ_min itself)."""
     if pipe.parametrization != "consistency":
         raise InvalidInputError("model: the timestep search is for consistency models; this is a diffusion (EDM) model")
-    n = pipe.scheduler.config.num_train_timesteps
+    n = pipe.sampling_config.num_train_timesteps
     hi = n - 2 if hi is None else hi
     if not 1 <= lo <= hi <= n - 2:
         raise InvalidInputError(f"search range: [{lo}, {hi}] must lie within [1, {n - 2}] for a {n}-point grid")
@@ -101,7 +103,7 @@ def tune_timesteps(
 ) -> TimestepSearch:
     """Ternary search of the two-step middle index t ∈ [lo, hi] on the model's N-point grid."""
     lo, hi = search_range(pipe, lo, hi)
-    cfg = pipe.scheduler.config
+    cfg = pipe.sampling_config
     n = cfg.num_train_timesteps
     if isinstance(num, bool) or not isinstance(num, int) or num < 2:
         raise InvalidInputError(f"num: {num!r} must be at least 2 images")

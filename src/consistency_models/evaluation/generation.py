@@ -19,17 +19,19 @@ from dataclasses import asdict
 import shutil
 import zipfile
 from collections.abc import Iterator, Sequence
+from typing import Any
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .errors import InvalidInputError
-from .io.atomic import atomic_path
-from .io.images import save_images, to_uint8
-from .pipeline import ConsistencyModelPipeline
-from .training.distributed import DistributedContext
+from ..distributed import DistributedContext
+from ..errors import InvalidInputError
+from ..io.atomic import atomic_path
+from ..io.images import save_images, to_uint8
+from ..pipeline import ConsistencyModelPipeline
+from ..schedule import NoiseLevels
 
 SHARD_SUFFIX = ".shards"
 
@@ -79,24 +81,18 @@ def sample_batches(
     batch_size: int,
     seed: int,
     class_labels: int | None = None,
-    num_inference_steps: int | None = None,
-    timesteps: Sequence[int] | None = None,
-    sigmas: Sequence[float] | None = None,
+    levels: NoiseLevels = NoiseLevels(),
 ) -> Iterator[tuple[list[int], np.ndarray, np.ndarray | None]]:
-    """(indices, uint8 NHWC images, int64 labels or None) per batch; image i from its own generator."""
-    saved = dict(pipe.progress_bar_config)
-    pipe.set_progress_bar_config(disable=True)  # the caller shows one bar for the whole run
-    try:
-        for start in range(0, len(indices), batch_size):
-            batch = list(indices[start:start + batch_size])
-            result = pipe(
-                batch_size=len(batch), class_labels=class_labels, num_inference_steps=num_inference_steps,
-                timesteps=timesteps, sigmas=sigmas, generator=image_generators(seed, batch), output_type="np",
-            )
-            labels = None if result.class_labels is None else result.class_labels.cpu().numpy().astype(np.int64)
-            yield batch, to_uint8(result.images), labels
-    finally:
-        pipe.progress_bar_config = saved
+    """(indices, uint8 NHWC images, int64 labels or None) per batch; image i from its own generator.
+
+    The pipeline's own progress bar is off for these calls (the caller shows one for the whole run)."""
+    for start in range(0, len(indices), batch_size):
+        batch = list(indices[start:start + batch_size])
+        with pipe.progress_bar_off():
+            result = pipe(batch_size=len(batch), class_labels=class_labels, **levels.as_dict(),
+                          generator=image_generators(seed, batch), output_type="np")
+        labels = None if result.class_labels is None else result.class_labels.cpu().numpy().astype(np.int64)
+        yield batch, to_uint8(result.images), labels
 
 
 def model_fingerprint(pipe: ConsistencyModelPipeline) -> dict:
@@ -104,7 +100,7 @@ def model_fingerprint(pipe: ConsistencyModelPipeline) -> dict:
     with torch.no_grad():
         checksum = sum(float(p.double().sum()) for p in pipe.unet.parameters())
     return {"unet": pipe.unet.config.to_dict(), "parametrization": pipe.parametrization,
-            "scheduler": asdict(pipe.scheduler.config), "checksum": f"{checksum:.10e}", "dtype": str(pipe.dtype)}
+            "scheduler": asdict(pipe.sampling_config), "checksum": f"{checksum:.10e}", "dtype": str(pipe.dtype)}
 
 
 def check_run_settings(folder: Path, settings: dict) -> None:
@@ -148,31 +144,27 @@ def generate_samples(
     batch_size: int = 64,                       # images per network call and per shard
     seed: int = 0,
     class_labels: int | None = None,            # one label for all images; None: drawn per image
-    num_inference_steps: int | None = None,
-    timesteps: Sequence[int] | None = None,
-    sigmas: Sequence[float] | None = None,
+    levels: NoiseLevels | None = None,          # the noise levels (default: the model's sampler's)
     context: DistributedContext | None = None,  # this process's rank (torchrun); None: one process
     progress: bool = True,
+    **schedule: Any,                            # or num_inference_steps/timesteps/sigmas, as before `levels`
 ) -> Path | None:
     """Generate images 0 … num−1 (this rank's share), resuming from shards; rank 0 returns the merged file."""
+    levels = NoiseLevels.from_keywords(levels, schedule)
     path = _check_arguments(num, batch_size, out)
     if not pipe.is_image_model:
         raise InvalidInputError("model: sharded generation writes images; this model makes points")
     context = context or DistributedContext()
     folder = shard_folder(path)
     folder.mkdir(exist_ok=True)
-    check_run_settings(folder, {
-        "seed": seed, "class_labels": class_labels, "num_inference_steps": num_inference_steps,
-        "timesteps": None if timesteps is None else list(timesteps),
-        "sigmas": None if sigmas is None else list(sigmas), "model": model_fingerprint(pipe),
-    })
+    check_run_settings(folder, {"seed": seed, "class_labels": class_labels, **levels.as_dict(),
+                                "model": model_fingerprint(pipe)})
     done = existing_indices(folder)
     todo = [i for i in range(context.rank, num, context.world_size) if i not in done]
     bar = tqdm(total=len(todo), unit="img", desc=f"sampling (rank {context.rank})" if context.enabled else "sampling",
                disable=not progress, dynamic_ncols=True)
     with bar:
-        for indices, images, labels in sample_batches(pipe, todo, batch_size, seed, class_labels,
-                                                      num_inference_steps, timesteps, sigmas):
+        for indices, images, labels in sample_batches(pipe, todo, batch_size, seed, class_labels, levels):
             arrays = {"images": images, "indices": np.asarray(indices, dtype=np.int64)}
             if labels is not None:
                 arrays["labels"] = labels

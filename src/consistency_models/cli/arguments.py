@@ -1,0 +1,73 @@
+"""Argument types and option groups shared by the subcommands, and the one-line error format."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from ..errors import InvalidInputError
+from ..schedule import NoiseLevels
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEFAULT_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse with the CLI's error format: one line `cm: error: ...`, exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"cm: error: {message} (see '{self.prog} --help')\n")
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+
+
+def float_list(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
+def device(name: str) -> torch.device:
+    """A device name checked against this machine (the error names it and what is allowed)."""
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise InvalidInputError(f"device: {name!r} is not a device name (cpu, cuda, cuda:1, ...)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError(f"device: {name!r} was asked for, but CUDA is not available here; use --device cpu")
+    return dev
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=DEFAULT_DEVICE, help="cpu, cuda or cuda:N")
+
+
+def add_noise_levels(parser: argparse.ArgumentParser, steps_help: str) -> None:
+    """--steps | --timesteps | --sigmas, read back by `noise_levels`."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--steps", type=positive_int, default=None, help=steps_help)
+    group.add_argument("--timesteps", type=int_list, default=None,
+                       help="descending grid indices, e.g. 22,0 (index 0 = sigma_max)")
+    group.add_argument("--sigmas", type=float_list, default=None,
+                       help="descending noise levels to evaluate at, e.g. 80,1.38 (sigma_min is appended)")
+
+
+def noise_levels(args: argparse.Namespace) -> NoiseLevels:
+    return NoiseLevels.of(args.steps, args.timesteps, args.sigmas)

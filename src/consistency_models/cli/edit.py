@@ -1,0 +1,115 @@
+"""`cm edit KIND`: zero-shot editing of one image (Algorithm 4); `interpolate` writes a strip of frames.
+
+Each edit is declared once in `EDITS`: its help, its own options, whether it takes an input
+image and noise levels, and the call of `consistency_models.editing` it makes.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from PIL import Image
+
+from .. import editing
+from ..errors import InvalidInputError
+from ..io.hub import COLOR_MODEL, DEFAULT_MODEL
+from ..io.images import make_grid, output_kind, read_image, save_png, to_uint8
+from ..pipeline import ConsistencyModelPipeline
+from .arguments import OneLineErrorParser, add_device, add_noise_levels, device, noise_levels, positive_int
+
+Reader = Callable[..., torch.Tensor]  # read(path, channels=None, size=None, argument="image", **kw)
+
+
+@dataclass(frozen=True)
+class Edit:
+    help: str
+    run: Callable[[ConsistencyModelPipeline, argparse.Namespace, Reader, dict[str, Any]], torch.Tensor]
+    options: list[tuple[tuple[str, ...], dict[str, Any]]] = field(default_factory=list)  # add_argument calls
+    image: bool = True           # takes --image (and --resize)
+    levels: bool = True          # takes --steps/--timesteps/--sigmas
+    model: str = DEFAULT_MODEL
+
+
+def _inpaint(pipe, args, read, common):
+    mask = read(args.mask, channels=1, argument="mask", resample=Image.NEAREST)
+    return editing.inpaint(pipe, read(args.image), mask, **common)
+
+
+def _superres(pipe, args, read, common):
+    size = pipe.sample_shape[1]
+    editing.check_factor(args.factor, size)
+    low = read(args.image, size=size // args.factor, argument="image (the low-resolution input)")
+    return editing.super_resolve(pipe, low, args.factor, **common)
+
+
+def _stroke(pipe, args, read, common):
+    extra = {} if args.sigma is None else {"sigma_start": args.sigma}
+    return editing.stroke_guided(pipe, read(args.image), **extra, **common)
+
+
+EDITS: dict[str, Edit] = {
+    "inpaint": Edit("regenerate the masked pixels (mask: white = regenerate)", _inpaint,
+                    [(("--mask",), {"required": True, "help": "mask PNG: white = regenerate, black = keep"})]),
+    "colorize": Edit("color a grayscale image (needs an RGB model; default: the embedded digits-color)",
+                     lambda pipe, args, read, common: editing.colorize(pipe, read(args.image, channels=1), **common),
+                     model=COLOR_MODEL),
+    "superres": Edit("upsample a low-resolution image by --factor", _superres,
+                     [(("--factor",), {"type": positive_int, "default": 4, "help": "upsampling factor"})]),
+    "stroke": Edit("turn a coarse stroke painting into an image (SDEdit)", _stroke,
+                   [(("--sigma",), {"type": float, "default": None,
+                                    "help": "starting noise level (default 1; higher gives the model more freedom)"})]),
+    "denoise": Edit("remove Gaussian noise of std --sigma (in [-1, 1] units) in one step",
+                    lambda pipe, args, read, common: editing.denoise(pipe, read(args.image), args.sigma, **common),
+                    [(("--sigma",), {"type": float, "required": True,
+                                     "help": "noise std of the input, in [-1, 1] units"})], levels=False),
+    "interpolate": Edit("one-step samples along a spherical path between two noise draws",
+                        lambda pipe, args, read, common: editing.interpolate(pipe, num=args.num, **common),
+                        [(("--num",), {"type": positive_int, "default": 8, "help": "frames, both ends included"})],
+                        image=False, levels=False),
+}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("edit", help="zero-shot editing: " + ", ".join(EDITS),
+                       description="Zero-shot image editing with a consistency model (Algorithm 4).")
+    kinds = p.add_subparsers(dest="edit", metavar="EDIT", required=True, parser_class=OneLineErrorParser)
+    for name, spec in EDITS.items():
+        e = kinds.add_parser(name, help=spec.help, description=spec.help[0].upper() + spec.help[1:] + ".",
+                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        e.add_argument("--model", default=spec.model, help="embedded model name, pipeline folder or Hub id")
+        if spec.image:
+            e.add_argument("--image", required=True, help="input PNG/JPEG at the model's size (see --resize)")
+            e.add_argument("--resize", action="store_true", help="center-crop and resize inputs of another size")
+        e.add_argument("--out", required=True, help="output PNG")
+        for flags, options in spec.options:
+            e.add_argument(*flags, **options)
+        if spec.levels:
+            add_noise_levels(e, "evenly spaced points of the model's grid (default: the 40-point grid)")
+        e.add_argument("--class-label", type=int, default=None, help="class of a conditional model (random if omitted)")
+        e.add_argument("--seed", type=int, default=0, help="seed of the noise")
+        add_device(e)
+        e.set_defaults(func=run, resize=False)
+
+
+def run(args: argparse.Namespace) -> None:
+    if output_kind(args.out) != "grid":
+        raise InvalidInputError(f"out: {args.out!r} must be a .png file")
+    spec = EDITS[args.edit]
+    pipe = ConsistencyModelPipeline.from_pretrained(args.model, device=device(args.device))
+    if not pipe.is_image_model:
+        raise InvalidInputError(f"model: {args.model} makes points, not images; editing needs an image model")
+    channels, size, _ = pipe.sample_shape
+
+    def read(path: str, channels: int = channels, size: int = size, argument: str = "image", **kw) -> torch.Tensor:
+        return read_image(path, channels, size, args.resize, argument, **kw)
+
+    common: dict[str, Any] = {"generator": torch.Generator().manual_seed(args.seed), "class_labels": args.class_label}
+    if spec.levels:
+        common["levels"] = noise_levels(args)
+    result = spec.run(pipe, args, read, common)
+    images = to_uint8(result.cpu().permute(0, 2, 3, 1).numpy())
+    save_png(make_grid(images, nrow=len(images)) if len(images) > 1 else images[0], args.out)
+    print(f"wrote {args.out} ({args.edit}, {len(images)} image{'s' if len(images) > 1 else ''})")

@@ -1,0 +1,49 @@
+"""`cm eval`: FID, IS, KID and precision/recall of a sample set against a reference; or a set's statistics."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import InvalidInputError
+from ..metrics.evaluate import METRICS, compute_statistics, evaluate, format_table, save_statistics, write_results_json
+from .arguments import positive_int
+from .features import add_feature_arguments, extractor
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="FID, IS, KID, precision/recall of samples against a reference",
+                       description="Score a set of samples against a reference set. A set is a folder of images, an "
+                                   "ADM .npz (arr_0: uint8 NHWC), a statistics .npz (cm eval --save-stats, or "
+                                   "pytorch-fid/OpenAI reference statistics) or digits:test.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--samples", required=True, help="the generated set")
+    p.add_argument("--ref", default=None, help="the reference set")
+    add_feature_arguments(p)
+    p.add_argument("--metrics", type=lambda t: [m for m in t.split(",") if m], default=list(METRICS),
+                   help="comma-separated: " + ",".join(METRICS))
+    p.add_argument("--kid-subsets", type=positive_int, default=100, help="random subsets KID averages over")
+    p.add_argument("--kid-subset-size", type=positive_int, default=1000, help="images per KID subset")
+    p.add_argument("--seed", type=int, default=0, help="seed of KID's subsets")
+    p.add_argument("--save-stats", default=None, help="also write the statistics of --samples to this .npz")
+    p.add_argument("--json", default=None, help="write the results to this JSON file")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.ref is None and args.save_stats is None:
+        raise InvalidInputError("ref: give the reference set (--ref), or --save-stats to only save statistics")
+    features = extractor(args)
+    samples = args.samples
+    if args.save_stats is not None:
+        samples = compute_statistics(args.samples, features)
+        save_statistics(samples, args.save_stats)
+        print(f"wrote the {args.features} statistics of {samples.count} images to {args.save_stats}")
+    if args.ref is None:
+        return
+    results = evaluate(samples, args.ref, features, metrics=args.metrics, kid_subsets=args.kid_subsets,
+                       kid_subset_size=args.kid_subset_size, seed=args.seed)
+    results = {"samples": str(args.samples), "reference": str(args.ref), "features": args.features, **results}
+    print(format_table(results))
+    if args.json is not None:
+        write_results_json(results, args.json)
+        print(f"wrote {args.json}")

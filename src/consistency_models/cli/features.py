@@ -1,0 +1,23 @@
+"""The feature-network options shared by `cm eval` and `cm tune-timesteps`."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import InvalidInputError
+from ..metrics.features import FeatureExtractor, feature_extractor
+from .arguments import add_device, device
+
+
+def add_feature_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--features", choices=["inception", "digits"], default="inception",
+                   help="inception: the standard FID Inception-v3; digits: the embedded digits classifier")
+    p.add_argument("--inception-weights", default=None,
+                   help="pt_inception-2015-12-05-6726825d.pth (else $CM_INCEPTION_WEIGHTS or the cache folder)")
+    add_device(p)
+
+
+def extractor(args: argparse.Namespace) -> FeatureExtractor:
+    if args.inception_weights is not None and args.features != "inception":
+        raise InvalidInputError("inception_weights: given, but --features is not inception")
+    return feature_extractor(args.features, inception_weights=args.inception_weights, device=device(args.device))

@@ -1,0 +1,27 @@
+"""`cm new`: an untrained model folder of a preset (`pipeline.create_model_folder`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..networks.presets import PRESETS
+from ..pipeline import create_model_folder
+from .arguments import positive_int
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("new", help="create an untrained model folder from a preset",
+                       description="Write a pipeline folder holding a randomly initialised network of a preset.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("out_dir", help="folder to write")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="test", help="network architecture")
+    p.add_argument("--unconditional", action="store_true", help="drop the class embedding")
+    p.add_argument("--grid", type=positive_int, default=40, help="points N of the sampling grid")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    create_model_folder(args.out_dir, args.preset, unconditional=args.unconditional, num_train_timesteps=args.grid,
+                        seed=args.seed)
+    print(f"wrote an untrained '{args.preset}' model to {args.out_dir}")

@@ -1,0 +1,75 @@
+"""`cm train`: its options are generated from `TrainConfig`'s fields (help and defaults live beside
+each field; method-specific defaults come from the method registry)."""
+
+from __future__ import annotations
+
+import argparse
+import types
+import typing
+from dataclasses import MISSING, Field, fields
+
+from ..training import Trainer, TrainConfig
+from ..training.config import method_defaults_text
+from ..training.methods import METHODS, method_options
+from .arguments import float_list
+
+
+def _base_type(hint: object) -> object:
+    """int for `int | None`, and so on; tuple[float, ...] stays a tuple."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
+    return hint
+
+
+def _default_text(f: Field) -> str:
+    if f.name == "init_from_teacher":
+        starting = [m.name for m in METHODS.values() if m.init_from_teacher]
+        return f" (default: yes for {', '.join(starting)} when --teacher is given)"
+    if f.name in method_options():
+        return f" (default: {method_defaults_text(f.name)})"
+    if f.default is not MISSING and f.default is not None and f.default is not False:
+        return f" (default: {f.default})"
+    if f.default_factory is not MISSING:
+        value = f.default_factory()
+        return f" (default: {','.join(map(str, value))})" if value else ""
+    return ""
+
+
+def _add_option(p: argparse.ArgumentParser, f: Field, hint: object) -> None:
+    meta = f.metadata
+    flag = "--" + f.name.replace("_", "-")
+    choices = meta["choices"]() if callable(meta["choices"]) else meta["choices"]
+    options: dict = {"dest": f.name, "default": argparse.SUPPRESS, "help": meta["help"] + _default_text(f)}
+    required = f.default is MISSING and f.default_factory is MISSING
+    base = _base_type(hint)
+    if base is bool:
+        p.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
+    else:
+        kind = float_list if typing.get_origin(base) is tuple else base
+        p.add_argument(flag, type=kind, choices=choices, required=required,
+                       metavar=None if choices else f.name.upper(), **options)
+    for alias, value in meta["aliases"].items():
+        p.add_argument(alias, dest=f.name, action="store_const", const=value, default=argparse.SUPPRESS,
+                       help=f"same as {flag}={value}" if base is not bool else f"same as --no-{f.name.replace('_', '-')}")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    methods = "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values())
+    p = sub.add_parser("train", help=f"train a model ({', '.join(METHODS)})",
+                       description="Train a diffusion teacher or a consistency model. The run folder is a pipeline "
+                                   "folder holding the EMA weights, checkpoints, metrics.jsonl and sample grids. Run "
+                                   "it under torchrun for several processes; --batch-size is the global batch. "
+                                   f"Methods: {methods}.")
+    hints = typing.get_type_hints(TrainConfig)
+    for f in fields(TrainConfig):
+        if f.metadata.get("cli", True):
+            _add_option(p, f, hints[f.name])
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    options = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
+    trainer = Trainer(TrainConfig(**options))
+    out = trainer.run()
+    if trainer.ctx.is_main:
+        print(f"trained {trainer.cfg.method} for {trainer.cfg.steps} steps; model in {out} (cm sample --model {out})")

@@ -1,0 +1,45 @@
+"""`cm tune-timesteps`: ternary search of the two-step middle grid index by FID against reference statistics."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from ..evaluation.timestep_search import search_range, tune_timesteps
+from ..io.hub import DEFAULT_MODEL
+from ..metrics.evaluate import compute_statistics
+from ..pipeline import ConsistencyModelPipeline
+from .arguments import device, positive_int
+from .features import add_feature_arguments, extractor
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tune-timesteps", help="search the middle timestep of two-step sampling by FID",
+                       description="OpenAI's ternary search of t in --timesteps t,0, scored by the FID (or digits "
+                                   "FD) of --num samples against --ref.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default=DEFAULT_MODEL, help="embedded model name, pipeline folder or Hub id")
+    p.add_argument("--ref", required=True, help="reference set or statistics (see cm eval)")
+    p.add_argument("--num", type=positive_int, default=5000, help="samples per candidate")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per network call")
+    p.add_argument("--seed", type=int, default=0, help="seed of the (shared) per-image noise")
+    p.add_argument("--class-label", type=int, default=None, help="one class for all samples (random if omitted)")
+    p.add_argument("--lo", type=positive_int, default=1, help="lowest grid index tried")
+    p.add_argument("--hi", type=positive_int, default=None, help="highest grid index tried (default N-2)")
+    add_feature_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    features = extractor(args)
+    pipe = ConsistencyModelPipeline.from_pretrained(args.model, device=device(args.device))
+    search_range(pipe, args.lo, args.hi)  # refuse a bad range before any work
+    reference = compute_statistics(args.ref, features)
+    result = tune_timesteps(pipe, features, (torch.as_tensor(reference.mu), torch.as_tensor(reference.sigma)),
+                            num=args.num, batch_size=args.batch_size, seed=args.seed,
+                            class_labels=args.class_label, lo=args.lo, hi=args.hi)
+    for index, score in result.scores.items():
+        print(f"  t = {index:4d}  sigma = {result.sigmas[index]:9.4f}  FD = {score:.5g}")
+    print(f"best: --timesteps {result.index},0  (sigma {result.sigma:.4g}), "
+          f"{'FID' if args.features == 'inception' else 'FD'} {result.score:.5g} on {args.num} samples")

@@ -1,0 +1,111 @@
+"""A diffusers pipeline folder as a whole: the on-disk format of every model of this package.
+
+    model_index.json                          names the components (and our `_parametrization`)
+    unet/config.json, unet/*.safetensors      the network (`diffusers_format.py`)
+    scheduler/scheduler_config.json           a `CMStochasticIterativeScheduler` config
+
+`load_pipeline_folder` and `save_pipeline_folder` read and write the three parts without
+building a pipeline, so training exports and converters write folders from their parts.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from torch import nn
+
+from ..errors import InvalidInputError
+from ..parametrization import PARAMETRIZATIONS
+from ..schedule import SchedulerConfig
+from .atomic import write_json
+from .diffusers_format import DIFFUSERS_VERSION, load_network, read_json, save_network
+from .hub import resolve_model_path
+
+MODEL_INDEX = "model_index.json"
+PIPELINE_CLASS = "ConsistencyModelPipeline"
+SCHEDULER_CONFIG = "scheduler_config.json"
+SCHEDULER_CLASS = "CMStochasticIterativeScheduler"
+
+
+@dataclass
+class PipelineParts:
+    """What a pipeline folder holds: the network, its sampling settings and its parametrization."""
+
+    network: nn.Module
+    scheduler_config: SchedulerConfig
+    parametrization: str = "consistency"   # "consistency" (f) or "edm" (a diffusion denoiser D)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.parametrization, str) or self.parametrization not in PARAMETRIZATIONS:
+            raise InvalidInputError(
+                f"parametrization: {self.parametrization!r} is not one of {', '.join(PARAMETRIZATIONS)}"
+            )
+
+
+def read_scheduler_config(folder: str | os.PathLike) -> SchedulerConfig:
+    """`folder/scheduler_config.json` (diffusers' keys beside ours are ignored)."""
+    data = read_json(Path(folder) / SCHEDULER_CONFIG, "scheduler")
+    return SchedulerConfig.from_dict(data)
+
+
+def write_scheduler_config(folder: str | os.PathLike, config: SchedulerConfig) -> None:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / SCHEDULER_CONFIG, {"_class_name": SCHEDULER_CLASS, **asdict(config)})
+
+
+def require_new_folder(path: str | os.PathLike, what: str) -> Path:
+    """`path` as a folder to create: its parent must exist and it must be absent or empty."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise InvalidInputError(f"{what}: the folder {path.parent} does not exist")
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise InvalidInputError(f"{what}: {path} already exists and is not an empty folder; choose a new one")
+    return path
+
+
+def read_model_index(folder: Path) -> dict:
+    """model_index.json, checked to name a UNet and a consistency scheduler."""
+    index = read_json(folder / MODEL_INDEX, "model")
+    for part in ("unet", "scheduler"):
+        if part not in index:
+            raise InvalidInputError(f"model: {folder / MODEL_INDEX} names no {part!r} component")
+    return index
+
+
+def write_model_index(folder: Path, parametrization: str) -> None:
+    index = {
+        "_class_name": PIPELINE_CLASS,
+        "_diffusers_version": DIFFUSERS_VERSION,
+        "unet": ["diffusers", "UNet2DModel"],
+        "scheduler": ["diffusers", SCHEDULER_CLASS],
+    }
+    if parametrization != "consistency":
+        index["_parametrization"] = parametrization
+    write_json(folder / MODEL_INDEX, index)
+
+
+def load_pipeline_folder(path_or_id: str | os.PathLike) -> PipelineParts:
+    """The parts of a pipeline folder, an embedded model's name or a Hub id (when online)."""
+    folder = resolve_model_path(path_or_id)
+    index = read_model_index(folder)
+    parametrization = index.get("_parametrization", "consistency")
+    if not isinstance(parametrization, str) or parametrization not in PARAMETRIZATIONS:
+        raise InvalidInputError(
+            f"parametrization: {parametrization!r} in {folder / MODEL_INDEX} is not one of {', '.join(PARAMETRIZATIONS)}"
+        )
+    return PipelineParts(load_network(folder / "unet"), read_scheduler_config(folder / "scheduler"), parametrization)
+
+
+def save_pipeline_folder(path: str | os.PathLike, parts: PipelineParts) -> Path:
+    """Write a folder that diffusers' `ConsistencyModelPipeline.from_pretrained` loads (each file atomically)."""
+    folder = Path(path)
+    if not folder.parent.is_dir():
+        raise InvalidInputError(f"path: the folder {folder.parent} does not exist")
+    folder.mkdir(exist_ok=True)
+    save_network(parts.network, folder / "unet")
+    write_scheduler_config(folder / "scheduler", parts.scheduler_config)
+    write_model_index(folder, parts.parametrization)
+    return folder

@@ -1,0 +1,61 @@
+"""Improved consistency training (Song & Dhariwal 2023, arXiv 2310.14189)."""
+
+from __future__ import annotations
+
+import torch
+
+from ...parametrization import RHO, SIGMA_MAX, SIGMA_MIN, Preconditioned
+from ..curricula import ascending_grid, ict_index_probabilities, ict_schedule
+from ..distances import Distance, get_distance
+from .loss import PairLoss
+from .registry import LossInputs, Method, register
+
+
+class ICTLoss(PairLoss):
+    """Improved CT: θ⁻ = stop-grad θ, pseudo-Huber, lognormal index, λ = 1/(σ_{i+1} − σ_i)."""
+
+    def __init__(
+        self,
+        student: Preconditioned,
+        target: Preconditioned,
+        total_steps: int,
+        s0: int = 10,
+        s1: int = 1280,
+        p_mean: float = -1.1,
+        p_std: float = 2.0,
+        distance: str | Distance = "pseudo_huber",
+        sigma_min: float = SIGMA_MIN,
+        sigma_max: float = SIGMA_MAX,
+        rho: float = RHO,
+    ) -> None:
+        super().__init__(student, target, get_distance(distance))
+        self.total_steps = total_steps
+        self.s0, self.s1, self.p_mean, self.p_std = s0, s1, p_mean, p_std
+        self.sigma_range = (sigma_min, sigma_max, rho)
+
+    def __call__(self, x, class_labels, step, rng):
+        num_scales = ict_schedule(step, self.total_steps, self.s0, self.s1)
+        grid = ascending_grid(num_scales, *self.sigma_range)
+        i = rng.choice(ict_index_probabilities(grid, self.p_mean, self.p_std)).cpu()
+        student, target, t_lo, t_hi = self.same_noise_pair(x, class_labels, grid, i, rng)
+        weight = (1 / (t_hi - t_lo)).to(torch.float32)
+        return weight * self.distance(student, target)
+
+
+def build_loss(inputs: LossInputs) -> ICTLoss:
+    cfg = inputs.config
+    # θ⁻ is the student's own weights without gradient (no EMA target).
+    return ICTLoss(inputs.wrap(inputs.student), inputs.wrap(inputs.network), cfg.steps, cfg.s0, cfg.s1,
+                   distance=inputs.distance(), **inputs.sigma_range)
+
+
+METHOD = register(Method(
+    name="ict",
+    summary="improved consistency training",
+    parametrization="consistency",
+    build_loss=build_loss,
+    defaults={"distance": "pseudo_huber", "s0": 10, "s1": 1280},
+    teacher="optional",
+    init_from_teacher=True,
+    grid_size=lambda cfg: ict_schedule(cfg.steps, cfg.steps, cfg.s0, cfg.s1),
+))

@@ -1,0 +1,115 @@
+"""The registry of training methods: each method declares, in one place, everything the rest of
+the package needs to know about it.
+
+A `Method` names its parametrization (an EDM denoiser D or a consistency function f), its own
+options and their defaults (the `TrainConfig` fields only it reads), whether it needs a teacher
+and a target network θ⁻, how it builds its loss and which sampling grid the exported model
+records. The config check, the training loop, the export and `cm train` read this registry;
+nothing else in the package branches on a method's name. Adding a method is one module that
+calls `register` (see `cd.py`), imported in `methods/__init__.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from ...errors import InvalidInputError
+from ...parametrization import PARAMETRIZATIONS, Preconditioned
+from ..distances import Distance, get_distance
+from ..lpips import LPIPS
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
+    from .loss import Loss
+
+DEFAULT_GRID = 40       # the sampling grid N recorded by methods without a grid of their own
+TEACHER_USES = ("required", "optional", "unused")
+
+
+@dataclass(frozen=True)
+class LossInputs:
+    """What a method builds its loss from."""
+
+    student: nn.Module                  # the trained network as the optimizer sees it (DDP-wrapped when distributed)
+    network: nn.Module                  # the same network, unwrapped (stop-gradient targets evaluate it)
+    target: nn.Module | None            # the EMA target θ⁻ (methods with target_network=True), else None
+    teacher: Preconditioned | None      # the EDM denoiser D of distillation and tuning methods
+    config: "TrainConfig"
+    device: torch.device
+
+    def wrap(self, network: nn.Module, parametrization: str = "consistency") -> Preconditioned:
+        """`network` preconditioned with the run's σ_data and σ_min (f for "consistency", D for "edm")."""
+        return PARAMETRIZATIONS[parametrization](network, self.config.sigma_data, self.config.sigma_min)
+
+    def distance(self) -> Distance:
+        """The run's consistency distance; LPIPS is built from the user's weight files."""
+        cfg = self.config
+        if cfg.distance == "lpips":
+            return LPIPS.from_files(cfg.lpips_vgg, cfg.lpips_lin).to(self.device)
+        return get_distance(cfg.distance)
+
+    @property
+    def sigma_range(self) -> dict[str, float]:
+        cfg = self.config
+        return {"sigma_min": cfg.sigma_min, "sigma_max": cfg.sigma_max, "rho": cfg.rho}
+
+
+def fixed_grid(config: "TrainConfig") -> int:
+    return DEFAULT_GRID
+
+
+@dataclass(frozen=True)
+class Method:
+    """One training method, as the rest of the package sees it."""
+
+    name: str                                            # the value of --method
+    summary: str                                         # one line for --help
+    parametrization: str                                 # "consistency" or "edm": what the exported model is
+    build_loss: Callable[[LossInputs], "Loss"]
+    defaults: Mapping[str, Any] = field(default_factory=dict)  # its own TrainConfig options → their defaults
+    teacher: str = "unused"                              # "required", "optional" (to start from) or "unused"
+    init_from_teacher: bool = False                      # start the student from the teacher by default
+    target_network: bool = False                         # keeps an EMA target θ⁻ (saved in checkpoints)
+    grid_size: Callable[["TrainConfig"], int] = fixed_grid  # N of the sampling grid the export records
+
+    def __post_init__(self) -> None:
+        if self.parametrization not in PARAMETRIZATIONS:
+            raise ValueError(f"parametrization: {self.parametrization!r} is not one of {', '.join(PARAMETRIZATIONS)}")
+        if self.teacher not in TEACHER_USES:
+            raise ValueError(f"teacher: {self.teacher!r} is not one of {', '.join(TEACHER_USES)}")
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        """The method-specific settings this method reads."""
+        return tuple(self.defaults)
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    """Add `method` to the registry (a name can be registered once); returns it."""
+    if method.name in METHODS:
+        raise ValueError(f"method: {method.name!r} is registered already")
+    METHODS[method.name] = method
+    return method
+
+
+def unregister(name: str) -> None:
+    """Remove a method (for tests that register a throw-away one)."""
+    METHODS.pop(name, None)
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise InvalidInputError(f"method: {name!r} is not one of {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def method_options() -> set[str]:
+    """Every setting that belongs to some method (the others apply to every method)."""
+    return {option for method in METHODS.values() for option in method.options}

@@ -1,0 +1,93 @@
+"""The networks of a run: the one it trains and the teacher it loads.
+
+- `build_network`: the preset fitted to the data (channels, size, classes), the teacher's copy,
+  or a saved pipeline's network (fine-tuning).
+- `load_teacher`: the network of an EDM denoiser folder (trained here with `--method edm`, or converted).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from ..errors import InvalidInputError
+from ..io.pipeline_folder import load_pipeline_folder
+from ..networks.mlp import MLP
+from ..networks.presets import MLP_PRESETS, PRESETS, preset
+from ..networks.unet import UNetModel
+from .config import TrainConfig
+
+if TYPE_CHECKING:
+    from ..data import ImageDataset, PointDataset
+
+
+def default_preset(dataset: ImageDataset | PointDataset) -> str:
+    if dataset.kind == "points":
+        return "mlp2d"
+    return "tiny16" if dataset.shape[-1] <= 16 else "small32"
+
+
+def load_initial_network(path: str, dataset: ImageDataset | PointDataset, use_labels: bool) -> nn.Module:
+    """The network of a pipeline folder to fine-tune; it must fit the data's shape and classes."""
+    network = load_pipeline_folder(path).network.float()
+    got, wanted = network.config.sample_shape, tuple(dataset.shape)
+    if got != wanted:
+        raise InvalidInputError(f"init_from: {path} makes samples of shape {got}, but the data has {wanted}")
+    classes = dataset.num_classes if use_labels else None
+    if network.config.num_classes != classes:
+        raise InvalidInputError(
+            f"init_from: {path} has num_classes={network.config.num_classes}, but the run needs {classes}"
+        )
+    return network.train().requires_grad_(True)
+
+
+def build_network(cfg: TrainConfig, dataset: ImageDataset | PointDataset, teacher: nn.Module | None = None) -> nn.Module:
+    """A fresh network for `dataset`, a copy of the teacher (`init_from_teacher`) or a saved one (`init_from`)."""
+    network = None
+    if cfg.init_from:
+        network = load_initial_network(cfg.init_from, dataset, cfg.use_labels)
+    elif teacher is not None and cfg.init_from_teacher:
+        network = copy.deepcopy(teacher).requires_grad_(True)
+    if network is not None:
+        if cfg.dropout is not None:
+            for module in network.modules():
+                if isinstance(module, nn.Dropout):
+                    module.p = cfg.dropout
+        return network.train()
+    name = cfg.preset or default_preset(dataset)
+    num_classes = dataset.num_classes if cfg.use_labels else None
+    if dataset.kind == "points":
+        if name not in MLP_PRESETS:
+            raise InvalidInputError(f"preset: {name!r} is not a point-data preset; use one of {', '.join(MLP_PRESETS)}")
+        base = MLP_PRESETS[name].to_dict()
+        base.update(dim=dataset.shape[0], num_classes=num_classes)
+        if cfg.dropout is not None:
+            base["dropout"] = cfg.dropout
+        return MLP(type(MLP_PRESETS[name])(**base)).train()
+    if name not in PRESETS:
+        raise InvalidInputError(f"preset: {name!r} is not an image preset; use one of {', '.join(sorted(PRESETS))}")
+    channels, height, _ = dataset.shape
+    overrides = dict(image_size=height, in_channels=channels, out_channels=channels, num_classes=num_classes)
+    if cfg.dropout is not None:
+        overrides["dropout"] = cfg.dropout
+    base = PRESETS[name]
+    scale = height / base.image_size  # keep attention at the same levels when the size changes
+    overrides["attention_resolutions"] = tuple(int(r * scale) for r in base.attention_resolutions)
+    try:
+        return UNetModel(preset(name, **overrides)).train()
+    except ValueError as exc:
+        raise InvalidInputError(f"preset: {name!r} does not fit {height}-px data: {exc}") from None
+
+
+def load_teacher(path: str, device: torch.device) -> nn.Module:
+    """The network of an EDM denoiser folder, frozen, in eval mode."""
+    parts = load_pipeline_folder(path)
+    if parts.parametrization != "edm":
+        raise InvalidInputError(
+            f"teacher: {path} holds a {parts.parametrization} model; the teacher must be an EDM denoiser "
+            "(trained with --method edm, or an OpenAI edm_* checkpoint converted with cm convert openai)"
+        )
+    return parts.network.to(device).eval().requires_grad_(False)
