@@ -23,8 +23,11 @@ from ..distances import Distance, get_distance
 from ..lpips import LPIPS
 
 if TYPE_CHECKING:
-    from ..config import TrainConfig
     from .loss import Loss
+
+# A `training.config.TrainConfig`: not imported here, since the config reads this registry to
+# check itself (methods sit below the config).
+TrainConfig = Any
 
 DEFAULT_GRID = 40       # the sampling grid N recorded by methods without a grid of their own
 TEACHER_USES = ("required", "optional", "unused")
@@ -38,7 +41,7 @@ class LossInputs:
     network: nn.Module                  # the same network, unwrapped (stop-gradient targets evaluate it)
     target: nn.Module | None            # the EMA target θ⁻ (methods with target_network=True), else None
     teacher: Preconditioned | None      # the EDM denoiser D of distillation and tuning methods
-    config: "TrainConfig"
+    config: TrainConfig
     device: torch.device
 
     def wrap(self, network: nn.Module, parametrization: str = "consistency") -> Preconditioned:
@@ -58,7 +61,7 @@ class LossInputs:
         return {"sigma_min": cfg.sigma_min, "sigma_max": cfg.sigma_max, "rho": cfg.rho}
 
 
-def fixed_grid(config: "TrainConfig") -> int:
+def fixed_grid(config: TrainConfig) -> int:
     return DEFAULT_GRID
 
 
@@ -74,7 +77,7 @@ class Method:
     teacher: str = "unused"                              # "required", "optional" (to start from) or "unused"
     init_from_teacher: bool = False                      # start the student from the teacher by default
     target_network: bool = False                         # keeps an EMA target θ⁻ (saved in checkpoints)
-    grid_size: Callable[["TrainConfig"], int] = fixed_grid  # N of the sampling grid the export records
+    grid_size: Callable[[TrainConfig], int] = fixed_grid  # N of the sampling grid the export records
 
     def __post_init__(self) -> None:
         if self.parametrization not in PARAMETRIZATIONS:

@@ -1,0 +1,140 @@
+"""Training methods as plug-ins: what the registry declares is what the config, the loop, the export
+and `cm train` do; a new method is one registration; settings a method does not read are refused.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from consistency_models import ConsistencyModelPipeline, InvalidInputError
+from consistency_models.cli import build_parser, main
+from consistency_models.training import TrainConfig, Trainer
+from consistency_models.training.checkpoint import latest_checkpoint, load_checkpoint
+from consistency_models.training.methods import (
+    METHODS,
+    Loss,
+    LossInputs,
+    Method,
+    get_method,
+    method_options,
+    register,
+    unregister,
+)
+
+
+def test_the_built_in_methods_and_their_declarations():
+    assert list(METHODS) == ["edm", "cd", "ct", "ict", "ect"]
+    assert {m.name: m.parametrization for m in METHODS.values()} == {
+        "edm": "edm", "cd": "consistency", "ct": "consistency", "ict": "consistency", "ect": "consistency"}
+    assert {m.name for m in METHODS.values() if m.target_network} == {"cd", "ct"}
+    assert {m.name: m.teacher for m in METHODS.values()} == {
+        "edm": "unused", "cd": "required", "ct": "optional", "ict": "optional", "ect": "required"}
+    assert method_options() == {"distance", "num_scales", "target_mu", "solver", "s0", "s1", "mu0", "mu_form",
+                                "ect_stages"}
+
+
+@pytest.mark.parametrize("method, settings, expected", [
+    ("cd", {"num_scales": 40}, 40),
+    ("ct", {"steps": 100}, 151),                 # N(K) = ⌈√(K/K·((s1+1)² − s0²) + s0²) − 1⌉ + 1 = s1 + 1
+    ("ict", {"steps": 100, "s1": 160}, 161),     # min(s0·2^⌊K/K′⌋, s1) + 1
+    ("ect", {}, 40),
+    ("edm", {}, 40),
+])
+def test_recorded_grid_size(method, settings, expected):
+    teacher = {"teacher": "t"} if get_method(method).teacher == "required" else {}
+    cfg = TrainConfig(method=method, data="toy:mog8", out="r", **teacher, **settings)
+    assert get_method(method).grid_size(cfg) == expected
+
+
+@pytest.mark.parametrize("method, settings, message", [
+    ("ict", {"num_scales": 18}, r"^num_scales: 18 is not used by --method ict \(its own settings: distance, s0, s1\)$"),
+    ("ect", {"distance": "l2"}, r"^distance: 'l2' is not used by --method ect \(its own settings: ect_stages\)$"),
+    ("edm", {"s1": 150}, r"^s1: 150 is not used by --method edm \(its own settings: none\)$"),
+    ("cd", {"mu0": 0.9, "teacher": "t"}, r"^mu0: 0.9 is not used by --method cd"),
+    ("edm", {"teacher": "t"}, r"^teacher: --method edm uses no teacher"),
+    ("ct", {"init_from_teacher": True}, r"^init_from_teacher: needs --teacher$"),
+    ("ict", {"lpips_vgg": "vgg.pth", "lpips_lin": "lin.pth"}, r"^lpips_vgg/lpips_lin: given, but --distance is not lpips$"),
+    ("nope", {}, r"^method: 'nope' is not one of edm, cd, ct, ict, ect$"),
+])
+def test_settings_a_method_does_not_read_are_refused(method, settings, message):
+    with pytest.raises(InvalidInputError, match=message):
+        TrainConfig(method=method, data="toy:mog8", out="r", **settings)
+
+
+def test_a_teacher_starts_ct_and_ict_by_default_and_cd_on_request():
+    assert TrainConfig(method="ct", data="d", out="r", teacher="t").init_from_teacher is True
+    assert TrainConfig(method="ict", data="d", out="r").init_from_teacher is False
+    assert TrainConfig(method="cd", data="d", out="r", teacher="t").init_from_teacher is False
+    assert TrainConfig(method="ect", data="d", out="r", teacher="t", init_from="m").init_from_teacher is False
+
+
+def test_an_unused_option_on_the_command_line_is_one_line(tmp_path, capsys):
+    code = main(["train", "--method", "ect", "--teacher", str(tmp_path), "--data", "toy:mog8", "--out",
+                 str(tmp_path / "run"), "--distance", "l2", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("cm: error: distance: 'l2' is not used by --method ect") and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_help_shows_the_registry_defaults():
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    helps = {a.dest: a.help for a in train._actions}
+    assert helps["s1"].endswith("(default: ct 150, ict 1280)")
+    assert helps["num_scales"].endswith("(default: cd 18)")
+    assert helps["init_from_teacher"].endswith("(default: yes for ct, ict, ect when --teacher is given)")
+    assert [a for a in train._actions if a.dest == "method"][0].choices == tuple(METHODS)
+
+
+# -- a throw-away method, trained through the normal loop ---------------------------------------------
+class HalfwayLoss(Loss):
+    """d(f(x + σz, σ), x) at a fixed σ, and a count of the optimizer steps it was told about."""
+
+    def __init__(self, student, sigma: float) -> None:
+        self.student, self.sigma, self.steps_seen = student, sigma, []
+
+    def __call__(self, x, class_labels, step, rng):
+        noisy = x + self.sigma * rng.randn(*x.shape[1:])
+        return (self.student(noisy, self.sigma, class_labels) - x).pow(2).mean(dim=1)
+
+    def after_step(self, step):
+        self.steps_seen.append(step)
+
+
+@pytest.fixture
+def halfway():
+    def build(inputs: LossInputs) -> HalfwayLoss:
+        assert inputs.target is not None and inputs.teacher is None and inputs.network is inputs.student
+        return HalfwayLoss(inputs.wrap(inputs.student), inputs.config.extra.get("sigma", 1.0))
+
+    method = register(Method(name="halfway", summary="a throw-away test method", parametrization="consistency",
+                             build_loss=build, target_network=True, grid_size=lambda cfg: 7))
+    yield method
+    unregister("halfway")
+
+
+def test_a_registered_method_trains_one_step_through_the_loop(tmp_path, halfway):
+    assert "halfway" in METHODS and "halfway" in build_parser()._subparsers._group_actions[0].choices[
+        "train"]._option_string_actions["--method"].choices
+    cfg = TrainConfig(method="halfway", data="toy:mog8", out=str(tmp_path / "run"), steps=1, batch_size=32,
+                      save_every=1, sample_every=1, log_every=1, progress=False, extra={"sigma": 0.5})
+    trainer = Trainer(cfg)
+    before = [p.detach().clone() for p in trainer.network.parameters()]
+    out = trainer.run()
+    assert trainer.loss.steps_seen == [0]
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.network.parameters()))
+    state = load_checkpoint(latest_checkpoint(out))
+    assert state["step"] == 1 and "target" in state  # target_network=True: θ⁻ is checkpointed
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert record["step"] == 1 and record["loss"] > 0
+    pipe = ConsistencyModelPipeline.from_pretrained(out)  # exported as declared
+    assert pipe.parametrization == "consistency" and pipe.scheduler.config.num_train_timesteps == 7
+    assert (out / "samples" / "step-00000001.png").is_file()
+    assert json.loads((out / "train_config.json").read_text())["method"] == "halfway"
+
+
+def test_a_name_is_registered_once(halfway):
+    with pytest.raises(ValueError, match="registered already"):
+        register(halfway)
