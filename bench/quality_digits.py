@@ -123,7 +123,7 @@ def heun_sampler(pipe: ConsistencyModelPipeline, num_points: int) -> Sampler:
 
     def sample(n: int, labels: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
         x = pipe.prepare_latents(n, None, generator) * sigmas[0]
-        x = sample_heun(pipe.model, x, sigmas, class_labels=labels)
+        x = sample_heun(pipe.denoiser, x, sigmas, class_labels=labels)
         return (x.clamp(-1, 1) / 2 + 0.5).clamp(0, 1)
     return sample
 

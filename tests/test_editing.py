@@ -127,7 +127,7 @@ def test_edit_loop_matches_algorithm_4_by_hand(gray_pipe):
     x = known + sigmas[0] * torch.randn(image.shape, generator=g)
     with torch.no_grad():
         for i in range(2):
-            x0 = gray_pipe.model(x, sigmas[i], labels).clamp(-1, 1)
+            x0 = gray_pipe.denoiser(x, sigmas[i], labels).clamp(-1, 1)
             x0 = image * (1 - mask) + x0 * mask
             z = torch.randn(image.shape, generator=g)
             x = x0 + z * math.sqrt(max(sigmas[i + 1], 0.002) ** 2 - 0.002**2)
@@ -150,7 +150,7 @@ def test_denoise_is_one_evaluation(gray_pipe):
     noisy = rand_images((2, 1, 16, 16), 8)
     out = editing.denoise(gray_pipe, noisy, 0.5, class_labels=[2, 4])
     with torch.no_grad():
-        direct = gray_pipe.model(noisy * 2 - 1, 0.5, torch.tensor([2, 4]))
+        direct = gray_pipe.denoiser(noisy * 2 - 1, 0.5, torch.tensor([2, 4]))
     torch.testing.assert_close(out, (direct / 2 + 0.5).clamp(0, 1))
 
 

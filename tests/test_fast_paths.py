@@ -170,7 +170,7 @@ def test_bfloat16_skip_path_and_combination_are_float32():
     """At σ = σ_min, f(x) = 1·x + 0·F exactly: a bfloat16 skip path would round x."""
     pipe = make_pipe().to(dtype=torch.bfloat16)
     x = torch.randn(2, 3, 16, 16, dtype=torch.float64).float() * 0.7
-    out = pipe.model(x, 0.002, torch.tensor([0, 1]))
+    out = pipe.denoiser(x, 0.002, torch.tensor([0, 1]))
     assert out.dtype == torch.float32 and torch.equal(out, x)
 
 
@@ -217,7 +217,7 @@ def test_consistency_function_traces_into_one_graph(cfg, fast):
     pipe = make_pipe(preset("test") if cfg == "test" else WIDE).enable_fast_kernels(fast)
     size = pipe.sample_shape
     x = torch.randn(2, *size)
-    explanation = torch._dynamo.explain(pipe.model)(x, torch.tensor(80.0, dtype=torch.float64), torch.tensor([1, 2]))
+    explanation = torch._dynamo.explain(pipe.denoiser)(x, torch.tensor(80.0, dtype=torch.float64), torch.tensor([1, 2]))
     assert explanation.graph_break_count == 0
     assert explanation.graph_count == 1
 
@@ -270,7 +270,7 @@ def test_predrawn_step_noise_reproduces_the_generator_draws():
     sigmas = resolve_sigmas(3)
     x = torch.randn(2, 3, 16, 16) * sigmas[0]
     labels = torch.tensor([1, 2])
-    ref = sample_consistency(pipe.model, x, sigmas, class_labels=labels, generator=torch.Generator().manual_seed(7))
+    ref = sample_consistency(pipe.denoiser, x, sigmas, class_labels=labels, generator=torch.Generator().manual_seed(7))
     noise = draw_step_noise(x.shape, len(sigmas) - 1, torch.Generator().manual_seed(7), x.device)
     assert noise.shape == (3, *x.shape)
     out = sample_consistency(pipe.denoiser, x, sigmas, class_labels=labels, noise_sampler=replay_noise(noise))
@@ -281,7 +281,7 @@ def test_predrawn_step_noise_reproduces_the_generator_draws():
 def test_cuda_graph_is_refused_on_cpu_and_ignored_by_the_pipeline():
     pipe = make_pipe()
     with pytest.raises(InvalidInputError, match="CUDA"):
-        CUDAGraphSampler(pipe.model, torch.zeros(1, 3, 16, 16), [80.0, 0.002], None, None)
+        CUDAGraphSampler(pipe.denoiser, torch.zeros(1, 3, 16, 16), [80.0, 0.002], None, None)
     ref = sample(pipe)
     assert torch.equal(sample(pipe.enable_cuda_graph()), ref)  # CPU: the eager loop
 

@@ -129,7 +129,7 @@ def test_edm_file_name_gives_denoiser(tmp_path, checkpoint):
     convert_openai_checkpoint(edm, out, config="test")
     assert json.loads((out / "model_index.json").read_text())["_parametrization"] == "edm"
     pipe = ConsistencyModelPipeline.from_pretrained(out)
-    assert pipe.parametrization == "edm" and isinstance(pipe.model, Denoiser)
+    assert pipe.parametrization == "edm" and isinstance(pipe.denoiser, Denoiser)
 
 
 def test_explicit_parametrization_and_ct_scheduler(tmp_path, checkpoint):

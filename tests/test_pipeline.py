@@ -133,7 +133,8 @@ def test_round_trip(pipeline_dir, pipe):
     loaded = ConsistencyModelPipeline.from_pretrained(pipeline_dir)
     loaded.set_progress_bar_config(disable=True)
     assert loaded.unet.config == pipe.unet.config and loaded.parametrization == "consistency"
-    assert isinstance(loaded.model, ConsistencyFunction)
+    assert isinstance(loaded.denoiser, ConsistencyFunction)
+    assert loaded.model is loaded.denoiser  # the old name, kept as an alias for this release
     torch.testing.assert_close(sample(loaded, class_labels=LABELS, batch_size=2),
                                sample(pipe, class_labels=LABELS, batch_size=2), rtol=0, atol=0)
 
