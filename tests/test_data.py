@@ -342,8 +342,12 @@ def test_adm_npz(tmp_path):
 
 def test_npz_errors(tmp_path):
     np.savez(tmp_path / "f.npz", np.zeros((2, 4, 4, 3), dtype=np.float32))
-    with raises(r"^path: .*f\.npz arr_0 is float32 \(2, 4, 4, 3\); need uint8 \(N, H, W, C\), N ≥ 1, C = 1 or 3$"):
+    with raises(r"^path: .*f\.npz arr_0 is float32 \(2, 4, 4, 3\); need float points \(N, D\) with N, D ≥ 1, "
+                r"or uint8 images \(N, H, W, C\)$"):
         load_dataset(tmp_path / "f.npz")
+    np.savez(tmp_path / "i.npz", np.zeros((2, 4, 4, 2), dtype=np.uint8))
+    with raises(r"^path: .*i\.npz arr_0 is uint8 \(2, 4, 4, 2\); need uint8 \(N, H, W, C\), N ≥ 1, C = 1 or 3$"):
+        load_dataset(tmp_path / "i.npz")
     np.savez(tmp_path / "k.npz", images=np.zeros((2, 4, 4, 3), dtype=np.uint8))
     with raises(r"^path: .*k\.npz has no arr_0 \(found images\)$"):
         load_dataset(tmp_path / "k.npz")
@@ -355,9 +359,49 @@ def test_npz_errors(tmp_path):
         load_dataset(tmp_path / "x.npz")
 
 
+def test_points_npz(tmp_path):
+    """Float arr_0 (N, D) is a point set, as the built-in toys; arr_1 gives labels."""
+    points = np.random.default_rng(0).standard_normal((50, 3))
+    np.savez(tmp_path / "p.npz", points, np.arange(50) % 4)
+    ds = load_dataset(tmp_path / "p.npz")
+    x, y = ds.tensors()
+    assert ds.kind == "points" and ds.shape == (3,) and ds.num_classes == 4
+    assert x.dtype == torch.float32 and torch.equal(x, torch.from_numpy(points.astype(np.float32)))
+    assert y.tolist() == (np.arange(50) % 4).tolist()
+    assert load_dataset(tmp_path / "p.npz", use_labels=False).num_classes is None
+    np.savez(tmp_path / "q.npz", points[:, :2].astype(np.float32))
+    assert load_dataset(tmp_path / "q.npz").shape == (2,) and load_dataset(tmp_path / "q.npz").num_classes is None
+
+
+@pytest.mark.parametrize("array, message", [
+    (np.array([[0.0, np.nan], [1.0, 2.0], [np.inf, 0.0]]), r"arr_0 has 2 point\(s\) with NaN or infinite coordinates$"),
+    (np.zeros((0, 2)), r"arr_0 is float64 \(0, 2\); need float points \(N, D\) with N, D ≥ 1"),
+    (np.zeros((5, 0)), r"arr_0 is float64 \(5, 0\); need float points"),
+    (np.zeros(5), r"arr_0 is float64 \(5,\); need float points"),
+    (np.zeros((2, 2, 2)), r"arr_0 is float64 \(2, 2, 2\); need float points"),
+])
+def test_points_npz_refuses_bad_arrays(tmp_path, array, message):
+    np.savez(tmp_path / "p.npz", array)
+    with raises(r"^path: .*p\.npz " + message) as exc:
+        load_dataset(tmp_path / "p.npz")
+    one_line(exc)
+
+
+def test_points_npz_refuses_bad_labels_and_image_options(tmp_path):
+    np.savez(tmp_path / "p.npz", np.zeros((3, 2), dtype=np.float32), np.array([0.5, 1.0, 2.0]))
+    with raises(r"^path: .*p\.npz arr_1 is float64 \(3,\); need 3 integer labels ≥ 0$"):
+        load_dataset(tmp_path / "p.npz")
+    np.savez(tmp_path / "r.npz", np.zeros((3, 2), dtype=np.float32))
+    with raises(r"^resolution: 8 was given, but .*r\.npz holds points, not images$"):
+        load_dataset(tmp_path / "r.npz", resolution=8)
+    with raises(r"^xflip: only image datasets can be flipped; .*r\.npz holds points$"):
+        load_dataset(tmp_path / "r.npz", xflip=True)
+
+
 def test_unknown_spec(tmp_path):
     expected_forms = (r"use digits, digits:test, toy:mog8, toy:moons, toy:checkerboard, "
-                      r"a folder of PNG/JPEG images, an EDM \.zip or an ADM \.npz$")
+                      r"a folder of PNG/JPEG images, an EDM \.zip, an ADM \.npz of images or an \.npz of float "
+                      r"points \(N, D\)$")
     with raises(r"^spec: 'cifar10' is not a dataset \(no such file or folder\); " + expected_forms) as exc:
         load_dataset("cifar10")
     one_line(exc)

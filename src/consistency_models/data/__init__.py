@@ -1,7 +1,7 @@
 """Training data: image folders, EDM zips, ADM npz files, the built-in digits and 2-D toys.
 
 `load_dataset(spec)` picks the source from `spec`; every source is held in memory as one
-tensor (`ImageDataset`: (N, C, H, W) float32 in [−1, 1]; `PointDataset`: (N, 2) float32).
+tensor (`ImageDataset`: (N, C, H, W) float32 in [−1, 1]; `PointDataset`: (N, D) float32).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from .toy import TOYS, GaussianMixture, gmm_denoiser, load_toy, mog8_denoiser, m
 
 SPEC_FORMS = (
     "digits, digits:test, " + ", ".join(f"toy:{name}" for name in TOYS)
-    + ", a folder of PNG/JPEG images, an EDM .zip or an ADM .npz"
+    + ", a folder of PNG/JPEG images, an EDM .zip, an ADM .npz of images or an .npz of float points (N, D)"
 )
 
 

@@ -5,7 +5,10 @@
   (or `"labels": null`). Decoding rules: `consistency_models.data.decode`.
 - npz (guided-diffusion / ADM sample and reference batches): `arr_0` uint8 images
   (N, H, W, C) with C = 1 or 3 (or (N, H, W) grayscale), optional `arr_1` integer labels (N,).
-With `resolution`, images of another size are center-cropped and resized (Lanczos).
+  With `resolution`, images of another size are center-cropped and resized (Lanczos).
+- npz of points: `arr_0` float32/float64 (N, D), optional `arr_1` integer labels (N,): a
+  `PointDataset` trained like the built-in 2-D toys (the points are used as they are; the
+  preconditioning assumes a spread of about σ_data = 0.5 per coordinate).
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..errors import InvalidInputError
-from .dataset import ImageDataset
+from .dataset import ImageDataset, PointDataset
 from .decode import check_resolution, crop_resize_array, decode_images, is_image_name, labels_from_json
 
 
@@ -70,25 +74,59 @@ def npz_images(arrays: dict[str, np.ndarray], path: str | os.PathLike) -> np.nda
     return images
 
 
+def npz_labels(arrays: dict[str, np.ndarray], count: int, path: str | os.PathLike) -> np.ndarray | None:
+    """The checked `arr_1` (int64, one label ≥ 0 per item), or None when there is none."""
+    if "arr_1" not in arrays:
+        return None
+    labels = arrays["arr_1"]
+    if labels.shape != (count,) or not np.issubdtype(labels.dtype, np.integer) or (count and labels.min() < 0):
+        raise InvalidInputError(f"path: {path} arr_1 is {labels.dtype} {labels.shape}; need {count} integer labels ≥ 0")
+    return labels.astype(np.int64)
+
+
+def npz_points(arrays: dict[str, np.ndarray], path: str | os.PathLike) -> np.ndarray:
+    """The checked float `arr_0` (N, D) of a points npz, as float32."""
+    points = arrays["arr_0"]
+    if points.ndim != 2 or points.shape[0] == 0 or points.shape[1] == 0:
+        raise InvalidInputError(f"path: {path} arr_0 is {points.dtype} {points.shape}; need float points (N, D) "
+                                "with N, D ≥ 1, or uint8 images (N, H, W, C)")
+    if not np.isfinite(points).all():
+        bad = int((~np.isfinite(points)).any(axis=1).sum())
+        raise InvalidInputError(f"path: {path} arr_0 has {bad} point(s) with NaN or infinite coordinates")
+    return points.astype(np.float32)
+
+
+def is_points(arrays: dict[str, np.ndarray]) -> bool:
+    """Float `arr_0`: points (images are uint8)."""
+    return "arr_0" in arrays and arrays["arr_0"].dtype in (np.float32, np.float64)
+
+
+def load_points_npz(path: Path, arrays: dict[str, np.ndarray], resolution: int | None, use_labels: bool,
+                    xflip: bool) -> PointDataset:
+    if resolution is not None:
+        raise InvalidInputError(f"resolution: {resolution!r} was given, but {path} holds points, not images")
+    if xflip:
+        raise InvalidInputError(f"xflip: only image datasets can be flipped; {path} holds points")
+    points = npz_points(arrays, path)
+    labels = npz_labels(arrays, len(points), path) if use_labels else None
+    return PointDataset(torch.from_numpy(points), None if labels is None else torch.from_numpy(labels),
+                        source=str(path))
+
+
 def load_npz(
     path: str | os.PathLike,
     resolution: int | None = None,           # None: keep the stored size
     use_labels: bool = True,                 # use arr_1 when present
     xflip: bool = False,                     # random horizontal flips in `augment`
-) -> ImageDataset:
-    """`arr_0` (uint8 NHWC) and optional `arr_1` (labels) of an ADM-style npz as an `ImageDataset`."""
+) -> ImageDataset | PointDataset:
+    """`arr_0` (uint8 NHWC images, or float (N, D) points) and optional `arr_1` (labels) of an npz."""
     path = Path(path)
     check_resolution(resolution)
     arrays = read_npz(path)
+    if is_points(arrays):
+        return load_points_npz(path, arrays, resolution, use_labels, xflip)
     images = npz_images(arrays, path)
-    labels = None
-    if use_labels and "arr_1" in arrays:
-        labels = arrays["arr_1"]
-        if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
-            raise InvalidInputError(
-                f"path: {path} arr_1 is {labels.dtype} {labels.shape}; need {len(images)} integer labels ≥ 0"
-            )
-        labels = labels.astype(np.int64)
+    labels = npz_labels(arrays, len(images), path) if use_labels else None
     if resolution is not None:
         images = crop_resize_array(images, resolution)
     return ImageDataset.from_uint8(images, labels, None, xflip, source=str(path))

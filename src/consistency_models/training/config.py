@@ -50,7 +50,8 @@ class TrainConfig:
 
     method: str = setting(help="the training method", choices=method_names)
     data: str = setting(help="digits, digits:test, toy:mog8|moons|checkerboard, an image folder (class = "
-                             "first-level subfolder), an EDM .zip or an ADM .npz")
+                             "first-level subfolder), an EDM .zip, an ADM .npz (uint8 images) or an .npz of float "
+                             "points (arr_0: (N, D), arr_1: optional labels)")
     out: str = setting(help="run folder (created; must be new unless --resume); also a pipeline folder")
     preset: str | None = setting(None, "network preset (default: from the data: tiny16, small32, mlp2d)")
     resolution: int | None = setting(None, "resize images to this size")

@@ -13,11 +13,13 @@ from ..pipeline import ConsistencyModelPipeline
 
 
 def scatter_png(points: np.ndarray, reference: np.ndarray, path: Path, size: int = 384, extent: float = 2.0) -> None:
-    """Samples (blue dots) over data (gray) on a square canvas spanning ±extent."""
+    """Samples (blue dots) over data (gray) on a square canvas spanning ±extent: the first two
+    coordinates (one-dimensional points on a horizontal line)."""
     image = Image.new("RGB", (size, size), "white")
     draw = ImageDraw.Draw(image)
 
     def pixels(pts: np.ndarray) -> np.ndarray:
+        pts = np.concatenate([pts, np.zeros((len(pts), 2))], axis=1)[:, :2] if pts.shape[1] < 2 else pts[:, :2]
         pix = np.clip((pts / (2 * extent) + 0.5) * (size - 1), 0, size - 1)
         pix[:, 1] = size - 1 - pix[:, 1]
         return pix
