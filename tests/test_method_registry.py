@@ -56,7 +56,7 @@ def test_recorded_grid_size(method, settings, expected):
     ("cd", {"mu0": 0.9, "teacher": "t"}, r"^mu0: 0.9 is not used by --method cd"),
     ("edm", {"teacher": "t"}, r"^teacher: --method edm uses no teacher"),
     ("ct", {"init_from_teacher": True}, r"^init_from_teacher: needs --teacher$"),
-    ("ict", {"lpips_vgg": "vgg.pth", "lpips_lin": "lin.pth"}, r"^lpips_vgg/lpips_lin: given, but --distance is not lpips$"),
+    ("ict", {"lpips_vgg": "vgg.pth", "lpips_lin": "lin.pth"}, r"^lpips_vgg/lpips_lin: given, but --distance is not lpips or lpips_standard$"),
     ("nope", {}, r"^method: 'nope' is not one of edm, cd, ct, ict, ect$"),
 ])
 def test_settings_a_method_does_not_read_are_refused(method, settings, message):

@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 from ..errors import InvalidInputError
 from .distances import DISTANCES
 from .methods import get_method, method_options
+from .methods.registry import LPIPS_DISTANCES
 from .optimizer import OPTIMIZERS
 
 PRECISIONS = ("float32", "bfloat16", "float16")
@@ -76,8 +77,10 @@ class TrainConfig:
     dropout: float | None = setting(None, "override the preset's dropout")
     seed: int = setting(0, "seed of the weights, the data order and every noise draw")
     # Method-specific settings: None = the method's default (see methods/).
-    distance: str | None = setting(None, "consistency distance; lpips needs --lpips-vgg and --lpips-lin",
-                                   choices=(*DISTANCES, "lpips"))
+    distance: str | None = setting(None, "consistency distance; lpips (as OpenAI trains: average pools, resize "
+                                         "to 224 below 256 px) and lpips_standard (the lpips package: max pools, "
+                                         "always 224) need --lpips-vgg and --lpips-lin",
+                                   choices=(*DISTANCES, *LPIPS_DISTANCES))
     lpips_vgg: str | None = setting(None, "VGG-16 weights file (torchvision layout) for lpips")
     lpips_lin: str | None = setting(None, "LPIPS linear-layer weights file (vgg.pth v0.1) for lpips")
     num_scales: int | None = setting(None, "grid size N")
@@ -136,6 +139,8 @@ class TrainConfig:
             ("ect_stages", self.ect_stages is None or self.ect_stages >= 1, "a positive integer"),
             ("solver", self.solver in (None, *SOLVERS), " or ".join(SOLVERS)),
             ("mu_form", self.mu_form in (None, *MU_FORMS), " or ".join(MU_FORMS)),
+            ("distance", self.distance in (None, *DISTANCES, *LPIPS_DISTANCES),
+             f"one of {', '.join((*DISTANCES, *LPIPS_DISTANCES))}"),
             ("keep", self.keep >= 1, "at least 1"),
         ]
         for name, ok, allowed in checks:
@@ -154,10 +159,11 @@ class TrainConfig:
         for name, value in method.defaults.items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
-        if (self.lpips_vgg or self.lpips_lin) and self.distance != "lpips":
-            raise InvalidInputError("lpips_vgg/lpips_lin: given, but --distance is not lpips")
-        if self.distance == "lpips" and not (self.lpips_vgg and self.lpips_lin):
-            raise InvalidInputError("distance: lpips needs --lpips-vgg and --lpips-lin weight files (nothing is downloaded)")
+        if (self.lpips_vgg or self.lpips_lin) and self.distance not in LPIPS_DISTANCES:
+            raise InvalidInputError("lpips_vgg/lpips_lin: given, but --distance is not lpips or lpips_standard")
+        if self.distance in LPIPS_DISTANCES and not (self.lpips_vgg and self.lpips_lin):
+            raise InvalidInputError(f"distance: {self.distance} needs --lpips-vgg and --lpips-lin weight files "
+                                    "(nothing is downloaded)")
         if method.teacher == "unused" and (self.teacher or self.init_from_teacher):
             raise InvalidInputError(f"teacher: --method {self.method} uses no teacher; to start from a saved "
                                     "network use --init-from")

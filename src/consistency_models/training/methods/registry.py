@@ -22,6 +22,8 @@ from ...parametrization import PARAMETRIZATIONS, Preconditioned
 from ..distances import Distance, get_distance
 from ..lpips import LPIPS
 
+LPIPS_DISTANCES = {"lpips": "openai", "lpips_standard": "standard"}  # --distance → LPIPS variant
+
 if TYPE_CHECKING:
     from .loss import Loss
 
@@ -51,8 +53,8 @@ class LossInputs:
     def distance(self) -> Distance:
         """The run's consistency distance; LPIPS is built from the user's weight files."""
         cfg = self.config
-        if cfg.distance == "lpips":
-            return LPIPS.from_files(cfg.lpips_vgg, cfg.lpips_lin).to(self.device)
+        if cfg.distance in LPIPS_DISTANCES:
+            return LPIPS.from_files(cfg.lpips_vgg, cfg.lpips_lin, variant=LPIPS_DISTANCES[cfg.distance]).to(self.device)
         return get_distance(cfg.distance)
 
     @property
