@@ -31,7 +31,8 @@ from .io.pipeline_folder import (
     save_pipeline_folder,
 )
 from .networks import UNetModel, preset
-from .parametrization import PARAMETRIZATIONS, Preconditioned
+from .outputs import BaseOutput
+from .parametrization import PARAMETRIZATIONS, Preconditioned, noise_conditioning
 from .sampling import Generator, randn, sampler_for
 from .schedule import NoiseLevels, SchedulerConfig
 from .scheduler import CMStochasticIterativeScheduler
@@ -40,11 +41,25 @@ OUTPUT_TYPES = ("pil", "np", "pt")
 
 
 @dataclass
-class ImagePipelineOutput:
-    """`.images`: PIL images, an NHWC float array or an NCHW tensor in [0, 1]; raw (N, dim) for points."""
+class ImagePipelineOutput(BaseOutput):
+    """`.images`: PIL images, an NHWC float array or an NCHW tensor in [0, 1]; raw (N, dim) for points.
+    Also `out[0]`, `out["images"]` and `out.to_tuple()`, as diffusers' outputs; `class_labels`
+    (conditional models) comes second."""
 
     images: Any
     class_labels: torch.Tensor | None = None
+
+
+def _dtype_argument(dtype: torch.dtype | dict | None, torch_dtype: torch.dtype | None) -> torch.dtype | None:
+    """diffusers' `dtype=` (a dtype, or {"unet": …, "default": …}) or its older `torch_dtype=`."""
+    if isinstance(dtype, dict):
+        dtype = dtype.get("unet", dtype.get("default"))
+    if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
+        raise InvalidInputError(f"dtype: {dtype} and torch_dtype={torch_dtype} disagree; give one of them")
+    chosen = dtype if dtype is not None else torch_dtype
+    if chosen is not None and not isinstance(chosen, torch.dtype):
+        raise InvalidInputError(f"dtype: {chosen!r} is not a torch dtype (e.g. torch.float16)")
+    return chosen
 
 
 class ConsistencyModelPipeline:
@@ -52,8 +67,11 @@ class ConsistencyModelPipeline:
 
     Public parts: `unet` (the network), `scheduler` (its sampling settings, diffusers' scheduler
     API), `parametrization` ("consistency" or "edm"), `denoiser` (the network preconditioned as
-    f(x, σ) or D(x, σ), what editing and generation evaluate) and `sampler`.
+    f(x, σ) or D(x, σ), what editing and generation evaluate) and `sampler`. A diffusers
+    `CMStochasticIterativeScheduler` may be given as the scheduler: only its config is read.
     """
+
+    _optional_components: list[str] = []
 
     def __init__(
         self,
@@ -68,7 +86,7 @@ class ConsistencyModelPipeline:
         self.unet = unet.eval()  # inference only: dropout off
         self.scheduler = scheduler or CMStochasticIterativeScheduler()
         self.parametrization = parametrization
-        cfg = self.scheduler.config
+        cfg = self._sampling_config = SchedulerConfig.from_dict(self.scheduler.config)
         self.denoiser: Preconditioned = PARAMETRIZATIONS[parametrization](unet, cfg.sigma_data, cfg.sigma_min)
         self.sampler = sampler_for(parametrization)
         self.fast_paths = FastPaths()
@@ -82,7 +100,12 @@ class ConsistencyModelPipeline:
     @property
     def sampling_config(self) -> SchedulerConfig:
         """The model's sampling settings: grid N, σ range, σ_data, ρ, re-noising scale, clipping."""
-        return self.scheduler.config
+        return self._sampling_config
+
+    @property
+    def components(self) -> dict[str, Any]:
+        """{"unet": …, "scheduler": …}, as diffusers' pipelines: `type(pipe)(**pipe.components)` is a copy."""
+        return {"unet": self.unet, "scheduler": self.scheduler}
 
     # -- loading and saving -------------------------------------------------------------
     @classmethod
@@ -95,9 +118,16 @@ class ConsistencyModelPipeline:
         path_or_id: str | os.PathLike,
         torch_dtype: torch.dtype | None = None,
         device: str | torch.device | None = None,
+        *,
+        dtype: torch.dtype | dict[str, torch.dtype] | None = None,
+        variant: str | None = None,
     ) -> "ConsistencyModelPipeline":
-        """Load a diffusers pipeline folder, an embedded model by name, or a Hub id when online."""
-        return cls.from_parts(load_pipeline_folder(path_or_id)).to(device=device, dtype=torch_dtype)
+        """Load a diffusers pipeline folder, an embedded model by name, or a Hub id when online.
+
+        `dtype` as diffusers (a dtype or {"unet": …, "default": …}; `torch_dtype` is its older
+        name, kept); `variant` loads `unet/diffusion_pytorch_model.<variant>.safetensors`."""
+        chosen = _dtype_argument(dtype, torch_dtype)
+        return cls.from_parts(load_pipeline_folder(path_or_id, variant)).to(device=device, dtype=chosen)
 
     @classmethod
     def from_preset(
@@ -121,14 +151,26 @@ class ConsistencyModelPipeline:
     def parts(self) -> PipelineParts:
         return PipelineParts(self.unet, self.scheduler.config, self.parametrization)
 
-    def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Write a folder that diffusers' `ConsistencyModelPipeline.from_pretrained` loads."""
-        save_pipeline_folder(path, self.parts())
+    def save_pretrained(self, path: str | os.PathLike, safe_serialization: bool = True,
+                        variant: str | None = None) -> None:
+        """Write a folder that diffusers' `ConsistencyModelPipeline.from_pretrained` loads. Weights are
+        always safetensors; `variant` names them as diffusers does (diffusion_pytorch_model.fp16.safetensors)."""
+        if not safe_serialization:
+            raise InvalidInputError("safe_serialization: False asks for pickled weights; this package writes "
+                                    "safetensors only (diffusers and PyTorch read them)")
+        save_pipeline_folder(path, self.parts(), variant)
 
-    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> ConsistencyModelPipeline:
-        """Move the network; a bfloat16/float16 `dtype` is mixed precision: the network's convolutions,
-        matmuls and attention run in it, GroupNorm, the skip path c_skip·x and the combination
-        c_skip·x + c_out·F in float32 (`Preconditioned`)."""
+    def to(self, *args: str | torch.device | torch.dtype, device: str | torch.device | None = None,
+           dtype: torch.dtype | None = None) -> ConsistencyModelPipeline:
+        """Move the network: `to("cuda")`, `to(torch.float16)`, `to("cuda", torch.float16)` or by keyword.
+        A bfloat16/float16 `dtype` is mixed precision: the network's convolutions, matmuls and
+        attention run in it, GroupNorm, the skip path c_skip·x and the combination c_skip·x + c_out·F
+        in float32 (`Preconditioned`)."""
+        for arg in args:
+            if isinstance(arg, torch.dtype):
+                dtype = arg
+            else:
+                device = arg
         self.unet.to(device=device, dtype=dtype)
         self.fast_paths.moved(self.unet)
         return self
@@ -237,7 +279,9 @@ class ConsistencyModelPipeline:
         """The σs this model samples at for `levels` (its sampler's default when nothing is given)."""
         return self.sampler.schedule(levels, self.sampling_config)
 
-    def _check_call(self, batch_size: int, generator: Generator, output_type: str) -> None:
+    def _check_call(self, batch_size: int, generator: Generator, output_type: str, callback_steps: int = 1) -> None:
+        if isinstance(callback_steps, bool) or not isinstance(callback_steps, int) or callback_steps < 1:
+            raise InvalidInputError(f"callback_steps: {callback_steps!r} must be a positive integer")
         if output_type not in OUTPUT_TYPES:
             raise InvalidInputError(f"output_type: {output_type!r} is not one of {', '.join(OUTPUT_TYPES)}")
         if output_type == "pil" and not self.is_image_model:
@@ -262,19 +306,21 @@ class ConsistencyModelPipeline:
         latents: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
-        callback: Callable[[int, float, torch.Tensor], None] | None = None,
+        callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+        callback_steps: int = 1,
     ) -> ImagePipelineOutput | tuple:
-        """Sample `batch_size` images; `callback(step, timestep, x)` after each step.
+        """Sample `batch_size` images; `callback(step, timestep, x)` after every `callback_steps`-th
+        step (the timestep a 0-d tensor, as diffusers passes it).
 
         A consistency model samples with Algorithm 1 (default: one step). An EDM denoiser
         (`parametrization="edm"`, e.g. a teacher) samples with the deterministic Heun sampler
         on the N-point Karras grid ending at σ = 0 (default N = 18, 2N − 1 evaluations).
         """
-        self._check_call(batch_size, generator, output_type)
+        self._check_call(batch_size, generator, output_type, callback_steps)
         schedule = self.noise_schedule(NoiseLevels.of(num_inference_steps, timesteps, sigmas))
         noise = self.prepare_latents(batch_size, latents, generator)
         labels = self.prepare_class_labels(batch_size, class_labels, generator)
-        x = self.sample(noise * schedule[0], schedule, labels, generator, callback)
+        x = self.sample(noise * schedule[0], schedule, labels, generator, callback, callback_steps)
         images = self._convert(x, output_type)
         if not return_dict:
             return (images,)
@@ -286,11 +332,14 @@ class ConsistencyModelPipeline:
         schedule: list[float],
         labels: torch.Tensor | None = None,
         generator: Generator = None,
-        callback: Callable[[int, float, torch.Tensor], None] | None = None,
+        callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+        callback_steps: int = 1,
     ) -> torch.Tensor:
         """Run the model's sampler from x (noise already scaled by schedule[0]) through the fast paths."""
         def user_callback(i: int, sigma: float, sample: torch.Tensor) -> None:
-            callback(i, float(self.scheduler.sigma_to_t(max(sigma, 1e-44))), sample)
+            if i % callback_steps == 0:
+                t = float(noise_conditioning(torch.tensor(max(sigma, 1e-44), dtype=torch.float64)))
+                callback(i, torch.tensor(t, dtype=torch.float64, device=sample.device), sample)
 
         bar_config = {"disable": len(schedule) <= 2, "desc": "sampling", "leave": False, **self.progress_bar_config}
         with tqdm(total=len(schedule) - 1, **bar_config) as bar:

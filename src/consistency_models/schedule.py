@@ -13,33 +13,78 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
 
 from .errors import InvalidInputError
 from .parametrization import RHO, SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, karras_sigmas
 
 
-@dataclass(frozen=True)
-class SchedulerConfig:
-    """A model's sampling settings; the fields and defaults of diffusers' scheduler config."""
+_SETTINGS: dict[str, Any] = {        # the fields and defaults of diffusers' scheduler config
+    "num_train_timesteps": 40,       # points N of the Karras grid
+    "sigma_min": SIGMA_MIN,          # ε, the boundary of the consistency function
+    "sigma_max": SIGMA_MAX,          # T
+    "sigma_data": SIGMA_DATA,
+    "s_noise": 1.0,                  # scale of the noise re-added between steps
+    "rho": RHO,
+    "clip_denoised": True,           # clip each x₀ to [−1, 1]
+}
 
-    num_train_timesteps: int = 40   # points N of the Karras grid
-    sigma_min: float = SIGMA_MIN    # ε, the boundary of the consistency function
-    sigma_max: float = SIGMA_MAX    # T
-    sigma_data: float = SIGMA_DATA
-    s_noise: float = 1.0            # scale of the noise re-added between steps
-    rho: float = RHO
-    clip_denoised: bool = True      # clip each x₀ to [−1, 1]
 
-    def __getitem__(self, key: str) -> Any:
-        return getattr(self, key)
+class SchedulerConfig(dict):
+    """A model's sampling settings, read-only: a dict (so that `dict(c)`, `{**c}` and diffusers'
+    `from_config(c)` take it, as diffusers' `FrozenDict`) whose keys are also attributes (`c.rho`)."""
+
+    FIELDS = tuple(_SETTINGS)
+
+    def __init__(
+        self,
+        num_train_timesteps: int = _SETTINGS["num_train_timesteps"],
+        sigma_min: float = _SETTINGS["sigma_min"],
+        sigma_max: float = _SETTINGS["sigma_max"],
+        sigma_data: float = _SETTINGS["sigma_data"],
+        s_noise: float = _SETTINGS["s_noise"],
+        rho: float = _SETTINGS["rho"],
+        clip_denoised: bool = _SETTINGS["clip_denoised"],
+    ) -> None:
+        super().__init__(num_train_timesteps=num_train_timesteps, sigma_min=sigma_min, sigma_max=sigma_max,
+                         sigma_data=sigma_data, s_noise=s_noise, rho=rho, clip_denoised=clip_denoised)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "SchedulerConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> "SchedulerConfig":
         """Known keys only (diffusers writes `_class_name` and friends beside them)."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return cls(**{k: v for k, v in data.items() if k in _SETTINGS})
+
+    def replace(self, **changes: Any) -> "SchedulerConfig":
+        """A copy with some settings changed."""
+        return type(self)(**{**self, **changes})
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}") from None
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError(f"{type(self).__name__} is read-only; make a new one with .replace(...)")
+
+    __setattr__ = __delattr__ = __setitem__ = __delitem__ = _read_only
+    update = pop = popitem = clear = setdefault = __ior__ = _read_only
+
+    def __reduce__(self):
+        return type(self).from_dict, (dict(self),)
+
+    def __copy__(self) -> "SchedulerConfig":
+        return self
+
+    def __deepcopy__(self, memo: dict) -> "SchedulerConfig":
+        return self
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(self.items()))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.items())})"
 
 
 def sigmas_from_timesteps(

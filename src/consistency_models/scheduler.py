@@ -14,13 +14,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from .errors import InvalidInputError
 from .io.pipeline_folder import SCHEDULER_CONFIG as CONFIG_NAME
+from .outputs import BaseOutput
 from .io.pipeline_folder import read_scheduler_config, write_scheduler_config
 from .parametrization import (
     append_dims,
@@ -36,20 +37,37 @@ from .schedule import NoiseLevels, SchedulerConfig
 
 
 @dataclass
-class CMStochasticIterativeSchedulerOutput:
+class CMStochasticIterativeSchedulerOutput(BaseOutput):
+    """`step`'s result: `.prev_sample`, also `out[0]`, `out["prev_sample"]`, `out.to_tuple()`."""
+
     prev_sample: torch.Tensor
 
 
 class CMStochasticIterativeScheduler:
-    """Multistep and one-step consistency sampling (Algorithm 1) in the diffusers scheduler shape."""
+    """Multistep and one-step consistency sampling (Algorithm 1) in the diffusers scheduler shape.
+
+    The constructor takes diffusers' keywords (or one `SchedulerConfig`, or any mapping of
+    them, as the first argument); `config` is a read-only dict with attribute access, which
+    diffusers' own `CMStochasticIterativeScheduler.from_config` accepts too."""
 
     order = 1
+    _compatibles: list = []
+    _deprecated_kwargs: list = []
 
-    def __init__(self, config: SchedulerConfig | None = None, **kwargs) -> None:
-        if config is None:
-            config = SchedulerConfig(**kwargs)
-        elif kwargs:
-            raise TypeError("pass either a SchedulerConfig or keyword arguments, not both")
+    def __init__(
+        self,
+        num_train_timesteps: int | Mapping[str, Any] = 40,
+        sigma_min: float = 0.002,
+        sigma_max: float = 80.0,
+        sigma_data: float = 0.5,
+        s_noise: float = 1.0,
+        rho: float = 7.0,
+        clip_denoised: bool = True,
+    ) -> None:
+        if isinstance(num_train_timesteps, Mapping):  # CMStochasticIterativeScheduler(config)
+            config = SchedulerConfig.from_dict(num_train_timesteps)
+        else:
+            config = SchedulerConfig(num_train_timesteps, sigma_min, sigma_max, sigma_data, s_noise, rho, clip_denoised)
         self.config = config
         self.init_noise_sigma = config.sigma_max
         grid = karras_sigmas(config.num_train_timesteps, config.sigma_min, config.sigma_max, config.rho)
@@ -61,18 +79,35 @@ class CMStochasticIterativeScheduler:
 
     # -- persistence --------------------------------------------------------------------
     @classmethod
-    def from_config(cls, config: dict | SchedulerConfig) -> "CMStochasticIterativeScheduler":
-        if isinstance(config, SchedulerConfig):
-            return cls(config)
-        return cls(SchedulerConfig.from_dict(dict(config)))
+    def from_config(cls, config: Mapping[str, Any], **overrides: Any) -> "CMStochasticIterativeScheduler":
+        """From a config mapping (ours, diffusers' FrozenDict, a dict read from JSON; unknown and
+        `_`-prefixed keys are ignored); keyword arguments override its values."""
+        if not isinstance(config, Mapping):
+            raise InvalidInputError(f"config: {type(config).__name__} is not a mapping; to read a folder use from_pretrained")
+        return cls(SchedulerConfig.from_dict({**config, **overrides}))
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, subfolder: str | None = None) -> "CMStochasticIterativeScheduler":
+    def from_pretrained(cls, path: str | os.PathLike, subfolder: str | None = None,
+                        **overrides: Any) -> "CMStochasticIterativeScheduler":
+        """From `path/[subfolder/]scheduler_config.json`."""
         folder = Path(path) / subfolder if subfolder else Path(path)
-        return cls(read_scheduler_config(folder))
+        return cls.from_config(read_scheduler_config(folder), **overrides)
 
-    def save_pretrained(self, folder: str | os.PathLike) -> None:
-        write_scheduler_config(folder, self.config)
+    def save_config(self, save_directory: str | os.PathLike) -> None:
+        """Write `save_directory/scheduler_config.json` (created if needed), as diffusers does."""
+        write_scheduler_config(save_directory, self.config)
+
+    save_pretrained = save_config
+
+    @property
+    def compatibles(self) -> list[type]:
+        """Classes that can be built from this config: this one (and diffusers' when installed)."""
+        found: list[type] = [type(self)]
+        try:
+            import diffusers
+        except ImportError:
+            return found
+        return found + [getattr(diffusers, type(self).__name__)]
 
     # -- schedule -----------------------------------------------------------------------
     @property

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import json
-from dataclasses import asdict
+
 import shutil
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -100,7 +100,7 @@ def model_fingerprint(pipe: ConsistencyModelPipeline) -> dict:
     with torch.no_grad():
         checksum = sum(float(p.double().sum()) for p in pipe.unet.parameters())
     return {"unet": pipe.unet.config.to_dict(), "parametrization": pipe.parametrization,
-            "scheduler": asdict(pipe.sampling_config), "checksum": f"{checksum:.10e}", "dtype": str(pipe.dtype)}
+            "scheduler": dict(pipe.sampling_config), "checksum": f"{checksum:.10e}", "dtype": str(pipe.dtype)}
 
 
 def check_run_settings(folder: Path, settings: dict) -> None:

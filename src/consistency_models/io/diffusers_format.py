@@ -201,13 +201,22 @@ def network_config(model: torch.nn.Module) -> dict:
     return unet_config_to_diffusers(model.config)
 
 
-def load_network(folder: str | os.PathLike) -> torch.nn.Module:
-    """The network of a `unet/` folder (config.json + weights)."""
+def weights_name(variant: str | None = None, suffix: str = ".safetensors") -> str:
+    """diffusion_pytorch_model[.variant].safetensors, diffusers' naming of weight variants (e.g. fp16)."""
+    return "diffusion_pytorch_model" + (f".{variant}" if variant else "") + suffix
+
+
+def load_network(folder: str | os.PathLike, variant: str | None = None) -> torch.nn.Module:
+    """The network of a `unet/` folder (config.json + weights, or the weights of `variant`)."""
     folder = Path(folder)
     model = network_from_config(read_json(folder / CONFIG_NAME, "unet config"), str(folder / CONFIG_NAME))
-    weights = folder / WEIGHTS_NAME
-    if not weights.is_file() and (folder / WEIGHTS_NAME_BIN).is_file():
-        weights = folder / WEIGHTS_NAME_BIN
+    weights = folder / weights_name(variant)
+    if not weights.is_file() and (folder / weights_name(variant, ".bin")).is_file():
+        weights = folder / weights_name(variant, ".bin")
+    if not weights.is_file() and variant:
+        found = sorted(p.name for p in folder.glob("diffusion_pytorch_model*")) or ["none"]
+        raise InvalidInputError(f"variant: there are no weights of variant={variant!r} in {folder} "
+                                f"(found: {', '.join(found)})")
     if not weights.is_file():
         raise InvalidInputError(f"weights: missing file {folder / WEIGHTS_NAME}")
     state = load_weights(weights)
@@ -215,11 +224,12 @@ def load_network(folder: str | os.PathLike) -> torch.nn.Module:
     return model
 
 
-def save_network(model: torch.nn.Module, folder: str | os.PathLike) -> None:
-    """Write config.json and the safetensors weights of `model` into `folder`, atomically per file."""
+def save_network(model: torch.nn.Module, folder: str | os.PathLike, variant: str | None = None) -> None:
+    """Write config.json and the safetensors weights of `model` (named for `variant` when given)
+    into `folder`, atomically per file."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(folder / WEIGHTS_NAME) as tmp:
+    with atomic_path(folder / weights_name(variant)) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})
     write_json(folder / CONFIG_NAME, network_config(model))

@@ -11,7 +11,7 @@ building a pipeline, so training exports and converters write folders from their
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
@@ -53,7 +53,7 @@ def read_scheduler_config(folder: str | os.PathLike) -> SchedulerConfig:
 def write_scheduler_config(folder: str | os.PathLike, config: SchedulerConfig) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / SCHEDULER_CONFIG, {"_class_name": SCHEDULER_CLASS, **asdict(config)})
+    write_json(folder / SCHEDULER_CONFIG, {"_class_name": SCHEDULER_CLASS, **config})
 
 
 def require_new_folder(path: str | os.PathLike, what: str) -> Path:
@@ -87,8 +87,9 @@ def write_model_index(folder: Path, parametrization: str) -> None:
     write_json(folder / MODEL_INDEX, index)
 
 
-def load_pipeline_folder(path_or_id: str | os.PathLike) -> PipelineParts:
-    """The parts of a pipeline folder, an embedded model's name or a Hub id (when online)."""
+def load_pipeline_folder(path_or_id: str | os.PathLike, variant: str | None = None) -> PipelineParts:
+    """The parts of a pipeline folder, an embedded model's name or a Hub id (when online);
+    `variant` picks `unet/diffusion_pytorch_model.<variant>.safetensors`."""
     folder = resolve_model_path(path_or_id)
     index = read_model_index(folder)
     parametrization = index.get("_parametrization", "consistency")
@@ -96,16 +97,18 @@ def load_pipeline_folder(path_or_id: str | os.PathLike) -> PipelineParts:
         raise InvalidInputError(
             f"parametrization: {parametrization!r} in {folder / MODEL_INDEX} is not one of {', '.join(PARAMETRIZATIONS)}"
         )
-    return PipelineParts(load_network(folder / "unet"), read_scheduler_config(folder / "scheduler"), parametrization)
+    return PipelineParts(load_network(folder / "unet", variant), read_scheduler_config(folder / "scheduler"),
+                         parametrization)
 
 
-def save_pipeline_folder(path: str | os.PathLike, parts: PipelineParts) -> Path:
-    """Write a folder that diffusers' `ConsistencyModelPipeline.from_pretrained` loads (each file atomically)."""
+def save_pipeline_folder(path: str | os.PathLike, parts: PipelineParts, variant: str | None = None) -> Path:
+    """Write a folder that diffusers' `ConsistencyModelPipeline.from_pretrained` loads (each file
+    atomically); `variant` names the weights file as diffusers does (…/diffusion_pytorch_model.fp16.safetensors)."""
     folder = Path(path)
     if not folder.parent.is_dir():
         raise InvalidInputError(f"path: the folder {folder.parent} does not exist")
     folder.mkdir(exist_ok=True)
-    save_network(parts.network, folder / "unet")
+    save_network(parts.network, folder / "unet", variant)
     write_scheduler_config(folder / "scheduler", parts.scheduler_config)
     write_model_index(folder, parts.parametrization)
     return folder

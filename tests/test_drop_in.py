@@ -1,0 +1,215 @@
+"""A true drop-in for diffusers: the API shapes diffusers code relies on, and each library's
+classes inside the other's code, with real diffusers objects (diffusers 0.42).
+
+- outputs index like diffusers' `BaseOutput` (`[0]`, `["images"]`, `.to_tuple()`);
+- `scheduler.config` is a read-only dict that diffusers' `from_config` takes, and both
+  schedulers build from each other's configs; `save_config`;
+- our scheduler inside diffusers' `ConsistencyModelPipeline`, diffusers' scheduler inside ours,
+  and the diffusers-style hand-written loop with our scheduler all give the all-diffusers images;
+- `callback` + `callback_steps` with a 0-d tensor timestep; `dtype=`, `variant`, `safe_serialization`.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import CMStochasticIterativeScheduler as DiffusersScheduler
+from diffusers import ConsistencyModelPipeline as DiffusersPipeline
+
+from consistency_models import CMStochasticIterativeScheduler, ConsistencyModelPipeline, InvalidInputError
+from consistency_models.schedule import SchedulerConfig
+from consistency_models.scheduler import CMStochasticIterativeSchedulerOutput
+
+TOL = dict(rtol=0, atol=1e-5)
+LABELS = [3, 871]
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(scope="module")
+def ref_pipe(diffusers_pipeline_dir):
+    p = DiffusersPipeline.from_pretrained(diffusers_pipeline_dir)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+@pytest.fixture(scope="module")
+def our_pipe(diffusers_pipeline_dir):
+    p = ConsistencyModelPipeline.from_pretrained(diffusers_pipeline_dir)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+# -- D1: outputs ---------------------------------------------------------------------------------------
+def test_pipeline_output_indexes_like_diffusers(our_pipe):
+    out = our_pipe(batch_size=2, class_labels=LABELS, generator=gen(), output_type="np")
+    assert out[0] is out.images and out["images"] is out.images and out.to_tuple()[0] is out.images
+    assert list(out.keys()) == ["images", "class_labels"] and out[1] is out.class_labels
+    tup = our_pipe(batch_size=2, class_labels=LABELS, generator=gen(), output_type="np", return_dict=False)
+    assert isinstance(tup, tuple) and len(tup) == 1
+    np.testing.assert_array_equal(tup[0], out[0])
+    unconditional = type(out)(images=out.images)  # a field left None is no key, as in diffusers
+    assert list(unconditional.keys()) == ["images"] and unconditional.to_tuple() == (out.images,)
+
+
+def test_scheduler_output_indexes_like_diffusers():
+    s = CMStochasticIterativeScheduler()
+    s.set_timesteps(2)
+    x = torch.randn(1, 3, 4, 4, generator=gen()) * 80
+    out = s.step(torch.zeros_like(x), s.timesteps[0], x, generator=gen(1))
+    assert isinstance(out, CMStochasticIterativeSchedulerOutput)
+    assert out[0] is out.prev_sample and out["prev_sample"] is out.prev_sample
+    assert list(out.values())[0] is out.prev_sample and out.to_tuple() == (out.prev_sample,)
+
+
+# -- D3, D4: the config ------------------------------------------------------------------------------
+def test_config_is_a_read_only_dict_with_attributes():
+    s = CMStochasticIterativeScheduler(num_train_timesteps=18, rho=6.0)
+    c = s.config
+    assert isinstance(c, dict) and dict(c) == {**c} == {
+        "num_train_timesteps": 18, "sigma_min": 0.002, "sigma_max": 80.0, "sigma_data": 0.5, "s_noise": 1.0,
+        "rho": 6.0, "clip_denoised": True}
+    assert c.rho == c["rho"] == 6.0 and "sigma_max" in c
+    for mutate in (lambda: c.__setitem__("rho", 1.0), lambda: setattr(c, "rho", 1.0), lambda: c.update(rho=1.0),
+                   lambda: c.pop("rho")):
+        with pytest.raises(TypeError, match="read-only"):
+            mutate()
+    assert c.replace(rho=5.0).rho == 5.0 and c.rho == 6.0
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        c.nope  # noqa: B018
+
+
+def test_configs_cross_between_the_libraries():
+    ours = CMStochasticIterativeScheduler(num_train_timesteps=151, sigma_min=0.003, s_noise=1.007, clip_denoised=False)
+    theirs = DiffusersScheduler.from_config(ours.config)   # a dict: diffusers does not take it for a path
+    assert {k: v for k, v in theirs.config.items() if not k.startswith("_")} == dict(ours.config)
+    back = CMStochasticIterativeScheduler.from_config(theirs.config)  # diffusers' FrozenDict, with _ keys
+    assert back.config == ours.config
+    assert CMStochasticIterativeScheduler(ours.config).config == ours.config  # a config as the first argument
+    assert CMStochasticIterativeScheduler.from_config(ours.config, rho=6.0).config.rho == 6.0
+    assert DiffusersScheduler in ours.compatibles and CMStochasticIterativeScheduler in ours.compatibles
+    with pytest.raises(InvalidInputError, match="^config: str is not a mapping"):
+        CMStochasticIterativeScheduler.from_config("some/folder")
+
+
+def test_save_config_round_trips_in_both_libraries(tmp_path):
+    ours = CMStochasticIterativeScheduler(num_train_timesteps=201, rho=6.5)
+    ours.save_config(tmp_path / "a")
+    data = json.loads((tmp_path / "a" / "scheduler_config.json").read_text())
+    assert data["_class_name"] == "CMStochasticIterativeScheduler" and data["rho"] == 6.5
+    assert CMStochasticIterativeScheduler.from_pretrained(tmp_path / "a").config == ours.config
+    assert DiffusersScheduler.from_pretrained(tmp_path / "a").config.num_train_timesteps == 201
+    DiffusersScheduler(num_train_timesteps=18).save_config(tmp_path / "b")
+    assert CMStochasticIterativeScheduler.from_pretrained(tmp_path / "b").config == SchedulerConfig(num_train_timesteps=18)
+
+
+# -- both directions inside each other's code ---------------------------------------------------------
+@pytest.mark.parametrize("timesteps", [None, [22, 0], [30, 12, 0]])
+def test_our_scheduler_inside_diffusers_pipeline(ref_pipe, timesteps):
+    """diffusers' pipeline calls `scheduler.step(...)[0]`: with our scheduler it gives its own images."""
+    steps = dict(num_inference_steps=1) if timesteps is None else dict(num_inference_steps=None, timesteps=timesteps)
+    expected = ref_pipe(batch_size=2, class_labels=LABELS, generator=gen(), output_type="np", **steps).images
+    mixed = DiffusersPipeline(unet=ref_pipe.unet, scheduler=CMStochasticIterativeScheduler.from_config(ref_pipe.scheduler.config))
+    mixed.set_progress_bar_config(disable=True)
+    got = mixed(batch_size=2, class_labels=LABELS, generator=gen(), output_type="np", **steps).images
+    np.testing.assert_allclose(got, expected, **TOL)
+    assert 0.02 < expected.std()
+
+
+@pytest.mark.parametrize("timesteps", [None, [22, 0]])
+def test_diffusers_scheduler_inside_our_pipeline(ref_pipe, our_pipe, timesteps):
+    steps = dict(num_inference_steps=1) if timesteps is None else dict(num_inference_steps=None, timesteps=timesteps)
+    expected = ref_pipe(batch_size=2, class_labels=LABELS, generator=gen(), output_type="np", **steps).images
+    mixed = ConsistencyModelPipeline(our_pipe.unet, DiffusersScheduler.from_config(ref_pipe.scheduler.config))
+    mixed.set_progress_bar_config(disable=True)
+    got = mixed(batch_size=2, class_labels=LABELS, generator=gen(), output_type="np", **steps).images
+    np.testing.assert_allclose(got, expected, **TOL)
+
+
+def test_hand_written_loop_with_our_scheduler(ref_pipe):
+    """The loop of diffusers' pipeline written out (set_timesteps, init_noise_sigma, scale_model_input,
+    unet(...).sample, step(...).prev_sample) runs unchanged with our scheduler: the same images."""
+    def loop(scheduler):
+        scheduler.set_timesteps(timesteps=[22, 0])
+        g = gen(3)
+        sample = torch.randn(2, 3, 32, 32, generator=g) * scheduler.init_noise_sigma
+        labels = torch.tensor(LABELS)
+        for t in scheduler.timesteps:
+            model_input = scheduler.scale_model_input(sample, t)
+            with torch.no_grad():
+                model_output = ref_pipe.unet(model_input, t, class_labels=labels).sample
+            sample = scheduler.step(model_output, t, sample, generator=g).prev_sample
+        return sample
+
+    expected = loop(DiffusersScheduler.from_config(ref_pipe.scheduler.config))
+    got = loop(CMStochasticIterativeScheduler.from_config(ref_pipe.scheduler.config))
+    torch.testing.assert_close(got, expected, **TOL)
+
+
+# -- D5: callbacks -------------------------------------------------------------------------------------
+def test_callback_steps_and_tensor_timesteps(our_pipe, ref_pipe):
+    def record(into):
+        return lambda i, t, sample: into.append((i, t, sample.shape))
+
+    ours, theirs = [], []
+    our_pipe(batch_size=1, class_labels=3, timesteps=[30, 20, 10, 0], generator=gen(), callback=record(ours),
+             callback_steps=2, output_type="np")
+    ref_pipe(batch_size=1, class_labels=3, num_inference_steps=None, timesteps=[30, 20, 10, 0], generator=gen(),
+             callback=record(theirs), callback_steps=2, output_type="np")
+    assert [i for i, _, _ in ours] == [i for i, _, _ in theirs] == [0, 2]
+    for (_, a, shape_a), (_, b, shape_b) in zip(ours, theirs):
+        assert torch.is_tensor(a) and a.ndim == 0 and shape_a == shape_b
+        assert abs(float(a) - float(b)) < 1e-9
+    with pytest.raises(InvalidInputError, match="^callback_steps: 0 must be a positive integer$"):
+        our_pipe(batch_size=1, class_labels=3, callback=print, callback_steps=0)
+
+
+# -- D6: loading and saving keywords --------------------------------------------------------------------
+def test_dtype_keywords(pipeline_dir):
+    assert ConsistencyModelPipeline.from_pretrained(pipeline_dir, dtype=torch.float16).unet.dtype == torch.float16
+    assert ConsistencyModelPipeline.from_pretrained(pipeline_dir, torch_dtype=torch.bfloat16).unet.dtype == torch.bfloat16
+    per_component = ConsistencyModelPipeline.from_pretrained(pipeline_dir, dtype={"unet": torch.bfloat16,
+                                                                                  "default": torch.float16})
+    assert per_component.unet.dtype == torch.bfloat16
+    with pytest.raises(InvalidInputError, match="^dtype: torch.float16 and torch_dtype=torch.bfloat16 disagree"):
+        ConsistencyModelPipeline.from_pretrained(pipeline_dir, dtype=torch.float16, torch_dtype=torch.bfloat16)
+    with pytest.raises(InvalidInputError, match="^dtype: 'fp16' is not a torch dtype"):
+        ConsistencyModelPipeline.from_pretrained(pipeline_dir, dtype="fp16")
+
+
+def test_to_takes_positional_device_and_dtype(pipe):
+    p = ConsistencyModelPipeline(pipe.unet.__class__(pipe.unet.config), pipe.scheduler)
+    assert p.to(torch.bfloat16).unet.dtype == torch.bfloat16
+    assert p.to("cpu", torch.float32).unet.dtype == torch.float32 and p.device.type == "cpu"
+
+
+def test_variants_and_safe_serialization(tmp_path, pipe):
+    pipe.save_pretrained(tmp_path / "v", variant="fp16")
+    assert (tmp_path / "v" / "unet" / "diffusion_pytorch_model.fp16.safetensors").is_file()
+    assert not (tmp_path / "v" / "unet" / "diffusion_pytorch_model.safetensors").exists()
+    loaded = ConsistencyModelPipeline.from_pretrained(tmp_path / "v", variant="fp16")
+    for key, value in pipe.unet.state_dict().items():
+        assert torch.equal(loaded.unet.state_dict()[key], value), key
+    theirs = DiffusersPipeline.from_pretrained(tmp_path / "v", variant="fp16")  # diffusers reads our variant folder
+    assert theirs.unet.config.block_out_channels == [32, 64]
+    pipe.save_pretrained(tmp_path / "plain")
+    with pytest.raises(InvalidInputError, match=r"^variant: there are no weights of variant='fp16' in .*unet "
+                                                r"\(found: diffusion_pytorch_model\.safetensors\)$"):
+        ConsistencyModelPipeline.from_pretrained(tmp_path / "plain", variant="fp16")
+    with pytest.raises(InvalidInputError, match="^safe_serialization: False asks for pickled weights"):
+        pipe.save_pretrained(tmp_path / "pickle", safe_serialization=False)
+    assert not (tmp_path / "pickle").exists()
+
+
+def test_components_rebuild_the_pipeline(pipe):
+    assert set(pipe.components) == {"unet", "scheduler"} and pipe.components["unet"] is pipe.unet
+    copy = ConsistencyModelPipeline(**pipe.components)
+    copy.set_progress_bar_config(disable=True)
+    a = pipe(batch_size=1, class_labels=1, generator=gen(), output_type="pt").images
+    torch.testing.assert_close(copy(batch_size=1, class_labels=1, generator=gen(), output_type="pt").images, a,
+                               rtol=0, atol=0)
