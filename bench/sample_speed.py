@@ -10,10 +10,12 @@ paths call by call so that load changes on a shared machine hit all of them alik
     python bench/sample_speed.py --device cuda            # imagenet64 at batch 64, lsun256 at batch 8
     python bench/sample_speed.py --device cuda --compile  # adds the torch.compile paths
 
-A path is a dtype and the fast paths it turns on, joined by '+': `fp32` (the default eager
-pipeline), `+fast` (on CPU: channels_last and Winograd 3×3 convolutions; nothing on CUDA), `+compile`
-(torch.compile of the consistency function), `+graph` (CUDA graph of the sampling loop);
-`diffusers-fp32` etc. are diffusers' pipeline in that dtype. For each preset, batch and
+A path is a dtype and the fast paths it turns on, joined by '+': `fp32` (the plain eager
+pipeline, fast kernels off), `+fast` (on CPU: channels_last and Winograd 3×3 convolutions;
+nothing on CUDA), `+compile` (torch.compile of the consistency function), `+graph` (CUDA graph
+of the sampling loop); `default-fp32` etc. are our pipeline exactly as `from_pretrained(...,
+dtype=...)` returns it (what a Python user gets without any call); `diffusers-fp32` etc. are
+diffusers' pipeline in that dtype. For each preset, batch and
 step count it prints images/s (median over repeats and the min–max spread), the speed-up
 over diffusers in float32 and in the path's own dtype (median over rounds of the time ratio
 within a round), and the output's largest absolute difference and PSNR against our float32
@@ -49,8 +51,8 @@ from consistency_models.cli.allocator import keep_freed_memory
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_PRESETS = {"cpu": "imagenet64:4,test:32", "cuda": "imagenet64:64,lsun256:8"}
 DEFAULT_PATHS = {
-    "cpu": "diffusers-fp32,diffusers-bf16,fp32,fp32+fast,bf16+fast",
-    "cuda": "diffusers-fp32,diffusers-fp16,diffusers-bf16,fp32,fp16,bf16,fp16+graph,bf16+graph",
+    "cpu": "diffusers-fp32,diffusers-bf16,fp32,default-fp32,default-bf16",
+    "cuda": "diffusers-fp32,diffusers-fp16,diffusers-bf16,fp32,default-fp16,default-bf16,fp16+graph,bf16+graph",
 }
 COMPILE_PATHS = {
     "cpu": "fp32+fast+compile,bf16+fast+compile",
@@ -69,19 +71,23 @@ class PathSpec:
     fast: bool = False
     compile: bool = False
     graph: bool = False
+    as_loaded: bool = False  # our pipeline as from_pretrained returns it, no fast-path call
 
     @classmethod
     def parse(cls, name: str) -> PathSpec:
-        if name.startswith("diffusers-"):
-            dtype = name.removeprefix("diffusers-")
-            if dtype not in DTYPES:
-                raise ValueError(f"--paths: {name!r}: the dtype must be one of {', '.join(DTYPES)}")
-            return cls(name, True, DTYPES[dtype])
+        for prefix in ("diffusers-", "default-"):
+            if name.startswith(prefix):
+                dtype = name.removeprefix(prefix)
+                if dtype not in DTYPES:
+                    raise ValueError(f"--paths: {name!r}: the dtype must be one of {', '.join(DTYPES)}")
+                if prefix == "diffusers-":
+                    return cls(name, True, DTYPES[dtype])
+                return cls(name, False, DTYPES[dtype], as_loaded=True)
         dtype, *features = name.split("+")
         if dtype not in DTYPES or any(f not in FEATURES for f in features):
             raise ValueError(
                 f"--paths: {name!r} must be a dtype ({', '.join(DTYPES)}) followed by any of "
-                f"{', '.join('+' + f for f in FEATURES)}, or diffusers-DTYPE"
+                f"{', '.join('+' + f for f in FEATURES)}, or diffusers-DTYPE, or default-DTYPE"
             )
         return cls(name, False, DTYPES[dtype], "fast" in features, "compile" in features, "graph" in features)
 
@@ -105,10 +111,11 @@ def load_path(spec: PathSpec, folder: Path, device: torch.device) -> Callable[..
 
         pipe = DiffusersPipeline.from_pretrained(folder, torch_dtype=spec.dtype).to(device)
     else:
-        pipe = ConsistencyModelPipeline.from_pretrained(folder, torch_dtype=spec.dtype, device=device)
-        pipe.enable_fast_kernels(spec.fast).enable_cuda_graph(spec.graph)
-        if spec.compile:
-            pipe.compile()
+        pipe = ConsistencyModelPipeline.from_pretrained(folder, dtype=spec.dtype, device=device)
+        if not spec.as_loaded:
+            pipe.enable_fast_kernels(spec.fast).enable_cuda_graph(spec.graph)
+            if spec.compile:
+                pipe.compile()
     pipe.set_progress_bar_config(disable=True)
 
     def sample(latents: torch.Tensor, labels: torch.Tensor | None, steps: int, seed: int) -> torch.Tensor:

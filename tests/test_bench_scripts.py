@@ -27,9 +27,11 @@ def test_train_step_prints_rates_and_the_bfloat16_ratio():
 
 def test_sample_speed_compares_with_diffusers():
     out = run("sample_speed.py", "--presets", "test:2", "--steps", "1", "--repeats", "1",
-              "--paths", "diffusers-fp32,fp32,bf16+fast")
-    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("diffusers-", "fp32", "bf16"))}
-    assert set(rows) == {"diffusers-fp32", "fp32", "bf16+fast"}, out
+              "--paths", "diffusers-fp32,fp32,bf16+fast,default-fp32")
+    rows = {line.split()[0]: line.split() for line in out.splitlines()
+            if line.startswith(("diffusers-", "fp32", "bf16", "default-"))}
+    assert set(rows) == {"diffusers-fp32", "fp32", "bf16+fast", "default-fp32"}, out
+    assert float(rows["default-fp32"][5]) < 1e-5  # the default path agrees with float32 eager
     # Same weights and noise: our float32 output matches diffusers' to float32 rounding.
     assert float(rows["diffusers-fp32"][5]) < 1e-4
     assert float(rows["bf16+fast"][6]) > 35  # PSNR against our float32 output

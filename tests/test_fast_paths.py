@@ -300,3 +300,18 @@ def test_cuda_graph_replay_matches_eager_on_cuda():
     for a, b in zip(graphed, ref):
         assert (a - b).abs().max() <= 1e-4  # the same kernels; a stale input would be off by ~1
 
+
+
+# -- fast by default ----------------------------------------------------------------------------------
+def test_from_pretrained_turns_the_fast_kernels_on(tmp_path):
+    """A Python user gets the fast CPU path without asking (it agrees with float32 eager to ≤ 1e-5);
+    `fast_kernels=False` gives the plain path."""
+    eager = make_pipe()
+    eager.save_pretrained(tmp_path / "wide")
+    loaded = ConsistencyModelPipeline.from_pretrained(tmp_path / "wide")
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.fast_paths.fast_kernels and loaded.unet.channels_last
+    assert (sample(loaded) - sample(eager)).abs().max() <= 1e-5
+    plain = ConsistencyModelPipeline.from_pretrained(tmp_path / "wide", fast_kernels=False)
+    assert not plain.fast_paths.fast_kernels and not plain.unet.channels_last
+    assert ConsistencyModelPipeline.from_pretrained(tmp_path / "wide", dtype=torch.bfloat16).unet.channels_last

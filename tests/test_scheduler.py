@@ -50,7 +50,7 @@ def test_full_loop_onestep_published_numbers():
 
 
 def test_full_loop_custom_timesteps_published_numbers():
-    """diffusers `test_full_loop_with_timesteps` ([106, 0]): sum 347.6357, mean 0.4527."""
+    """diffusers `test_full_loop_no_noise_multistep` ([106, 0]): sum 347.6357, mean 0.4527."""
     scheduler = CMStochasticIterativeScheduler(**TEST_CONFIG)
     scheduler.set_timesteps(timesteps=[106, 0])
     sample = full_loop(scheduler, dummy_sample_deter() * scheduler.init_noise_sigma, dummy_model, torch.manual_seed(0))

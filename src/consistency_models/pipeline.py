@@ -121,13 +121,17 @@ class ConsistencyModelPipeline:
         *,
         dtype: torch.dtype | dict[str, torch.dtype] | None = None,
         variant: str | None = None,
+        fast_kernels: bool = True,
     ) -> "ConsistencyModelPipeline":
         """Load a diffusers pipeline folder, an embedded model by name, or a Hub id when online.
 
         `dtype` as diffusers (a dtype or {"unet": …, "default": …}; `torch_dtype` is its older
-        name, kept); `variant` loads `unet/diffusion_pytorch_model.<variant>.safetensors`."""
+        name, kept); `variant` loads `unet/diffusion_pytorch_model.<variant>.safetensors`. The
+        fast kernels are on (`enable_fast_kernels`: Winograd and channels_last for wide networks
+        on CPU, agreeing with the plain float32 path to ~1e-6); `fast_kernels=False` turns them off."""
         chosen = _dtype_argument(dtype, torch_dtype)
-        return cls.from_parts(load_pipeline_folder(path_or_id, variant)).to(device=device, dtype=chosen)
+        pipe = cls.from_parts(load_pipeline_folder(path_or_id, variant)).to(device=device, dtype=chosen)
+        return pipe.enable_fast_kernels(fast_kernels)
 
     @classmethod
     def from_preset(
