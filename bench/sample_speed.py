@@ -15,7 +15,7 @@ pipeline, fast kernels off), `+fast` (on CPU: channels_last and Winograd 3×3 co
 nothing on CUDA), `+compile` (torch.compile of the consistency function), `+graph` (CUDA graph
 of the sampling loop); `default-fp32` etc. are our pipeline exactly as `from_pretrained(...,
 dtype=...)` returns it (what a Python user gets without any call); `diffusers-fp32` etc. are
-diffusers' pipeline in that dtype. For each preset, batch and
+diffusers' pipeline in that dtype, `diffusers-fp16+compile` with `torch.compile(pipe.unet)`. For each preset, batch and
 step count it prints images/s (median over repeats and the min–max spread), the speed-up
 over diffusers in float32 and in the path's own dtype (median over rounds of the time ratio
 within a round), and the output's largest absolute difference and PSNR against our float32
@@ -56,7 +56,7 @@ DEFAULT_PATHS = {
 }
 COMPILE_PATHS = {
     "cpu": "fp32+fast+compile,bf16+fast+compile",
-    "cuda": "fp16+compile+graph,bf16+compile+graph",
+    "cuda": "diffusers-fp16+compile,fp16+compile+graph,bf16+compile+graph",
 }
 FEATURES = ("fast", "compile", "graph")
 
@@ -77,11 +77,12 @@ class PathSpec:
     def parse(cls, name: str) -> PathSpec:
         for prefix in ("diffusers-", "default-"):
             if name.startswith(prefix):
-                dtype = name.removeprefix(prefix)
-                if dtype not in DTYPES:
-                    raise ValueError(f"--paths: {name!r}: the dtype must be one of {', '.join(DTYPES)}")
+                dtype, *features = name.removeprefix(prefix).split("+")
+                if dtype not in DTYPES or features not in ([], ["compile"]) or (features and prefix == "default-"):
+                    raise ValueError(f"--paths: {name!r}: the dtype must be one of {', '.join(DTYPES)} "
+                                     "(diffusers-DTYPE may add +compile)")
                 if prefix == "diffusers-":
-                    return cls(name, True, DTYPES[dtype])
+                    return cls(name, True, DTYPES[dtype], compile=bool(features))
                 return cls(name, False, DTYPES[dtype], as_loaded=True)
         dtype, *features = name.split("+")
         if dtype not in DTYPES or any(f not in FEATURES for f in features):
@@ -110,6 +111,8 @@ def load_path(spec: PathSpec, folder: Path, device: torch.device) -> Callable[..
         from diffusers import ConsistencyModelPipeline as DiffusersPipeline
 
         pipe = DiffusersPipeline.from_pretrained(folder, torch_dtype=spec.dtype).to(device)
+        if spec.compile:  # diffusers' documented way: compile the UNet
+            pipe.unet = torch.compile(pipe.unet)
     else:
         pipe = ConsistencyModelPipeline.from_pretrained(folder, dtype=spec.dtype, device=device)
         if not spec.as_loaded:
@@ -217,6 +220,7 @@ def run_case(
             "img_s": batch / statistics.median(ts), "img_s_min": batch / max(ts), "img_s_max": batch / min(ts),
             "vs_diffusers_fp32": speedup(name, "diffusers-fp32"),
             "vs_diffusers_dtype": None if spec.diffusers else speedup(name, dtype_ref),
+            "vs_diffusers_compiled": None if spec.diffusers else speedup(name, dtype_ref + "+compile"),
             "max_abs_diff": (outputs[name] - reference).abs().max().item() if reference is not None else None,
             "psnr": psnr(outputs[name], reference) if reference is not None else None,
             "warmup_s": warmup.get(name),
@@ -228,12 +232,13 @@ def print_rows(rows: list[dict]) -> None:
     def num(value: float | None, fmt: str) -> str:
         return "-" if value is None else format(value, fmt)
 
-    print(f"{'path':28s} {'img/s':>8s} {'min-max':>15s} {'/diff32':>8s} {'/diffdt':>8s} "
+    print(f"{'path':28s} {'img/s':>8s} {'min-max':>15s} {'/diff32':>8s} {'/diffdt':>8s} {'/dcomp':>8s} "
           f"{'max|diff|':>10s} {'PSNR dB':>8s} {'1st call s':>10s}")
     for r in rows:
         spread = f"{r['img_s_min']:.2f}-{r['img_s_max']:.2f}"
         print(f"{r['path']:28s} {r['img_s']:8.2f} {spread:>15s} {num(r['vs_diffusers_fp32'], '.2f'):>8s} "
-              f"{num(r['vs_diffusers_dtype'], '.2f'):>8s} {num(r['max_abs_diff'], '.1e'):>10s} "
+              f"{num(r['vs_diffusers_dtype'], '.2f'):>8s} {num(r['vs_diffusers_compiled'], '.2f'):>8s} "
+              f"{num(r['max_abs_diff'], '.1e'):>10s} "
               f"{num(r['psnr'], '.1f'):>8s} {num(r['warmup_s'], '10.1f'):>10s}", flush=True)
 
 

@@ -31,10 +31,10 @@ def test_sample_speed_compares_with_diffusers():
     rows = {line.split()[0]: line.split() for line in out.splitlines()
             if line.startswith(("diffusers-", "fp32", "bf16", "default-"))}
     assert set(rows) == {"diffusers-fp32", "fp32", "bf16+fast", "default-fp32"}, out
-    assert float(rows["default-fp32"][5]) < 1e-5  # the default path agrees with float32 eager
+    assert float(rows["default-fp32"][6]) < 1e-5  # the default path agrees with float32 eager
     # Same weights and noise: our float32 output matches diffusers' to float32 rounding.
-    assert float(rows["diffusers-fp32"][5]) < 1e-4
-    assert float(rows["bf16+fast"][6]) > 35  # PSNR against our float32 output
+    assert float(rows["diffusers-fp32"][6]) < 1e-4
+    assert float(rows["bf16+fast"][7]) > 35  # PSNR against our float32 output
 
 
 def test_bad_arguments_exit_2():
