@@ -70,17 +70,20 @@ def training_outputs(tmp: Path) -> dict:
     results = {}
     _train(tmp / "toy-edm", method="edm", **toy)
     results["toy-edm"] = _run_outputs(tmp / "toy-edm")
-    _train(tmp / "toy-cd", method="cd", teacher=str(tmp / "toy-edm"), num_scales=18, **toy)
+    # Settings whose defaults changed after the recording (issue 13: CD's N = 40 and start from the
+    # teacher with dropout 0, iCT's s1 scaled with --steps) are pinned to the values they had then.
+    _train(tmp / "toy-cd", method="cd", teacher=str(tmp / "toy-edm"), num_scales=18, init_from_teacher=False, **toy)
     _train(tmp / "toy-ct", method="ct", s1=50, **toy)
     _train(tmp / "toy-ict", method="ict", s1=160, **toy)
     _train(tmp / "toy-ect", method="ect", teacher=str(tmp / "toy-edm"), **toy)
     _train(tmp / "toy-cd-euler-accum", method="cd", teacher=str(tmp / "toy-edm"), solver="euler", accumulation=2,
-           warmup_steps=2, optimizer="adamw", weight_decay=0.01, **toy)
+           warmup_steps=2, optimizer="adamw", weight_decay=0.01, num_scales=18, init_from_teacher=False, **toy)
     for name in ("toy-cd", "toy-ct", "toy-ict", "toy-ect", "toy-cd-euler-accum"):
         results[name] = _run_outputs(tmp / name)
     digits = dict(data="digits", steps=2, batch_size=8, lr=5e-4, save_every=2, sample_every=2)
-    _train(tmp / "digits-ict", method="ict", preset="tiny16", dropout=0.1, **digits)
-    _train(tmp / "digits-cd", method="cd", teacher="digits-teacher", init_from_teacher=True, **digits)
+    _train(tmp / "digits-ict", method="ict", preset="tiny16", dropout=0.1, s1=1280, **digits)
+    _train(tmp / "digits-cd", method="cd", teacher="digits-teacher", init_from_teacher=True, num_scales=18, dropout=0.1,
+           **digits)
     _train(tmp / "digits-edm-bf16", method="edm", preset="tiny16", precision="bfloat16", **digits)
     for name in ("digits-ict", "digits-cd", "digits-edm-bf16"):
         results[name] = _run_outputs(tmp / name)

@@ -196,12 +196,14 @@ def test_ect_stage(k, total, stages, expected):
 @pytest.mark.parametrize(
     "method, expected",
     [("ct", dict(s0=2, s1=150, mu0=0.9, distance="l2", mu_form="openai", num_scales=None, ect_stages=None)),
-     ("ict", dict(s0=10, s1=1280, distance="pseudo_huber", mu0=None, target_mu=None)),
-     ("cd", dict(distance="l2", num_scales=18, target_mu=0.95, solver="heun", s0=None)),
+     ("ict", dict(s0=10, s1=1280, distance="pseudo_huber", mu0=None, target_mu=None)),   # 10,000 steps: 7 doublings
+     ("cd", dict(distance="l2", num_scales=40, target_mu=0.95, solver="heun", s0=None, init_from_teacher=True,
+                 dropout=0.0)),
      ("ect", dict(ect_stages=8, distance=None)),
      ("edm", dict(distance=None, num_scales=None, s1=None))],
 )
 def test_train_config_method_defaults(method, expected):
+    # cd: OpenAI's N = 40, and a student started from the teacher with dropout 0 (issue 13)
     """Each method's own settings get its registry defaults; the settings of other methods stay None."""
     from consistency_models.training.config import TrainConfig
 
@@ -209,3 +211,14 @@ def test_train_config_method_defaults(method, expected):
     cfg = TrainConfig(method=method, data="digits", out="run", **teacher)
     assert {key: getattr(cfg, key) for key in expected} == expected
     assert (cfg.sigma_min, cfg.sigma_max, cfg.sigma_data, cfg.rho) == (0.002, 80.0, 0.5, 7.0)
+
+
+@pytest.mark.parametrize("steps, s1", [(400, 20), (800, 20), (1200, 40), (2000, 160), (3200, 1280), (400_000, 1280)])
+def test_ict_s1_default_scales_with_the_budget(steps, s1):
+    """s1 = s0·2^d, d = min(7, steps//400 − 1) (at least 1): the README toy recipe (2000 steps, s1 160)
+    and the paper's 1280 from 3,200 steps on; an explicit --s1 wins."""
+    from consistency_models.training.config import TrainConfig
+
+    assert TrainConfig(method="ict", data="d", out="r", steps=steps).s1 == s1
+    assert TrainConfig(method="ict", data="d", out="r", steps=steps, s1=50).s1 == 50
+    assert TrainConfig(method="ict", data="d", out="r", steps=2000, s0=5).s1 == 80

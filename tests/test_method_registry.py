@@ -5,6 +5,9 @@ and `cm train` do; a new method is one registration; settings a method does not 
 from __future__ import annotations
 
 import json
+import re
+
+import numpy as np
 
 import pytest
 import torch
@@ -37,9 +40,11 @@ def test_the_built_in_methods_and_their_declarations():
 
 
 @pytest.mark.parametrize("method, settings, expected", [
-    ("cd", {"num_scales": 40}, 40),
+    ("cd", {"num_scales": 18}, 18),
+    ("cd", {}, 40),
     ("ct", {"steps": 100}, 151),                 # N(K) = ⌈√(K/K·((s1+1)² − s0²) + s0²) − 1⌉ + 1 = s1 + 1
     ("ict", {"steps": 100, "s1": 160}, 161),     # min(s0·2^⌊K/K′⌋, s1) + 1
+    ("ict", {"steps": 2000}, 161),               # s1 from the budget: 160
     ("ect", {}, 40),
     ("edm", {}, 40),
 ])
@@ -67,7 +72,10 @@ def test_settings_a_method_does_not_read_are_refused(method, settings, message):
 def test_a_teacher_starts_ct_and_ict_by_default_and_cd_on_request():
     assert TrainConfig(method="ct", data="d", out="r", teacher="t").init_from_teacher is True
     assert TrainConfig(method="ict", data="d", out="r").init_from_teacher is False
-    assert TrainConfig(method="cd", data="d", out="r", teacher="t").init_from_teacher is False
+    cd = TrainConfig(method="cd", data="d", out="r", teacher="t")
+    assert cd.init_from_teacher is True and cd.dropout == 0.0  # OpenAI's CD: the teacher's weights, dropout 0
+    assert TrainConfig(method="cd", data="d", out="r", teacher="t", dropout=0.1).dropout == 0.1
+    assert TrainConfig(method="cd", data="d", out="r", teacher="t", init_from_teacher=False).dropout is None
     assert TrainConfig(method="ect", data="d", out="r", teacher="t", init_from="m").init_from_teacher is False
 
 
@@ -82,9 +90,10 @@ def test_an_unused_option_on_the_command_line_is_one_line(tmp_path, capsys):
 def test_help_shows_the_registry_defaults():
     train = build_parser()._subparsers._group_actions[0].choices["train"]
     helps = {a.dest: a.help for a in train._actions}
-    assert helps["s1"].endswith("(default: ct 150, ict 1280)")
-    assert helps["num_scales"].endswith("(default: cd 18)")
-    assert helps["init_from_teacher"].endswith("(default: yes for ct, ict, ect when --teacher is given)")
+    assert helps["s1"].endswith("(default: ct 150, ict s0*2^d, d = min(7, steps//400 - 1): 160 at 2000 steps, "
+                                "1280 from 3200)")
+    assert helps["num_scales"].endswith("(default: cd 40)")
+    assert helps["init_from_teacher"].endswith("(default: yes for cd, ct, ict, ect when --teacher is given)")
     assert [a for a in train._actions if a.dest == "method"][0].choices == tuple(METHODS)
 
 
@@ -138,3 +147,59 @@ def test_a_registered_method_trains_one_step_through_the_loop(tmp_path, halfway)
 def test_a_name_is_registered_once(halfway):
     with pytest.raises(ValueError, match="registered already"):
         register(halfway)
+
+
+# -- recipes and data as users have it ------------------------------------------------------------------
+def test_recipe_sets_every_setting_and_options_override_it(tmp_path, capsys):
+    from consistency_models.training.recipes import RECIPES
+
+    cfg = TrainConfig.from_recipe("openai-cd-imagenet64-lpips", data="d", out="r", teacher="t", lpips_vgg="v",
+                                  lpips_lin="l", lr=1e-5)
+    assert (cfg.method, cfg.preset, cfg.num_scales, cfg.target_mu, cfg.distance, cfg.batch_size, cfg.lr) == (
+        "cd", "imagenet64", 40, 0.95, "lpips", 2048, 1e-5)
+    assert cfg.ema_rates == (0.999, 0.9999, 0.9999432189950708) and cfg.dropout == 0.0 and cfg.init_from_teacher
+    assert cfg.grad_clip == 0.0 and cfg.precision == "float16" and cfg.extra == {"recipe": "openai-cd-imagenet64-lpips"}
+    for name, recipe in RECIPES.items():  # every recipe is a valid config once the user's parts are given
+        needs = {"teacher": "t"} if get_method(recipe.settings["method"]).teacher == "required" else {}
+        if recipe.settings.get("distance") == "lpips":
+            needs.update(lpips_vgg="v", lpips_lin="l")
+        TrainConfig.from_recipe(name, data="d", out="r", **needs)
+
+    out = tmp_path / "run"
+    code = main(["train", "--recipe", "toy-ict", "--data", "toy:mog8", "--out", str(out), "--steps", "3",
+                 "--no-progress", "--save-every", "3", "--sample-every", "3"])
+    assert code == 0, capsys.readouterr().err
+    saved = json.loads((out / "train_config.json").read_text())
+    assert (saved["method"], saved["s1"], saved["lr"], saved["batch_size"], saved["steps"]) == ("ict", 160, 1e-3, 256, 3)
+    assert saved["extra"] == {"recipe": "toy-ict"}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--data", "toy:mog8"], r"^method: give --method \(edm, cd, ct, ict, ect\) or --recipe$"),
+    (["--data", "toy:mog8", "--recipe", "nope"], r"^argument --recipe: invalid choice: 'nope'"),
+])
+def test_recipe_errors_are_one_line(tmp_path, capsys, argv, message):
+    try:
+        code = main(["train", "--out", str(tmp_path / "r"), "--no-progress", *argv])
+    except SystemExit as exc:  # argparse's own errors exit from inside parse_args
+        code = exc.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.count("\n") == 0 and re.search(message, err.removeprefix("cm: error: "))
+
+
+def test_a_point_cloud_npz_trains_and_samples_points(tmp_path, capsys):
+    """`--data points.npz` (float (N, D), here D = 3, with labels) trains a point model; `cm sample`
+    writes (N, D) float32 points and their labels."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "points.npz", (rng.standard_normal((300, 3)) * 0.5).astype(np.float64), np.arange(300) % 3)
+    out = tmp_path / "run"
+    assert main(["train", "--method", "ict", "--data", str(tmp_path / "points.npz"), "--out", str(out), "--steps", "3",
+                 "--batch-size", "32", "--no-progress", "--save-every", "3", "--sample-every", "3"]) == 0
+    assert main(["sample", "--model", str(out), "--batch-size", "5", "--class-labels", "2",
+                 "--out", str(tmp_path / "s.npz")]) == 0
+    with np.load(tmp_path / "s.npz") as f:
+        assert f["arr_0"].shape == (5, 3) and f["arr_0"].dtype == np.float32 and np.isfinite(f["arr_0"]).all()
+        assert f["arr_1"].tolist() == [2] * 5
+    assert (out / "samples" / "step-00000003.png").is_file()
+    capsys.readouterr()

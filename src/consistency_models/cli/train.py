@@ -8,9 +8,11 @@ import types
 import typing
 from dataclasses import MISSING, Field, fields
 
+from ..errors import InvalidInputError
 from ..training import Trainer, TrainConfig
 from ..training.config import method_defaults_text
 from ..training.methods import METHODS, method_options
+from ..training.recipes import RECIPES
 from .arguments import float_list
 
 
@@ -40,7 +42,7 @@ def _add_option(p: argparse.ArgumentParser, f: Field, hint: object) -> None:
     flag = "--" + f.name.replace("_", "-")
     choices = meta["choices"]() if callable(meta["choices"]) else meta["choices"]
     options: dict = {"dest": f.name, "default": argparse.SUPPRESS, "help": meta["help"] + _default_text(f)}
-    required = f.default is MISSING and f.default_factory is MISSING
+    required = f.default is MISSING and f.default_factory is MISSING and f.name != "method"  # or --recipe
     base = _base_type(hint)
     if base is bool:
         p.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
@@ -60,6 +62,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "folder holding the EMA weights, checkpoints, metrics.jsonl and sample grids. Run "
                                    "it under torchrun for several processes; --batch-size is the global batch. "
                                    f"Methods: {methods}.")
+    p.add_argument("--recipe", choices=list(RECIPES), default=argparse.SUPPRESS, metavar="NAME",
+                   help="every setting of a published run (see docs/recipes.md); options given override it: "
+                        + ", ".join(RECIPES))
     hints = typing.get_type_hints(TrainConfig)
     for f in fields(TrainConfig):
         if f.metadata.get("cli", True):
@@ -68,8 +73,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    options = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
-    trainer = Trainer(TrainConfig(**options))
+    options = {k: v for k, v in vars(args).items() if k not in ("func", "command", "recipe")}
+    recipe = getattr(args, "recipe", None)
+    if recipe is None and "method" not in options:
+        raise InvalidInputError(f"method: give --method ({', '.join(METHODS)}) or --recipe")
+    trainer = Trainer(TrainConfig.from_recipe(recipe, **options) if recipe else TrainConfig(**options))
     out = trainer.run()
     if trainer.ctx.is_main:
         print(f"trained {trainer.cfg.method} for {trainer.cfg.steps} steps; model in {out} (cm sample --model {out})")

@@ -104,8 +104,8 @@ class TrainConfig:
     device: str | None = setting(None, "cpu, cuda or cuda:N (default: cuda when available)")
     tensorboard: bool = setting(False, "also log to RUN_DIR/tensorboard")
     progress: bool = setting(True, "show a progress bar")
-    extra: dict = setting(help="settings of methods registered outside this package", cli=False,
-                          default_factory=dict)
+    extra: dict = setting(help="free-form: the recipe a run came from; settings of methods registered outside "
+                               "this package", cli=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.ema_rates = tuple(float(r) for r in self.ema_rates)
@@ -156,9 +156,12 @@ class TrainConfig:
                 raise InvalidInputError(
                     f"{name}: {getattr(self, name)!r} is not used by --method {self.method} (its own settings: {used})"
                 )
-        for name, value in method.defaults.items():
-            if getattr(self, name) is None:
+        for name, value in method.defaults.items():  # plain values first: budget defaults may read them
+            if getattr(self, name) is None and not callable(value):
                 setattr(self, name, value)
+        for name, value in method.defaults.items():
+            if getattr(self, name) is None and callable(value):
+                setattr(self, name, value(self))
         if (self.lpips_vgg or self.lpips_lin) and self.distance not in LPIPS_DISTANCES:
             raise InvalidInputError("lpips_vgg/lpips_lin: given, but --distance is not lpips or lpips_standard")
         if self.distance in LPIPS_DISTANCES and not (self.lpips_vgg and self.lpips_lin):
@@ -173,11 +176,23 @@ class TrainConfig:
             raise InvalidInputError("init_from_teacher: needs --teacher")
         if self.init_from and self.init_from_teacher:
             raise InvalidInputError("init_from: give --init-from or --init-from-teacher, not both")
+        if self.init_from_teacher and self.dropout is None and method.student_dropout is not None:
+            self.dropout = method.student_dropout
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["ema_rates"] = list(self.ema_rates)
         return d
+
+    @classmethod
+    def from_recipe(cls, name: str, **settings: Any) -> "TrainConfig":
+        """A published run's settings (`training/recipes.py`), with `settings` overriding them."""
+        from .recipes import get_recipe
+
+        recipe = get_recipe(name)
+        merged = {**recipe.settings, **settings}
+        merged["extra"] = {**merged.get("extra", {}), "recipe": name}
+        return cls(**merged)
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":

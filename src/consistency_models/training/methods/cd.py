@@ -65,8 +65,10 @@ METHOD = register(Method(
     summary="consistency distillation from --teacher",
     parametrization="consistency",
     build_loss=build_loss,
-    defaults={"distance": "l2", "num_scales": 18, "target_mu": 0.95, "solver": "heun"},
+    defaults={"distance": "l2", "num_scales": 40, "target_mu": 0.95, "solver": "heun"},  # OpenAI's CD runs
     teacher="required",
+    init_from_teacher=True,    # as OpenAI's CD runs: the student starts as the teacher, dropout 0
+    student_dropout=0.0,
     target_network=True,
     grid_size=lambda cfg: cfg.num_scales,
 ))

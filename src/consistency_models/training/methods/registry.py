@@ -68,6 +68,21 @@ def fixed_grid(config: TrainConfig) -> int:
 
 
 @dataclass(frozen=True)
+class BudgetDefault:
+    """A default computed from the run's other settings (e.g. a curriculum scaled with --steps);
+    `text` is what `cm train --help` shows for it."""
+
+    compute: Callable[[TrainConfig], Any]
+    text: str
+
+    def __call__(self, config: TrainConfig) -> Any:
+        return self.compute(config)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True)
 class Method:
     """One training method, as the rest of the package sees it."""
 
@@ -75,10 +90,12 @@ class Method:
     summary: str                                         # one line for --help
     parametrization: str                                 # "consistency" or "edm": what the exported model is
     build_loss: Callable[[LossInputs], "Loss"]
-    defaults: Mapping[str, Any] = field(default_factory=dict)  # its own TrainConfig options → their defaults
+    defaults: Mapping[str, Any] = field(default_factory=dict)  # its own options → defaults (or BudgetDefaults)
     teacher: str = "unused"                              # "required", "optional" (to start from) or "unused"
     init_from_teacher: bool = False                      # start the student from the teacher by default
     target_network: bool = False                         # keeps an EMA target θ⁻ (saved in checkpoints)
+    student_dropout: float | None = None                 # dropout of a student started from the teacher
+                                                         # (None: the teacher's), unless --dropout is given
     grid_size: Callable[[TrainConfig], int] = fixed_grid  # N of the sampling grid the export records
 
     def __post_init__(self) -> None:
