@@ -98,7 +98,7 @@ def test_shards_of_other_settings_are_refused(pipe, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"num": 0}, "num: 0 must be a positive number"),
+    ({"num": 0}, "num: 0 must be a number of images from 1 to 100000000"),
     ({"batch_size": 0}, "batch_size: 0 must be"),
     ({"out": "samples.png"}, "must end in .npz"),
     ({"out": "/no/such/folder/s.npz"}, "the folder /no/such/folder does not exist"),

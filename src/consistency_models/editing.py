@@ -42,6 +42,7 @@ from .schedule import NoiseLevels
 
 LUMA_WEIGHTS = (0.2989, 0.5870, 0.1140)  # ITU-R BT.601 luma, as OpenAI's colorization
 EDIT_GRID = 40                            # points of the default σ grid (as OpenAI's editing runs)
+MAX_FRAMES = 1024                         # the most frames `interpolate` makes
 STROKE_SIGMA = 1.0                        # default starting σ of stroke-guided generation (digits: 0.5–2 keep the strokes)
 Labels = torch.Tensor | Sequence[int] | int | None
 
@@ -390,8 +391,8 @@ def interpolate(
     z0, z1 are unit-variance noise of the model's sample shape; every frame uses the same class
     label (given, or drawn once). Returns (num, C, H, W) in [0, 1].
     """
-    if isinstance(num, bool) or not isinstance(num, int) or num < 2:
-        raise InvalidInputError(f"num: {num!r} must be an integer ≥ 2 (the two ends included)")
+    if isinstance(num, bool) or not isinstance(num, int) or not 2 <= num <= MAX_FRAMES:
+        raise InvalidInputError(f"num: {num!r} must be an integer from 2 to {MAX_FRAMES} (the two ends included)")
     shape = (1, *pipe.sample_shape)
     ends = []
     for name, z in (("z0", z0), ("z1", z1)):

@@ -38,6 +38,7 @@ from .schedule import NoiseLevels, SchedulerConfig
 from .scheduler import CMStochasticIterativeScheduler
 
 OUTPUT_TYPES = ("pil", "np", "pt")
+MAX_BATCH = 1 << 20  # the most samples one call makes
 
 
 @dataclass
@@ -290,8 +291,8 @@ class ConsistencyModelPipeline:
             raise InvalidInputError(f"output_type: {output_type!r} is not one of {', '.join(OUTPUT_TYPES)}")
         if output_type == "pil" and not self.is_image_model:
             raise InvalidInputError("output_type: 'pil' needs an image model; this model makes points, use 'np' or 'pt'")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise InvalidInputError(f"batch_size: {batch_size!r} must be a positive integer")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH:
+            raise InvalidInputError(f"batch_size: {batch_size!r} must be an integer from 1 to {MAX_BATCH}")
         if isinstance(generator, (list, tuple)) and len(generator) != batch_size:
             raise InvalidInputError(
                 f"generator: got a list of {len(generator)} generators for batch_size={batch_size}; give one per sample"

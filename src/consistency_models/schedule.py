@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -29,6 +30,9 @@ _SETTINGS: dict[str, Any] = {        # the fields and defaults of diffusers' sch
     "rho": RHO,
     "clip_denoised": True,           # clip each x₀ to [−1, 1]
 }
+
+
+MAX_GRID = 1_000_000                 # the largest Karras grid N accepted
 
 
 class SchedulerConfig(dict):
@@ -49,6 +53,28 @@ class SchedulerConfig(dict):
     ) -> None:
         super().__init__(num_train_timesteps=num_train_timesteps, sigma_min=sigma_min, sigma_max=sigma_max,
                          sigma_data=sigma_data, s_noise=s_noise, rho=rho, clip_denoised=clip_denoised)
+        self._check()
+
+    def _check(self) -> None:
+        """Every value within what sampling can use (a one-line error naming it otherwise)."""
+        def real(value: Any) -> bool:
+            return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+        n = self["num_train_timesteps"]
+        checks = [
+            ("num_train_timesteps", isinstance(n, numbers.Integral) and not isinstance(n, bool)
+             and 2 <= n <= MAX_GRID, f"an integer from 2 to {MAX_GRID}"),
+            ("sigma_min", real(self["sigma_min"]) and self["sigma_min"] > 0, "a number > 0"),
+            ("sigma_max", real(self["sigma_max"]) and real(self["sigma_min"]) and self["sigma_max"] > self["sigma_min"],
+             "a number > sigma_min"),
+            ("sigma_data", real(self["sigma_data"]) and self["sigma_data"] > 0, "a number > 0"),
+            ("s_noise", real(self["s_noise"]) and self["s_noise"] >= 0, "a number >= 0"),
+            ("rho", real(self["rho"]) and self["rho"] > 0, "a number > 0"),
+            ("clip_denoised", isinstance(self["clip_denoised"], bool), "true or false"),
+        ]
+        for name, ok, allowed in checks:
+            if not ok:
+                raise InvalidInputError(f"{name}: {self[name]!r} is not allowed; use {allowed}")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "SchedulerConfig":

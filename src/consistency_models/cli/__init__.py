@@ -10,6 +10,9 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
+import torch
+from PIL import Image
+
 from ..errors import InvalidInputError
 from ..training import TrainingDiverged
 from . import convert, edit, evaluate, new, sample, train, tune_timesteps
@@ -45,6 +48,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cm: interrupted", file=sys.stderr)
         return 130
+    except Image.DecompressionBombError as exc:  # a crafted or huge image file
+        print(f"cm: error: image: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    except (MemoryError, torch.OutOfMemoryError):
+        print("cm: error: out of memory; use a smaller --batch-size (or --num)", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a full disk, a folder that cannot be written, ...
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"cm: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -44,6 +44,20 @@ def positive_int(text: str) -> int:
     return value
 
 
+MAX_SEED = 2**32 - 1
+
+
+def seed(text: str) -> int:
+    """A seed in [0, 2^32 − 1] (torch's generators and NumPy's SeedSequence both take these)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a seed from 0 to {MAX_SEED}")
+    return value
+
+
 def device(name: str) -> torch.device:
     """A device name checked against this machine (the error names it and what is allowed)."""
     try:

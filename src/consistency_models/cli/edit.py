@@ -18,7 +18,7 @@ from ..errors import InvalidInputError
 from ..io.hub import COLOR_MODEL, DEFAULT_MODEL
 from ..io.images import make_grid, output_kind, read_image, save_png, to_uint8
 from ..pipeline import ConsistencyModelPipeline
-from .arguments import OneLineErrorParser, add_device, add_noise_levels, device, noise_levels, positive_int
+from .arguments import OneLineErrorParser, add_device, add_noise_levels, device, noise_levels, positive_int, seed
 
 Reader = Callable[..., torch.Tensor]  # read(path, channels=None, size=None, argument="image", **kw)
 
@@ -89,7 +89,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         if spec.levels:
             add_noise_levels(e, "evenly spaced points of the model's grid (default: the 40-point grid)")
         e.add_argument("--class-label", type=int, default=None, help="class of a conditional model (random if omitted)")
-        e.add_argument("--seed", type=int, default=0, help="seed of the noise")
+        e.add_argument("--seed", type=seed, default=0, help="seed of the noise")
         add_device(e)
         e.set_defaults(func=run, resize=False)
 

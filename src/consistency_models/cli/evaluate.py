@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 
 from ..errors import InvalidInputError
+from ..io.overwrite import refuse_input_as_output
 from ..metrics.evaluate import METRICS, compute_statistics, evaluate, format_table, save_statistics, write_results_json
-from .arguments import positive_int
+from .arguments import positive_int, seed
 from .features import add_feature_arguments, extractor
 
 
@@ -23,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated: " + ",".join(METRICS))
     p.add_argument("--kid-subsets", type=positive_int, default=100, help="random subsets KID averages over")
     p.add_argument("--kid-subset-size", type=positive_int, default=1000, help="images per KID subset")
-    p.add_argument("--seed", type=int, default=0, help="seed of KID's subsets")
+    p.add_argument("--seed", type=seed, default=0, help="seed of KID's subsets")
     p.add_argument("--save-stats", default=None, help="also write the statistics of --samples to this .npz")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
     p.set_defaults(func=run)
@@ -32,6 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> None:
     if args.ref is None and args.save_stats is None:
         raise InvalidInputError("ref: give the reference set (--ref), or --save-stats to only save statistics")
+    inputs = {"samples": args.samples, "ref": args.ref}
+    refuse_input_as_output(args.save_stats, "save_stats", inputs)
+    refuse_input_as_output(args.json, "json", inputs)
     features = extractor(args)
     samples = args.samples
     if args.save_stats is not None:

@@ -6,7 +6,7 @@ import argparse
 
 from ..networks.presets import PRESETS
 from ..pipeline import create_model_folder
-from .arguments import positive_int
+from .arguments import positive_int, seed
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -17,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", choices=sorted(PRESETS), default="test", help="network architecture")
     p.add_argument("--unconditional", action="store_true", help="drop the class embedding")
     p.add_argument("--grid", type=positive_int, default=40, help="points N of the sampling grid")
-    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the initial weights")
     p.set_defaults(func=run)
 
 

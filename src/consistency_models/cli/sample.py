@@ -12,7 +12,7 @@ from ..evaluation.generation import generate_samples
 from ..io.hub import DEFAULT_MODEL
 from ..io.images import output_kind, save_images, save_points, to_uint8
 from ..pipeline import ConsistencyModelPipeline
-from .arguments import DTYPES, add_device, add_noise_levels, device, int_list, noise_levels, positive_int
+from .arguments import DTYPES, add_device, add_noise_levels, device, int_list, noise_levels, positive_int, seed
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "Heun steps for a diffusion (EDM) model (default 18)")
     p.add_argument("--class-labels", type=int_list, default=None,
                    help="one label for all images or one per image, e.g. 0,5,9; random when omitted")
-    p.add_argument("--seed", type=int, default=0, help="seed of the noise and of random labels")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the noise and of random labels")
     add_device(p)
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
                    help="network precision; bfloat16/float16 keep GroupNorm and the skip path in float32")

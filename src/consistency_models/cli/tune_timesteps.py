@@ -10,7 +10,7 @@ from ..evaluation.timestep_search import search_range, tune_timesteps
 from ..io.hub import DEFAULT_MODEL
 from ..metrics.evaluate import compute_statistics
 from ..pipeline import ConsistencyModelPipeline
-from .arguments import device, positive_int
+from .arguments import device, positive_int, seed
 from .features import add_feature_arguments, extractor
 
 
@@ -23,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ref", required=True, help="reference set or statistics (see cm eval)")
     p.add_argument("--num", type=positive_int, default=5000, help="samples per candidate")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per network call")
-    p.add_argument("--seed", type=int, default=0, help="seed of the (shared) per-image noise")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the (shared) per-image noise")
     p.add_argument("--class-label", type=int, default=None, help="one class for all samples (random if omitted)")
     p.add_argument("--lo", type=positive_int, default=1, help="lowest grid index tried")
     p.add_argument("--hi", type=positive_int, default=None, help="highest grid index tried (default N-2)")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import json
+import sys
 
 import shutil
 import zipfile
@@ -30,6 +31,7 @@ from ..distributed import DistributedContext
 from ..errors import InvalidInputError
 from ..io.atomic import atomic_path
 from ..io.images import save_images, to_uint8
+from ..io.lock import hold_folder
 from ..pipeline import ConsistencyModelPipeline
 from ..schedule import NoiseLevels
 
@@ -47,31 +49,51 @@ def image_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator]
     return [torch.Generator().manual_seed(image_seed(seed, i)) for i in indices]
 
 
+MAX_IMAGES = 10**8  # the most images one sharded run makes (50,000 is the usual FID set)
+
+
 def shard_folder(out: str | os.PathLike) -> Path:
     return Path(str(out) + SHARD_SUFFIX)
 
 
 def _read_shard(path: Path, images: bool) -> dict[str, np.ndarray] | None:
     """A shard's indices (and images and labels when `images`), or None for a damaged or foreign
-    file (its images are made again). `np.load` reads lazily: indices alone skip the pixels."""
+    file. Every array is read in full, which checks each member's CRC: a flipped byte anywhere
+    makes the shard invalid, so it is made again rather than trusted."""
     try:
-        with np.load(path) as data:
+        with np.load(path, allow_pickle=False) as data:
             if not {"images", "indices"} <= set(data.files):
                 return None
-            keys = data.files if images else ["indices"]
-            return {key: data[key] for key in keys}
+            arrays = {key: data[key] for key in data.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile):
         return None
+    indices, pixels = arrays["indices"], arrays["images"]
+    valid = (indices.ndim == 1 and np.issubdtype(indices.dtype, np.integer) and bool((indices >= 0).all())
+             and pixels.dtype == np.uint8 and pixels.ndim == 4 and len(pixels) == len(indices)
+             and ("labels" not in arrays or arrays["labels"].shape == indices.shape))
+    if not valid:
+        return None
+    return arrays if images else {"indices": indices}
 
 
 def _shards(folder: Path, images: bool = False) -> list[dict[str, np.ndarray]]:
+    """The valid shards of `folder`; a damaged one is removed (naming it) so its images are made again."""
     if not folder.is_dir():
         return []
-    return [shard for path in sorted(folder.glob("r*.npz")) if (shard := _read_shard(path, images)) is not None]
+    shards = []
+    for path in sorted(p for p in folder.glob("r*.npz") if p.is_file()):
+        shard = _read_shard(path, images)
+        if shard is None:
+            print(f"sampling: {path} is damaged or not a shard of this run; removed, its images are made again",
+                  file=sys.stderr)
+            path.unlink(missing_ok=True)
+            continue
+        shards.append(shard)
+    return shards
 
 
 def existing_indices(folder: Path) -> set[int]:
-    """The image indices already written as shards in `folder` (their pixels are not read)."""
+    """The image indices already written as valid shards in `folder` (each shard read in full)."""
     return {int(i) for shard in _shards(folder) for i in shard["indices"]}
 
 
@@ -124,8 +146,8 @@ def check_run_settings(folder: Path, settings: dict) -> None:
 
 
 def _check_arguments(num: int, batch_size: int, out: str | os.PathLike) -> Path:
-    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
-        raise InvalidInputError(f"num: {num!r} must be a positive number of images")
+    if isinstance(num, bool) or not isinstance(num, int) or not 1 <= num <= MAX_IMAGES:
+        raise InvalidInputError(f"num: {num!r} must be a number of images from 1 to {MAX_IMAGES}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InvalidInputError(f"batch_size: {batch_size!r} must be a positive integer")
     path = Path(out)
@@ -157,6 +179,14 @@ def generate_samples(
     context = context or DistributedContext()
     folder = shard_folder(path)
     folder.mkdir(exist_ok=True)
+    with hold_folder(folder, "cm sample --num", name=f".lock-r{context.rank}"):
+        return _generate_locked(pipe, num, path, folder, batch_size, seed, class_labels, levels, context, progress)
+
+
+def _generate_locked(pipe: ConsistencyModelPipeline, num: int, path: Path, folder: Path, batch_size: int, seed: int,
+                     class_labels: int | None, levels: NoiseLevels, context: DistributedContext,
+                     progress: bool) -> Path | None:
+    """generate_samples once this process holds its rank's lock of the shard folder."""
     check_run_settings(folder, {"seed": seed, "class_labels": class_labels, **levels.as_dict(),
                                 "model": model_fingerprint(pipe)})
     done = existing_indices(folder)

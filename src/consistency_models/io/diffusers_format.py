@@ -144,16 +144,17 @@ def unet_config_from_diffusers(d: dict, source: str = "unet config") -> UNetConf
             norm_num_groups=groups,
             norm_eps=d.get("norm_eps", 1e-5),
         )
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         raise InvalidInputError(f"{source}: {exc}") from None
 
 
-def load_weights(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from a .safetensors file, or from a .bin/.pt without running pickle code."""
+def load_weights(path: Path, raw: bool = False) -> dict[str, torch.Tensor]:
+    """A state dict from a .safetensors file, or from a .bin/.pt without running pickle code;
+    anything but a mapping of names to tensors is refused (`raw`: return what the file holds)."""
     try:
         if path.suffix == ".safetensors":
             return load_file(str(path))
-        return torch.load(path, map_location="cpu", weights_only=True)
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
         if found:
@@ -165,6 +166,12 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
     except Exception as exc:  # torch.load and safetensors raise many types for junk files
         reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         raise InvalidInputError(f"weights: corrupt or unreadable weights file {path}: {reason}") from None
+    if raw:
+        return loaded
+    if not isinstance(loaded, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in loaded.items()):
+        raise InvalidInputError(f"weights: {path} does not hold a plain state dict of tensors (names → tensors), "
+                                f"but a {type(loaded).__name__}")
+    return loaded
 
 
 def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

@@ -46,8 +46,12 @@ class PipelineParts:
 
 def read_scheduler_config(folder: str | os.PathLike) -> SchedulerConfig:
     """`folder/scheduler_config.json` (diffusers' keys beside ours are ignored)."""
-    data = read_json(Path(folder) / SCHEDULER_CONFIG, "scheduler")
-    return SchedulerConfig.from_dict(data)
+    path = Path(folder) / SCHEDULER_CONFIG
+    data = read_json(path, "scheduler")
+    try:
+        return SchedulerConfig.from_dict(data)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"scheduler: {path}: {exc}") from None
 
 
 def write_scheduler_config(folder: str | os.PathLike, config: SchedulerConfig) -> None:

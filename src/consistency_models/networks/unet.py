@@ -12,6 +12,7 @@ Module names follow diffusers' `UNet2DModel` built with ResNet up/down-sampling
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass
 
 import torch
@@ -19,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .winograd import Conv3x3
+
+MAX_SIDE = 4096  # the largest image side accepted
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class UNetConfig:
     norm_eps: float = 1e-5                    # GroupNorm epsilon
 
     def __post_init__(self) -> None:
+        self._check_fields()
         object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
         object.__setattr__(self, "attention_resolutions", tuple(int(r) for r in self.attention_resolutions))
         levels = len(self.channel_mult)
@@ -61,6 +65,37 @@ class UNetConfig:
                 )
         if self.num_classes is not None and self.num_classes < 1:
             raise ValueError(f"num_classes: must be None or a positive count, got {self.num_classes}")
+
+    def _check_fields(self) -> None:
+        """Types and ranges of every field (ValueError naming the field), before anything is built."""
+        def integer(value: object, low: int, high: int) -> bool:
+            return isinstance(value, numbers.Integral) and not isinstance(value, bool) and low <= value <= high
+
+        def ints(values: object, low: int, high: int, most: int) -> bool:
+            return (isinstance(values, (list, tuple)) and 0 < len(values) <= most
+                    and all(integer(v, low, high) for v in values))
+
+        real = (lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v))
+        checks = [
+            ("image_size", integer(self.image_size, 1, MAX_SIDE), f"an integer from 1 to {MAX_SIDE}"),
+            ("in_channels", integer(self.in_channels, 1, 64), "an integer from 1 to 64"),
+            ("out_channels", integer(self.out_channels, 1, 64), "an integer from 1 to 64"),
+            ("model_channels", integer(self.model_channels, 1, 8192), "an integer from 1 to 8192"),
+            ("channel_mult", ints(self.channel_mult, 1, 64, 10), "1 to 10 integers from 1 to 64"),
+            ("num_res_blocks", integer(self.num_res_blocks, 1, 64), "an integer from 1 to 64"),
+            ("attention_resolutions", isinstance(self.attention_resolutions, (list, tuple))
+             and all(integer(r, 1, MAX_SIDE) for r in self.attention_resolutions), "pixel sizes (integers)"),
+            ("num_head_channels", integer(self.num_head_channels, 1, 8192), "an integer from 1 to 8192"),
+            ("use_scale_shift_norm", isinstance(self.use_scale_shift_norm, bool), "true or false"),
+            ("num_classes", self.num_classes is None or integer(self.num_classes, 1, 10**6),
+             "null or an integer from 1 to 1000000"),
+            ("dropout", real(self.dropout) and 0 <= self.dropout < 1, "a probability in [0, 1)"),
+            ("norm_num_groups", integer(self.norm_num_groups, 1, 8192), "an integer from 1 to 8192"),
+            ("norm_eps", real(self.norm_eps) and self.norm_eps > 0, "a number > 0"),
+        ]
+        for name, ok, allowed in checks:
+            if not ok:
+                raise ValueError(f"{name}: {getattr(self, name)!r} is not allowed; use {allowed}")
 
     def level_resolutions(self) -> list[int]:
         return [self.image_size >> level for level in range(len(self.channel_mult))]

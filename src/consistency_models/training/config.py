@@ -142,6 +142,7 @@ class TrainConfig:
             ("distance", self.distance in (None, *DISTANCES, *LPIPS_DISTANCES),
              f"one of {', '.join((*DISTANCES, *LPIPS_DISTANCES))}"),
             ("keep", self.keep >= 1, "at least 1"),
+            ("seed", 0 <= self.seed < 2**32, "an integer from 0 to 4294967295"),
         ]
         for name, ok, allowed in checks:
             if not ok:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import copy
 import json
 import math
+import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
 
@@ -23,6 +25,7 @@ from ..data import load_dataset
 from ..distributed import DistributedContext, setup_distributed
 from ..errors import InvalidInputError
 from ..io.atomic import atomic_path, write_json
+from ..io.lock import hold_folder
 from ..parametrization import PARAMETRIZATIONS
 from ..pipeline import ConsistencyModelPipeline
 from .batch_rng import BatchRNG, local_rows
@@ -34,6 +37,7 @@ from .methods import Loss, LossInputs, get_method
 from .networks import build_network, load_teacher
 from .optimizer import build_optimizer
 from .preview import preview
+from .run_folder import CONFIG_NAME, check_run_folder
 
 
 class TrainingDiverged(RuntimeError):
@@ -107,13 +111,7 @@ class Trainer:
     # -- setup ----------------------------------------------------------------------------
     def _check_run_folder(self) -> None:
         cfg = self.cfg
-        if not self.out.parent.is_dir():
-            raise InvalidInputError(f"out: the folder {self.out.parent} does not exist")
-        has_run = (self.out / "checkpoints").is_dir() and any((self.out / "checkpoints").iterdir())
-        if has_run and not cfg.resume:
-            raise InvalidInputError(f"out: {self.out} already holds a run; pass --resume to continue it or choose a new folder")
-        if not has_run and self.out.exists() and any(self.out.iterdir()) and not cfg.resume:
-            raise InvalidInputError(f"out: {self.out} exists and is not empty; choose a new folder")
+        check_run_folder(self.out, cfg.resume, {"data": cfg.data, "teacher": cfg.teacher, "init_from": cfg.init_from})
 
     def _load_data(self):
         cfg = self.cfg
@@ -165,6 +163,9 @@ class Trainer:
     def _resume(self) -> None:
         path = latest_checkpoint(self.out)
         if path is None:
+            if self.ctx.is_main and (self.out / "checkpoints").is_dir():
+                print(f"resume: no complete checkpoint in {self.out / 'checkpoints'}; training starts from step 0",
+                      file=sys.stderr)
             return
         state = load_checkpoint(path)
         saved = _comparable(TrainConfig.from_dict(state["config"]).to_dict())
@@ -186,15 +187,25 @@ class Trainer:
             self._truncate_metrics()
 
     def _truncate_metrics(self) -> None:
-        """Drop log lines written after the checkpoint being resumed, so no step is logged twice."""
+        """Drop log lines written after the step the run continues from (all of them for a run that
+        restarts at step 0), and lines a kill tore, so no step is logged twice."""
         log = self.out / "metrics.jsonl"
         if not log.is_file():
             return
-        kept = [line for line in log.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= self.step]
+        kept = []
+        for line in log.read_text(errors="replace").splitlines():
+            try:
+                step = json.loads(line)["step"]
+            except (ValueError, TypeError, KeyError):
+                continue  # a line torn by a kill, or not ours
+            if isinstance(step, int) and step <= self.step:
+                kept.append(line)
         with atomic_path(log) as tmp:
             tmp.write_text("".join(line + "\n" for line in kept))
 
     def _diverged(self, what: str) -> str:
+        if latest_checkpoint(self.out) is None:
+            return f"{what} at step {self.step}; the run stopped before writing any checkpoint (try a lower --lr)"
         return (f"{what} at step {self.step}; the run stopped and its last good checkpoint in "
                 f"{self.out / 'checkpoints'} is kept (try a lower --lr or --grad-clip)")
 
@@ -267,12 +278,20 @@ class Trainer:
         return value
 
     def run(self) -> Path:
-        """Train until `steps`; returns the run folder (a pipeline folder)."""
-        cfg = self.cfg
+        """Train until `steps`; returns the run folder (a pipeline folder). The folder is locked
+        while the run writes it."""
         main = self.ctx.is_main
         if main:
             self.out.mkdir(exist_ok=True)
-            write_json(self.out / "train_config.json", cfg.to_dict())
+        with hold_folder(self.out, "cm train") if main else nullcontext():
+            return self._run_locked(main)
+
+    def _run_locked(self, main: bool) -> Path:
+        cfg = self.cfg
+        first_step = self.step
+        if main:
+            self._truncate_metrics()  # a restart from step 0 drops what an earlier attempt logged
+            write_json(self.out / CONFIG_NAME, cfg.to_dict())
         writer = self._tensorboard() if main and cfg.tensorboard else None
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not (main and cfg.progress), desc=f"train {cfg.method}",
                    dynamic_ncols=True)
@@ -295,6 +314,11 @@ class Trainer:
             bar.close()
             if writer is not None:
                 writer.close()
+        if self.step == first_step and first_step > 0:  # resumed at the end: finish an export a kill cut short
+            if main:
+                export_run(self.out, self.exported())
+                self.preview()
+            self.ctx.barrier()
         return self.out
 
     def exported(self):

@@ -94,7 +94,7 @@ class LPIPS(nn.Module):
         model = cls(resize, variant)
         vgg_state = load_weights(Path(vgg))
         features = {k[len("features."):]: v for k, v in vgg_state.items() if k.startswith("features.")}
-        lins = _lin_state(load_weights(Path(lin)))
+        lins = _lin_state(load_weights(Path(lin), raw=True))
         for target, state, name in ((model.features, features, vgg), (model.lins, lins, lin)):
             expected = target.state_dict()
             wrong = sorted(set(expected) ^ set(state)) + sorted(

@@ -1,0 +1,41 @@
+"""The run folder of `cm train`: what may be trained into, and by whom.
+
+- A new run needs a folder that is absent or empty — or a folder of a run that never reached
+  its first checkpoint (its own files, nothing else, are replaced).
+- `--resume` needs a run folder: one holding `train_config.json` (written by `cm train`);
+  another non-empty folder — a model folder, say — is refused instead of trained into.
+- The folder may not be one of the run's inputs (`--data`, `--teacher`, `--init-from`).
+- One process at a time: the folder is locked while a run writes it (`io/lock.py`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import InvalidInputError
+from ..io.lock import LOCK_NAME
+from ..io.overwrite import refuse_input_as_output
+from .checkpoint import list_checkpoints
+
+CONFIG_NAME = "train_config.json"
+
+
+def check_run_folder(out: Path, resume: bool, inputs: dict[str, str | None]) -> None:
+    """Refuse a folder a run must not write (one line naming it and what to do)."""
+    if str(out) in ("", "."):
+        raise InvalidInputError(f"out: {str(out)!r} is not a run folder name; give a new folder, e.g. --out my-run")
+    if not out.parent.is_dir():
+        raise InvalidInputError(f"out: the folder {out.parent} does not exist")
+    if out.exists() and not out.is_dir():
+        raise InvalidInputError(f"out: {out} is a file; give a folder")
+    refuse_input_as_output(out, "out", inputs)
+    is_run = (out / CONFIG_NAME).is_file()
+    has_checkpoint = bool(list_checkpoints(out))
+    others = out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir())
+    if resume and others and not is_run:
+        raise InvalidInputError(f"out: {out} is not a run folder of cm train (no {CONFIG_NAME}); --resume continues "
+                                "a run in the folder it was started in")
+    if not resume and has_checkpoint:
+        raise InvalidInputError(f"out: {out} already holds a run; pass --resume to continue it or choose a new folder")
+    if not resume and others and not is_run:
+        raise InvalidInputError(f"out: {out} exists and is not empty; choose a new folder")

@@ -1,0 +1,288 @@
+"""Hostile input through the real `cm` entry point: every case ends with one line `cm: error: ...`
+(or a clean exit), no traceback, and no file of the user's changed (hashes before and after).
+
+Cases run through `consistency_models.cli.main` in this process (a `cm` process costs ~3 s of
+CPU before it can refuse anything); crafted model folders are real folders written by
+`save_pretrained` and then edited; weights files are real files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from consistency_models import CMStochasticIterativeScheduler, ConsistencyModelPipeline
+from consistency_models.cli import main
+from consistency_models.evaluation.generation import existing_indices
+from consistency_models.io.lock import hold_folder
+from consistency_models.networks.mlp import MLP, MLPConfig
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Every file under `root` (relative path → SHA-256), to prove nothing was changed."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def run_cm(capsys, argv: list[str]) -> tuple[int, str, str]:
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code: int, err: str, pattern: str = "", expected_code: int = 2) -> None:
+    assert code == expected_code, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("cm: error: ") and pattern in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    """A small unconditional point model folder (an MLP), the user's own files."""
+    folder = tmp_path_factory.mktemp("adv") / "model"
+    ConsistencyModelPipeline(MLP(MLPConfig(hidden=16, depth=1, emb_dim=8)), CMStochasticIterativeScheduler()
+                             ).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def image_model(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("adv_img") / "model"
+    ConsistencyModelPipeline.from_pretrained("digits").save_pretrained(folder)
+    return folder
+
+
+def crafted(tmp_path: Path, source: Path, part: str, **changes) -> Path:
+    """A copy of `source` with keys of `part` (unet/config.json, scheduler/scheduler_config.json,
+    model_index.json) changed."""
+    folder = shutil.copytree(source, tmp_path / "crafted")
+    path = folder / part
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+    return folder
+
+
+# -- crafted model folders ------------------------------------------------------------------------------
+@pytest.mark.parametrize("changes, pattern", [
+    ({"num_train_timesteps": 0}, "num_train_timesteps: 0 is not allowed"),
+    ({"num_train_timesteps": 1}, "num_train_timesteps: 1 is not allowed"),
+    ({"num_train_timesteps": 10**12}, "num_train_timesteps: 1000000000000 is not allowed"),
+    ({"num_train_timesteps": "40"}, "num_train_timesteps: '40' is not allowed"),
+    ({"num_train_timesteps": 40.5}, "num_train_timesteps: 40.5 is not allowed"),
+    ({"rho": 0}, "rho: 0 is not allowed"),
+    ({"sigma_data": float("nan")}, "sigma_data: nan is not allowed"),
+    ({"sigma_min": -1.0}, "sigma_min: -1.0 is not allowed"),
+    ({"sigma_min": 100.0}, "sigma_max: 80.0 is not allowed; use a number > sigma_min"),
+    ({"clip_denoised": "yes"}, "clip_denoised: 'yes' is not allowed"),
+    ({"s_noise": float("inf")}, "s_noise: inf is not allowed"),
+])
+def test_crafted_scheduler_config(tmp_path, capsys, image_model, changes, pattern):
+    folder = crafted(tmp_path, image_model, "scheduler/scheduler_config.json", **changes)
+    before = tree_digest(folder)
+    code, _, err = run_cm(capsys, ["sample", "--model", str(folder), "--out", str(tmp_path / "x.png")])
+    assert_one_line_error(code, err, pattern)
+    assert "scheduler_config.json" in err and tree_digest(folder) == before
+    assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("changes, pattern", [
+    ({"in_channels": -3}, "in_channels: -3 is not allowed"),
+    ({"num_class_embeds": "10"}, "num_classes: '10' is not allowed"),
+    ({"dropout": 5}, "dropout: 5 is not allowed"),
+    ({"norm_num_groups": 0, "attn_norm_num_groups": 0}, "norm_num_groups: 0 is not allowed"),
+    ({"attention_head_dim": 0}, "num_head_channels: 0 is not allowed"),
+    ({"sample_size": 1e9}, "sample_size"),
+    ({"sample_size": 10**9}, "image_size: 1000000000 is not allowed"),
+    ({"layers_per_block": "2"}, "num_res_blocks: '2' is not allowed"),
+    ({"norm_eps": -1}, "norm_eps: -1 is not allowed"),
+])
+def test_crafted_unet_config(tmp_path, capsys, image_model, changes, pattern):
+    folder = crafted(tmp_path, image_model, "unet/config.json", **changes)
+    code, _, err = run_cm(capsys, ["sample", "--model", str(folder), "--out", str(tmp_path / "x.png")])
+    assert_one_line_error(code, err, pattern)
+
+
+def test_parametrization_of_another_type(tmp_path, capsys, model):
+    folder = crafted(tmp_path, model, "model_index.json", _parametrization=["edm"])
+    code, _, err = run_cm(capsys, ["sample", "--model", str(folder), "--out", str(tmp_path / "x.npz")])
+    assert_one_line_error(code, err, "parametrization: ['edm']")
+
+
+def test_weights_holding_no_tensors(tmp_path, capsys, model):
+    folder = shutil.copytree(model, tmp_path / "m")
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    torch.save({"net.0.weight": [1, 2, 3]}, folder / "unet" / "diffusion_pytorch_model.bin")
+    code, _, err = run_cm(capsys, ["sample", "--model", str(folder), "--out", str(tmp_path / "x.npz")])
+    assert_one_line_error(code, err, "does not hold a plain state dict of tensors")
+
+
+def test_random_bytes_as_weights(tmp_path, capsys, model):
+    folder = shutil.copytree(model, tmp_path / "m")
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(np.random.default_rng(0).bytes(4096))
+    code, _, err = run_cm(capsys, ["sample", "--model", str(folder), "--out", str(tmp_path / "x.npz")])
+    assert_one_line_error(code, err, "weights: corrupt or unreadable weights file")
+
+
+# -- training into the wrong folder ------------------------------------------------------------------------
+TRAIN = ["train", "--method", "ict", "--data", "toy:mog8", "--steps", "2", "--batch-size", "32", "--no-progress"]
+
+
+def test_resume_into_a_model_folder_is_refused(tmp_path, capsys, model):
+    """Data loss found in review: `--resume` trained into any non-empty folder (here a copy of a model)."""
+    copy = shutil.copytree(model, tmp_path / "mycopy")
+    before = tree_digest(copy)
+    code, _, err = run_cm(capsys, [*TRAIN, "--out", str(copy), "--resume"])
+    assert_one_line_error(code, err, "is not a run folder of cm train")
+    assert tree_digest(copy) == before
+
+
+def test_init_from_into_its_own_folder_is_refused(tmp_path, capsys, model):
+    copy = shutil.copytree(model, tmp_path / "base")
+    before = tree_digest(copy)
+    code, _, err = run_cm(capsys, [*TRAIN, "--out", str(copy), "--init-from", str(copy), "--resume"])
+    assert_one_line_error(code, err, "is the --init-from input")
+    assert tree_digest(copy) == before
+
+
+@pytest.mark.parametrize("extra, pattern", [
+    (["--grad-clip", "-1"], "grad_clip: -1.0 is not allowed"),
+    (["--weight-decay", "nan"], "weight_decay: nan is not allowed"),
+    (["--lr", "-1"], "lr: -1.0 is not allowed"),
+    (["--dropout", "5"], "dropout: 5.0 is not allowed"),
+    (["--steps", "0"], "steps: 0 is not allowed"),
+    (["--save-every", "0"], "save_every: 0 is not allowed"),
+    (["--seed", str(2**70)], "seed: "),
+    (["--resolution", "8"], "resolution: 8 was given, but toy:mog8 is a set of 2-D points"),
+])
+def test_bad_training_values(tmp_path, capsys, extra, pattern):
+    code, _, err = run_cm(capsys, [*TRAIN, "--out", str(tmp_path / "run"), *extra])
+    assert_one_line_error(code, err, pattern)
+    assert not (tmp_path / "run").exists()
+
+
+def test_ct_mu0_out_of_range(tmp_path, capsys):
+    code, _, err = run_cm(capsys, ["train", "--method", "ct", "--data", "toy:mog8", "--out", str(tmp_path / "r"),
+                                   "--mu0", "-1", "--no-progress"])
+    assert_one_line_error(code, err, "mu0: -1.0 is not allowed")
+
+
+@pytest.mark.parametrize("out, pattern", [("", "is not a run folder name; give a new folder"),
+                                          ("file.txt", "is a file; give a folder")])
+def test_bad_run_folder_names(tmp_path, capsys, monkeypatch, out, pattern):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "file.txt").write_text("mine")
+    code, _, err = run_cm(capsys, [*TRAIN, "--out", out])
+    assert_one_line_error(code, err, pattern)
+    assert (tmp_path / "file.txt").read_text() == "mine"
+
+
+def test_a_run_folder_in_use_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "train_config.json").write_text("{}")  # a run another process has started
+    with hold_folder(out, "cm train"):  # as that process holds it while it trains
+        code, _, err = run_cm(capsys, [*TRAIN, "--out", str(out), "--resume"])
+    assert_one_line_error(code, err, "is in use by another cm train (process ")
+
+
+def test_resume_at_the_end_finishes_a_missing_export(tmp_path, capsys):
+    """A kill between the last checkpoint and the export left a stale model: --resume re-exports."""
+    out = tmp_path / "run"
+    assert run_cm(capsys, [*TRAIN, "--out", str(out), "--save-every", "2", "--sample-every", "2"])[0] == 0
+    exported = tree_digest(out / "unet")
+    shutil.rmtree(out / "unet")
+    shutil.rmtree(out / "samples")
+    code, _, err = run_cm(capsys, [*TRAIN, "--out", str(out), "--save-every", "2", "--sample-every", "2", "--resume"])
+    assert code == 0, err
+    assert tree_digest(out / "unet") == exported and (out / "samples" / "step-00000002.png").is_file()
+
+
+def test_torn_metrics_line_and_restart_without_checkpoint(tmp_path, capsys):
+    """A torn last line of metrics.jsonl does not break --resume; a run killed before its first
+    checkpoint restarts from step 0 with no step logged twice."""
+    out = tmp_path / "run"
+    argv = [*TRAIN, "--out", str(out), "--save-every", "100", "--log-every", "1", "--sample-every", "100"]
+    assert run_cm(capsys, argv)[0] == 0
+    shutil.rmtree(out / "checkpoints")  # as if killed before the first checkpoint (steps logged: 1, 2)
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "lo')  # torn by the kill
+    code, _, err = run_cm(capsys, [*argv, "--resume"])
+    assert code == 0, err
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]
+
+
+def test_a_failed_start_does_not_block_the_retry(tmp_path, capsys):
+    """A run that wrote train_config.json but no checkpoint may be started again without --resume."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "train_config.json").write_text("{}")
+    code, _, err = run_cm(capsys, [*TRAIN, "--out", str(out)])
+    assert code == 0, err
+
+
+# -- evaluation and sampling -----------------------------------------------------------------------------
+@pytest.mark.parametrize("option", ["--save-stats", "--json"])
+def test_eval_never_overwrites_its_input(tmp_path, capsys, option):
+    samples = tmp_path / "s.npz"
+    np.savez(samples, np.zeros((4, 8, 8, 3), dtype=np.uint8))
+    before = samples.read_bytes()
+    argv = ["eval", "--samples", str(samples), "--ref", "digits:test", "--features", "digits", option, str(samples)]
+    code, _, err = run_cm(capsys, argv)
+    assert_one_line_error(code, err, "is the --samples input")
+    assert samples.read_bytes() == before
+
+
+def test_huge_num_is_refused_at_once(tmp_path, capsys):
+    code, _, err = run_cm(capsys, ["sample", "--num", str(10**12), "--out", str(tmp_path / "x.npz")])
+    assert_one_line_error(code, err, "num: 1000000000000 must be a number of images from 1 to 100000000")
+
+
+def test_huge_batch_is_refused(tmp_path, capsys):
+    code, _, err = run_cm(capsys, ["sample", "--batch-size", str(10**9), "--out", str(tmp_path / "x.png")])
+    assert_one_line_error(code, err, "batch_size: 1000000000 must be an integer from 1 to 1048576")
+
+
+def test_interpolate_frames_are_bounded(tmp_path, capsys):
+    code, _, err = run_cm(capsys, ["edit", "interpolate", "--num", "100000", "--out", str(tmp_path / "x.png")])
+    assert_one_line_error(code, err, "num: 100000 must be an integer from 2 to 1024")
+
+
+def test_unwritable_output_is_one_line(capsys):
+    code, _, err = run_cm(capsys, ["sample", "--batch-size", "1", "--out", "/proc/cm-test.png"])
+    assert_one_line_error(code, err, "/proc/", expected_code=1)
+
+
+def test_decompression_bomb_is_one_line(tmp_path, capsys):
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (14000, 14000)).save(bomb)  # 196 M pixels: past twice PIL's limit, a few kB on disk
+    code, _, err = run_cm(capsys, ["edit", "denoise", "--image", str(bomb), "--sigma", "0.3",
+                                   "--out", str(tmp_path / "x.png")])
+    assert_one_line_error(code, err, "image: ")
+
+
+def test_a_damaged_shard_is_named_removed_and_made_again(tmp_path, capsys):
+    """One flipped byte inside a shard's images used to block resumption for good."""
+    folder = tmp_path / "s.npz.shards"
+    folder.mkdir()
+    images = np.full((4, 16, 16, 1), 7, dtype=np.uint8)
+    np.savez(folder / "r0-000000000.npz", images=images, indices=np.arange(4))
+    np.savez(folder / "r0-000000004.npz", images=images, indices=np.arange(4, 8))
+    raw = bytearray((folder / "r0-000000004.npz").read_bytes())
+    raw[len(raw) // 3] ^= 0xFF  # inside the images member
+    (folder / "r0-000000004.npz").write_bytes(bytes(raw))
+    assert existing_indices(folder) == {0, 1, 2, 3}
+    assert "r0-000000004.npz is damaged" in capsys.readouterr().err
+    assert not (folder / "r0-000000004.npz").exists()
