@@ -10,9 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import consistency_models as cm
-from consistency_models.evaluation.generation import generate_samples, image_generators, image_seed, shard_folder
+from consistency_models.evaluation.generation import (
+    DEFAULT_COMPUTE_BATCH,
+    generate_samples,
+    image_generators,
+    image_seed,
+    shard_folder,
+)
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
@@ -31,15 +38,23 @@ def load(path) -> tuple[np.ndarray, np.ndarray]:
         return data["arr_0"], data["arr_1"]
 
 
-@pytest.fixture(scope="module")
-def reference(pipe, tmp_path_factory):
-    """Two-step samples made one image at a time, straight from the pipeline with the per-image seeds."""
+def reference_images(pipe, compute: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two-step samples straight from the pipeline, by definition: image i is row i of a network
+    call of exactly `compute` images with the per-image seeds (the last call padded with rows
+    that are thrown away)."""
     images, labels = [], []
-    for i in range(NUM):
-        out = pipe(1, num_inference_steps=2, generator=image_generators(7, [i]), output_type="np")
-        images.append(cm.io.images.to_uint8(out.images))
-        labels.append(out.class_labels.numpy())
+    for start in range(0, NUM, compute):
+        chunk = list(range(start, min(start + compute, NUM)))
+        padding = [torch.Generator().manual_seed(123) for _ in range(compute - len(chunk))]
+        out = pipe(compute, num_inference_steps=2, generator=image_generators(7, chunk) + padding, output_type="np")
+        images.append(cm.io.images.to_uint8(out.images)[:len(chunk)])
+        labels.append(out.class_labels.numpy()[:len(chunk)])
     return np.concatenate(images), np.concatenate(labels)
+
+
+@pytest.fixture(scope="module")
+def reference(pipe):
+    return reference_images(pipe, DEFAULT_COMPUTE_BATCH)
 
 
 def test_image_seeds_differ_and_are_stable():
@@ -48,8 +63,9 @@ def test_image_seeds_differ_and_are_stable():
     assert image_seed(3, 5) == image_seed(3, 5)
 
 
-@pytest.mark.parametrize("batch_size", [1, 3, 8])
+@pytest.mark.parametrize("batch_size", [1, 3, 8, 16, 64])
 def test_same_images_for_every_batch_size(pipe, reference, tmp_path, batch_size):
+    """Bit-identical for every --batch-size: the network always sees compute_batch images."""
     out = generate_samples(pipe, NUM, tmp_path / "s.npz", batch_size=batch_size, seed=7, num_inference_steps=2,
                            progress=False)
     images, labels = load(out)
@@ -59,26 +75,33 @@ def test_same_images_for_every_batch_size(pipe, reference, tmp_path, batch_size)
     assert not shard_folder(out).exists()  # merged and cleaned up
 
 
-def test_resume_after_an_interruption_makes_only_the_missing_images(pipe, reference, tmp_path, monkeypatch):
+def test_resume_after_an_interruption_makes_only_the_missing_images(pipe, tmp_path, monkeypatch):
+    """Network calls of 2 images, shards of 3: Ctrl-C in the third call keeps one shard (3 images);
+    the rerun, with shards of 4, makes the other 7 in 4 calls and the same images as one run."""
+    reference = reference_images(pipe, 2)
     calls = []
     original = type(pipe).__call__
 
+    interrupted = []
+
     def failing(self, batch_size, **kw):
         calls.append(batch_size)
-        if len(calls) == 3:
-            raise KeyboardInterrupt  # as a user's Ctrl-C in the third batch
+        if len(calls) == 3 and not interrupted:
+            interrupted.append(True)
+            raise KeyboardInterrupt  # as a user's Ctrl-C in the third network call
         return original(self, batch_size, **kw)
 
     monkeypatch.setattr(type(pipe), "__call__", failing)
     with pytest.raises(KeyboardInterrupt):
-        generate_samples(pipe, NUM, tmp_path / "s.npz", batch_size=3, seed=7, num_inference_steps=2, progress=False)
+        generate_samples(pipe, NUM, tmp_path / "s.npz", batch_size=3, seed=7, num_inference_steps=2, progress=False,
+                         compute_batch=2)
     assert not (tmp_path / "s.npz").exists()
     shards = shard_folder(tmp_path / "s.npz")
     (shards / "r0-000000099.npz").write_bytes(b"PK\x03\x04 truncated")  # a damaged leftover is ignored
     calls.clear()
     out = generate_samples(pipe, NUM, tmp_path / "s.npz", batch_size=4, seed=7, num_inference_steps=2,
-                           progress=False)
-    assert sum(calls) == NUM - 6  # two batches of 3 were kept
+                           progress=False, compute_batch=2)
+    assert calls == [2, 2, 2, 2]  # 7 images left after the kept shard of 3, the last call padded
     np.testing.assert_array_equal(load(out)[0], reference[0])
 
 

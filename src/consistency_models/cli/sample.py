@@ -8,7 +8,7 @@ import torch
 
 from ..distributed import setup_distributed, teardown_distributed
 from ..errors import InvalidInputError
-from ..evaluation.generation import generate_samples
+from ..evaluation.generation import DEFAULT_COMPUTE_BATCH, generate_samples
 from ..io.hub import DEFAULT_MODEL
 from ..io.images import output_kind, save_images, save_points, to_uint8
 from ..pipeline import ConsistencyModelPipeline
@@ -30,6 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="generate this many images into an .npz with per-image seeds, resumable, sharded over "
                         "processes under torchrun (for FID); under torchrun spell it --num-samples (torchrun's own "
                         "parser mistakes --num for --numa-binding)")
+    p.add_argument("--compute-batch", type=positive_int, default=DEFAULT_COMPUTE_BATCH,
+                   help="with --num: images per network call; the images depend on it (float rounding follows the "
+                        "batch shape) but not on --batch-size; raise it on a GPU")
     add_noise_levels(p, "sampling steps: evenly spaced grid points for a consistency model (default 1); "
                         "Heun steps for a diffusion (EDM) model (default 18)")
     p.add_argument("--class-labels", type=int_list, default=None,
@@ -86,7 +89,7 @@ def run_many(args: argparse.Namespace) -> None:
         pipe = sampling_pipeline(args, context.device)
         out = generate_samples(pipe, args.num, args.out, batch_size=args.batch_size, seed=args.seed,
                                class_labels=None if args.class_labels is None else args.class_labels[0],
-                               levels=noise_levels(args), context=context)
+                               levels=noise_levels(args), compute_batch=args.compute_batch, context=context)
     finally:
         teardown_distributed()
     if out is not None:

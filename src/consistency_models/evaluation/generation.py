@@ -49,6 +49,7 @@ def image_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator]
     return [torch.Generator().manual_seed(image_seed(seed, i)) for i in indices]
 
 
+DEFAULT_COMPUTE_BATCH = 16  # images per network call in sharded generation (recorded in run.json)
 MAX_IMAGES = 10**8  # the most images one sharded run makes (50,000 is the usual FID set)
 
 
@@ -97,24 +98,52 @@ def existing_indices(folder: Path) -> set[int]:
     return {int(i) for shard in _shards(folder) for i in shard["indices"]}
 
 
+def _compute(pipe: ConsistencyModelPipeline, chunk: list[int], size: int, seed: int, class_labels: int | None,
+             levels: NoiseLevels) -> tuple[np.ndarray, np.ndarray | None]:
+    """Images `chunk` computed in one network batch of exactly `size`, the missing rows filled with
+    throw-away samples: every image meets the same kernels whatever the run's batch sizes."""
+    generators = image_generators(seed, chunk) + [torch.Generator().manual_seed(0) for _ in range(size - len(chunk))]
+    with pipe.progress_bar_off():
+        result = pipe(batch_size=size, class_labels=class_labels, **levels.as_dict(), generator=generators,
+                      output_type="np")
+    labels = None if result.class_labels is None else result.class_labels.cpu().numpy().astype(np.int64)[:len(chunk)]
+    return to_uint8(result.images[:len(chunk)]), labels
+
+
 def sample_batches(
     pipe: ConsistencyModelPipeline,
     indices: Sequence[int],                     # which images, in this order
-    batch_size: int,
+    batch_size: int,                            # images per yielded batch (a shard)
     seed: int,
     class_labels: int | None = None,
     levels: NoiseLevels = NoiseLevels(),
+    compute_batch: int | None = None,           # images per network call (default: batch_size)
 ) -> Iterator[tuple[list[int], np.ndarray, np.ndarray | None]]:
     """(indices, uint8 NHWC images, int64 labels or None) per batch; image i from its own generator.
 
-    The pipeline's own progress bar is off for these calls (the caller shows one for the whole run)."""
-    for start in range(0, len(indices), batch_size):
-        batch = list(indices[start:start + batch_size])
-        with pipe.progress_bar_off():
-            result = pipe(batch_size=len(batch), class_labels=class_labels, **levels.as_dict(),
-                          generator=image_generators(seed, batch), output_type="np")
-        labels = None if result.class_labels is None else result.class_labels.cpu().numpy().astype(np.int64)
-        yield batch, to_uint8(result.images), labels
+    The network always runs on `compute_batch` images (the last call padded), so an image's
+    pixels depend on its seed and on `compute_batch`, never on `batch_size` or on where the image
+    falls: float rounding in matrix kernels can differ with the batch shape. The pipeline's own
+    progress bar is off for these calls (the caller shows one for the whole run)."""
+    size = compute_batch or batch_size
+    ready: list[int] = []                       # indices computed, not yet yielded
+    images: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    for start in range(0, len(indices), size):
+        chunk = list(indices[start:start + size])
+        chunk_images, chunk_labels = _compute(pipe, chunk, size, seed, class_labels, levels)
+        ready += chunk
+        images.append(chunk_images)
+        if chunk_labels is not None:
+            labels.append(chunk_labels)
+        last = start + size >= len(indices)
+        while len(ready) >= batch_size or (last and ready):
+            n = min(batch_size, len(ready))
+            all_images = np.concatenate(images)
+            all_labels = np.concatenate(labels) if labels else None
+            yield ready[:n], all_images[:n], None if all_labels is None else all_labels[:n]
+            ready, images = ready[n:], [all_images[n:]]
+            labels = [] if all_labels is None else [all_labels[n:]]
 
 
 def model_fingerprint(pipe: ConsistencyModelPipeline) -> dict:
@@ -167,6 +196,7 @@ def generate_samples(
     seed: int = 0,
     class_labels: int | None = None,            # one label for all images; None: drawn per image
     levels: NoiseLevels | None = None,          # the noise levels (default: the model's sampler's)
+    compute_batch: int = DEFAULT_COMPUTE_BATCH,  # images per network call: the images depend on it, not on batch_size
     context: DistributedContext | None = None,  # this process's rank (torchrun); None: one process
     progress: bool = True,
     **schedule: Any,                            # or num_inference_steps/timesteps/sigmas, as before `levels`
@@ -174,27 +204,32 @@ def generate_samples(
     """Generate images 0 … num−1 (this rank's share), resuming from shards; rank 0 returns the merged file."""
     levels = NoiseLevels.from_keywords(levels, schedule)
     path = _check_arguments(num, batch_size, out)
+    if isinstance(compute_batch, bool) or not isinstance(compute_batch, int) or not 1 <= compute_batch <= 1 << 16:
+        raise InvalidInputError(f"compute_batch: {compute_batch!r} must be an integer from 1 to 65536")
     if not pipe.is_image_model:
         raise InvalidInputError("model: sharded generation writes images; this model makes points")
     context = context or DistributedContext()
     folder = shard_folder(path)
     folder.mkdir(exist_ok=True)
     with hold_folder(folder, "cm sample --num", name=f".lock-r{context.rank}"):
-        return _generate_locked(pipe, num, path, folder, batch_size, seed, class_labels, levels, context, progress)
+        return _generate_locked(pipe, num, path, folder, batch_size, compute_batch, seed, class_labels, levels,
+                                context, progress)
 
 
-def _generate_locked(pipe: ConsistencyModelPipeline, num: int, path: Path, folder: Path, batch_size: int, seed: int,
+def _generate_locked(pipe: ConsistencyModelPipeline, num: int, path: Path, folder: Path, batch_size: int,
+                     compute_batch: int, seed: int,
                      class_labels: int | None, levels: NoiseLevels, context: DistributedContext,
                      progress: bool) -> Path | None:
     """generate_samples once this process holds its rank's lock of the shard folder."""
     check_run_settings(folder, {"seed": seed, "class_labels": class_labels, **levels.as_dict(),
-                                "model": model_fingerprint(pipe)})
+                                "compute_batch": compute_batch, "model": model_fingerprint(pipe)})
     done = existing_indices(folder)
     todo = [i for i in range(context.rank, num, context.world_size) if i not in done]
     bar = tqdm(total=len(todo), unit="img", desc=f"sampling (rank {context.rank})" if context.enabled else "sampling",
                disable=not progress, dynamic_ncols=True)
     with bar:
-        for indices, images, labels in sample_batches(pipe, todo, batch_size, seed, class_labels, levels):
+        for indices, images, labels in sample_batches(pipe, todo, batch_size, seed, class_labels, levels,
+                                                      compute_batch):
             arrays = {"images": images, "indices": np.asarray(indices, dtype=np.int64)}
             if labels is not None:
                 arrays["labels"] = labels
