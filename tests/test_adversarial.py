@@ -286,3 +286,98 @@ def test_a_damaged_shard_is_named_removed_and_made_again(tmp_path, capsys):
     assert existing_indices(folder) == {0, 1, 2, 3}
     assert "r0-000000004.npz is damaged" in capsys.readouterr().err
     assert not (folder / "r0-000000004.npz").exists()
+
+
+# -- one overwrite policy, options, help ------------------------------------------------------------------
+@pytest.mark.parametrize("command", [
+    ["sample", "--batch-size", "2", "--out", "{out}"],
+    ["edit", "interpolate", "--frames", "2", "--out", "{out}"],
+])
+def test_existing_outputs_are_kept_unless_overwrite(tmp_path, capsys, command):
+    out = tmp_path / "mine.png"
+    out.write_bytes(b"the user's file")
+    argv = [a.replace("{out}", str(out)) for a in command]
+    code, _, err = run_cm(capsys, argv)
+    assert_one_line_error(code, err, "exists; pass --overwrite to replace it")
+    assert out.read_bytes() == b"the user's file"
+    assert run_cm(capsys, [*argv, "--overwrite"])[0] == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_keeps_existing_results_unless_overwrite(tmp_path, capsys):
+    samples = tmp_path / "s.npz"
+    np.savez(samples, np.zeros((4, 16, 16, 1), dtype=np.uint8))
+    stats = tmp_path / "stats.npz"
+    stats.write_bytes(b"mine")
+    code, _, err = run_cm(capsys, ["eval", "--samples", str(samples), "--features", "digits", "--save-stats", str(stats)])
+    assert_one_line_error(code, err, "save_stats: ")
+    assert stats.read_bytes() == b"mine"
+
+
+def test_a_folder_output_with_files_is_kept(tmp_path, capsys):
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    (folder / "000000.png").write_bytes(b"mine")
+    code, _, err = run_cm(capsys, ["sample", "--batch-size", "2", "--out", f"{folder}/"])
+    assert_one_line_error(code, err, "is not empty; pass --overwrite")
+    assert (folder / "000000.png").read_bytes() == b"mine"
+
+
+@pytest.mark.parametrize("argv, prog", [
+    (["sample", "--out", "x.png", "--frob"], "cm sample"),
+    (["edit", "denoise", "--image", "a.png", "--sigma", "0.1", "--out", "b.png", "--frob"], "cm edit denoise"),
+    (["train", "--method", "ict", "--data", "toy:mog8", "--out", "r", "--frob"], "cm train"),
+])
+def test_unknown_options_point_to_the_subcommand_help(capsys, argv, prog):
+    code, _, err = run_cm(capsys, argv)
+    assert_one_line_error(code, err, f"unrecognized arguments: --frob (see '{prog} --help')")
+
+
+def test_version(capsys):
+    code, out, _ = run_cm(capsys, ["--version"])
+    assert code == 0 and out.startswith("cm (consistency-models) ")
+
+
+@pytest.mark.parametrize("command", ["sample", "edit", "eval", "tune-timesteps", "new", "train", "convert"])
+def test_help_shows_no_empty_defaults(capsys, command):
+    argv = [command, "--help"] if command not in ("edit", "convert") else [
+        command, {"edit": "inpaint", "convert": "openai"}[command], "--help"]
+    code, out, _ = run_cm(capsys, argv)
+    assert code == 0 and "(default: None)" not in out and "default: [" not in out and "==SUPPRESS==" not in out
+
+
+def test_label_spellings_agree(tmp_path, capsys):
+    """--class-label and --class-labels are accepted by sample and edit alike."""
+    assert run_cm(capsys, ["sample", "--class-label", "3", "--batch-size", "1", "--out", str(tmp_path / "a.png")])[0] == 0
+    assert run_cm(capsys, ["edit", "interpolate", "--class-labels", "3", "--frames", "2",
+                           "--out", str(tmp_path / "b.png")])[0] == 0
+
+
+def test_exported_weights_get_the_usual_file_mode_and_leftovers_are_cleaned(tmp_path, capsys):
+    """Weights were written 0600 (safetensors replaced the temp file whose mode was set); temp files
+    a killed export left behind are removed by the next run in the folder."""
+    import os
+    import stat
+
+    out = tmp_path / "run"
+    argv = [*TRAIN, "--out", str(out), "--save-every", "2", "--sample-every", "2"]
+    assert run_cm(capsys, argv)[0] == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (out / "unet" / "diffusion_pytorch_model.safetensors", out / "unet" / "config.json"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
+    leftover = out / "unet" / ".diffusion_pytorch_model.safetensors.k3x9.tmp"
+    leftover.write_bytes(b"half")
+    assert run_cm(capsys, [*argv, "--resume"])[0] == 0
+    assert not leftover.exists()
+
+
+def test_random_bytes_as_a_checkpoint_are_called_corrupt(tmp_path):
+    from consistency_models import InvalidInputError
+    from consistency_models.training.checkpoint import load_checkpoint
+
+    path = tmp_path / "ckpt-00000002.pt"
+    path.write_bytes(np.random.default_rng(1).bytes(2048))
+    with pytest.raises(InvalidInputError, match="corrupt or truncated") as exc:
+        load_checkpoint(path)
+    assert "pickle code" not in str(exc.value)

@@ -87,8 +87,8 @@ def gray_pipe():
     (dict(sigmas=[80.0, 0.002]), r"^sigmas: .*sigma_min=0.002"),
     (dict(num_inference_steps=0), r"^num_inference_steps: 0"),
     (dict(num_inference_steps=41), r"^num_inference_steps: 41"),
-    (dict(class_labels=[1000, 0]), r"^class_labels: \[1000, 0\] must be integers in \[0, 999\]"),
-    (dict(class_labels=[-1, 0]), r"^class_labels: \[-1, 0\] must be integers"),
+    (dict(class_labels=[1000, 0]), r"^class_labels: 1000 must be integers in \[0, 999\]"),
+    (dict(class_labels=[-1, 0]), r"^class_labels: -1 must be integers"),
     (dict(class_labels=2.5), r"^class_labels: .*2\.5.*integers"),
     (dict(class_labels=[1.0, 2.0]), r"^class_labels: .*integers"),
     (dict(class_labels=[1, 2, 3]), r"^class_labels: got 3 labels for a batch of 2"),
@@ -354,7 +354,7 @@ def test_grayscale_model(gray_pipe):
     assert [im.mode for im in pil] == ["L", "L"] and pil[0].size == (16, 16)
     assert npy.shape == (2, 16, 16, 1)
     np.testing.assert_array_equal(np.asarray(pil[0]), np.rint(npy[0, ..., 0] * 255).astype(np.uint8))
-    with pytest.raises(InvalidInputError, match=r"^class_labels: \[10\] must be integers in \[0, 9\]"):
+    with pytest.raises(InvalidInputError, match=r"^class_labels: 10 must be integers in \[0, 9\]"):
         gray_pipe(batch_size=1, class_labels=10)
 
 

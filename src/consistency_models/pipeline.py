@@ -253,14 +253,16 @@ class ConsistencyModelPipeline:
         if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
             raise InvalidInputError(f"class_labels: {labels.tolist()} must be integers in [0, {num_classes - 1}]")
         labels = labels.long()
+        if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+            bad = sorted({v for v in labels.tolist() if not 0 <= v < num_classes})
+            raise InvalidInputError(f"class_labels: {', '.join(map(str, bad))} must be integers in "
+                                    f"[0, {num_classes - 1}]")
         if labels.numel() == 1:
             labels = labels.expand(batch_size)
         if labels.numel() != batch_size:
             raise InvalidInputError(
                 f"class_labels: got {labels.numel()} labels for a batch of {batch_size}; give one or one per sample"
             )
-        if labels.min() < 0 or labels.max() >= num_classes:
-            raise InvalidInputError(f"class_labels: {labels.tolist()} must be integers in [0, {num_classes - 1}]")
         return labels.to(self.device)
 
     @staticmethod

@@ -13,11 +13,12 @@ from typing import Callable, Sequence
 import torch
 from PIL import Image
 
+from .. import __version__
 from ..errors import InvalidInputError
 from ..training import TrainingDiverged
 from . import convert, edit, evaluate, new, sample, train, tune_timesteps
 from .allocator import keep_freed_memory
-from .arguments import OneLineErrorParser
+from .arguments import OneLineErrorParser, positive_int
 
 SUBCOMMANDS = (sample, edit, evaluate, tune_timesteps, new, train, convert)
 
@@ -27,16 +28,50 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cm",
         description="Consistency models: one-step and few-step image generation (Song et al. 2023).",
     )
+    parser.add_argument("--version", action="version", version=f"cm (consistency-models) {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=OneLineErrorParser)
     for command in SUBCOMMANDS:
         command.add_parser(sub)
+    for leaf in leaf_parsers(parser):
+        leaf.add_argument("--threads", type=positive_int, default=None,
+                          help="CPU threads torch uses (default: torch's choice, one per core)")
     return parser
 
 
+def leaf_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every parser that takes options of its own (`cm sample`, `cm edit inpaint`, ...)."""
+    subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subparsers:
+        return [parser]
+    return [leaf for action in subparsers for child in action.choices.values() for leaf in leaf_parsers(child)]
+
+
+def leaf_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the (sub)subcommand that `args` chose, e.g. `cm edit inpaint`'s."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = getattr(args, action.dest, None)
+            if chosen in action.choices:
+                return leaf_parser(action.choices[chosen], args)
+    return parser
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse `argv`; an unknown option is reported by the subcommand it was given to, whose help lists
+    what it takes."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        leaf_parser(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     func: Callable[[argparse.Namespace], None] = args.func
     keep_freed_memory()  # the long-running commands reuse big tensors step after step
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     try:
         func(args)
     except InvalidInputError as exc:

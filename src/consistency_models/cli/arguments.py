@@ -20,6 +20,25 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"cm: error: {message} (see '{self.prog} --help')\n")
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Help that shows an option's default when it has a meaningful one: not for required options
+    or options without a default, lists as comma lists, and never twice."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (action.required or default is None or default is False or default is argparse.SUPPRESS
+                or "default" in text or not action.option_strings):
+            return text
+        shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+        return f"{text} (default: {shown})".replace("%", "%%")
+
+
+def plural(count: int, noun: str) -> str:
+    """'1 image', '16 images'."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def int_list(text: str) -> list[int]:
     try:
         return [int(v) for v in text.split(",") if v.strip()]

@@ -6,7 +6,7 @@ import argparse
 
 from ..io.openai import SCHEDULERS, convert_openai_checkpoint
 from ..networks.presets import PRESETS
-from .arguments import OneLineErrorParser
+from .arguments import DefaultsHelpFormatter, OneLineErrorParser
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -16,7 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sources.add_parser("openai", help="OpenAI consistency_models .pt checkpoint",
                            description="Convert an OpenAI consistency_models checkpoint (cd_*, ct_*, edm_* .pt) into a "
                                        "pipeline folder. The file is read without running pickle code.",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=DefaultsHelpFormatter)
     p.add_argument("checkpoint", help="the .pt file, e.g. cd_imagenet64_l2.pt")
     p.add_argument("out_dir", help="new folder to write (must not exist or be empty)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="imagenet64", help="network architecture")

@@ -17,8 +17,19 @@ from .. import editing
 from ..errors import InvalidInputError
 from ..io.hub import COLOR_MODEL, DEFAULT_MODEL
 from ..io.images import make_grid, output_kind, read_image, save_png, to_uint8
+from ..io.overwrite import refuse_existing
 from ..pipeline import ConsistencyModelPipeline
-from .arguments import OneLineErrorParser, add_device, add_noise_levels, device, noise_levels, positive_int, seed
+from .arguments import (
+    DefaultsHelpFormatter,
+    OneLineErrorParser,
+    plural,
+    add_device,
+    add_noise_levels,
+    device,
+    noise_levels,
+    positive_int,
+    seed,
+)
 
 Reader = Callable[..., torch.Tensor]  # read(path, channels=None, size=None, argument="image", **kw)
 
@@ -67,7 +78,8 @@ EDITS: dict[str, Edit] = {
                                      "help": "noise std of the input, in [-1, 1] units"})], levels=False),
     "interpolate": Edit("one-step samples along a spherical path between two noise draws",
                         lambda pipe, args, read, common: editing.interpolate(pipe, num=args.num, **common),
-                        [(("--num",), {"type": positive_int, "default": 8, "help": "frames, both ends included"})],
+                        [(("--frames", "--num"), {"dest": "num", "type": positive_int, "default": 8,
+                                                  "help": "frames, both ends included (--num: its old name)"})],
                         image=False, levels=False),
 }
 
@@ -78,17 +90,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     kinds = p.add_subparsers(dest="edit", metavar="EDIT", required=True, parser_class=OneLineErrorParser)
     for name, spec in EDITS.items():
         e = kinds.add_parser(name, help=spec.help, description=spec.help[0].upper() + spec.help[1:] + ".",
-                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                             formatter_class=DefaultsHelpFormatter)
         e.add_argument("--model", default=spec.model, help="embedded model name, pipeline folder or Hub id")
         if spec.image:
             e.add_argument("--image", required=True, help="input PNG/JPEG at the model's size (see --resize)")
             e.add_argument("--resize", action="store_true", help="center-crop and resize inputs of another size")
         e.add_argument("--out", required=True, help="output PNG")
+        e.add_argument("--overwrite", action="store_true", help="replace an existing --out (else it is refused)")
         for flags, options in spec.options:
             e.add_argument(*flags, **options)
         if spec.levels:
             add_noise_levels(e, "evenly spaced points of the model's grid (default: the 40-point grid)")
-        e.add_argument("--class-label", type=int, default=None, help="class of a conditional model (random if omitted)")
+        e.add_argument("--class-label", "--class-labels", dest="class_label", type=int, default=None,
+                       help="class of a conditional model (random if omitted)")
         e.add_argument("--seed", type=seed, default=0, help="seed of the noise")
         add_device(e)
         e.set_defaults(func=run, resize=False)
@@ -97,6 +111,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> None:
     if output_kind(args.out) != "grid":
         raise InvalidInputError(f"out: {args.out!r} must be a .png file")
+    refuse_existing(args.out, args.overwrite)
     spec = EDITS[args.edit]
     pipe = ConsistencyModelPipeline.from_pretrained(args.model, device=device(args.device))
     if not pipe.is_image_model:
@@ -112,4 +127,4 @@ def run(args: argparse.Namespace) -> None:
     result = spec.run(pipe, args, read, common)
     images = to_uint8(result.cpu().permute(0, 2, 3, 1).numpy())
     save_png(make_grid(images, nrow=len(images)) if len(images) > 1 else images[0], args.out)
-    print(f"wrote {args.out} ({args.edit}, {len(images)} image{'s' if len(images) > 1 else ''})")
+    print(f"wrote {args.out} ({args.edit}, {plural(len(images), 'image')})")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 
 from ..errors import InvalidInputError
-from ..io.overwrite import refuse_input_as_output
+from ..io.overwrite import refuse_existing, refuse_input_as_output
 from ..metrics.evaluate import METRICS, compute_statistics, evaluate, format_table, save_statistics, write_results_json
-from .arguments import positive_int, seed
+from .arguments import DefaultsHelpFormatter, positive_int, seed
 from .features import add_feature_arguments, extractor
 
 
@@ -16,7 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Score a set of samples against a reference set. A set is a folder of images, an "
                                    "ADM .npz (arr_0: uint8 NHWC), a statistics .npz (cm eval --save-stats, or "
                                    "pytorch-fid/OpenAI reference statistics) or digits:test.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=DefaultsHelpFormatter)
     p.add_argument("--samples", required=True, help="the generated set")
     p.add_argument("--ref", default=None, help="the reference set")
     add_feature_arguments(p)
@@ -27,6 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=seed, default=0, help="seed of KID's subsets")
     p.add_argument("--save-stats", default=None, help="also write the statistics of --samples to this .npz")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
+    p.add_argument("--overwrite", action="store_true", help="replace existing --save-stats/--json files")
     p.set_defaults(func=run)
 
 
@@ -36,6 +37,8 @@ def run(args: argparse.Namespace) -> None:
     inputs = {"samples": args.samples, "ref": args.ref}
     refuse_input_as_output(args.save_stats, "save_stats", inputs)
     refuse_input_as_output(args.json, "json", inputs)
+    refuse_existing(args.save_stats, args.overwrite, "save_stats")
+    refuse_existing(args.json, args.overwrite, "json")
     features = extractor(args)
     samples = args.samples
     if args.save_stats is not None:

@@ -6,13 +6,13 @@ import argparse
 
 from ..networks.presets import PRESETS
 from ..pipeline import create_model_folder
-from .arguments import positive_int, seed
+from .arguments import DefaultsHelpFormatter, positive_int, seed
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("new", help="create an untrained model folder from a preset",
                        description="Write a pipeline folder holding a randomly initialised network of a preset.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=DefaultsHelpFormatter)
     p.add_argument("out_dir", help="folder to write")
     p.add_argument("--preset", choices=sorted(PRESETS), default="test", help="network architecture")
     p.add_argument("--unconditional", action="store_true", help="drop the class embedding")

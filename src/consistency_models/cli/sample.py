@@ -11,19 +11,32 @@ from ..errors import InvalidInputError
 from ..evaluation.generation import DEFAULT_COMPUTE_BATCH, generate_samples
 from ..io.hub import DEFAULT_MODEL
 from ..io.images import output_kind, save_images, save_points, to_uint8
+from ..io.overwrite import refuse_existing
 from ..pipeline import ConsistencyModelPipeline
-from .arguments import DTYPES, add_device, add_noise_levels, device, int_list, noise_levels, positive_int, seed
+from .arguments import (
+    DTYPES,
+    DefaultsHelpFormatter,
+    add_device,
+    add_noise_levels,
+    device,
+    int_list,
+    noise_levels,
+    plural,
+    positive_int,
+    seed,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="generate images from a model",
                        description="Generate images with one-step or multistep consistency sampling (Algorithm 1).",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=DefaultsHelpFormatter)
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="embedded model name (digits, digits-teacher, digits-color), pipeline folder (diffusers "
                         "format) or Hugging Face Hub id such as openai/diffusers-cd_imagenet64_l2")
     p.add_argument("--out", required=True,
                    help="samples.png (a grid), DIR/ (one PNG per image) or samples.npz (arr_0: uint8 NHWC, arr_1: labels)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out (else it is refused)")
     p.add_argument("--batch-size", type=positive_int, default=16,
                    help="number of images (with --num: images per network call)")
     p.add_argument("--num", "--num-samples", dest="num", type=positive_int, default=None,
@@ -35,7 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "batch shape) but not on --batch-size; raise it on a GPU")
     add_noise_levels(p, "sampling steps: evenly spaced grid points for a consistency model (default 1); "
                         "Heun steps for a diffusion (EDM) model (default 18)")
-    p.add_argument("--class-labels", type=int_list, default=None,
+    p.add_argument("--class-labels", "--class-label", dest="class_labels", type=int_list, default=None,
                    help="one label for all images or one per image, e.g. 0,5,9; random when omitted")
     p.add_argument("--seed", type=seed, default=0, help="seed of the noise and of random labels")
     add_device(p)
@@ -64,6 +77,7 @@ def sampling_pipeline(args: argparse.Namespace, dev: torch.device) -> Consistenc
 
 def run(args: argparse.Namespace) -> None:
     output_kind(args.out)  # refuse a bad output path before any work
+    refuse_existing(args.out, args.overwrite)
     if args.num is not None:
         return run_many(args)
     pipe = sampling_pipeline(args, device(args.device))
@@ -72,11 +86,11 @@ def run(args: argparse.Namespace) -> None:
     labels = result.class_labels.cpu().numpy() if result.class_labels is not None else None
     if not pipe.is_image_model:
         save_points(result.images, args.out, labels)
-        print(f"wrote {len(result.images)} points to {args.out}")
+        print(f"wrote {plural(len(result.images), 'point')} to {args.out}")
         return
     files = save_images(to_uint8(result.images), args.out, labels)
-    where = files[0] if len(files) == 1 else f"{len(files)} files in {files[0].parent}"
-    print(f"wrote {len(result.images)} images to {where}")
+    where = files[0] if len(files) == 1 else f"{plural(len(files), 'file')} in {files[0].parent}"
+    print(f"wrote {plural(len(result.images), 'image')} to {where}")
 
 
 def run_many(args: argparse.Namespace) -> None:
@@ -93,4 +107,4 @@ def run_many(args: argparse.Namespace) -> None:
     finally:
         teardown_distributed()
     if out is not None:
-        print(f"wrote {args.num} images to {out}")
+        print(f"wrote {plural(args.num, 'image')} to {out}")

@@ -73,7 +73,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    options = {k: v for k, v in vars(args).items() if k not in ("func", "command", "recipe")}
+    options = {k: v for k, v in vars(args).items() if k not in ("func", "command", "recipe", "threads")}
     recipe = getattr(args, "recipe", None)
     if recipe is None and "method" not in options:
         raise InvalidInputError(f"method: give --method ({', '.join(METHODS)}) or --recipe")

@@ -10,7 +10,7 @@ from ..evaluation.timestep_search import search_range, tune_timesteps
 from ..io.hub import DEFAULT_MODEL
 from ..metrics.evaluate import compute_statistics
 from ..pipeline import ConsistencyModelPipeline
-from .arguments import device, positive_int, seed
+from .arguments import DefaultsHelpFormatter, device, positive_int, seed
 from .features import add_feature_arguments, extractor
 
 
@@ -18,13 +18,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tune-timesteps", help="search the middle timestep of two-step sampling by FID",
                        description="OpenAI's ternary search of t in --timesteps t,0, scored by the FID (or digits "
                                    "FD) of --num samples against --ref.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=DefaultsHelpFormatter)
     p.add_argument("--model", default=DEFAULT_MODEL, help="embedded model name, pipeline folder or Hub id")
     p.add_argument("--ref", required=True, help="reference set or statistics (see cm eval)")
     p.add_argument("--num", type=positive_int, default=5000, help="samples per candidate")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per network call")
     p.add_argument("--seed", type=seed, default=0, help="seed of the (shared) per-image noise")
-    p.add_argument("--class-label", type=int, default=None, help="one class for all samples (random if omitted)")
+    p.add_argument("--class-label", "--class-labels", dest="class_label", type=int, default=None,
+                   help="one class for all samples (random if omitted)")
     p.add_argument("--lo", type=positive_int, default=1, help="lowest grid index tried")
     p.add_argument("--hi", type=positive_int, default=None, help="highest grid index tried (default N-2)")
     add_feature_arguments(p)

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ..distributed import DistributedContext
 from ..errors import InvalidInputError
-from ..io.atomic import atomic_path
+from ..io.atomic import atomic_path, remove_leftovers
 from ..io.images import save_images, to_uint8
 from ..io.lock import hold_folder
 from ..pipeline import ConsistencyModelPipeline
@@ -221,6 +221,7 @@ def _generate_locked(pipe: ConsistencyModelPipeline, num: int, path: Path, folde
                      class_labels: int | None, levels: NoiseLevels, context: DistributedContext,
                      progress: bool) -> Path | None:
     """generate_samples once this process holds its rank's lock of the shard folder."""
+    remove_leftovers(folder, prefix=f"r{context.rank}-")  # this rank's temp files of a killed run
     check_run_settings(folder, {"seed": seed, "class_labels": class_labels, **levels.as_dict(),
                                 "compute_batch": compute_batch, "model": model_fingerprint(pipe)})
     done = existing_indices(folder)

@@ -40,6 +40,7 @@ def atomic_path(path: str | os.PathLike, fsync: bool = False) -> Iterator[Path]:
     os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~umask)  # again: a writer may have replaced the file (safetensors does)
         if fsync:
             with open(tmp_path, "rb+") as f:
                 os.fsync(f.fileno())
@@ -55,3 +56,17 @@ def write_json(path: str | os.PathLike, data: dict) -> None:
     """Write `data` as indented, key-sorted JSON, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def remove_leftovers(folder: str | os.PathLike, prefix: str = "") -> list[Path]:
+    """Delete the temp files a killed writer left in `folder` (`.{prefix}*.tmp`, made by `atomic_path`);
+    returns what was removed. Only call it where no other writer is at work (a held lock)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in folder.glob(f".{prefix}*{TMP_SUFFIX}"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

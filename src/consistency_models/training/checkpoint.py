@@ -119,10 +119,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        what = f" (it references {found.group(1)})" if found else ""
+        if not found:  # random bytes, not a pickle that asks for code
+            raise InvalidInputError(f"checkpoint: corrupt or truncated file {path}: not a checkpoint") from None
         raise InvalidInputError(
-            f"checkpoint: {path} needs pickle code execution to load, which is refused{what}; "
-            f"checkpoints hold only {_ALLOWED}"
+            f"checkpoint: {path} needs pickle code execution to load, which is refused (it references "
+            f"{found.group(1)}); checkpoints hold only {_ALLOWED}"
         ) from None
     except (RuntimeError, OSError, EOFError, ValueError) as exc:
         reason = (str(exc).splitlines() or [""])[0] or type(exc).__name__

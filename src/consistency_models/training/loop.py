@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from ..data import load_dataset
 from ..distributed import DistributedContext, setup_distributed
 from ..errors import InvalidInputError
-from ..io.atomic import atomic_path, write_json
+from ..io.atomic import atomic_path, remove_leftovers, write_json
 from ..io.lock import hold_folder
 from ..parametrization import PARAMETRIZATIONS
 from ..pipeline import ConsistencyModelPipeline
@@ -290,6 +290,8 @@ class Trainer:
         cfg = self.cfg
         first_step = self.step
         if main:
+            for folder in (self.out, self.out / "unet", self.out / "scheduler", self.out / "samples"):
+                remove_leftovers(folder)  # temp files of a killed write (checkpoints clean their own)
             self._truncate_metrics()  # a restart from step 0 drops what an earlier attempt logged
             write_json(self.out / CONFIG_NAME, cfg.to_dict())
         writer = self._tensorboard() if main and cfg.tensorboard else None
