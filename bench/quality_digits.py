@@ -141,7 +141,9 @@ def run_row(name: str, nfe: int, sampler: Sampler, labels: torch.Tensor, conditi
         images.append(sampler(len(chunk), chunk if conditional else None, generator).float().cpu())
     x = torch.cat(images) * 2 - 1  # [0, 1] → [−1, 1], the classifier's range
     acc, fd = scorer.score(x, labels if conditional else None)
-    return Row(name, nfe, acc, fd, time.perf_counter() - start)
+    row = Row(name, nfe, acc, fd, time.perf_counter() - start)
+    print(f"  {row.sampler}: done in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    return row
 
 
 def floor_row(scorer: Scorer, per_class: int, seed: int) -> Row:

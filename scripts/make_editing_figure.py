@@ -11,6 +11,7 @@ when --model is one. Everything is made through `consistency_models.editing`.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -78,10 +79,12 @@ def main() -> None:
     mask = torch.zeros(1, 1, 16, 16)
     mask[..., 4:12, 4:12] = 1
     shown_mask = images * (1 - mask) + mask * 0.5  # mid-gray: the region to regenerate
+    print("inpaint …", file=sys.stderr, flush=True)
     result = editing.inpaint(pipe, images, mask, generator=generator(), class_labels=labels)
     rows.append(("inpainting\n(gray: regenerated)", torch.stack([images, shown_mask, result], 1)))
 
     low = F.avg_pool2d(images, 4)
+    print("super_resolve …", file=sys.stderr, flush=True)
     result = editing.super_resolve(pipe, low, 4, generator=generator(), class_labels=labels)
     rows.append(("super-resolution\n4x (4x4 input)", torch.stack([images, F.interpolate(low, scale_factor=4.0), result], 1)))
 
@@ -89,6 +92,7 @@ def main() -> None:
     colored, color_labels = color_digits("test", seed=1)
     colored = torch.from_numpy(colored[pick.numpy()]).permute(0, 3, 1, 2).float() / 255
     gray = editing._luminance(colored)
+    print("colorize …", file=sys.stderr, flush=True)
     result = editing.colorize(color_pipe, gray, generator=generator(),
                               class_labels=torch.from_numpy(color_labels[pick.numpy()]))
     rows.append((f"colorization\n({args.color_model})", torch.stack([colored, gray.expand(-1, 3, -1, -1), result], 1)))
@@ -96,15 +100,18 @@ def main() -> None:
     strokes, stroke_labels = stroke_paintings()
     strokes = strokes.expand(-1, channels, -1, -1)
     stroke_labels = torch.tensor(stroke_labels) if labels is not None else None
+    print("stroke_guided …", file=sys.stderr, flush=True)
     result = editing.stroke_guided(pipe, strokes, generator=generator(), class_labels=stroke_labels)
     rows.append(("stroke-guided\n(strokes to image)", torch.stack([strokes, strokes, result], 1)))
 
     sigma = 0.4
     noise = torch.randn(images.shape, generator=generator())
     noisy = ((images * 2 - 1 + sigma * noise) / 2 + 0.5).clamp(0, 1)
+    print("denoise …", file=sys.stderr, flush=True)
     result = editing.denoise(pipe, noisy, sigma, class_labels=labels)
     rows.append((f"denoising\n(sigma = {sigma})", torch.stack([images, noisy, result], 1)))
 
+    print("interpolate …", file=sys.stderr, flush=True)
     frames = editing.interpolate(pipe, num=3 * args.count, generator=generator(),
                                  class_labels=3 if labels is not None else None)
 

@@ -381,3 +381,32 @@ def test_random_bytes_as_a_checkpoint_are_called_corrupt(tmp_path):
     with pytest.raises(InvalidInputError, match="corrupt or truncated") as exc:
         load_checkpoint(path)
     assert "pickle code" not in str(exc.value)
+
+
+def test_nan_statistics_are_refused(tmp_path, capsys):
+    stats = tmp_path / "ref.npz"
+    np.savez(stats, mu=np.full(4, np.nan), sigma=np.eye(4))
+    samples = tmp_path / "s.npz"
+    np.savez(samples, np.zeros((4, 16, 16, 1), dtype=np.uint8))
+    code, _, err = run_cm(capsys, ["eval", "--samples", str(samples), "--ref", str(stats), "--features", "digits"])
+    assert_one_line_error(code, err, "holds NaN or infinite statistics")
+
+
+def test_non_square_images_need_a_resolution(tmp_path, capsys):
+    folder = tmp_path / "wide"
+    folder.mkdir()
+    for i in range(40):
+        Image.fromarray(np.full((8, 16), i * 6, dtype=np.uint8)).save(folder / f"{i:03d}.png")
+    code, _, err = run_cm(capsys, ["train", "--method", "ict", "--data", str(folder), "--out", str(tmp_path / "r"),
+                                   "--steps", "1", "--batch-size", "8", "--no-progress"])
+    assert_one_line_error(code, err, "data: the images are 16×8; the UNet makes square images")
+    assert not (tmp_path / "r").exists()
+
+
+def test_kid_of_small_sets_reports_no_spread(tmp_path, capsys):
+    samples = tmp_path / "s.npz"
+    np.savez(samples, np.random.default_rng(0).integers(0, 255, (20, 16, 16, 1), dtype=np.uint8))
+    code, out, err = run_cm(capsys, ["eval", "--samples", str(samples), "--ref", "digits:test", "--features", "digits",
+                                     "--metrics", "kid"])
+    assert code == 0, err
+    assert "(one subset: every image; no spread)" in out and "±" not in out

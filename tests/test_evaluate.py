@@ -165,7 +165,7 @@ def test_openai_reference_batch_uses_its_stored_mu_sigma(tmp_path, test_images, 
 def test_extractor_mismatch_is_an_error(tmp_path, test_stats):
     save_statistics(test_stats, tmp_path / "digits_stats.npz")
     # Both sets are statistics: the Inception network is never built, the names are compared.
-    with raises(r"^samples: .*digits_stats\.npz holds 'digits' statistics, but 'inception' features were asked "
+    with raises(r"^reference: .*digits_stats\.npz holds 'digits' statistics, but 'inception' features were asked "
                 r"for; compute both sets with one extractor$"):
         evaluate(tmp_path / "digits_stats.npz", tmp_path / "digits_stats.npz", "inception", progress=False)
     test_as_inception = SetStatistics(**{**vars(test_stats), "extractor": "inception"})

@@ -9,6 +9,7 @@ distance of the chosen features against reference statistics.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -75,7 +76,11 @@ def frechet_distance_of_samples(
                                      NoiseLevels(timesteps=tuple(timesteps))):
         stats.update(extractor.features(torch.from_numpy(images).permute(0, 3, 1, 2)))
     mu, sigma = stats.finalize()
-    return frechet_distance(mu, sigma, *reference)
+    value = frechet_distance(mu, sigma, *reference)
+    if not math.isfinite(value):
+        raise InvalidInputError(f"ref: the Fréchet distance of t = {timesteps[0]} is {value}; the reference "
+                                "statistics or the samples hold non-finite values")
+    return value
 
 
 def search_range(pipe: ConsistencyModelPipeline, lo: int = 1, hi: int | None = None) -> tuple[int, int]:

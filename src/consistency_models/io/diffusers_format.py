@@ -87,12 +87,27 @@ def unet_config_to_diffusers(cfg: UNetConfig) -> dict:
 
 def unet_config_from_diffusers(d: dict, source: str = "unet config") -> UNetConfig:
     """The ADM `UNetConfig` of a `UNet2DModel` config; refuses what the ADM UNet cannot be."""
+    try:
+        return _unet_config_from_diffusers(d, source)
+    except (TypeError, ValueError, ZeroDivisionError, KeyError) as exc:  # a value of an unexpected type
+        if isinstance(exc, InvalidInputError):
+            raise
+        raise InvalidInputError(f"{source}: malformed UNet2DModel config ({type(exc).__name__}: {exc})") from None
+
+
+def _unet_config_from_diffusers(d: dict, source: str) -> UNetConfig:
     def bad(key: str, allowed: str) -> InvalidInputError:
         return InvalidInputError(f"{source}: {key}={d.get(key)!r} is not supported; allowed: {allowed}")
 
     for key, allowed in _FIXED.items():
         if d.get(key, allowed) != allowed:
             raise bad(key, repr(allowed))
+    for key, kind in (("block_out_channels", int), ("down_block_types", str), ("up_block_types", str)):
+        value = d.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
+            raise bad(key, f"a list of {kind.__name__}s")
+    if any(w < 1 for w in d.get("block_out_channels", [])):
+        raise bad("block_out_channels", "positive widths")
     widths = list(d.get("block_out_channels", []))
     down = list(d.get("down_block_types", []))
     up = list(d.get("up_block_types", []))

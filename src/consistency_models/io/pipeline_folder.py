@@ -73,9 +73,14 @@ def require_new_folder(path: str | os.PathLike, what: str) -> Path:
 def read_model_index(folder: Path) -> dict:
     """model_index.json, checked to name a UNet and a consistency scheduler."""
     index = read_json(folder / MODEL_INDEX, "model")
-    for part in ("unet", "scheduler"):
+    for part, classes in (("unet", ("UNet2DModel",)), ("scheduler", (SCHEDULER_CLASS,))):
         if part not in index:
             raise InvalidInputError(f"model: {folder / MODEL_INDEX} names no {part!r} component")
+        entry = index[part]
+        if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(e, str) for e in entry)
+                and entry[1] in classes):
+            raise InvalidInputError(f"model: {folder / MODEL_INDEX} gives {part} = {entry!r}; this package reads "
+                                    f'["diffusers", "{classes[0]}"]')
     return index
 
 

@@ -141,8 +141,12 @@ def _statistics_from_arrays(arrays: dict[str, np.ndarray], path: str) -> SetStat
     sigma = np.asarray(arrays["sigma"], dtype=np.float64)
     if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
         raise InvalidInputError(f"path: {path} has mu {mu.shape} and sigma {sigma.shape}; need (D,) and (D, D)")
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise InvalidInputError(f"path: {path} holds NaN or infinite statistics (mu/sigma); make them again")
     features = arrays.get("features") if marker is not None else None
     logits = arrays.get("logits") if marker is not None else None
+    if features is not None and not np.isfinite(features).all():
+        raise InvalidInputError(f"path: {path} holds NaN or infinite features; make the statistics again")
     if features is not None and (features.ndim != 2 or features.shape[1] != len(mu)):
         raise InvalidInputError(f"path: {path} has features {features.shape}; need (N, {len(mu)}) for mu {mu.shape}")
     if logits is not None and features is not None and (logits.ndim != 2 or len(logits) != len(features)):
@@ -208,6 +212,20 @@ def _compute(source: Source, extractor: _Extractor, progress: bool, argument: st
     return _extract(open_image_set(source), extractor.get(), progress, argument)
 
 
+def _statistics_file(source: Source) -> bool:
+    """A path to a statistics .npz with no images in it (nothing to extract)."""
+    if isinstance(source, (SetStatistics, np.ndarray, torch.Tensor)):
+        return False
+    path = Path(source)
+    if not (path.is_file() and path.suffix.lower() == ".npz"):
+        return False
+    try:
+        arrays = read_npz(path)
+    except InvalidInputError:
+        return False
+    return is_statistics(arrays) and "arr_0" not in arrays
+
+
 def compute_statistics(
     source: Source,                            # images (see `sample_sets`), a statistics file or SetStatistics
     extractor: FeatureExtractor | str,         # or its name: then built with `feature_extractor(name)` if needed
@@ -243,8 +261,12 @@ def evaluate(
     also "num_samples" and "num_reference" (None where a file does not say)."""
     chosen = _check_metrics(metrics)
     ex = _Extractor(extractor)
+    real = None
+    if _statistics_file(reference):  # cheap to load: a bad one is refused before the samples' features are made
+        real = _compute(reference, ex, progress, "reference")
     fake = _compute(samples, ex, progress, "samples")
-    real = _compute(reference, ex, progress, "reference")
+    if real is None:
+        real = _compute(reference, ex, progress, "reference")
     device = ex.device                         # the metric sums run where the features were made
     results: dict[str, float | int | None] = {"num_samples": fake.count, "num_reference": real.count}
     results.update({key: None for m in chosen for key in RESULT_KEYS[m]})
@@ -256,6 +278,8 @@ def evaluate(
     if "kid" in chosen and have_features:
         results["kid_mean"], results["kid_std"] = kernel_inception_distance(
             real.features, fake.features, kid_subsets, kid_subset_size, seed, device)
+        if kid_subset_size >= max(len(real.features), len(fake.features)):
+            results["kid_std"] = None  # every subset is the whole set: there is no spread to report
     if "pr" in chosen and have_features:
         results["precision"], results["recall"] = precision_recall(real.features, fake.features, pr_k,
                                                                    device=device)
@@ -271,8 +295,9 @@ def _number(value: float | int | None) -> str:
 def format_table(results: dict[str, float | int | None]) -> str:
     """`evaluate`'s results as an aligned two-column table; "n/a" where a value could not be computed."""
     rows = []
+    distance = "FID" if results.get("features", "inception") == "inception" else "FD"
     for label, mean, std in (("images (samples)", "num_samples", None), ("images (reference)", "num_reference", None),
-                             ("FID", "fid", None), ("IS (samples)", "is_mean", "is_std"),
+                             (distance, "fid", None), ("IS (samples)", "is_mean", "is_std"),
                              ("KID", "kid_mean", "kid_std"), ("precision", "precision", None),
                              ("recall", "recall", None)):
         if mean not in results:
@@ -280,6 +305,8 @@ def format_table(results: dict[str, float | int | None]) -> str:
         text = _number(results[mean])
         if std is not None and results.get(std) is not None:
             text += f" ± {_number(results[std])}"
+        elif mean == "kid_mean" and results.get(mean) is not None:
+            text += " (one subset: every image; no spread)"
         rows.append((label, text))
     width = max((len(label) for label, _ in rows), default=0)
     return "\n".join(f"{label:<{width}}  {text}" for label, text in rows)

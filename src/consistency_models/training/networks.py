@@ -69,7 +69,10 @@ def build_network(cfg: TrainConfig, dataset: ImageDataset | PointDataset, teache
         return MLP(type(MLP_PRESETS[name])(**base)).train()
     if name not in PRESETS:
         raise InvalidInputError(f"preset: {name!r} is not an image preset; use one of {', '.join(sorted(PRESETS))}")
-    channels, height, _ = dataset.shape
+    channels, height, width = dataset.shape
+    if height != width:
+        raise InvalidInputError(f"data: the images are {width}×{height}; the UNet makes square images — pass "
+                                "--resolution N to center-crop and resize them")
     overrides = dict(image_size=height, in_channels=channels, out_channels=channels, num_classes=num_classes)
     if cfg.dropout is not None:
         overrides["dropout"] = cfg.dropout
