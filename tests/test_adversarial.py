@@ -410,3 +410,35 @@ def test_kid_of_small_sets_reports_no_spread(tmp_path, capsys):
                                      "--metrics", "kid"])
     assert code == 0, err
     assert "(one subset: every image; no spread)" in out and "±" not in out
+
+
+# -- a full disk ---------------------------------------------------------------------------------------
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 KiB tmpfs (needs root and mount permission; skipped elsewhere)."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()[:80]}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_partial_file(small_disk, capsys):
+    out = small_disk / "samples.npz"
+    code, _, err = run_cm(capsys, ["sample", "--batch-size", "1024", "--out", str(out)])  # 256 KiB of pixels
+    assert_one_line_error(code, err, "No space left on device", expected_code=1)
+    assert list(small_disk.iterdir()) == []  # neither the file nor a temp file is left
+
+
+def test_a_full_disk_during_training_keeps_no_half_checkpoint(small_disk, capsys):
+    out = small_disk / "run"
+    code, _, err = run_cm(capsys, [*TRAIN, "--out", str(out), "--save-every", "2", "--sample-every", "2"])
+    assert_one_line_error(code, err, "No space left on device", expected_code=1)
+    assert not list((out / "checkpoints").glob("ckpt-*.pt")) if (out / "checkpoints").exists() else True
+    assert not [p for p in out.rglob("*.tmp")]

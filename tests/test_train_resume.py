@@ -319,3 +319,35 @@ def test_no_checkpoint_with_non_finite_weights_is_kept(tmp_path):
         state = load_checkpoint(path)
         weights = [*state["network"].values(), *state["ema"]["averages"][0].values()]
         assert all(torch.isfinite(t).all() for t in weights), f"checkpoint of step {step} holds inf/NaN weights"
+
+
+def test_kill_between_the_last_checkpoint_and_the_export(tmp_path):
+    """SIGKILL as soon as the final checkpoint appears (the export of unet/ and the preview come
+    after it): `--resume` finishes the export, and the model equals an uninterrupted run's bit for bit."""
+    total = 30
+    run, ref = tmp_path / "run", tmp_path / "ref"
+    reference = subprocess.Popen(cm_command(*train_argv("ict", ref, total, total)), stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True, env=ENV)
+    try:
+        proc = subprocess.Popen(cm_command(*train_argv("ict", run, total, total)), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, env=ENV)
+        last = checkpoint_path(run, total)
+        deadline = time.monotonic() + TIMEOUT
+        try:
+            while not last.exists():
+                assert proc.poll() is None and time.monotonic() < deadline, "no final checkpoint in time"
+                time.sleep(0.001)
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            proc.kill()
+            proc.wait(TIMEOUT)
+        resumed = cm(*train_argv("ict", run, total, total, "--resume"))
+        assert_ok(resumed)
+    finally:
+        ref_output = reference.communicate(timeout=TIMEOUT)[0]
+    assert reference.returncode == 0, ref_output
+    a = ConsistencyModelPipeline.from_pretrained(run).unet.state_dict()
+    b = ConsistencyModelPipeline.from_pretrained(ref).unet.state_dict()
+    assert_bitwise_equal(a, b, "pipeline unet")
+    assert (run / "samples" / f"step-{total:08d}.png").is_file()
+    assert [r["step"] for r in metrics(run)] == [r["step"] for r in metrics(ref)]

@@ -15,6 +15,7 @@ before it writes, so a run never produces a checkpoint it cannot resume from.
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import random
@@ -88,7 +89,13 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, state: dict, keep: in
         )
 
     with atomic_path(path, fsync=True) as tmp:
-        torch.save(state, tmp)
+        try:
+            torch.save(state, tmp)
+        except RuntimeError as exc:  # torch reports a failed write (a full disk, say) as a RuntimeError
+            full = os.statvfs(folder).f_bavail == 0 if hasattr(os, "statvfs") else False
+            raise OSError(errno.ENOSPC if full else errno.EIO,
+                          os.strerror(errno.ENOSPC) if full else f"could not write the checkpoint ({exc})",
+                          str(path)) from None
 
     _prune(run_dir, keep, written=path)
     return path
