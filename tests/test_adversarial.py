@@ -442,3 +442,18 @@ def test_a_full_disk_during_training_keeps_no_half_checkpoint(small_disk, capsys
     assert_one_line_error(code, err, "No space left on device", expected_code=1)
     assert not list((out / "checkpoints").glob("ckpt-*.pt")) if (out / "checkpoints").exists() else True
     assert not [p for p in out.rglob("*.tmp")]
+
+
+@pytest.mark.parametrize("command", [["sample"], ["edit", "interpolate"]])
+def test_an_empty_output_name_is_refused(tmp_path, capsys, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cm(capsys, [*command, "--out", ""])
+    assert_one_line_error(code, err, "out: '' is empty")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_in_place_of_an_output_folder(tmp_path, capsys):
+    (tmp_path / "file.png").write_bytes(b"mine")
+    code, _, err = run_cm(capsys, ["sample", "--batch-size", "2", "--out", f"{tmp_path / 'file.png'}/"])
+    assert code in (1, 2) and err.count("\n") == 1 and "Traceback" not in err, err
+    assert (tmp_path / "file.png").read_bytes() == b"mine"

@@ -75,6 +75,8 @@ def save_png(image: np.ndarray, path: Path) -> None:
 def output_kind(out: str | os.PathLike) -> str:
     """'grid' for *.png, 'npz' for *.npz, 'dir' for a folder (trailing slash or existing folder)."""
     text = str(out)
+    if not text.strip():
+        raise InvalidInputError("out: '' is empty; give samples.png (a grid), DIR/ (PNGs) or samples.npz")
     path = Path(text)
     if text.endswith(("/", os.sep)) or path.is_dir():
         kind = "dir"
