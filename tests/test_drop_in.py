@@ -213,3 +213,11 @@ def test_components_rebuild_the_pipeline(pipe):
     a = pipe(batch_size=1, class_labels=1, generator=gen(), output_type="pt").images
     torch.testing.assert_close(copy(batch_size=1, class_labels=1, generator=gen(), output_type="pt").images, a,
                                rtol=0, atol=0)
+
+
+def test_a_pipeline_with_diffusers_scheduler_saves_our_config(our_pipe, ref_pipe, tmp_path):
+    mixed = ConsistencyModelPipeline(our_pipe.unet, DiffusersScheduler.from_config(ref_pipe.scheduler.config))
+    assert isinstance(mixed.parts().scheduler_config, SchedulerConfig)
+    mixed.save_pretrained(tmp_path / "m")
+    saved = json.loads((tmp_path / "m" / "scheduler" / "scheduler_config.json").read_text())
+    assert set(saved) == {"_class_name", *SchedulerConfig.FIELDS}

@@ -154,7 +154,7 @@ class ConsistencyModelPipeline:
         return cls(unet, CMStochasticIterativeScheduler(num_train_timesteps=num_train_timesteps))
 
     def parts(self) -> PipelineParts:
-        return PipelineParts(self.unet, self.scheduler.config, self.parametrization)
+        return PipelineParts(self.unet, self.sampling_config, self.parametrization)
 
     def save_pretrained(self, path: str | os.PathLike, safe_serialization: bool = True,
                         variant: str | None = None) -> None:

@@ -21,8 +21,8 @@ import torch
 
 from .errors import InvalidInputError
 from .io.pipeline_folder import SCHEDULER_CONFIG as CONFIG_NAME
-from .outputs import BaseOutput
 from .io.pipeline_folder import read_scheduler_config, write_scheduler_config
+from .outputs import BaseOutput
 from .parametrization import (
     append_dims,
     consistency_scalings,

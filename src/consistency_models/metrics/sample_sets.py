@@ -16,7 +16,7 @@ Statistics files (`.npz` with `mu` and `sigma`) are told apart by `is_statistics
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -51,8 +51,9 @@ class ImageSet:
         return self.read(size)
 
 
-def is_statistics(arrays: dict[str, np.ndarray]) -> bool:
-    """True for the arrays of a statistics file: ours, pytorch-fid's or an OpenAI reference batch."""
+def is_statistics(arrays: Collection[str]) -> bool:
+    """True for the arrays (or array names) of a statistics file: ours, pytorch-fid's or an OpenAI
+    reference batch."""
     return all(key in arrays for key in STATISTICS_KEYS)
 
 

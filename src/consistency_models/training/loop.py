@@ -182,9 +182,7 @@ class Trainer:
         if self.target_network is not None:
             self.target_network.load_state_dict(state["target"])
         restore_rng_state(state["rng"])
-        self.step = int(state["step"])
-        if self.ctx.is_main:
-            self._truncate_metrics()
+        self.step = int(state["step"])  # metrics.jsonl is cut back to it when run() holds the folder's lock
 
     def _truncate_metrics(self) -> None:
         """Drop log lines written after the step the run continues from (all of them for a run that
