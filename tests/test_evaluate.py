@@ -253,3 +253,15 @@ def test_digits_train_is_close_to_test_and_noise_is_far(test_stats, extractor):
           f"KID {train['kid_mean']:.5f} vs {far['kid_mean']:.5f}")
     assert 0 < train["fid"] < 5
     assert far["fid"] > 20 * train["fid"] and far["kid_mean"] > 20 * train["kid_mean"]
+
+
+def test_inception_score_of_fewer_images_than_splits(tmp_path, test_images, test_stats, extractor):
+    """Six samples get an IS over six splits (one image each, the score then is exactly 1) instead of
+    an error about a setting cm eval does not even expose; the table says how many splits."""
+    np.savez(tmp_path / "six.npz", test_images[:6].transpose(0, 2, 3, 1))
+    results = evaluate(tmp_path / "six.npz", test_stats, "digits", metrics=["is"], progress=False)
+    assert results["is_splits"] == 6
+    assert results["is_mean"] == pytest.approx(1.0, abs=1e-6) and results["is_std"] == pytest.approx(0.0, abs=1e-6)
+    assert "(6 splits: fewer images than the usual 10)" in format_table(results)
+    eleven = evaluate(np.asarray(test_images[:11]), test_stats, "digits", metrics=["is"], progress=False)
+    assert eleven["is_splits"] == 10 and "splits" not in format_table(eleven)

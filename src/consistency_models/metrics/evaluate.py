@@ -254,7 +254,7 @@ def evaluate(
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,               # capped at each set's size
     seed: int = 0,                             # KID's subset draws
-    is_splits: int = 10,
+    is_splits: int = 10,                       # capped at the number of samples ("is_splits" says how many)
     pr_k: int = 3,                             # neighbours of precision/recall
     progress: bool = True,
 ) -> dict[str, float | int | None]:
@@ -275,7 +275,8 @@ def evaluate(
     if "fid" in chosen:
         results["fid"] = frechet_distance(real.mu, real.sigma, fake.mu, fake.sigma)
     if "is" in chosen and fake.logits is not None:
-        results["is_mean"], results["is_std"] = inception_score(fake.logits, is_splits)
+        results["is_splits"] = min(is_splits, len(fake.logits))  # a set smaller than 10 images still gets a score
+        results["is_mean"], results["is_std"] = inception_score(fake.logits, results["is_splits"])
     have_features = real.features is not None and fake.features is not None
     if "kid" in chosen and have_features:
         results["kid_mean"], results["kid_std"] = kernel_inception_distance(
@@ -309,6 +310,8 @@ def format_table(results: dict[str, float | int | None]) -> str:
             text += f" ± {_number(results[std])}"
         elif mean == "kid_mean" and results.get(mean) is not None:
             text += " (one subset: every image; no spread)"
+        if mean == "is_mean" and results.get(mean) is not None and results.get("is_splits", 10) < 10:
+            text += f" ({results['is_splits']} splits: fewer images than the usual 10)"
         rows.append((label, text))
     width = max((len(label) for label, _ in rows), default=0)
     return "\n".join(f"{label:<{width}}  {text}" for label, text in rows)
