@@ -8,7 +8,7 @@ import torch
 
 from ..distributed import setup_distributed, teardown_distributed
 from ..errors import InvalidInputError
-from ..evaluation.generation import DEFAULT_COMPUTE_BATCH, generate_samples
+from ..evaluation.generation import DEFAULT_COMPUTE_BATCH, generate_samples, shard_folder
 from ..io.hub import DEFAULT_MODEL
 from ..io.images import output_kind, save_images, save_points, to_uint8
 from ..io.overwrite import refuse_existing
@@ -77,9 +77,11 @@ def sampling_pipeline(args: argparse.Namespace, dev: torch.device) -> Consistenc
 
 def run(args: argparse.Namespace) -> None:
     output_kind(args.out)  # refuse a bad output path before any work
-    refuse_existing(args.out, args.overwrite)
     if args.num is not None:
+        if not shard_folder(args.out).is_dir():  # else a killed run may have left its merged file: decided there
+            refuse_existing(args.out, args.overwrite)
         return run_many(args)
+    refuse_existing(args.out, args.overwrite)
     pipe = sampling_pipeline(args, device(args.device))
     result = pipe(batch_size=args.batch_size, class_labels=args.class_labels, **noise_levels(args).as_dict(),
                   generator=torch.Generator().manual_seed(args.seed), output_type="np")
@@ -103,7 +105,8 @@ def run_many(args: argparse.Namespace) -> None:
         pipe = sampling_pipeline(args, context.device)
         out = generate_samples(pipe, args.num, args.out, batch_size=args.batch_size, seed=args.seed,
                                class_labels=None if args.class_labels is None else args.class_labels[0],
-                               levels=noise_levels(args), compute_batch=args.compute_batch, context=context)
+                               levels=noise_levels(args), compute_batch=args.compute_batch, context=context,
+                               overwrite=args.overwrite)
     finally:
         teardown_distributed()
     if out is not None:

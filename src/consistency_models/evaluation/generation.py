@@ -13,8 +13,9 @@ When every image exists, rank 0 merges them in index order into one ADM-style `.
 
 from __future__ import annotations
 
-import os
+import hashlib
 import json
+import os
 import sys
 
 import shutil
@@ -30,8 +31,9 @@ from tqdm.auto import tqdm
 from ..distributed import DistributedContext
 from ..errors import InvalidInputError
 from ..io.atomic import atomic_path, remove_leftovers
-from ..io.images import save_images, to_uint8
+from ..io.images import to_uint8
 from ..io.lock import hold_folder
+from ..io.overwrite import refuse_existing
 from ..pipeline import ConsistencyModelPipeline
 from ..schedule import NoiseLevels
 
@@ -163,6 +165,8 @@ def check_run_settings(folder: Path, settings: dict) -> None:
             previous = json.loads(record.read_text())
         except (OSError, ValueError):
             previous = None
+        if isinstance(previous, dict):
+            previous.pop("merged", None)  # a merged file that was since deleted: its shards merge again
         if previous != settings:
             changed = sorted(k for k in settings if not isinstance(previous, dict) or previous.get(k) != settings[k])
             raise InvalidInputError(
@@ -199,6 +203,7 @@ def generate_samples(
     compute_batch: int = DEFAULT_COMPUTE_BATCH,  # images per network call: the images depend on it, not on batch_size
     context: DistributedContext | None = None,  # this process's rank (torchrun); None: one process
     progress: bool = True,
+    overwrite: bool = True,                     # replace an existing `out` (the CLI passes --overwrite)
     **schedule: Any,                            # or num_inference_steps/timesteps/sigmas, as before `levels`
 ) -> Path | None:
     """Generate images 0 … num−1 (this rank's share), resuming from shards; rank 0 returns the merged file."""
@@ -210,20 +215,41 @@ def generate_samples(
         raise InvalidInputError("model: sharded generation writes images; this model makes points")
     context = context or DistributedContext()
     folder = shard_folder(path)
+    settings = {"seed": seed, "class_labels": class_labels, **levels.as_dict(), "compute_batch": compute_batch,
+                "model": model_fingerprint(pipe)}
+    if path.exists() and _merged_but_not_cleaned(folder, path, settings, num):
+        context.barrier()  # every rank has seen the folder before rank 0 removes it
+        if context.is_main:
+            shutil.rmtree(folder)
+            return path
+        return None
+    refuse_existing(path, overwrite)
     folder.mkdir(exist_ok=True)
     with hold_folder(folder, "cm sample --num", name=f".lock-r{context.rank}"):
-        return _generate_locked(pipe, num, path, folder, batch_size, compute_batch, seed, class_labels, levels,
+        return _generate_locked(pipe, num, path, folder, batch_size, settings, seed, class_labels, levels,
                                 context, progress)
 
 
+def _merged_but_not_cleaned(folder: Path, out: Path, settings: dict, num: int) -> bool:
+    """Whether `out` is the merged file of this very run, killed after publishing it but before
+    removing its shards: the record in `folder` names `out`'s SHA-256 and the same settings."""
+    try:
+        record = json.loads((folder / "run.json").read_text())
+    except (OSError, ValueError):
+        return False
+    merged = record.pop("merged", None) if isinstance(record, dict) else None
+    return (record == json.loads(json.dumps(settings)) and isinstance(merged, dict) and merged.get("num") == num
+            and merged.get("sha256") == hashlib.sha256(out.read_bytes()).hexdigest())
+
+
 def _generate_locked(pipe: ConsistencyModelPipeline, num: int, path: Path, folder: Path, batch_size: int,
-                     compute_batch: int, seed: int,
+                     settings: dict, seed: int,
                      class_labels: int | None, levels: NoiseLevels, context: DistributedContext,
                      progress: bool) -> Path | None:
     """generate_samples once this process holds its rank's lock of the shard folder."""
     remove_leftovers(folder, prefix=f"r{context.rank}-")  # this rank's temp files of a killed run
-    check_run_settings(folder, {"seed": seed, "class_labels": class_labels, **levels.as_dict(),
-                                "compute_batch": compute_batch, "model": model_fingerprint(pipe)})
+    check_run_settings(folder, settings)
+    compute_batch = settings["compute_batch"]
     done = existing_indices(folder)
     todo = [i for i in range(context.rank, num, context.world_size) if i not in done]
     bar = tqdm(total=len(todo), unit="img", desc=f"sampling (rank {context.rank})" if context.enabled else "sampling",
@@ -240,6 +266,7 @@ def _generate_locked(pipe: ConsistencyModelPipeline, num: int, path: Path, folde
     context.barrier()
     if not context.is_main:
         return None
+    remove_leftovers(path.parent, prefix=path.name)  # the temp file of a merge that was killed
     return merge_shards(folder, num, path)
 
 
@@ -262,6 +289,13 @@ def merge_shards(folder: Path, num: int, out: Path) -> Path:
         images[idx] = shard["images"][keep]
         if labels is not None:
             labels[idx] = shard["labels"][keep]
-    save_images(images, out, labels)
+    arrays = {"arr_0": images} if labels is None else {"arr_0": images, "arr_1": labels}
+    with atomic_path(out) as tmp:  # ADM's layout, as save_images writes it
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        record = json.loads((folder / "run.json").read_text())
+        record["merged"] = {"num": num, "sha256": hashlib.sha256(tmp.read_bytes()).hexdigest()}
+        with atomic_path(folder / "run.json") as tmp_record:  # a kill after the rename below is then recognised
+            tmp_record.write_text(json.dumps(record, indent=1))
     shutil.rmtree(folder)
     return out
