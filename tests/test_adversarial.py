@@ -162,6 +162,8 @@ def test_init_from_into_its_own_folder_is_refused(tmp_path, capsys, model):
     (["--lr", "-1"], "lr: -1.0 is not allowed"),
     (["--dropout", "5"], "dropout: 5.0 is not allowed"),
     (["--steps", "0"], "steps: 0 is not allowed"),
+    (["--steps", str(2**63)], "steps: 9223372036854775808 is not allowed; use an integer from 1 to 1000000000"),
+    (["--s1", str(10**9)], "s1: 1000000000 is not allowed; use an integer from 1 to 100000"),
     (["--save-every", "0"], "save_every: 0 is not allowed"),
     (["--seed", str(2**70)], "seed: "),
     (["--resolution", "8"], "resolution: 8 was given, but toy:mog8 is a set of 2-D points"),
@@ -457,3 +459,11 @@ def test_a_file_in_place_of_an_output_folder(tmp_path, capsys):
     code, _, err = run_cm(capsys, ["sample", "--batch-size", "2", "--out", f"{tmp_path / 'file.png'}/"])
     assert code in (1, 2) and err.count("\n") == 1 and "Traceback" not in err, err
     assert (tmp_path / "file.png").read_bytes() == b"mine"
+
+
+@pytest.mark.parametrize("value", [str(2**63), "100000"])
+def test_thread_counts_are_bounded(capsys, tmp_path, value):
+    """A count past torch's C int overflowed with a traceback; a merely huge one would start that many threads."""
+    code, _, err = run_cm(capsys, ["sample", "--threads", value, "--out", str(tmp_path / "x.png")])
+    assert code == 2 and "Traceback" not in err and f"--threads: {value!r} is more than 1024 threads" in err
+    assert not (tmp_path / "x.png").exists()

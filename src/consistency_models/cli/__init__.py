@@ -18,7 +18,7 @@ from ..errors import InvalidInputError
 from ..training import TrainingDiverged
 from . import convert, edit, evaluate, new, sample, train, tune_timesteps
 from .allocator import keep_freed_memory
-from .arguments import OneLineErrorParser, positive_int
+from .arguments import OneLineErrorParser, threads
 
 SUBCOMMANDS = (sample, edit, evaluate, tune_timesteps, new, train, convert)
 
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     for command in SUBCOMMANDS:
         command.add_parser(sub)
     for leaf in leaf_parsers(parser):
-        leaf.add_argument("--threads", type=positive_int, default=None,
+        leaf.add_argument("--threads", type=threads, default=None,
                           help="CPU threads torch uses (default: torch's choice, one per core)")
     return parser
 

@@ -63,6 +63,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+MAX_THREADS = 1024  # far above any CPU's cores; torch's own setting is a C int
+
+
+def threads(text: str) -> int:
+    """--threads: 1 to MAX_THREADS (a huge count would start that many OpenMP threads, or overflow)."""
+    value = positive_int(text)
+    if value > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"{text!r} is more than {MAX_THREADS} threads")
+    return value
+
+
 MAX_SEED = 2**32 - 1
 
 

@@ -6,6 +6,8 @@ import argparse
 
 import torch
 
+from ..errors import InvalidInputError
+from ..evaluation.generation import MAX_IMAGES
 from ..evaluation.timestep_search import search_range, tune_timesteps
 from ..io.hub import DEFAULT_MODEL
 from ..metrics.evaluate import compute_statistics
@@ -35,7 +37,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> None:
     features = extractor(args)
     pipe = ConsistencyModelPipeline.from_pretrained(args.model, device=device(args.device))
-    search_range(pipe, args.lo, args.hi)  # refuse a bad range before any work
+    search_range(pipe, args.lo, args.hi)  # refuse a bad range or label before any work
+    if args.class_label is not None:
+        pipe.prepare_class_labels(1, [args.class_label], None)
+    if args.num > MAX_IMAGES:
+        raise InvalidInputError(f"num: {args.num} must be a number of images from 2 to {MAX_IMAGES}")
     reference = compute_statistics(args.ref, features)
     result = tune_timesteps(pipe, features, (torch.as_tensor(reference.mu), torch.as_tensor(reference.sigma)),
                             num=args.num, batch_size=args.batch_size, seed=args.seed,

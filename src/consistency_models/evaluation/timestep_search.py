@@ -22,7 +22,7 @@ from ..metrics.frechet import RunningStatistics, frechet_distance
 from ..parametrization import karras_sigmas
 from ..pipeline import ConsistencyModelPipeline
 from ..schedule import NoiseLevels
-from .generation import sample_batches
+from .generation import MAX_IMAGES, sample_batches
 
 
 @dataclass
@@ -110,8 +110,8 @@ def tune_timesteps(
     lo, hi = search_range(pipe, lo, hi)
     cfg = pipe.sampling_config
     n = cfg.num_train_timesteps
-    if isinstance(num, bool) or not isinstance(num, int) or num < 2:
-        raise InvalidInputError(f"num: {num!r} must be at least 2 images")
+    if isinstance(num, bool) or not isinstance(num, int) or not 2 <= num <= MAX_IMAGES:
+        raise InvalidInputError(f"num: {num!r} must be a number of images from 2 to {MAX_IMAGES}")
     bar = tqdm(desc="timestep search", unit="candidate", disable=not progress)
 
     def score(t: int) -> float:

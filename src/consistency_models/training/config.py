@@ -22,6 +22,10 @@ SOLVERS = ("heun", "euler")
 MU_FORMS = ("openai", "paper")
 
 
+MAX_STEPS = 10**9     # 1,250 times OpenAI's 800k-step runs; beyond it a step counter is an overflow, not a plan
+MAX_SCALES = 100_000  # discretisation steps N (s0, s1): the papers use at most 1,281; each level is a float
+
+
 def setting(
     default: Any = MISSING,
     help: str = "",
@@ -117,9 +121,9 @@ class TrainConfig:
             ("optimizer", self.optimizer in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
             ("precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
             ("batch_size", self.batch_size >= 1, "a positive integer"),
-            ("steps", self.steps >= 1, "a positive integer"),
+            ("steps", 1 <= self.steps <= MAX_STEPS, f"an integer from 1 to {MAX_STEPS}"),
             ("resolution", self.resolution is None or self.resolution >= 1, "a positive integer"),
-            ("warmup_steps", self.warmup_steps >= 0, "a number of steps >= 0"),
+            ("warmup_steps", 0 <= self.warmup_steps <= MAX_STEPS, f"a number of steps from 0 to {MAX_STEPS}"),
             ("weight_decay", math.isfinite(self.weight_decay) and self.weight_decay >= 0, "a number >= 0"),
             ("dropout", self.dropout is None or 0 <= self.dropout < 1, "a probability in [0, 1)"),
             ("log_every", self.log_every >= 1, "a positive integer"),
@@ -132,9 +136,9 @@ class TrainConfig:
              "a positive divisor of batch_size"),
             ("ema_rates", all(0 <= r < 1 for r in self.ema_rates), "rates in [0, 1)"),
             ("target_mu", self.target_mu is None or 0 <= self.target_mu < 1, "a rate in [0, 1)"),
-            ("num_scales", self.num_scales is None or self.num_scales >= 2, "at least 2"),
-            ("s0", self.s0 is None or self.s0 >= 1, "a positive integer"),
-            ("s1", self.s1 is None or self.s1 >= 1, "a positive integer"),
+            ("num_scales", self.num_scales is None or 2 <= self.num_scales <= MAX_SCALES, f"2 to {MAX_SCALES}"),
+            ("s0", self.s0 is None or 1 <= self.s0 <= MAX_SCALES, f"an integer from 1 to {MAX_SCALES}"),
+            ("s1", self.s1 is None or 1 <= self.s1 <= MAX_SCALES, f"an integer from 1 to {MAX_SCALES}"),
             ("mu0", self.mu0 is None or 0 <= self.mu0 < 1, "a rate in [0, 1)"),
             ("ect_stages", self.ect_stages is None or self.ect_stages >= 1, "a positive integer"),
             ("solver", self.solver in (None, *SOLVERS), " or ".join(SOLVERS)),
