@@ -179,6 +179,7 @@ def main_sweep() -> int:
     failures = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
+        os.chdir(root)  # relative outputs ("dir/") land here, not in the caller's folder
         (root / "user").mkdir()
         files = setup(root / "user")
         out = root / "out"
