@@ -55,7 +55,8 @@ def test_tune_timesteps_on_the_embedded_model(digits_setup):
 @pytest.mark.parametrize("kwargs, message", [
     ({"lo": 0}, r"search range: \[0, 16\] must lie within \[1, 16\]"),
     ({"hi": 17}, r"search range: \[1, 17\]"),
-    ({"num": 1}, "num: 1 must be at least 2"),
+    ({"num": 1}, "num: 1 must be a number of images from 2 to 100000000"),
+    ({"num": 2**63}, "num: 9223372036854775808 must be a number of images from 2 to 100000000"),
 ])
 def test_bad_search_arguments(digits_setup, kwargs, message):
     pipe, extractor, reference = digits_setup
