@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import consistency_models as cm
+import consistency_models.data  # noqa: F401  (cm.data below, whatever else the run imported)
 from consistency_models.metrics import feature_extractor, gaussian_statistics
 from consistency_models.evaluation.timestep_search import frechet_distance_of_samples, ternary_search, tune_timesteps
 
