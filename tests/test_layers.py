@@ -21,7 +21,7 @@ NAME = "consistency_models"
 # Bottom → top. A module may import from its own layer (no circles) and from the layers below.
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "outputs"),                            # the one exception; diffusers-shaped output classes
-    ("parametrization", "schedule", "distributed"),   # math; process groups shared by sampling and training
+    ("parametrization", "schedule", "distributed", "trigflow"),  # math; process groups shared by sampling and training
     ("sampling", "networks", "data"),                  # samplers; architectures; data sets
     ("io", "fast_paths"),                              # formats on disk; compile / CUDA graphs / fast kernels
     ("scheduler", "metrics"),                          # the diffusers scheduler adapter; FID & co. on features

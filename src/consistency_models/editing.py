@@ -406,6 +406,7 @@ def interpolate(
     if labels is not None:
         labels = labels.expand(num)
     cfg = pipe.sampling_config
-    x = slerp(ends[0][0], ends[1][0], torch.linspace(0, 1, num)).to(pipe.device) * cfg.sigma_max
+    scale = pipe.sampler.initial_scale([cfg.sigma_max], cfg)  # σ_max; TrigFlow's x = σ_d·z at t_max: √(σ_max² + σ_d²)
+    x = slerp(ends[0][0], ends[1][0], torch.linspace(0, 1, num)).to(pipe.device) * scale
     return _to_image(sample_consistency(pipe.denoiser, x, [cfg.sigma_max, cfg.sigma_min], class_labels=labels,
                                         clip_denoised=cfg.clip_denoised))

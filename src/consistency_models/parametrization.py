@@ -149,5 +149,6 @@ class Denoiser(Preconditioned):
 PARAMETRIZATIONS: dict[str, type[Preconditioned]] = {
     "consistency": ConsistencyFunction,
     "edm": Denoiser,
+    "trigflow": Denoiser,  # TrigFlow's f(x_t, t) is D(x_σ, σ) in σ = σ_d·tan t (see trigflow.py)
 }
 

@@ -25,14 +25,16 @@ from .errors import InvalidInputError
 from .fast_paths import FastPaths
 from .io.images import pil_image, to_uint8
 from .io.pipeline_folder import (
+    TRIGFLOW_SCHEDULER_CLASS,
     PipelineParts,
     load_pipeline_folder,
     require_new_folder,
     save_pipeline_folder,
+    trigflow_settings,
 )
 from .networks import UNetModel, preset
 from .outputs import BaseOutput
-from .parametrization import PARAMETRIZATIONS, Preconditioned, noise_conditioning
+from .parametrization import PARAMETRIZATIONS, Preconditioned
 from .sampling import Generator, randn, sampler_for
 from .schedule import NoiseLevels, SchedulerConfig
 from .scheduler import CMStochasticIterativeScheduler
@@ -78,8 +80,11 @@ class ConsistencyModelPipeline:
         self,
         unet: torch.nn.Module,
         scheduler: CMStochasticIterativeScheduler | None = None,
-        parametrization: str = "consistency",
+        parametrization: str | None = None,  # default: "trigflow" with an SCMScheduler, else "consistency"
     ) -> None:
+        trigflow_scheduler = type(scheduler).__name__ == TRIGFLOW_SCHEDULER_CLASS
+        if parametrization is None:
+            parametrization = "trigflow" if trigflow_scheduler else "consistency"
         if parametrization not in PARAMETRIZATIONS:
             raise InvalidInputError(
                 f"parametrization: {parametrization!r} is not one of {', '.join(PARAMETRIZATIONS)}"
@@ -87,7 +92,8 @@ class ConsistencyModelPipeline:
         self.unet = unet.eval()  # inference only: dropout off
         self.scheduler = scheduler or CMStochasticIterativeScheduler()
         self.parametrization = parametrization
-        cfg = self._sampling_config = SchedulerConfig.from_dict(self.scheduler.config)
+        cfg = self._sampling_config = trigflow_settings(dict(self.scheduler.config)) if trigflow_scheduler \
+            else SchedulerConfig.from_dict(self.scheduler.config)
         self.denoiser: Preconditioned = PARAMETRIZATIONS[parametrization](unet, cfg.sigma_data, cfg.sigma_min)
         self.sampler = sampler_for(parametrization)
         self.fast_paths = FastPaths()
@@ -327,7 +333,8 @@ class ConsistencyModelPipeline:
         schedule = self.noise_schedule(NoiseLevels.of(num_inference_steps, timesteps, sigmas))
         noise = self.prepare_latents(batch_size, latents, generator)
         labels = self.prepare_class_labels(batch_size, class_labels, generator)
-        x = self.sample(noise * schedule[0], schedule, labels, generator, callback, callback_steps)
+        x = self.sample(noise * self.sampler.initial_scale(schedule, self.sampling_config), schedule, labels,
+                        generator, callback, callback_steps)
         images = self._convert(x, output_type)
         if not return_dict:
             return (images,)
@@ -345,7 +352,7 @@ class ConsistencyModelPipeline:
         """Run the model's sampler from x (noise already scaled by schedule[0]) through the fast paths."""
         def user_callback(i: int, sigma: float, sample: torch.Tensor) -> None:
             if i % callback_steps == 0:
-                t = float(noise_conditioning(torch.tensor(max(sigma, 1e-44), dtype=torch.float64)))
+                t = self.sampler.timestep(sigma, self.sampling_config)
                 callback(i, torch.tensor(t, dtype=torch.float64, device=sample.device), sample)
 
         bar_config = {"disable": len(schedule) <= 2, "desc": "sampling", "leave": False, **self.progress_bar_config}

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import torch
 
 from .errors import InvalidInputError
-from .parametrization import SIGMA_MAX, SIGMA_MIN, append_dims, karras_sigmas
+from .parametrization import SIGMA_MAX, SIGMA_MIN, append_dims, karras_sigmas, noise_conditioning
 from .schedule import (  # noqa: F401  (re-exported: their home before schedule.py)
     NoiseLevels,
     SchedulerConfig,
@@ -26,6 +26,7 @@ from .schedule import (  # noqa: F401  (re-exported: their home before schedule.
     sigmas_from_timesteps,
     timesteps_for_steps,
 )
+from .trigflow import check_times, default_times, sigma_from_t, t_from_sigma
 
 Generator = torch.Generator | Sequence[torch.Generator] | None
 
@@ -200,6 +201,47 @@ def sample_heun(
     return x
 
 
+@torch.no_grad()
+def sample_trigflow(
+    model: Callable[..., torch.Tensor],
+    x: torch.Tensor,
+    sigmas: Sequence[float | torch.Tensor],
+    *,
+    class_labels: torch.Tensor | None = None,
+    generator: Generator = None,
+    clip_denoised: bool = False,
+    callback: Callable[[int, float, torch.Tensor], None] | None = None,
+    progress: Callable[[int], object] | None = None,
+    noise_sampler: NoiseSampler | None = None,
+) -> torch.Tensor:
+    """sCM sampling (Lu & Song 2024, Algorithm 1 of its appendix), written in σ = σ_d·tan t.
+
+    TrigFlow's x_t = cos t·x₀ + sin t·σ_d·z is x_σ = x_t / cos t = x₀ + σ·z, and its consistency
+    function f(x_t, t) = cos t·x_t − sin t·σ_d·F is the EDM-preconditioned D(x_σ, σ) (see
+    `trigflow`). So with `model` = D: x starts as σ_d·z / cos t₀ = √(σ₀² + σ_d²)·z, each step
+    takes x₀ = D(x, σ_i) and re-noises x = x₀ + σ_{i+1}·z, and `sigmas` ends with 0. Fresh noise
+    is drawn at every step, the last one (σ = 0) included, as diffusers' `SCMScheduler.step`
+    draws it, so a generator gives the same images in both.
+    """
+    if len(sigmas) < 2:
+        raise InvalidInputError("sigmas: need at least one evaluation level followed by 0")
+    levels = sigma_levels(sigmas, x.device)
+    for i in range(len(levels) - 1):
+        x0 = model(x, levels[i], class_labels)
+        if clip_denoised:
+            x0 = x0.clamp(-1, 1)
+        if noise_sampler is not None:
+            z = noise_sampler(levels[i], levels[i + 1])
+        else:
+            z = randn(x0.shape, generator, device=x0.device, dtype=x0.dtype)
+        x = x0 + levels[i + 1].to(x0.dtype) * z if float(levels[i + 1]) > 0 else x0
+        if callback is not None:
+            callback(i, float(levels[i]), x)
+        if progress is not None:
+            progress(1)
+    return x
+
+
 # -- which sampler a model uses ----------------------------------------------------------------
 def consistency_schedule(levels: NoiseLevels, config: SchedulerConfig) -> list[float]:
     """Algorithm 1's σs: default one step at σ_max; the last level is σ_min."""
@@ -217,6 +259,26 @@ def heun_schedule(levels: NoiseLevels, config: SchedulerConfig) -> list[float]:
     schedule = levels.resolve(config)
     schedule[-1] = 0.0
     return schedule
+
+
+def trigflow_schedule(levels: NoiseLevels, config: SchedulerConfig) -> list[float]:
+    """sCM's σs, ending at 0: `timesteps` are TrigFlow times t (floats, σ = σ_d·tan t, as diffusers'
+    `SCMScheduler`); by default one step at t_max = arctan(σ_max/σ_d), two at [t_max, 1.1]; or
+    explicit σs."""
+    t_max = t_from_sigma(config.sigma_max, config.sigma_data)
+    if levels.sigmas is not None:
+        return check_sigmas(levels.sigmas, 0.0, config.sigma_max)[:-1] + [0.0]
+    if levels.timesteps is not None:
+        times = check_times(list(levels.timesteps))
+    else:
+        times = default_times(1 if levels.steps is None else levels.steps, t_max)
+    return [float(sigma_from_t(t, config.sigma_data)) for t in times] + [0.0]
+
+
+def run_trigflow(model: Callable[..., torch.Tensor], x: torch.Tensor, sigmas: Sequence[float],
+                 config: SchedulerConfig, **options) -> torch.Tensor:
+    """`sample_trigflow` with the model's clipping."""
+    return sample_trigflow(model, x, sigmas, clip_denoised=config.clip_denoised, **options)
 
 
 def run_consistency(model: Callable[..., torch.Tensor], x: torch.Tensor, sigmas: Sequence[float],
@@ -242,16 +304,25 @@ class Sampler:
     schedule: Callable[[NoiseLevels, SchedulerConfig], list[float]]
     run: Callable[..., torch.Tensor]  # run(model, x, sigmas, config, *, class_labels, generator, callback, progress)
     fast: bool = False                # the pipeline's fast paths (compile, CUDA graphs) apply
+    # the starting noise's scale: σ₀ (Algorithm 1, EDM), or √(σ₀² + σ_d²) for TrigFlow's x = σ_d·z at t₀
+    initial_scale: Callable[[Sequence[float], SchedulerConfig], float] = lambda sigmas, config: sigmas[0]
+    # the `timestep` a user's callback is given for σ: c_noise(σ) (diffusers' CM scheduler), or TrigFlow's t
+    timestep: Callable[[float, SchedulerConfig], float] = \
+        lambda sigma, config: float(noise_conditioning(torch.tensor(max(sigma, 1e-44), dtype=torch.float64)))
 
 
 SAMPLERS: dict[str, Sampler] = {
     "consistency": Sampler("consistency sampling (Algorithm 1)", consistency_schedule, run_consistency, fast=True),
     "edm": Sampler("EDM Heun sampler", heun_schedule, run_heun),
+    "trigflow": Sampler("sCM sampling (TrigFlow)", trigflow_schedule, run_trigflow,
+                        initial_scale=lambda sigmas, config: (sigmas[0] ** 2 + config.sigma_data ** 2) ** 0.5,
+                        timestep=lambda sigma, config: t_from_sigma(sigma, config.sigma_data)),
 }
 
 
 def sampler_for(parametrization: str) -> Sampler:
-    """The sampler of a consistency function ("consistency") or an EDM denoiser ("edm")."""
+    """The sampler of a consistency function ("consistency"), an EDM denoiser ("edm") or a TrigFlow
+    consistency model ("trigflow")."""
     if parametrization not in SAMPLERS:
         raise InvalidInputError(f"parametrization: {parametrization!r} is not one of {', '.join(SAMPLERS)}")
     return SAMPLERS[parametrization]
@@ -259,6 +330,7 @@ def sampler_for(parametrization: str) -> Sampler:
 
 __all__ = [  # with the schedule functions that lived here before schedule.py, re-exported
     "NoiseLevels", "NoiseSampler", "SAMPLERS", "Sampler", "SchedulerConfig", "check_sigmas", "euler_step", "heun_step",
-    "randn", "renoise", "renoise_scale", "resolve_sigmas", "sample_consistency", "sample_heun", "sampler_for",
+    "randn", "renoise", "renoise_scale", "resolve_sigmas", "sample_consistency", "sample_heun", "sample_trigflow",
+    "sampler_for",
     "sigma_levels", "sigmas_from_timesteps", "timesteps_for_steps",
 ]

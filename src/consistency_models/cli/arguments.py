@@ -46,6 +46,14 @@ def int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
 
 
+def number_list(text: str) -> list[int | float]:
+    """Comma-separated numbers, integers kept as int (grid indices) and others as float (TrigFlow times)."""
+    try:
+        return [int(v) if v.strip().lstrip("+-").isdigit() else float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+
+
 def float_list(text: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",") if v.strip()]
@@ -107,8 +115,9 @@ def add_noise_levels(parser: argparse.ArgumentParser, steps_help: str) -> None:
     """--steps | --timesteps | --sigmas, read back by `noise_levels`."""
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--steps", type=positive_int, default=None, help=steps_help)
-    group.add_argument("--timesteps", type=int_list, default=None,
-                       help="descending grid indices, e.g. 22,0 (index 0 = sigma_max)")
+    group.add_argument("--timesteps", type=number_list, default=None,
+                       help="descending grid indices, e.g. 22,0 (index 0 = sigma_max); for a TrigFlow model "
+                            "descending times t in (0, pi/2), e.g. 1.56454,1.1")
     group.add_argument("--sigmas", type=float_list, default=None,
                        help="descending noise levels to evaluate at, e.g. 80,1.38 (sigma_min is appended)")
 

@@ -2,7 +2,9 @@
 
     model_index.json                          names the components (and our `_parametrization`)
     unet/config.json, unet/*.safetensors      the network (`diffusers_format.py`)
-    scheduler/scheduler_config.json           a `CMStochasticIterativeScheduler` config
+    scheduler/scheduler_config.json           a `CMStochasticIterativeScheduler` config, or for a TrigFlow
+                                              model diffusers' `SCMScheduler` config (our σ range in
+                                              `_`-keys, which diffusers' config loader skips)
 
 `load_pipeline_folder` and `save_pipeline_folder` read and write the three parts without
 building a pipeline, so training exports and converters write folders from their parts.
@@ -27,6 +29,7 @@ MODEL_INDEX = "model_index.json"
 PIPELINE_CLASS = "ConsistencyModelPipeline"
 SCHEDULER_CONFIG = "scheduler_config.json"
 SCHEDULER_CLASS = "CMStochasticIterativeScheduler"
+TRIGFLOW_SCHEDULER_CLASS = "SCMScheduler"  # diffusers' sCM scheduler (prediction_type "trigflow")
 
 
 @dataclass
@@ -35,7 +38,7 @@ class PipelineParts:
 
     network: nn.Module
     scheduler_config: SchedulerConfig
-    parametrization: str = "consistency"   # "consistency" (f) or "edm" (a diffusion denoiser D)
+    parametrization: str = "consistency"   # "consistency" (f), "edm" (a diffusion denoiser D) or "trigflow"
 
     def __post_init__(self) -> None:
         if not isinstance(self.parametrization, str) or self.parametrization not in PARAMETRIZATIONS:
@@ -45,19 +48,42 @@ class PipelineParts:
 
 
 def read_scheduler_config(folder: str | os.PathLike) -> SchedulerConfig:
-    """`folder/scheduler_config.json` (diffusers' keys beside ours are ignored)."""
+    """`folder/scheduler_config.json` (diffusers' keys beside ours are ignored); an `SCMScheduler`
+    config gives σ_data and the σ range kept in its `_sigma_min`/`_sigma_max` keys."""
     path = Path(folder) / SCHEDULER_CONFIG
     data = read_json(path, "scheduler")
     try:
+        if data.get("_class_name") == TRIGFLOW_SCHEDULER_CLASS:
+            return trigflow_settings(data)
         return SchedulerConfig.from_dict(data)
     except InvalidInputError as exc:
         raise InvalidInputError(f"scheduler: {path}: {exc}") from None
 
 
-def write_scheduler_config(folder: str | os.PathLike, config: SchedulerConfig) -> None:
+def trigflow_settings(data: dict) -> SchedulerConfig:
+    """Our sampling settings from an `SCMScheduler` config (no clipping unless it says so)."""
+    if data.get("prediction_type", "trigflow") != "trigflow":
+        raise InvalidInputError(f"prediction_type: {data['prediction_type']!r} is not allowed; use 'trigflow'")
+    defaults = SchedulerConfig()
+    return SchedulerConfig(sigma_data=data.get("sigma_data", defaults.sigma_data),
+                           sigma_min=data.get("_sigma_min", defaults.sigma_min),
+                           sigma_max=data.get("_sigma_max", defaults.sigma_max),
+                           clip_denoised=data.get("_clip_denoised", False))
+
+
+def write_scheduler_config(folder: str | os.PathLike, config: SchedulerConfig, parametrization: str = "consistency"
+                           ) -> None:
+    """A `CMStochasticIterativeScheduler` config, or an `SCMScheduler` one for a TrigFlow model."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / SCHEDULER_CONFIG, {"_class_name": SCHEDULER_CLASS, **config})
+    if parametrization == "trigflow":
+        data = {"_class_name": TRIGFLOW_SCHEDULER_CLASS, "_diffusers_version": DIFFUSERS_VERSION,
+                "num_train_timesteps": 1000, "prediction_type": "trigflow", "sigma_data": config.sigma_data,
+                "_sigma_min": config.sigma_min, "_sigma_max": config.sigma_max,
+                "_clip_denoised": config.clip_denoised}
+    else:
+        data = {"_class_name": SCHEDULER_CLASS, **config}
+    write_json(folder / SCHEDULER_CONFIG, data)
 
 
 def require_new_folder(path: str | os.PathLike, what: str) -> Path:
@@ -73,7 +99,7 @@ def require_new_folder(path: str | os.PathLike, what: str) -> Path:
 def read_model_index(folder: Path) -> dict:
     """model_index.json, checked to name a UNet and a consistency scheduler."""
     index = read_json(folder / MODEL_INDEX, "model")
-    for part, classes in (("unet", ("UNet2DModel",)), ("scheduler", (SCHEDULER_CLASS,))):
+    for part, classes in (("unet", ("UNet2DModel",)), ("scheduler", (SCHEDULER_CLASS, TRIGFLOW_SCHEDULER_CLASS))):
         if part not in index:
             raise InvalidInputError(f"model: {folder / MODEL_INDEX} names no {part!r} component")
         entry = index[part]
@@ -89,7 +115,7 @@ def write_model_index(folder: Path, parametrization: str) -> None:
         "_class_name": PIPELINE_CLASS,
         "_diffusers_version": DIFFUSERS_VERSION,
         "unet": ["diffusers", "UNet2DModel"],
-        "scheduler": ["diffusers", SCHEDULER_CLASS],
+        "scheduler": ["diffusers", TRIGFLOW_SCHEDULER_CLASS if parametrization == "trigflow" else SCHEDULER_CLASS],
     }
     if parametrization != "consistency":
         index["_parametrization"] = parametrization
@@ -101,11 +127,15 @@ def load_pipeline_folder(path_or_id: str | os.PathLike, variant: str | None = No
     `variant` picks `unet/diffusion_pytorch_model.<variant>.safetensors`."""
     folder = resolve_model_path(path_or_id)
     index = read_model_index(folder)
-    parametrization = index.get("_parametrization", "consistency")
+    trigflow = index["scheduler"][1] == TRIGFLOW_SCHEDULER_CLASS
+    parametrization = index.get("_parametrization", "trigflow" if trigflow else "consistency")
     if not isinstance(parametrization, str) or parametrization not in PARAMETRIZATIONS:
         raise InvalidInputError(
             f"parametrization: {parametrization!r} in {folder / MODEL_INDEX} is not one of {', '.join(PARAMETRIZATIONS)}"
         )
+    if trigflow != (parametrization == "trigflow"):
+        raise InvalidInputError(f"model: {folder / MODEL_INDEX} pairs the {index['scheduler'][1]} scheduler with the "
+                                f"{parametrization!r} parametrization; SCMScheduler goes with 'trigflow' only")
     return PipelineParts(load_network(folder / "unet", variant), read_scheduler_config(folder / "scheduler"),
                          parametrization)
 
@@ -118,6 +148,6 @@ def save_pipeline_folder(path: str | os.PathLike, parts: PipelineParts, variant:
         raise InvalidInputError(f"path: the folder {folder.parent} does not exist")
     folder.mkdir(exist_ok=True)
     save_network(parts.network, folder / "unet", variant)
-    write_scheduler_config(folder / "scheduler", parts.scheduler_config)
+    write_scheduler_config(folder / "scheduler", parts.scheduler_config, parts.parametrization)
     write_model_index(folder, parts.parametrization)
     return folder

@@ -1,0 +1,107 @@
+"""TrigFlow (Lu & Song 2024, "Simplifying, Stabilizing, and Scaling Continuous-Time Consistency
+Models", arXiv 2410.11081, §2–3): the time variable of continuous-time consistency models.
+
+    x_t = cos t·x₀ + sin t·z,  z ~ N(0, σ_d² I),  t ∈ [0, π/2]
+    f_θ(x_t, t) = cos t·x_t − sin t·σ_d·F_θ(x_t/σ_d, t)              (the consistency function)
+    dx_t/dt = σ_d·F_θ(x_t/σ_d, t)                                      (the diffusion model's velocity)
+
+EDM's σ is σ = σ_d·tan t and x_σ = x_t / cos t. With these, EDM's preconditioning c_in·x_σ =
+x_t/σ_d, c_skip·x_σ = cos t·x_t and c_out = σ_d·sin t, so an EDM-preconditioned network
+D(x_σ, σ) = c_skip·x_σ + c_out·F_edm(c_in·x_σ, c_noise(σ)) is the TrigFlow function above with
+
+    F_θ(x_t/σ_d, t) = −F_edm(x_t/σ_d, c_noise(σ_d·tan t)),  c_noise(σ) = 250·ln σ.
+
+This project's TrigFlow models use exactly that convention (decided for issue 15): one network
+class for EDM teachers, their students and TrigFlow models; a shipped EDM teacher is a TrigFlow
+teacher as it is; and the pipeline samples TrigFlow models in σ-space with the `Denoiser`
+scalings (`sampling.sample_trigflow`). The paper's reason for its own time input c_noise(t) = t
+— d c_noise/dt = 250/(sin t·cos t) grows without bound at both ends — does not bite the sCM
+tangent: the JVP's time tangent is cos t·sin t·σ_d, which makes the tangent of 250·ln(σ_d·tan t)
+the constant 250·σ_d.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .errors import InvalidInputError
+from .parametrization import SIGMA_DATA, SIGMA_MAX, append_dims, noise_conditioning
+
+HALF_PI = math.pi / 2
+T_MAX = math.atan(SIGMA_MAX / SIGMA_DATA)  # ≈ 1.56454: EDM's σ_max = 80 (diffusers' SCMScheduler uses π/2)
+T_MIDDLE = 1.1                              # the paper's two-step middle time (diffusers' default: 1.3)
+
+
+def sigma_from_t(t: float | torch.Tensor, sigma_data: float = SIGMA_DATA) -> float | torch.Tensor:
+    """σ = σ_d·tan t."""
+    return sigma_data * (torch.tan(t) if torch.is_tensor(t) else math.tan(t))
+
+
+def t_from_sigma(sigma: float | torch.Tensor, sigma_data: float = SIGMA_DATA) -> float | torch.Tensor:
+    """t = arctan(σ/σ_d)."""
+    return torch.atan(sigma / sigma_data) if torch.is_tensor(sigma) else math.atan(sigma / sigma_data)
+
+
+def check_times(times: list[float]) -> list[float]:
+    """Descending TrigFlow times in (0, π/2), as floats (a one-line error otherwise). Times past
+    t_max = arctan(σ_max/σ_d) are allowed (diffusers' float32 t_max lies 6e-8 above it)."""
+    values = [float(t) for t in times]
+    if not values:
+        raise InvalidInputError("timesteps: give at least one TrigFlow time t in (0, π/2)")
+    if any(not math.isfinite(t) or not 0 < t < HALF_PI for t in values):
+        raise InvalidInputError(f"timesteps: {values} must be TrigFlow times t with 0 < t < π/2 "
+                                f"(σ = σ_d·tan t; the model's t_max is {T_MAX:.6g} for σ_max = 80)")
+    if any(b >= a for a, b in zip(values, values[1:])):
+        raise InvalidInputError(f"timesteps: {values} must be strictly descending (e.g. 1.56454,1.1)")
+    return values
+
+
+def default_times(steps: int, t_max: float = T_MAX, middle: float = T_MIDDLE) -> list[float]:
+    """The evaluation times of `steps`-step sampling: [t_max] for one step, [t_max, 1.1] for two
+    (the paper's choice), else `steps` times evenly spaced from t_max down (as diffusers'
+    `SCMScheduler.set_timesteps` without an intermediate time)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 1000:
+        raise InvalidInputError(f"num_inference_steps: {steps!r} must be an integer from 1 to 1000")
+    if steps == 2 and middle < t_max:
+        return [t_max, middle]
+    return [t_max * (steps - i) / steps for i in range(steps)]
+
+
+class TrigFlow(nn.Module):
+    """A network in TrigFlow time: F_θ(x_t/σ_d, t), the velocity σ_d·F_θ and f_θ(x_t, t).
+
+    `network(x, c_noise, class_labels)` is the same raw network an EDM `Denoiser` wraps; t is a
+    tensor of shape () or (B,), kept in float64 for the trigonometry, as σ is elsewhere.
+    """
+
+    def __init__(self, network: nn.Module, sigma_data: float = SIGMA_DATA) -> None:
+        super().__init__()
+        self.network = network
+        self.sigma_data = float(sigma_data)
+
+    def time_conditioning(self, t: torch.Tensor) -> torch.Tensor:
+        """c_noise(σ_d·tan t) = 250·ln(σ_d·tan t), what the network is given as its time."""
+        return noise_conditioning(sigma_from_t(t.to(torch.float64), self.sigma_data))
+
+    def F(self, x_t: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """F_θ(x_t/σ_d, t) = −network(x_t/σ_d, 250·ln(σ_d·tan t))."""
+        t = torch.as_tensor(t, dtype=torch.float64, device=x_t.device).expand(x_t.shape[0])
+        c_noise = self.time_conditioning(t).to(torch.float32)
+        return -self.network((x_t / self.sigma_data).to(x_t.dtype), c_noise, class_labels).float()
+
+    def velocity(self, x_t: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """dx_t/dt = σ_d·F_θ(x_t/σ_d, t): what diffusers' `SCMScheduler.step` takes as `model_output`."""
+        return self.sigma_data * self.F(x_t, t, class_labels)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """f_θ(x_t, t) = cos t·x_t − sin t·σ_d·F_θ(x_t/σ_d, t)."""
+        t = torch.as_tensor(t, dtype=torch.float64, device=x_t.device).expand(x_t.shape[0])
+        cos, sin = append_dims(torch.cos(t), x_t), append_dims(torch.sin(t), x_t)
+        return (cos * x_t.double() - sin * self.velocity(x_t, t, class_labels).double()).float()
+
+
+__all__ = ["HALF_PI", "T_MAX", "T_MIDDLE", "TrigFlow", "check_times", "default_times", "sigma_from_t",
+           "t_from_sigma"]
