@@ -29,14 +29,19 @@ from consistency_models.training.methods import (
 
 
 def test_the_built_in_methods_and_their_declarations():
-    assert list(METHODS) == ["edm", "cd", "ct", "ict", "ect"]
-    assert {m.name: m.parametrization for m in METHODS.values()} == {
-        "edm": "edm", "cd": "consistency", "ct": "consistency", "ict": "consistency", "ect": "consistency"}
+    assert list(METHODS) == ["edm", "cd", "ct", "ict", "ect", "sct", "scd"]
+    cfg = TrainConfig(method="sct", data="toy:mog8", out="r")
+    assert {m.name: m.parametrization_of(cfg) for m in METHODS.values()} == {
+        "edm": "edm", "cd": "consistency", "ct": "consistency", "ict": "consistency", "ect": "consistency",
+        "sct": "trigflow", "scd": "trigflow"}
+    teacher = TrainConfig(method="scd", data="toy:mog8", out="r", teacher="t")
+    assert teacher.time_input == "log_sigma" and METHODS["scd"].parametrization_of(teacher) == "trigflow_edm"
     assert {m.name for m in METHODS.values() if m.target_network} == {"cd", "ct"}
     assert {m.name: m.teacher for m in METHODS.values()} == {
-        "edm": "unused", "cd": "required", "ct": "optional", "ict": "optional", "ect": "required"}
+        "edm": "unused", "cd": "required", "ct": "optional", "ict": "optional", "ect": "required",
+        "sct": "optional", "scd": "required"}
     assert method_options() == {"distance", "num_scales", "target_mu", "solver", "s0", "s1", "mu0", "mu_form",
-                                "ect_stages"}
+                                "ect_stages", "p_mean", "p_std", "tangent_warmup", "tangent_c", "jvp", "time_input"}
 
 
 @pytest.mark.parametrize("method, settings, expected", [
@@ -62,7 +67,7 @@ def test_recorded_grid_size(method, settings, expected):
     ("edm", {"teacher": "t"}, r"^teacher: --method edm uses no teacher"),
     ("ct", {"init_from_teacher": True}, r"^init_from_teacher: needs --teacher$"),
     ("ict", {"lpips_vgg": "vgg.pth", "lpips_lin": "lin.pth"}, r"^lpips_vgg/lpips_lin: given, but --distance is not lpips or lpips_standard$"),
-    ("nope", {}, r"^method: 'nope' is not one of edm, cd, ct, ict, ect$"),
+    ("nope", {}, r"^method: 'nope' is not one of edm, cd, ct, ict, ect, sct, scd$"),
 ])
 def test_settings_a_method_does_not_read_are_refused(method, settings, message):
     with pytest.raises(InvalidInputError, match=message):
@@ -93,7 +98,8 @@ def test_help_shows_the_registry_defaults():
     assert helps["s1"].endswith("(default: ct 150, ict s0*2^d, d = min(7, steps//400 - 1): 160 at 2000 steps, "
                                 "1280 from 3200)")
     assert helps["num_scales"].endswith("(default: cd 40)")
-    assert helps["init_from_teacher"].endswith("(default: yes for cd, ct, ict, ect when --teacher is given)")
+    assert helps["init_from_teacher"].endswith("(default: yes for cd, ct, ict, ect, sct, scd when --teacher is "
+                                               "given)")
     assert [a for a in train._actions if a.dest == "method"][0].choices == tuple(METHODS)
 
 
@@ -175,7 +181,7 @@ def test_recipe_sets_every_setting_and_options_override_it(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--data", "toy:mog8"], r"^method: give --method \(edm, cd, ct, ict, ect\) or --recipe$"),
+    (["--data", "toy:mog8"], r"^method: give --method \(edm, cd, ct, ict, ect, sct, scd\) or --recipe$"),
     (["--data", "toy:mog8", "--recipe", "nope"], r"^argument --recipe: invalid choice: 'nope'"),
 ])
 def test_recipe_errors_are_one_line(tmp_path, capsys, argv, message):

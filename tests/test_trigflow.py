@@ -18,7 +18,7 @@ from diffusers import SCMScheduler
 
 from consistency_models import CMStochasticIterativeScheduler, ConsistencyModelPipeline, InvalidInputError
 from consistency_models.cli import main
-from consistency_models.parametrization import Denoiser
+from consistency_models.parametrization import Denoiser, TrigFlowFunction
 from consistency_models.trigflow import T_MAX, TrigFlow, default_times, sigma_from_t, t_from_sigma
 
 
@@ -39,36 +39,59 @@ class Zero(torch.nn.Module):
         return torch.zeros_like(x)
 
 
-def test_zero_network_gives_the_closed_form():
+@pytest.mark.parametrize("time_input", ["t", "log_sigma"])
+def test_zero_network_gives_the_closed_form(time_input):
     x_t = torch.randn(3, 2)
     t = torch.tensor([0.3, 1.0, 1.5], dtype=torch.float64)
     expected = torch.cos(t).float()[:, None] * x_t
-    torch.testing.assert_close(TrigFlow(Zero())(x_t, t), expected)
+    torch.testing.assert_close(TrigFlow(Zero(), time_input=time_input)(x_t, t), expected)
 
 
-def test_trigflow_function_is_the_edm_denoiser_in_sigma(unet):
-    """f(x_t, t) = cos t·x_t − sin t·σ_d·F(x_t/σ_d, t) equals D(x_t / cos t, σ_d·tan t)."""
+class Echo(torch.nn.Module):
+    """network(u, c) = c (broadcast): shows which time input the wrappers give."""
+
+    def forward(self, x, c_noise, class_labels=None):
+        return c_noise.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1))).expand_as(x)
+
+
+def test_time_inputs_by_hand():
+    """F = network(u, t) for "t"; F = −network(u, 250·ln(σ_d·tan t)) for "log_sigma"."""
+    u, t = torch.zeros(2, 2), torch.tensor([0.4, 1.2], dtype=torch.float64)
+    by_t = TrigFlow(Echo(), time_input="t").F_scaled(u, t)
+    by_sigma = TrigFlow(Echo(), time_input="log_sigma").F_scaled(u, t)
+    torch.testing.assert_close(by_t[:, 0], t.float())
+    torch.testing.assert_close(by_sigma[:, 0], (-250 * torch.log(0.5 * torch.tan(t))).float())
+
+
+@pytest.mark.parametrize("time_input, wrapper", [("log_sigma", Denoiser), ("t", TrigFlowFunction)])
+def test_the_t_space_function_equals_the_sigma_space_wrapper(unet, time_input, wrapper):
+    """f(x_t, t) = cos t·x_t − sin t·σ_d·F(x_t/σ_d, t) equals the pipeline's σ-space wrapper at
+    x_σ = x_t / cos t, σ = σ_d·tan t (EDM's D for an EDM network; TrigFlowFunction for input t)."""
     gen = torch.Generator().manual_seed(0)
     x_t = torch.randn(2, 3, 32, 32, generator=gen)
     labels = torch.tensor([1, 7])
     for t in (0.05, 1.1, T_MAX):
         tt = torch.tensor(t, dtype=torch.float64)
-        in_t = TrigFlow(unet)(x_t, tt, labels)
-        in_sigma = Denoiser(unet)(x_t / math.cos(t), torch.tensor(sigma_from_t(t), dtype=torch.float64), labels)
+        in_t = TrigFlow(unet, time_input=time_input)(x_t, tt, labels)
+        in_sigma = wrapper(unet)(x_t / math.cos(t), torch.tensor(sigma_from_t(t), dtype=torch.float64), labels)
         torch.testing.assert_close(in_t, in_sigma, rtol=1e-5, atol=1e-5)
 
 
-@pytest.fixture(scope="module")
-def trigflow_pipe(unet):
+def trigflow_pipeline(unet, parametrization="trigflow"):
     pipe = ConsistencyModelPipeline(unet, CMStochasticIterativeScheduler(clip_denoised=False),
-                                    parametrization="trigflow")
+                                    parametrization=parametrization)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def t_space_loop(unet, times, labels, seed):
+@pytest.fixture(scope="module")
+def trigflow_pipe(unet):
+    return trigflow_pipeline(unet)
+
+
+def t_space_loop(unet, times, labels, seed, time_input="t"):
     """The paper's sampler in TrigFlow time: x = σ_d·z; x₀ = f(x, t_i); x = cos t·x₀ + sin t·σ_d·z."""
-    net = TrigFlow(unet)
+    net = TrigFlow(unet, time_input=time_input)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(2, 3, 32, 32, generator=gen) * 0.5
     times = [*times, 0.0]
@@ -79,15 +102,17 @@ def t_space_loop(unet, times, labels, seed):
     return x
 
 
+@pytest.mark.parametrize("parametrization, time_input", [("trigflow", "t"), ("trigflow_edm", "log_sigma")])
 @pytest.mark.parametrize("steps, times", [(1, [T_MAX]), (2, [T_MAX, 1.1]), (3, [T_MAX, 2 * T_MAX / 3, T_MAX / 3])])
-def test_pipeline_samples_as_the_t_space_loop(trigflow_pipe, unet, steps, times):
+def test_pipeline_samples_as_the_t_space_loop(unet, parametrization, time_input, steps, times):
+    pipe = trigflow_pipeline(unet, parametrization)
     labels = torch.tensor([3, 5])
-    ours = trigflow_pipe(batch_size=2, class_labels=labels, num_inference_steps=steps, output_type="pt",
-                         generator=torch.Generator().manual_seed(4)).images
-    reference = (t_space_loop(unet, times, labels, 4) / 2 + 0.5).clamp(0, 1)
+    ours = pipe(batch_size=2, class_labels=labels, num_inference_steps=steps, output_type="pt",
+                generator=torch.Generator().manual_seed(4)).images
+    reference = (t_space_loop(unet, times, labels, 4, time_input) / 2 + 0.5).clamp(0, 1)
     torch.testing.assert_close(ours, reference, rtol=0, atol=2e-5)
-    explicit = trigflow_pipe(batch_size=2, class_labels=labels, timesteps=times, output_type="pt",
-                             generator=torch.Generator().manual_seed(4)).images
+    explicit = pipe(batch_size=2, class_labels=labels, timesteps=times, output_type="pt",
+                    generator=torch.Generator().manual_seed(4)).images
     torch.testing.assert_close(explicit, ours, rtol=0, atol=1e-6)
 
 

@@ -116,6 +116,10 @@ class Preconditioned(nn.Module):
     def scalings(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def noise_input(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The time input the network is given for σ (float64): c_noise(σ) = 250·ln σ."""
+        return noise_conditioning(sigma)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -127,7 +131,7 @@ class Preconditioned(nn.Module):
         x = x.float()
         dtype = next(self.network.parameters()).dtype
         model_in = (x * append_dims(c_in, x)).to(dtype)
-        c_noise = noise_conditioning(sigma).to(torch.float32)
+        c_noise = self.noise_input(sigma).to(torch.float32)
         model_out = self.network(model_in, c_noise, class_labels).float()
         return append_dims(c_skip, x) * x + append_dims(c_out, x) * model_out
 
@@ -146,9 +150,24 @@ class Denoiser(Preconditioned):
         return edm_scalings(sigma, self.sigma_data)
 
 
+class TrigFlowFunction(Preconditioned):
+    """sCM's f(x_t, t) = cos t·x_t − sin t·σ_d·F_θ(x_t/σ_d, t) (Lu & Song 2024, eq. 6, time input
+    c_noise(t) = t) written in σ = σ_d·tan t, x_σ = x_t/cos t: c_skip = σ_d²/(σ² + σ_d²) = cos²t,
+    c_out = −σ·σ_d/√(σ² + σ_d²) = −σ_d·sin t, c_in = 1/√(σ² + σ_d²) = cos t/σ_d, and the
+    network is given t = arctan(σ/σ_d). (`trigflow.TrigFlow` is the same function in t.)"""
+
+    def scalings(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        c_skip, c_out, c_in = edm_scalings(sigma, self.sigma_data)
+        return c_skip, -c_out, c_in
+
+    def noise_input(self, sigma: torch.Tensor) -> torch.Tensor:
+        return torch.atan(sigma / self.sigma_data)
+
+
 PARAMETRIZATIONS: dict[str, type[Preconditioned]] = {
     "consistency": ConsistencyFunction,
     "edm": Denoiser,
-    "trigflow": Denoiser,  # TrigFlow's f(x_t, t) is D(x_σ, σ) in σ = σ_d·tan t (see trigflow.py)
+    "trigflow": TrigFlowFunction,   # sCM with the paper's time input t
+    "trigflow_edm": Denoiser,       # an EDM network sampled as an sCM: f(x_t, t) = D(x_σ, σ) (see trigflow.py)
 }
 

@@ -311,18 +311,21 @@ class Sampler:
         lambda sigma, config: float(noise_conditioning(torch.tensor(max(sigma, 1e-44), dtype=torch.float64)))
 
 
+TRIGFLOW_SAMPLER = Sampler("sCM sampling (TrigFlow)", trigflow_schedule, run_trigflow,
+                           initial_scale=lambda sigmas, config: (sigmas[0] ** 2 + config.sigma_data ** 2) ** 0.5,
+                           timestep=lambda sigma, config: t_from_sigma(sigma, config.sigma_data))
+
 SAMPLERS: dict[str, Sampler] = {
     "consistency": Sampler("consistency sampling (Algorithm 1)", consistency_schedule, run_consistency, fast=True),
     "edm": Sampler("EDM Heun sampler", heun_schedule, run_heun),
-    "trigflow": Sampler("sCM sampling (TrigFlow)", trigflow_schedule, run_trigflow,
-                        initial_scale=lambda sigmas, config: (sigmas[0] ** 2 + config.sigma_data ** 2) ** 0.5,
-                        timestep=lambda sigma, config: t_from_sigma(sigma, config.sigma_data)),
+    "trigflow": TRIGFLOW_SAMPLER,
+    "trigflow_edm": TRIGFLOW_SAMPLER,
 }
 
 
 def sampler_for(parametrization: str) -> Sampler:
     """The sampler of a consistency function ("consistency"), an EDM denoiser ("edm") or a TrigFlow
-    consistency model ("trigflow")."""
+    consistency model ("trigflow", "trigflow_edm")."""
     if parametrization not in SAMPLERS:
         raise InvalidInputError(f"parametrization: {parametrization!r} is not one of {', '.join(SAMPLERS)}")
     return SAMPLERS[parametrization]

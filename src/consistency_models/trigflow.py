@@ -5,19 +5,21 @@ Models", arXiv 2410.11081, §2–3): the time variable of continuous-time consis
     f_θ(x_t, t) = cos t·x_t − sin t·σ_d·F_θ(x_t/σ_d, t)              (the consistency function)
     dx_t/dt = σ_d·F_θ(x_t/σ_d, t)                                      (the diffusion model's velocity)
 
-EDM's σ is σ = σ_d·tan t and x_σ = x_t / cos t. With these, EDM's preconditioning c_in·x_σ =
-x_t/σ_d, c_skip·x_σ = cos t·x_t and c_out = σ_d·sin t, so an EDM-preconditioned network
-D(x_σ, σ) = c_skip·x_σ + c_out·F_edm(c_in·x_σ, c_noise(σ)) is the TrigFlow function above with
+EDM's σ is σ = σ_d·tan t and x_σ = x_t / cos t. The network's time input is one of two:
 
-    F_θ(x_t/σ_d, t) = −F_edm(x_t/σ_d, c_noise(σ_d·tan t)),  c_noise(σ) = 250·ln σ.
+- "t" (parametrization "trigflow"): the paper's c_noise(t) = t and F_θ = the network's output.
+  sCT trains this one. Its time tangent in the JVP, cos t·sin t·σ_d ≤ 0.25, is small.
+- "log_sigma" (parametrization "trigflow_edm"): an EDM-preconditioned network as it is. EDM's
+  c_in·x_σ = x_t/σ_d, c_skip·x_σ = cos t·x_t and c_out = σ_d·sin t make D(x_σ, σ) the function
+  above with F_θ = −F_edm and time input c_noise = 250·ln(σ_d·tan t): EDM teachers (the shipped
+  `digits-teacher`, converted `edm_*`) give sCD its velocity, and an sCD student started from a
+  teacher keeps this input. Its time tangent is the constant 250·σ_d = 125 (cos t·sin t cancels
+  d ln tan t/dt), which meets the network's sinusoidal embedding (frequencies up to 1 per unit)
+  and makes dF/dt large: measured on the 2-D toy, sCT with this input collapses (1-step on-mode
+  1 %) where the input t reaches 87 % with the same settings — the paper's reason for c_noise = t.
 
-This project's TrigFlow models use exactly that convention (decided for issue 15): one network
-class for EDM teachers, their students and TrigFlow models; a shipped EDM teacher is a TrigFlow
-teacher as it is; and the pipeline samples TrigFlow models in σ-space with the `Denoiser`
-scalings (`sampling.sample_trigflow`). The paper's reason for its own time input c_noise(t) = t
-— d c_noise/dt = 250/(sin t·cos t) grows without bound at both ends — does not bite the sCM
-tangent: the JVP's time tangent is cos t·sin t·σ_d, which makes the tangent of 250·ln(σ_d·tan t)
-the constant 250·σ_d.
+The pipeline samples both in σ-space (`parametrization.TrigFlowFunction` and `Denoiser`,
+`sampling.sample_trigflow`); `TrigFlow` below is the same function in t, which training uses.
 """
 
 from __future__ import annotations
@@ -70,27 +72,48 @@ def default_times(steps: int, t_max: float = T_MAX, middle: float = T_MIDDLE) ->
     return [t_max * (steps - i) / steps for i in range(steps)]
 
 
+TIME_INPUTS = {"t": "trigflow", "log_sigma": "trigflow_edm"}  # time input → the parametrization's name
+
+
+def time_input_of(parametrization: str) -> str:
+    """"t" for "trigflow", "log_sigma" for "trigflow_edm"."""
+    return {v: k for k, v in TIME_INPUTS.items()}[parametrization]
+
+
 class TrigFlow(nn.Module):
     """A network in TrigFlow time: F_θ(x_t/σ_d, t), the velocity σ_d·F_θ and f_θ(x_t, t).
 
-    `network(x, c_noise, class_labels)` is the same raw network an EDM `Denoiser` wraps; t is a
+    `network(x, c_noise, class_labels)` is a raw network as the σ-space wrappers take it; t is a
     tensor of shape () or (B,), kept in float64 for the trigonometry, as σ is elsewhere.
     """
 
-    def __init__(self, network: nn.Module, sigma_data: float = SIGMA_DATA) -> None:
+    def __init__(self, network: nn.Module, sigma_data: float = SIGMA_DATA, time_input: str = "t") -> None:
         super().__init__()
+        if time_input not in TIME_INPUTS:
+            raise InvalidInputError(f"time_input: {time_input!r} is not one of {', '.join(TIME_INPUTS)}")
         self.network = network
         self.sigma_data = float(sigma_data)
+        self.time_input = time_input
+        self.sign = 1.0 if time_input == "t" else -1.0  # an EDM network's F_edm is −F_θ
 
     def time_conditioning(self, t: torch.Tensor) -> torch.Tensor:
-        """c_noise(σ_d·tan t) = 250·ln(σ_d·tan t), what the network is given as its time."""
-        return noise_conditioning(sigma_from_t(t.to(torch.float64), self.sigma_data))
+        """The network's time input: t itself, or c_noise(σ_d·tan t) = 250·ln(σ_d·tan t)."""
+        t = t.to(torch.float64)
+        return t if self.time_input == "t" else noise_conditioning(sigma_from_t(t, self.sigma_data))
 
     def F(self, x_t: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
-        """F_θ(x_t/σ_d, t) = −network(x_t/σ_d, 250·ln(σ_d·tan t))."""
-        t = torch.as_tensor(t, dtype=torch.float64, device=x_t.device).expand(x_t.shape[0])
-        c_noise = self.time_conditioning(t).to(torch.float32)
-        return -self.network((x_t / self.sigma_data).to(x_t.dtype), c_noise, class_labels).float()
+        """F_θ(x_t/σ_d, t): network(x_t/σ_d, t), or −network(x_t/σ_d, 250·ln(σ_d·tan t)) for an EDM network."""
+        return self.F_scaled((x_t / self.sigma_data).to(x_t.dtype), t, class_labels)
+
+    def F_scaled(self, u: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """F_θ(u, t) of the scaled input u = x_t/σ_d: the function sCM takes the JVP of. The time
+        input is computed in float64 and given in the network's dtype (float64 for a float64
+        copy), so a JVP or a finite difference in t reaches the network."""
+        t = torch.as_tensor(t, device=u.device)
+        t = (t if t.dtype == torch.float64 else t.double()).expand(u.shape[0])
+        dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
+        out = self.network(u, self.time_conditioning(t).to(dtype), class_labels)
+        return self.sign * (out if out.dtype == torch.float64 else out.float())
 
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
         """dx_t/dt = σ_d·F_θ(x_t/σ_d, t): what diffusers' `SCMScheduler.step` takes as `model_output`."""
@@ -103,5 +126,5 @@ class TrigFlow(nn.Module):
         return (cos * x_t.double() - sin * self.velocity(x_t, t, class_labels).double()).float()
 
 
-__all__ = ["HALF_PI", "T_MAX", "T_MIDDLE", "TrigFlow", "check_times", "default_times", "sigma_from_t",
-           "t_from_sigma"]
+__all__ = ["HALF_PI", "TIME_INPUTS", "T_MAX", "T_MIDDLE", "TrigFlow", "check_times", "default_times",
+           "sigma_from_t", "t_from_sigma", "time_input_of"]

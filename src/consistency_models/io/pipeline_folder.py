@@ -32,6 +32,11 @@ SCHEDULER_CLASS = "CMStochasticIterativeScheduler"
 TRIGFLOW_SCHEDULER_CLASS = "SCMScheduler"  # diffusers' sCM scheduler (prediction_type "trigflow")
 
 
+def is_trigflow(parametrization: str) -> bool:
+    """An sCM (TrigFlow) model: "trigflow" (time input t) or "trigflow_edm" (an EDM network's)."""
+    return parametrization in ("trigflow", "trigflow_edm")
+
+
 @dataclass
 class PipelineParts:
     """What a pipeline folder holds: the network, its sampling settings and its parametrization."""
@@ -76,7 +81,7 @@ def write_scheduler_config(folder: str | os.PathLike, config: SchedulerConfig, p
     """A `CMStochasticIterativeScheduler` config, or an `SCMScheduler` one for a TrigFlow model."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    if parametrization == "trigflow":
+    if is_trigflow(parametrization):
         data = {"_class_name": TRIGFLOW_SCHEDULER_CLASS, "_diffusers_version": DIFFUSERS_VERSION,
                 "num_train_timesteps": 1000, "prediction_type": "trigflow", "sigma_data": config.sigma_data,
                 "_sigma_min": config.sigma_min, "_sigma_max": config.sigma_max,
@@ -115,7 +120,7 @@ def write_model_index(folder: Path, parametrization: str) -> None:
         "_class_name": PIPELINE_CLASS,
         "_diffusers_version": DIFFUSERS_VERSION,
         "unet": ["diffusers", "UNet2DModel"],
-        "scheduler": ["diffusers", TRIGFLOW_SCHEDULER_CLASS if parametrization == "trigflow" else SCHEDULER_CLASS],
+        "scheduler": ["diffusers", TRIGFLOW_SCHEDULER_CLASS if is_trigflow(parametrization) else SCHEDULER_CLASS],
     }
     if parametrization != "consistency":
         index["_parametrization"] = parametrization
@@ -133,9 +138,10 @@ def load_pipeline_folder(path_or_id: str | os.PathLike, variant: str | None = No
         raise InvalidInputError(
             f"parametrization: {parametrization!r} in {folder / MODEL_INDEX} is not one of {', '.join(PARAMETRIZATIONS)}"
         )
-    if trigflow != (parametrization == "trigflow"):
+    if trigflow != is_trigflow(parametrization):
         raise InvalidInputError(f"model: {folder / MODEL_INDEX} pairs the {index['scheduler'][1]} scheduler with the "
-                                f"{parametrization!r} parametrization; SCMScheduler goes with 'trigflow' only")
+                                f"{parametrization!r} parametrization; SCMScheduler goes with 'trigflow' or "
+                                "'trigflow_edm' only")
     return PipelineParts(load_network(folder / "unet", variant), read_scheduler_config(folder / "scheduler"),
                          parametrization)
 

@@ -130,6 +130,8 @@ def group_norm_fp32(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
     float32 and back.
     """
     weight, bias = norm.weight, norm.bias
+    if x.dtype == torch.float64:  # a float64 network (finite-difference references) stays float64
+        return F.group_norm(x, norm.num_groups, weight, bias, norm.eps)
     if x.dtype != torch.float32 and not torch.compiler.is_compiling():
         if x.device.type == "cpu":
             weight = weight.float() if weight is not None else None
@@ -155,11 +157,13 @@ def upsample_nearest_2x(x: torch.Tensor) -> torch.Tensor:
 
 
 def timestep_embedding(noise_labels: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding [cos(t·f_k), sin(t·f_k)], f_k = exp(−ln(max_period)·k/(dim/2)), in float32."""
+    """Sinusoidal embedding [cos(t·f_k), sin(t·f_k)], f_k = exp(−ln(max_period)·k/(dim/2)), in float32
+    (in float64 for float64 labels: a float64 network stays float64, for finite-difference references)."""
     half = dim // 2
-    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=noise_labels.device)
+    dtype = torch.float64 if noise_labels.dtype == torch.float64 else torch.float32
+    exponent = -math.log(max_period) * torch.arange(half, dtype=dtype, device=noise_labels.device)
     freqs = torch.exp(exponent / half)
-    args = noise_labels.float()[:, None] * freqs[None]
+    args = noise_labels.to(dtype)[:, None] * freqs[None]
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     if dim % 2:
         emb = F.pad(emb, (0, 1))

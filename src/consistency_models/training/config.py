@@ -12,7 +12,9 @@ from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from typing import Any, Callable, Sequence
 
 from ..errors import InvalidInputError
+from ..trigflow import TIME_INPUTS
 from .distances import DISTANCES
+from .jvp import JVP_MODES
 from .methods import get_method, method_options
 from .methods.registry import LPIPS_DISTANCES
 from .optimizer import OPTIMIZERS
@@ -95,6 +97,16 @@ class TrainConfig:
     mu0: float | None = setting(None, "initial target EMA rate")
     mu_form: str | None = setting(None, "mu(k): OpenAI's code (N-1) or the paper (N)", choices=MU_FORMS)
     ect_stages: int | None = setting(None, "stages over the run")
+    p_mean: float | None = setting(None, "mean of the log-sigma proposal tau ~ N(P_mean, P_std^2), t = arctan(e^tau/"
+                                         "sigma_data)")
+    p_std: float | None = setting(None, "std of the log-sigma proposal")
+    tangent_warmup: int | None = setting(None, "tangent warm-up H: r = min(1, step/H) (0: none)")
+    tangent_c: float | None = setting(None, "tangent normalisation g/(|g| + c)")
+    time_input: str | None = setting(None, "the network's time input: t (the paper's c_noise(t) = t) or log_sigma "
+                                           "(250 ln(sigma_d tan t), an EDM network's, kept by a student started "
+                                           "from an EDM teacher)", choices=TIME_INPUTS)
+    jvp: str | None = setting(None, "how dF/dt is computed: exact (forward-mode AD) or fd (float64 finite "
+                                    "difference, a reference)", choices=JVP_MODES)
     sigma_min: float = setting(0.002, "sigma_min (epsilon) of the noise levels")
     sigma_max: float = setting(80.0, "sigma_max (T) of the noise levels")
     sigma_data: float = setting(0.5, "sigma_data of the preconditioning")
@@ -141,6 +153,14 @@ class TrainConfig:
             ("s1", self.s1 is None or 1 <= self.s1 <= MAX_SCALES, f"an integer from 1 to {MAX_SCALES}"),
             ("mu0", self.mu0 is None or 0 <= self.mu0 < 1, "a rate in [0, 1)"),
             ("ect_stages", self.ect_stages is None or self.ect_stages >= 1, "a positive integer"),
+            ("p_mean", self.p_mean is None or math.isfinite(self.p_mean), "a finite number"),
+            ("p_std", self.p_std is None or (math.isfinite(self.p_std) and self.p_std > 0), "a number > 0"),
+            ("tangent_warmup", self.tangent_warmup is None or 0 <= self.tangent_warmup <= MAX_STEPS,
+             f"a number of steps from 0 to {MAX_STEPS}"),
+            ("tangent_c", self.tangent_c is None or (math.isfinite(self.tangent_c) and self.tangent_c > 0),
+             "a number > 0"),
+            ("jvp", self.jvp in (None, *JVP_MODES), " or ".join(JVP_MODES)),
+            ("time_input", self.time_input in (None, *TIME_INPUTS), " or ".join(TIME_INPUTS)),
             ("solver", self.solver in (None, *SOLVERS), " or ".join(SOLVERS)),
             ("mu_form", self.mu_form in (None, *MU_FORMS), " or ".join(MU_FORMS)),
             ("distance", self.distance in (None, *DISTANCES, *LPIPS_DISTANCES),

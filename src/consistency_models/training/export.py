@@ -30,7 +30,7 @@ def run_parts(cfg: TrainConfig, network: nn.Module, ema: EMA | None, images: boo
         num_train_timesteps=method.grid_size(cfg), sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max,
         sigma_data=cfg.sigma_data, rho=cfg.rho, clip_denoised=images,
     )
-    return PipelineParts(exported_network(network, ema, cfg.ema_rates[0]), scheduler_config, method.parametrization)
+    return PipelineParts(exported_network(network, ema, cfg.ema_rates[0]), scheduler_config, method.parametrization_of(cfg))
 
 
 def export_run(out: Path, parts: PipelineParts) -> None:

@@ -97,9 +97,9 @@ class Trainer:
         if self.method.teacher == "required" and teacher is None:
             raise InvalidInputError(f"teacher: --method {cfg.method} ({self.method.summary}) needs --teacher, "
                                     "an EDM denoiser folder")
-        self.parametrization = self.method.parametrization
+        self.parametrization = self.method.parametrization_of(cfg)
         self.loss, self.target_network = self._build_loss()
-        params = [p for p in self.network.parameters() if p.requires_grad]
+        params = [p for p in self.network.parameters() if p.requires_grad] + self.loss.parameters()
         self.optimizer = build_optimizer(cfg.optimizer, params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.ema = EMA(self.network, cfg.ema_rates, warmup=True) if cfg.ema_rates else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "float16" and self.ctx.device.type == "cuda")
@@ -141,7 +141,7 @@ class Trainer:
             )
         target = copy.deepcopy(self.network).requires_grad_(False) if self.method.target_network else None
         inputs = LossInputs(student=trained, network=self.network, target=target, teacher=self.teacher,
-                            config=self.cfg, device=self.ctx.device)
+                            config=self.cfg, device=self.ctx.device, distributed=self.ctx.enabled)
         return self.method.build_loss(inputs), target
 
     # -- checkpoints ------------------------------------------------------------------------
@@ -158,6 +158,8 @@ class Trainer:
             state["ema"] = self.ema.state_dict()
         if self.target_network is not None:
             state["target"] = self.target_network.state_dict()
+        if self.loss.state_dict():
+            state["loss"] = self.loss.state_dict()  # a loss's own trained parts (sCM's w_φ)
         return state
 
     def _resume(self) -> None:
@@ -181,6 +183,8 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         if self.target_network is not None:
             self.target_network.load_state_dict(state["target"])
+        if "loss" in state:
+            self.loss.load_state_dict(state["loss"])
         restore_rng_state(state["rng"])
         self.step = int(state["step"])  # metrics.jsonl is cut back to it when run() holds the folder's lock
 

@@ -10,8 +10,11 @@ from .cd import CDLoss
 from .ct import CTLoss
 from .ict import ICTLoss
 from .ect import ECTLoss
+from .scm import AdaptiveWeight, SCMLoss
+from . import sct, scd  # register the sCM methods
 
 __all__ = [
-    "CDLoss", "CTLoss", "ECTLoss", "EDMLoss", "ICTLoss", "METHODS", "Loss", "LossInputs", "Method", "PairLoss",
+    "AdaptiveWeight", "CDLoss", "CTLoss", "ECTLoss", "EDMLoss", "ICTLoss", "METHODS", "Loss", "LossInputs", "Method",
+    "PairLoss", "SCMLoss", "scd", "sct",
     "get_method", "method_options", "register", "unregister",
 ]

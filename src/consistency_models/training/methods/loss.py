@@ -50,6 +50,10 @@ class Loss:
     def after_step(self, step: int) -> None:
         """Called after each optimizer step with the index of the step just taken."""
 
+    def parameters(self) -> list[nn.Parameter]:
+        """Parameters the loss itself trains beside the network (sCM's adaptive weight); none by default."""
+        return []
+
     def state_dict(self) -> dict:
         return {}
 

@@ -45,6 +45,16 @@ class LossInputs:
     teacher: Preconditioned | None      # the EDM denoiser D of distillation and tuning methods
     config: TrainConfig
     device: torch.device
+    distributed: bool = False           # torchrun: trainable parts of a loss are wrapped in DDP
+
+    def trainable(self, module: nn.Module) -> nn.Module:
+        """A loss's own trained module (e.g. sCM's w_φ) on the run's device; DDP-wrapped when
+        distributed, so its gradients are averaged over the processes as the network's are."""
+        module = module.to(self.device)
+        if self.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            return nn.parallel.DistributedDataParallel(module, device_ids=ids)
+        return module
 
     def wrap(self, network: nn.Module, parametrization: str = "consistency") -> Preconditioned:
         """`network` preconditioned with the run's σ_data and σ_min (f for "consistency", D for "edm")."""
@@ -88,7 +98,8 @@ class Method:
 
     name: str                                            # the value of --method
     summary: str                                         # one line for --help
-    parametrization: str                                 # "consistency" or "edm": what the exported model is
+    parametrization: str | Callable[[TrainConfig], str]  # what the exported model is: "consistency", "edm",
+                                                         # "trigflow"…, or a function of the run's settings
     build_loss: Callable[[LossInputs], "Loss"]
     defaults: Mapping[str, Any] = field(default_factory=dict)  # its own options → defaults (or BudgetDefaults)
     teacher: str = "unused"                              # "required", "optional" (to start from) or "unused"
@@ -99,10 +110,14 @@ class Method:
     grid_size: Callable[[TrainConfig], int] = fixed_grid  # N of the sampling grid the export records
 
     def __post_init__(self) -> None:
-        if self.parametrization not in PARAMETRIZATIONS:
+        if isinstance(self.parametrization, str) and self.parametrization not in PARAMETRIZATIONS:
             raise ValueError(f"parametrization: {self.parametrization!r} is not one of {', '.join(PARAMETRIZATIONS)}")
         if self.teacher not in TEACHER_USES:
             raise ValueError(f"teacher: {self.teacher!r} is not one of {', '.join(TEACHER_USES)}")
+
+    def parametrization_of(self, config: TrainConfig) -> str:
+        """The exported model's parametrization for this run."""
+        return self.parametrization(config) if callable(self.parametrization) else self.parametrization
 
     @property
     def options(self) -> tuple[str, ...]:

@@ -1,0 +1,58 @@
+"""Jacobian-vector products through our networks, for continuous-time consistency training.
+
+`jvp(fn, primals, tangents)` returns (fn(*primals), J·tangents) in one of two modes:
+
+- "exact": forward-mode AD (`torch.func.jvp`). PyTorch's fused attention kernels (the CPU
+  flash kernel, CUDA flash / memory-efficient) have no forward-mode formula, so attention runs
+  on the math backend inside the JVP (softmax(QKᵀ/√d)·V as matmuls, which forward AD handles).
+  Measured in bench/train_step.py; at the sizes trained here attention is a small share of the
+  step, so no attention JVP of our own is written (see docs/benchmarks.md).
+- "fd": a central finite difference (fn(p + h·v) − fn(p − h·v)) / 2h. `fn` should then compute
+  in float64 (the sCM loss passes a float64 copy of the network); the error is O(h²). The
+  reference the tests check "exact" against, and a fallback for a network forward AD cannot
+  go through.
+
+Stop-gradient: the JVP is taken of a function whose parameters are not differentiated (the
+caller runs it under `torch.no_grad()`; forward-mode AD does not need the autograd graph).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from ..errors import InvalidInputError
+
+JVP_MODES = ("exact", "fd")
+FD_STEP = 1e-4  # h of the float64 central difference: error ~1e-8 relative on the networks here
+
+
+def jvp(
+    fn: Callable[..., torch.Tensor],
+    primals: Sequence[torch.Tensor],
+    tangents: Sequence[torch.Tensor],
+    mode: str = "exact",
+    before_call: Callable[[], None] | None = None,   # e.g. rewinding the RNG so each call sees the same dropout
+    step: float = FD_STEP,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fn(*primals), the directional derivative of fn at primals along tangents)."""
+    if mode not in JVP_MODES:
+        raise InvalidInputError(f"jvp: {mode!r} is not one of {', '.join(JVP_MODES)}")
+    primals, tangents = tuple(primals), tuple(tangents)
+    if mode == "exact":
+        if before_call is not None:
+            before_call()
+        with sdpa_kernel(SDPBackend.MATH):
+            return torch.func.jvp(fn, primals, tangents)
+    calls = []
+    for sign in (0.0, 1.0, -1.0):
+        if before_call is not None:
+            before_call()
+        calls.append(fn(*(p + sign * step * t.to(p.dtype) for p, t in zip(primals, tangents))))
+    value, plus, minus = calls
+    return value, (plus - minus) / (2 * step)
+
+
+__all__ = ["FD_STEP", "JVP_MODES", "jvp"]

@@ -1,0 +1,135 @@
+"""The continuous-time consistency loss of sCT and sCD (Lu & Song 2024, arXiv 2410.11081, Algorithm 1).
+
+With TrigFlow time (see `trigflow.py`), for data x₀, z ~ N(0, σ_d²I), τ ~ N(P_mean, P_std²):
+
+    t = arctan(e^τ/σ_d),   x_t = cos t·x₀ + sin t·z
+    dx_t/dt = cos t·z − sin t·x₀ (sCT)   or   σ_d·F_teacher(x_t/σ_d, t) (sCD)
+    (F⁻, J) = JVP of F_θ⁻ at (x_t/σ_d, t) along (cos t·sin t·dx_t/dt, cos t·sin t·σ_d)
+              so that J = cos t·sin t·σ_d·dF_θ⁻/dt, the total derivative along the trajectory
+    g = −cos²t·(σ_d·F⁻ − dx_t/dt) − r·(cos t·sin t·x_t + J),   r = min(1, k/H)  (tangent warm-up)
+    g ← g / (‖g‖ + c)                                                              (normalisation)
+    L = e^{w_φ(t)}/D·‖F_θ(x_t/σ_d, t) − F⁻ − g‖² − w_φ(t)                         (adaptive weight)
+
+F_θ⁻ is the network itself without gradient, evaluated (and differentiated) with the dropout
+mask of the student's forward pass. The JVP, the teacher and the tangent run in float32 with
+autocast off; only the student's forward follows the run's precision.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+from ...trigflow import TrigFlow
+from ..jvp import jvp
+from .loss import Loss, same_dropout, unwrap
+
+
+class AdaptiveWeight(nn.Module):
+    """w_φ(t), the learned log-weight of sCM (its eq. 8, after EDM2's uncertainty weighting):
+    fixed Fourier features of c = ¼·ln(σ_d·tan t), then one linear layer, zero at the start."""
+
+    def __init__(self, sigma_data: float = 0.5, channels: int = 128, seed: int = 0) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.sigma_data = sigma_data
+        self.register_buffer("frequencies", torch.randn(channels, generator=gen))
+        self.register_buffer("phases", torch.rand(channels, generator=gen))
+        self.linear = nn.Linear(channels, 1)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        c = (torch.log(self.sigma_data * torch.tan(t.double())) / 4).float()
+        features = torch.cos(2 * math.pi * (c[:, None] * self.frequencies + self.phases)) * math.sqrt(2)
+        return self.linear(features).squeeze(-1)
+
+
+class SCMLoss(Loss):
+    """sCT (no teacher: dx_t/dt from the pair x₀, z) or sCD (the teacher's velocity)."""
+
+    def __init__(
+        self,
+        student: nn.Module,                  # the raw network being trained (DDP-wrapped when distributed)
+        weight: nn.Module,                   # w_φ (DDP-wrapped when distributed)
+        teacher: nn.Module | None = None,    # the teacher's raw EDM network (sCD), else None (sCT)
+        sigma_data: float = 0.5,
+        p_mean: float = -1.0,
+        p_std: float = 1.4,
+        tangent_warmup: int = 10_000,        # H: r = min(1, k/H); 0 = no warm-up
+        tangent_c: float = 0.1,
+        jvp_mode: str = "exact",             # "exact" (forward-mode AD) or "fd" (float64 finite difference)
+        time_input: str = "t",               # the student's time input (see trigflow.py)
+    ) -> None:
+        self.student = TrigFlow(student, sigma_data, time_input)
+        self.target = TrigFlow(unwrap(student), sigma_data, time_input)   # F_θ⁻: the same weights, no gradient
+        # the teacher is an EDM denoiser: in TrigFlow time F = −F_edm with its own time input
+        self.teacher = TrigFlow(teacher, sigma_data, "log_sigma") if teacher is not None else None
+        self.weight = weight
+        self.sigma_data, self.p_mean, self.p_std = sigma_data, p_mean, p_std
+        self.tangent_warmup, self.tangent_c, self.jvp_mode = tangent_warmup, tangent_c, jvp_mode
+
+    def parameters(self) -> list[nn.Parameter]:
+        return list(self.weight.parameters())
+
+    def state_dict(self) -> dict:
+        return {"weight": unwrap(self.weight).state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        unwrap(self.weight).load_state_dict(state["weight"])
+
+    def sample_time(self, rng, shape_like: torch.Tensor) -> torch.Tensor:
+        """t = arctan(e^τ/σ_d), τ ~ N(P_mean, P_std²), per sample, float64."""
+        tau = self.p_mean + self.p_std * rng.randn().to(torch.float64)
+        return torch.atan(torch.exp(tau) / self.sigma_data)
+
+    def tangent(self, x_t, t, dxdt, class_labels, step, rewind) -> tuple[torch.Tensor, torch.Tensor]:
+        """(F⁻, the normalised tangent g), in float32, without gradient."""
+        cos, sin = (_dims(f(t), x_t) for f in (torch.cos, torch.sin))
+        target = self.target
+        if self.jvp_mode == "fd":  # a float64 copy of the current weights
+            target = TrigFlow(copy.deepcopy(self.target.network).double(), self.sigma_data, self.target.time_input)
+        u = x_t / self.sigma_data
+        dtype = torch.float64 if self.jvp_mode == "fd" else torch.float32
+        f_minus, j = jvp(lambda uu, tt: target.F_scaled(uu, tt, class_labels),
+                         (u.to(dtype), t), ((cos * sin * dxdt).to(dtype), torch.cos(t) * torch.sin(t) * self.sigma_data),
+                         self.jvp_mode, before_call=rewind)
+        f_minus, j = f_minus.float(), j.float()
+        r = 1.0 if self.tangent_warmup <= 0 else min(1.0, step / self.tangent_warmup)
+        g = -(cos * cos) * (self.sigma_data * f_minus - dxdt) - r * (cos * sin * x_t + j)
+        norm = g.reshape(g.shape[0], -1).norm(dim=1)
+        return f_minus, g / _dims(norm + self.tangent_c, g)
+
+    def __call__(self, x, class_labels, step, rng):
+        x = x.float()
+        t = self.sample_time(rng, x)
+        z = rng.randn(*x.shape[1:]) * self.sigma_data
+        return self.loss_at(x, t, z, class_labels, step)
+
+    def loss_at(self, x, t, z, class_labels, step) -> torch.Tensor:
+        """The per-sample loss for data x, times t (float64, (B,)) and noise z ~ N(0, σ_d²I)."""
+        cos, sin = (_dims(f(t), x) for f in (torch.cos, torch.sin))
+        x_t = cos * x + sin * z
+        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+            if self.teacher is None:
+                dxdt = cos * z - sin * x
+            else:
+                dxdt = self.teacher.velocity(x_t, t, class_labels)
+            with same_dropout(x.device) as rewind:
+                f_minus, g = self.tangent(x_t, t, dxdt, class_labels, step, rewind)
+        rewind()
+        f_theta = self.student.F(x_t, t, class_labels).float()
+        w = self.weight(t).float()
+        squared = (f_theta - f_minus - g).pow(2).reshape(x.shape[0], -1).mean(dim=1)
+        return torch.exp(w) * squared - w
+
+
+def _dims(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A per-sample vector as float32 (B, 1, …) against `like`."""
+    return v.to(torch.float32).reshape(-1, *([1] * (like.ndim - 1)))
+
+
+__all__ = ["AdaptiveWeight", "SCMLoss"]
