@@ -1,4 +1,4 @@
-"""Training-step throughput: images/s and achieved GFLOP/s of CT and CD steps on a preset.
+"""Training-step throughput: images/s and achieved GFLOP/s of CT, CD, sCT and sCD steps on a preset.
 
 Prints, in one run, the machine's measured float32 (and bfloat16) matmul rate next to the
 rate each training step achieves, so efficiency can be followed over time:
@@ -9,6 +9,13 @@ rate each training step achieves, so efficiency can be followed over time:
 FLOPs are counted with torch.utils.flop_counter on one step (forward + backward + target and
 teacher forwards); the rate is FLOPs / median step time. The step is the whole optimizer step
 of `cm train`: loss, backward, RAdam (as built by the trainer, in its rectified phase), EMA.
+
+sCT/sCD steps add a JVP (forward-mode AD with attention on the math backend, see
+training/jvp.py); they are printed as a ratio to the CT step of the same preset and batch, with
+the peak memory of one step of each (CPU: the process's peak resident set, reset before the step;
+CUDA: the allocator's peak).
+
+    python bench/train_step.py --methods ct,sct,scd --precision float32
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import argparse
 import copy
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from sample_speed import random_unet, sync  # bench/ is on sys.path when this script runs
@@ -25,7 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from consistency_models import ConsistencyFunction, Denoiser, preset
 from consistency_models.cli.allocator import keep_freed_memory
 from consistency_models.training.batch_rng import BatchRNG
-from consistency_models.training.methods import CDLoss, CTLoss
+from consistency_models.training.methods import AdaptiveWeight, CDLoss, CTLoss, SCMLoss
 from consistency_models.training.optimizer import build_optimizer
 
 
@@ -48,6 +56,10 @@ def build_loss(method: str, preset_name: str, device: torch.device):
     """The network (random weights in every layer, as a trained one, see sample_speed.random_unet)
     and the method's loss with a target copy (and, for CD, a teacher copy)."""
     network = random_unet(preset_name).to(device).train()
+    if method in ("sct", "scd"):  # θ⁻ is the network itself; sCD's teacher is an EDM network
+        teacher = copy.deepcopy(network).eval().requires_grad_(False) if method == "scd" else None
+        return network, SCMLoss(network, AdaptiveWeight().to(device), teacher, tangent_warmup=1000,
+                                time_input="t" if method == "sct" else "log_sigma")
     target = copy.deepcopy(network).requires_grad_(False)
     student, target_fn = ConsistencyFunction(network), ConsistencyFunction(target)
     if method == "ct":
@@ -64,7 +76,7 @@ def time_steps(
     measured before each round."""
     cfg = preset(preset_name)
     network, loss_fn = build_loss(method, preset_name, device)
-    optimizer = build_optimizer("radam", network.parameters(), lr=1e-5)
+    optimizer = build_optimizer("radam", [*network.parameters(), *loss_fn.parameters()], lr=1e-5)
     x = torch.randn(batch, cfg.in_channels, cfg.image_size, cfg.image_size, device=device).clamp(-1, 1)
     labels = torch.randint(0, cfg.num_classes, (batch,), device=device) if cfg.num_classes else None
 
@@ -84,6 +96,7 @@ def time_steps(
         state["step"].fill_(1000)
     with FlopCounterMode(display=False) as counter:
         step(1, precisions[0])
+    memory = peak_step_memory(lambda: step(1, precisions[0]), device)
     times: dict[str, list[float]] = {precision: [] for precision in precisions}
     rates = []
     for k in range(repeats):
@@ -94,7 +107,29 @@ def time_steps(
             step(k + 2, precision)
             sync(device)
             times[precision].append(time.perf_counter() - start)
-    return times, counter.get_total_flops(), rates
+    return times, counter.get_total_flops(), rates, memory
+
+
+def peak_step_memory(run, device: torch.device) -> float | None:
+    """MiB one call of `run` adds to the peak: CUDA's allocator peak, or on Linux the process's
+    peak resident set (VmHWM, reset through /proc/self/clear_refs); None where neither exists."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        run()
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    status, refs = Path("/proc/self/status"), Path("/proc/self/clear_refs")
+    if not status.exists() or not refs.exists():
+        return None
+
+    def resident(field: str) -> float:
+        line = next(x for x in status.read_text().splitlines() if x.startswith(field))
+        return int(line.split()[1]) / 1024
+
+    refs.write_text("5")  # the peak resident set starts again from the current one
+    before = resident("VmRSS:")
+    run()
+    return resident("VmHWM:") - before
 
 
 def main() -> None:
@@ -104,13 +139,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", choices=["float32", "bfloat16", "both"], default="both")
-    parser.add_argument("--methods", default="ct,cd", help="comma-separated subset of ct,cd")
+    parser.add_argument("--methods", default="ct,cd", help="comma-separated subset of ct,cd,sct,scd")
     parser.add_argument("--default-allocator", action="store_true",
                         help="leave glibc malloc as it is (default: keep freed memory, as `cm train` does)")
     args = parser.parse_args()
     methods = [m for m in args.methods.split(",") if m]
-    if not methods or any(m not in ("ct", "cd") for m in methods):
-        parser.error(f"--methods: {args.methods!r} is not a comma-separated subset of ct,cd")
+    if not methods or any(m not in ("ct", "cd", "sct", "scd") for m in methods):
+        parser.error(f"--methods: {args.methods!r} is not a comma-separated subset of ct,cd,sct,scd")
     device = torch.device(args.device)
     precisions = ["float32", "bfloat16"] if args.precision == "both" else [args.precision]
     kept = not args.default_allocator and keep_freed_memory()
@@ -118,11 +153,15 @@ def main() -> None:
           f"preset {args.preset}, batch {args.batch_size}, "
           + ("freed memory kept (allocator.keep_freed_memory)" if kept else "default allocator"))
     print(f"matmul 2048²: bfloat16 {matmul_rate(device, torch.bfloat16):.1f} GFLOP/s")
+    seconds_of: dict[str, float] = {}
     for method in methods:
-        times, flops, rates = time_steps(method, args.preset, args.batch_size, device, precisions, args.repeats)
+        times, flops, rates, memory = time_steps(method, args.preset, args.batch_size, device, precisions,
+                                                 args.repeats)
         fp32 = statistics.median(rates)
+        seconds_of[method] = statistics.median(times[precisions[0]])
         print(f"{method}: float32 matmul 2048² {fp32:.1f} GFLOP/s (median of {len(rates)}, "
-              f"{min(rates):.1f}-{max(rates):.1f}), {flops / 1e9:.2f} GFLOP per step")
+              f"{min(rates):.1f}-{max(rates):.1f}), {flops / 1e9:.2f} GFLOP per step"
+              + (f", peak memory of a step +{memory:.0f} MiB" if memory is not None else ""))
         print(f"{'step':<6} {'precision':<10} {'img/s':>9} {'s/step':>8} {'min-max':>13} {'GFLOP/s':>9} "
               f"{'of fp32 matmul':>15}")
         for precision in precisions:
@@ -135,6 +174,10 @@ def main() -> None:
             ratios = [a / b for a, b in zip(times["float32"], times["bfloat16"])]
             print(f"{method}: bfloat16 step is {statistics.median(ratios):.2f}x the float32 one "
                   f"(median over rounds, {min(ratios):.2f}-{max(ratios):.2f})")
+    for method in ("sct", "scd"):
+        if method in seconds_of and "ct" in seconds_of:
+            print(f"{method} step ({precisions[0]}) is {seconds_of[method] / seconds_of['ct']:.2f}x the ct step "
+                  "(same preset and batch; medians)")
 
 
 if __name__ == "__main__":

@@ -77,15 +77,19 @@ class LinearNet(nn.Module):
 
 
 @pytest.mark.parametrize("time_input", ["t", "log_sigma"])
-@pytest.mark.parametrize("step, warmup, bias", [(0, 10, 0.0), (5, 10, 0.3), (50, 10, -0.2), (7, 0, 0.0)])
+@pytest.mark.parametrize("step, warmup, bias", [(0, 10, 0.0), (5, 10, 0.3), (50, 10, -0.2), (7, 0, 0.0),
+                                               (5, 10, None)])  # None: no adaptive weight (w = 0)
 def test_loss_on_fixed_tensors_against_a_hand_computation(step, warmup, bias, time_input):
     sd = 0.5
     x = torch.tensor([[0.3, -1.2], [1.5, 0.4], [-0.7, 0.9]])
     z = torch.tensor([[0.2, 0.1], [-0.6, 0.3], [0.05, -0.4]])
     t = torch.tensor([0.3, 1.0, 1.45], dtype=torch.float64)
     net = LinearNet(0.8, 0.002)
-    weight = AdaptiveWeight(sd)
-    nn.init.constant_(weight.linear.bias, bias)
+    weight = None if bias is None else AdaptiveWeight(sd)
+    if bias is None:
+        bias = 0.0
+    else:
+        nn.init.constant_(weight.linear.bias, bias)
     loss = SCMLoss(net, weight, None, sd, tangent_warmup=warmup, tangent_c=0.1, time_input=time_input
                    ).loss_at(x, t, z, None, step)
     loss.sum().backward()

@@ -102,6 +102,7 @@ class TrainConfig:
     p_std: float | None = setting(None, "std of the log-sigma proposal")
     tangent_warmup: int | None = setting(None, "tangent warm-up H: r = min(1, step/H) (0: none)")
     tangent_c: float | None = setting(None, "tangent normalisation g/(|g| + c)")
+    adaptive_weight: bool | None = setting(None, "learn the weighting w(t) jointly (L = e^w/D |.|^2 - w)")
     time_input: str | None = setting(None, "the network's time input: t (the paper's c_noise(t) = t) or log_sigma "
                                            "(250 ln(sigma_d tan t), an EDM network's, kept by a student started "
                                            "from an EDM teacher)", choices=TIME_INPUTS)

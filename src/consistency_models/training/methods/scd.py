@@ -17,7 +17,10 @@ METHOD = register(Method(
     summary="continuous-time consistency distillation (sCM, TrigFlow) of --teacher",
     parametrization=exported_parametrization,
     build_loss=build_loss,
-    defaults=SCM_DEFAULTS,
+    # Without the adaptive weight by default: with the teacher's (noise-free) velocity the error at t
+    # near π/2 gets tiny, w(t) grows to ~7.5 there (e^w ≈ 1800) and starves the middle t — measured
+    # on the 2-D toy, 1-step on-mode 35 % with it, 89 % without (bench/toy_scm.py; docs/benchmarks.md).
+    defaults={**SCM_DEFAULTS, "adaptive_weight": False},
     teacher="required",
     init_from_teacher=True,
 ))

@@ -10,6 +10,8 @@ With TrigFlow time (see `trigflow.py`), for data x₀, z ~ N(0, σ_d²I), τ ~ N
     g ← g / (‖g‖ + c)                                                              (normalisation)
     L = e^{w_φ(t)}/D·‖F_θ(x_t/σ_d, t) − F⁻ − g‖² − w_φ(t)                         (adaptive weight)
 
+(w_φ = 0 when the adaptive weight is off: sCD's default here, see scd.py.)
+
 F_θ⁻ is the network itself without gradient, evaluated (and differentiated) with the dropout
 mask of the student's forward pass. The JVP, the teacher and the tangent run in float32 with
 autocast off; only the student's forward follows the run's precision.
@@ -54,7 +56,7 @@ class SCMLoss(Loss):
     def __init__(
         self,
         student: nn.Module,                  # the raw network being trained (DDP-wrapped when distributed)
-        weight: nn.Module,                   # w_φ (DDP-wrapped when distributed)
+        weight: nn.Module | None,            # w_φ (DDP-wrapped when distributed); None: w = 0
         teacher: nn.Module | None = None,    # the teacher's raw EDM network (sCD), else None (sCT)
         sigma_data: float = 0.5,
         p_mean: float = -1.0,
@@ -73,13 +75,14 @@ class SCMLoss(Loss):
         self.tangent_warmup, self.tangent_c, self.jvp_mode = tangent_warmup, tangent_c, jvp_mode
 
     def parameters(self) -> list[nn.Parameter]:
-        return list(self.weight.parameters())
+        return [] if self.weight is None else list(self.weight.parameters())
 
     def state_dict(self) -> dict:
-        return {"weight": unwrap(self.weight).state_dict()}
+        return {} if self.weight is None else {"weight": unwrap(self.weight).state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        unwrap(self.weight).load_state_dict(state["weight"])
+        if self.weight is not None:
+            unwrap(self.weight).load_state_dict(state["weight"])
 
     def sample_time(self, rng, shape_like: torch.Tensor) -> torch.Tensor:
         """t = arctan(e^τ/σ_d), τ ~ N(P_mean, P_std²), per sample, float64."""
@@ -122,7 +125,7 @@ class SCMLoss(Loss):
                 f_minus, g = self.tangent(x_t, t, dxdt, class_labels, step, rewind)
         rewind()
         f_theta = self.student.F(x_t, t, class_labels).float()
-        w = self.weight(t).float()
+        w = self.weight(t).float() if self.weight is not None else torch.zeros(x.shape[0], device=x.device)
         squared = (f_theta - f_minus - g).pow(2).reshape(x.shape[0], -1).mean(dim=1)
         return torch.exp(w) * squared - w
 

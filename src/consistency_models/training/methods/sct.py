@@ -34,6 +34,7 @@ SCM_DEFAULTS = {
     "tangent_c": 0.1,
     "jvp": "exact",
     "time_input": BudgetDefault(default_time_input, "log_sigma from an EDM teacher, else t"),
+    "adaptive_weight": True,
 }
 
 
@@ -43,7 +44,7 @@ def scm_loss(inputs: LossInputs, teacher) -> SCMLoss:
         raise InvalidInputError(f"time_input: {cfg.time_input!r} does not fit a student started from the EDM "
                                 "teacher (its network takes log_sigma); give --time-input log_sigma or "
                                 "--no-init-from-teacher")
-    weight = inputs.trainable(AdaptiveWeight(cfg.sigma_data, seed=cfg.seed))
+    weight = inputs.trainable(AdaptiveWeight(cfg.sigma_data, seed=cfg.seed)) if cfg.adaptive_weight else None
     return SCMLoss(inputs.student, weight, teacher, cfg.sigma_data, cfg.p_mean, cfg.p_std, cfg.tangent_warmup,
                    cfg.tangent_c, cfg.jvp, cfg.time_input)
 
