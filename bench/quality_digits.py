@@ -37,10 +37,11 @@ from consistency_models.io.atomic import write_json
 from consistency_models.metrics import frechet_distance, gaussian_statistics
 from consistency_models.metrics.digits_classifier import DigitsClassifier, load_digits_classifier
 from consistency_models.parametrization import karras_sigmas
-from consistency_models.sampling import resolve_sigmas, sample_heun
+from consistency_models.sampling import NoiseLevels, sample_heun
 
 NUM_CLASSES = 10
 HEUN_GRIDS = (18, 40)
+FEW_STEP = ("consistency", "trigflow", "trigflow_edm")  # the --model rows: a consistency model or an sCM
 SHAPE = (1, 16, 16)
 
 # Draws (num_samples, labels, generator) → images in [0, 1], (N, 1, 16, 16).
@@ -82,8 +83,8 @@ class Scorer:
         return acc, frechet_distance(mu, sigma, self.mu_ref, self.sigma_ref)
 
 
-def load_pipeline(name: str, option: str, parametrization: str) -> ConsistencyModelPipeline:
-    """A pipeline folder (or embedded/Hub name) that must have the given parametrization and 16-px shape."""
+def load_pipeline(name: str, option: str, parametrization: str | tuple[str, ...]) -> ConsistencyModelPipeline:
+    """A pipeline folder (or embedded/Hub name) that must have (one of) the given parametrization(s) and 16-px shape."""
     try:
         pipe = ConsistencyModelPipeline.from_pretrained(name)
     except Exception as exc:  # a missing folder, a damaged file, an unknown name: all end here
@@ -91,9 +92,10 @@ def load_pipeline(name: str, option: str, parametrization: str) -> ConsistencyMo
         raise InvalidInputError(
             f"{option}: could not load {name!r} ({reason}); pass a pipeline folder, e.g. a `cm train --out` folder"
         ) from None
-    if pipe.parametrization != parametrization:
+    allowed = (parametrization,) if isinstance(parametrization, str) else parametrization
+    if pipe.parametrization not in allowed:
         raise InvalidInputError(
-            f"{option}: {name!r} has parametrization {pipe.parametrization!r}; this row needs {parametrization!r}"
+            f"{option}: {name!r} has parametrization {pipe.parametrization!r}; this row needs {' or '.join(allowed)}"
         )
     if pipe.sample_shape != SHAPE:
         raise InvalidInputError(f"{option}: {name!r} makes samples of shape {pipe.sample_shape}; digits need {SHAPE}")
@@ -208,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
     if args.per_class < 2:
         raise InvalidInputError(f"--per-class: {args.per_class} is too few; give at least 2")
     search = parse_sigmas(args.search_sigmas)
-    model = load_pipeline(args.model, "--model", "consistency")
+    model = load_pipeline(args.model, "--model", FEW_STEP)
     if args.teacher is None and args.model == "digits":
         args.teacher = "digits-teacher"
     if args.teacher == "none":
@@ -229,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
         return run_row(name, nfe, sampler, labels, conditional, args.seed, args.batch_size, scorer)
 
     rows = [cm_row("consistency model, 1 step", 1, num_inference_steps=1)]
-    two_step = resolve_sigmas(2, None, None, cfg.num_train_timesteps, cfg.sigma_min, cfg.sigma_max, cfg.rho)[1]
+    two_step = model.noise_schedule(NoiseLevels(steps=2))[1]  # the grid's for a CM, t = 1.1 for an sCM
     rows.append(cm_row(f"consistency model, 2 steps (σ = {cfg.sigma_max:g}, {two_step:.3g})", 2, num_inference_steps=2))
     tried = {s: cm_row(f"s={s:g}", 2, sigmas=[cfg.sigma_max, s]) for s in search}
     best = min(tried, key=lambda s: tried[s].frechet)

@@ -35,7 +35,9 @@ def test_the_built_in_methods_and_their_declarations():
         "edm": "edm", "cd": "consistency", "ct": "consistency", "ict": "consistency", "ect": "consistency",
         "sct": "trigflow", "scd": "trigflow"}
     teacher = TrainConfig(method="scd", data="toy:mog8", out="r", teacher="t")
-    assert teacher.time_input == "log_sigma" and METHODS["scd"].parametrization_of(teacher) == "trigflow_edm"
+    assert teacher.time_input == "t" and METHODS["scd"].parametrization_of(teacher) == "trigflow"
+    copy = TrainConfig(method="scd", data="toy:mog8", out="r", teacher="t", init_from_teacher=True)
+    assert copy.time_input == "log_sigma" and METHODS["scd"].parametrization_of(copy) == "trigflow_edm"
     assert {m.name for m in METHODS.values() if m.target_network} == {"cd", "ct"}
     assert {m.name: m.teacher for m in METHODS.values()} == {
         "edm": "unused", "cd": "required", "ct": "optional", "ict": "optional", "ect": "required",
@@ -99,8 +101,7 @@ def test_help_shows_the_registry_defaults():
     assert helps["s1"].endswith("(default: ct 150, ict s0*2^d, d = min(7, steps//400 - 1): 160 at 2000 steps, "
                                 "1280 from 3200)")
     assert helps["num_scales"].endswith("(default: cd 40)")
-    assert helps["init_from_teacher"].endswith("(default: yes for cd, ct, ict, ect, sct, scd when --teacher is "
-                                               "given)")
+    assert helps["init_from_teacher"].endswith("(default: yes for cd, ct, ict, ect, sct when --teacher is given)")
     assert [a for a in train._actions if a.dest == "method"][0].choices == tuple(METHODS)
 
 

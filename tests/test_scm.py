@@ -188,7 +188,7 @@ def test_scd_from_a_teacher_exports_a_trigflow_folder(tmp_path, capsys):
     from consistency_models import ConsistencyModelPipeline
 
     pipe = ConsistencyModelPipeline.from_pretrained(tmp_path / "scd")
-    assert pipe.parametrization == "trigflow_edm"  # the student kept the EDM teacher's time input
+    assert pipe.parametrization == "trigflow"  # a fresh student with the time input t (see methods/scd.py)
     points = pipe(batch_size=5, num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0))
     assert points.images.shape == (5, 2) and np.isfinite(points.images).all()
     capsys.readouterr()
@@ -199,8 +199,8 @@ def test_scd_from_a_teacher_exports_a_trigflow_folder(tmp_path, capsys):
     assert main([*TOY, "--method", "sct", "--steps", "3", "--out", str(tmp_path / "z"), "--p-std", "0"]) == 2
     assert "p_std: 0.0 is not allowed; use a number > 0" in capsys.readouterr().err
     assert main([*TOY, "--method", "scd", "--teacher", str(tmp_path / "teacher"), "--steps", "3",
-                 "--out", str(tmp_path / "w"), "--time-input", "t"]) == 2
+                 "--out", str(tmp_path / "w"), "--init-from-teacher", "--time-input", "t"]) == 2
     assert "time_input: 't' does not fit a student started from the EDM teacher" in capsys.readouterr().err
     assert main([*TOY, "--method", "scd", "--teacher", str(tmp_path / "teacher"), "--steps", "3",
-                 "--out", str(tmp_path / "fresh"), "--no-init-from-teacher"]) == 0
-    assert ConsistencyModelPipeline.from_pretrained(tmp_path / "fresh").parametrization == "trigflow"
+                 "--out", str(tmp_path / "copy"), "--init-from-teacher"]) == 0
+    assert ConsistencyModelPipeline.from_pretrained(tmp_path / "copy").parametrization == "trigflow_edm"

@@ -16,7 +16,9 @@ EDM's σ is σ = σ_d·tan t and x_σ = x_t / cos t. The network's time input is
   teacher keeps this input. Its time tangent is the constant 250·σ_d = 125 (cos t·sin t cancels
   d ln tan t/dt), which meets the network's sinusoidal embedding (frequencies up to 1 per unit)
   and makes dF/dt large: measured on the 2-D toy, sCT with this input collapses (1-step on-mode
-  1 %) where the input t reaches 87 % with the same settings — the paper's reason for c_noise = t.
+  1 %) where the input t reaches 87 % with the same settings — the paper's reason for c_noise = t
+  (EDM's own ¼·ln σ reaches 50 %, 1000·t 0 %); sCD started from an EDM teacher collapses too
+  (0 %), so sCD here starts a fresh student with input t by default (89 %).
 
 The pipeline samples both in σ-space (`parametrization.TrigFlowFunction` and `Denoiser`,
 `sampling.sample_trigflow`); `TrigFlow` below is the same function in t, which training uses.

@@ -60,5 +60,5 @@ METHOD = register(Method(
     build_loss=build_loss,
     defaults=SCM_DEFAULTS,
     teacher="optional",
-    init_from_teacher=True,      # --teacher: the student starts from it (and keeps its time input)
+    init_from_teacher=True,      # --teacher: the student starts from it (and keeps its time input, log_sigma)
 ))
