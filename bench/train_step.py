@@ -23,6 +23,8 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -96,7 +98,6 @@ def time_steps(
         state["step"].fill_(1000)
     with FlopCounterMode(display=False) as counter:
         step(1, precisions[0])
-    memory = peak_step_memory(lambda: step(1, precisions[0]), device)
     times: dict[str, list[float]] = {precision: [] for precision in precisions}
     rates = []
     for k in range(repeats):
@@ -107,7 +108,38 @@ def time_steps(
             step(k + 2, precision)
             sync(device)
             times[precision].append(time.perf_counter() - start)
-    return times, counter.get_total_flops(), rates, memory
+    return times, counter.get_total_flops(), rates
+
+
+def step_memory(method: str, preset_name: str, batch: int, device: torch.device, precision: str) -> float | None:
+    """MiB the first optimizer step of `method` adds to the peak, in a fresh process (the kept
+    freed memory of earlier steps would hide it here)."""
+    code = ("import sys, torch; sys.path.insert(0, {bench!r}); import train_step as t; "
+            "print(t.first_step_memory({method!r}, {preset!r}, {batch}, torch.device({device!r}), {precision!r}))")
+    result = subprocess.run([sys.executable, "-c", code.format(bench=str(Path(__file__).parent), method=method,
+                             preset=preset_name, batch=batch, device=str(device), precision=precision)],
+                            capture_output=True, text=True)
+    last = result.stdout.strip().splitlines()[-1:] if result.returncode == 0 else []
+    return float(last[0]) if last and last[0] != "None" else None
+
+
+def first_step_memory(method: str, preset_name: str, batch: int, device: torch.device, precision: str) -> float | None:
+    """The peak memory of one optimizer step of `method`, the network and loss already built."""
+    cfg = preset(preset_name)
+    network, loss_fn = build_loss(method, preset_name, device)
+    optimizer = build_optimizer("radam", [*network.parameters(), *loss_fn.parameters()], lr=1e-5)
+    x = torch.randn(batch, cfg.in_channels, cfg.image_size, cfg.image_size, device=device).clamp(-1, 1)
+    labels = torch.randint(0, cfg.num_classes, (batch,), device=device) if cfg.num_classes else None
+    autocast = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(precision)
+
+    def step() -> None:
+        rng = BatchRNG(torch.Generator().manual_seed(0), batch, slice(0, batch), device)
+        with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+            loss = loss_fn(x, labels, 500, rng).mean()
+        loss.backward()
+        optimizer.step()
+
+    return peak_step_memory(step, device)
 
 
 def peak_step_memory(run, device: torch.device) -> float | None:
@@ -155,13 +187,13 @@ def main() -> None:
     print(f"matmul 2048²: bfloat16 {matmul_rate(device, torch.bfloat16):.1f} GFLOP/s")
     seconds_of: dict[str, float] = {}
     for method in methods:
-        times, flops, rates, memory = time_steps(method, args.preset, args.batch_size, device, precisions,
-                                                 args.repeats)
+        times, flops, rates = time_steps(method, args.preset, args.batch_size, device, precisions, args.repeats)
+        memory = step_memory(method, args.preset, args.batch_size, device, precisions[0])
         fp32 = statistics.median(rates)
         seconds_of[method] = statistics.median(times[precisions[0]])
         print(f"{method}: float32 matmul 2048² {fp32:.1f} GFLOP/s (median of {len(rates)}, "
               f"{min(rates):.1f}-{max(rates):.1f}), {flops / 1e9:.2f} GFLOP per step"
-              + (f", peak memory of a step +{memory:.0f} MiB" if memory is not None else ""))
+              + (f", first step +{memory:.0f} MiB peak memory ({precisions[0]})" if memory is not None else ""))
         print(f"{'step':<6} {'precision':<10} {'img/s':>9} {'s/step':>8} {'min-max':>13} {'GFLOP/s':>9} "
               f"{'of fp32 matmul':>15}")
         for precision in precisions:
