@@ -204,3 +204,33 @@ def test_scd_from_a_teacher_exports_a_trigflow_folder(tmp_path, capsys):
     assert main([*TOY, "--method", "scd", "--teacher", str(tmp_path / "teacher"), "--steps", "3",
                  "--out", str(tmp_path / "copy"), "--init-from-teacher"]) == 0
     assert ConsistencyModelPipeline.from_pretrained(tmp_path / "copy").parametrization == "trigflow_edm"
+
+
+def test_two_torchrun_processes_train_what_one_trains(tmp_path):
+    """sCT under DDP (gloo, 2 real processes): the JVP runs on each rank's unwrapped network, w_φ's
+    gradients are averaged like the network's; the result equals one process to float tolerance."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.is_file():
+        pytest.skip("torchrun is not installed")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                            "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    argv = ["-m", "consistency_models", "train", "--method", "sct", "--data", "toy:mog8", "--steps", "8",
+            "--batch-size", "32", "--save-every", "8", "--sample-every", "100", "--device", "cpu", "--no-progress"]
+    one = subprocess.run([sys.executable, *argv, "--out", str(tmp_path / "one")], env=env, capture_output=True,
+                         text=True, timeout=300)
+    two = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", *argv, "--out",
+                          str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0 and two.returncode == 0, (one.stderr[-2000:], two.stderr[-2000:])
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+    wa, wb = (torch.load(list_checkpoints(tmp_path / r)[-1][1], weights_only=True)["loss"]["weight"]
+              for r in ("one", "two"))
+    torch.testing.assert_close(wa["linear.weight"], wb["linear.weight"], rtol=1e-4, atol=1e-6)

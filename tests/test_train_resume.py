@@ -90,7 +90,7 @@ def folder_snapshot(run: Path) -> dict[str, bytes]:
 
 
 # -- kill -9 and resume -----------------------------------------------------------------------
-@pytest.mark.parametrize("method", ["ict", "ct"])
+@pytest.mark.parametrize("method", ["ict", "ct", "sct"])
 def test_kill_and_resume_is_bitwise_identical(method, tmp_path):
     """SIGKILL after the first checkpoint (step s of S = 3s), `--resume` to the end: the final
     network, EMA, optimizer (and CT's target network θ⁻) equal those of an uninterrupted run bit for bit."""
@@ -128,8 +128,9 @@ def test_kill_and_resume_is_bitwise_identical(method, tmp_path):
     got = load_checkpoint(checkpoint_path(run, total))
     want = load_checkpoint(checkpoint_path(ref, total))
     assert got["step"] == want["step"] == total
-    keys = ["network", "ema", "optimizer"] + (["target"] if method == "ct" else [])
-    assert ("target" in got) == (method == "ct")
+    keys = ["network", "ema", "optimizer"] + (["target"] if method == "ct" else []) + \
+        (["loss"] if method == "sct" else [])  # sCT's adaptive weight w_φ
+    assert ("target" in got) == (method == "ct") and ("loss" in got) == (method == "sct")
     for key in keys:
         assert_bitwise_equal(got[key], want[key], key)
     assert got["ema"]["num_updates"] == total

@@ -208,3 +208,13 @@ def test_editing_runs_on_a_trigflow_model(trigflow_pipe):
     filled = editing.inpaint(trigflow_pipe, image, mask, num_inference_steps=3, class_labels=4, generator=gen)
     keep = mask.expand_as(image) == 0
     assert torch.equal(filled[keep], image[keep]) and not torch.equal(filled, image)
+
+
+def test_the_timestep_search_points_sCM_models_to_explicit_times(trigflow_pipe, pipe):
+    from consistency_models.evaluation.timestep_search import search_range
+
+    with pytest.raises(InvalidInputError, match=r"this is an sCM \(TrigFlow\) model: give its two times directly"):
+        search_range(trigflow_pipe)
+    edm = ConsistencyModelPipeline(pipe.unet, pipe.scheduler, parametrization="edm")
+    with pytest.raises(InvalidInputError, match=r"this is a diffusion \(EDM\) model$"):
+        search_range(edm)

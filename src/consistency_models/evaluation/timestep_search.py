@@ -86,7 +86,9 @@ def frechet_distance_of_samples(
 def search_range(pipe: ConsistencyModelPipeline, lo: int = 1, hi: int | None = None) -> tuple[int, int]:
     """Check a search range against the model's grid; hi defaults to N − 2 (N − 1 is σ_min itself)."""
     if pipe.parametrization != "consistency":
-        raise InvalidInputError("model: the timestep search is for consistency models; this is a diffusion (EDM) model")
+        kind = "a diffusion (EDM) model" if pipe.parametrization == "edm" else \
+            "an sCM (TrigFlow) model: give its two times directly, e.g. --timesteps 1.56454,1.1"
+        raise InvalidInputError(f"model: the timestep search is over the grid of consistency models; this is {kind}")
     n = pipe.sampling_config.num_train_timesteps
     hi = n - 2 if hi is None else hi
     if not 1 <= lo <= hi <= n - 2:
