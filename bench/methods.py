@@ -133,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default=",".join(RECIPES), help=f"comma list of {', '.join(RECIPES)}")
     parser.add_argument("--per-class", type=int, default=100, help="samples per digit for the scores")
     parser.add_argument("--out", type=Path, default=Path("bench-methods"), help="folder for the table and figure")
+    parser.add_argument("--probe-steps", type=int, default=PROBE_STEPS, help="steps of the timing probe")
     args = parser.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
     if not methods or any(m not in RECIPES for m in methods):
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for method in methods:
             probe = Path(tmp) / f"{method}-probe"
-            train(method, probe, PROBE_STEPS)
+            train(method, probe, args.probe_steps)
             per_step = seconds_per_step(probe)
             steps = max(1, int(args.minutes * 60 / per_step))
             print(f"{method}: {per_step:.2f} s/step in the probe → {steps} steps", file=sys.stderr, flush=True)

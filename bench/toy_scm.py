@@ -28,7 +28,7 @@ from consistency_models.metrics import sliced_wasserstein
 sys.path.insert(0, str(Path(__file__).parent))
 from toy_defaults import NUM, on_mode, score  # noqa: E402  (the same scoring as the defaults benchmark)
 
-BUDGET = ["--steps", "2000", "--batch-size", "256", "--lr", "1e-3"]
+BUDGET = ["--batch-size", "256", "--lr", "1e-3"]
 RUNS = {  # name → (cm train options, the run it needs first)
     "ict": (["--method", "ict", "--s1", "160"], None),
     "sct": (["--method", "sct"], None),
@@ -41,7 +41,9 @@ RUNS = {  # name → (cm train options, the run it needs first)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", default=",".join(RUNS), help=f"comma list of {', '.join(RUNS)}")
+    parser.add_argument("--steps", type=int, default=2000, help="training steps of every run")
     args = parser.parse_args(argv)
+    budget = ["--steps", str(args.steps), *BUDGET]
     names = args.runs.split(",")
     if any(n not in RUNS for n in names):
         parser.error(f"--runs: choose from {', '.join(RUNS)}")
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(1))
     train, reference = data[order[NUM:]], data[order[:NUM]]
     print(f"data: 8 Gaussians as an .npz; held-out floor SW {sliced_wasserstein(data[order[NUM:2 * NUM]], reference):.4f}; "
-          f"budget {' '.join(BUDGET)}")
+          f"budget {' '.join(budget)}")
     print(f"{'run':10s} {'1-step on-mode':>14s} {'SW':>7s} {'2-step on-mode':>14s} {'SW':>7s} {'min':>5s}")
     with tempfile.TemporaryDirectory() as tmp:
         points = Path(tmp) / "points.npz"
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             options = [o.format(teacher=Path(tmp) / "teacher") for o in options]
             start = time.perf_counter()
             subprocess.run([sys.executable, "-m", "consistency_models", "train", "--data", str(points), "--out",
-                            str(Path(tmp) / name), "--no-progress", *BUDGET, *options], check=True, capture_output=True)
+                            str(Path(tmp) / name), "--no-progress", *budget, *options], check=True, capture_output=True)
             minutes = (time.perf_counter() - start) / 60
             if name == "teacher":
                 print(f"{name:10s} {'(an EDM teacher: sampled by Heun, not scored)':>46s} {minutes:5.1f}")

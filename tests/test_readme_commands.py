@@ -8,6 +8,7 @@ substitutions, which only shrink the work (they are listed so that nothing else 
 - `--preset imagenet64` → `--preset test` (a 1.2 GB untrained folder or checkpoint is not a test);
 - `cm train`: `--steps` → 2, `--batch-size` → 8; `--num`/`--num-samples` above 16 → 8;
 - `torchrun --nproc_per_node 8` → 2 (real torchrun processes);
+- the benchmark scripts get their smallest sizes (a few steps, one repeat, a few samples);
 - `cm tune-timesteps` gets `--hi 3` (three candidates: each costs a 2048-d FID, ~3.5 s on one thread);
 - the inception weights are a seeded random stand-in (the published file cannot be had offline),
   so its SHA-256 check is switched off here — the check itself is tested in tests/test_inception.py.
@@ -63,7 +64,8 @@ def inline_commands() -> list[str]:
     subcommand names (`cm train`) or elided ones (`... train ...`)."""
     prose = re.sub(r"```.*?```", "", README, flags=re.S).replace("\n", " ")
     found = re.findall(r"`((?:cm|torchrun|python) [^`]*)`", prose)
-    return list(dict.fromkeys(c for c in found if len(c.split()) > 2 and "..." not in c or c == "cm --version"))
+    return list(dict.fromkeys(c for c in found if "..." not in c and (len(c.split()) > 2 or c.startswith("python ")
+                                                                      or c == "cm --version")))
 
 
 COMMANDS = readme_commands() + inline_commands()
@@ -94,6 +96,13 @@ def toy_argv(words: list[str], model: Path) -> list[str]:
         argv += ["--steps", "2"]
     if argv[:1] == ["bench/quality_digits.py"]:
         argv += ["--per-class", "2", "--search-sigmas", "0.8"]
+    if argv[:1] == ["bench/train_step.py"]:
+        argv += ["--batch-size", "2", "--repeats", "1", "--precision", "float32"]
+    if argv[:1] == ["bench/toy_scm.py"]:
+        argv += ["--steps", "5", "--runs", "sct,scd"]
+    if argv[:1] == ["bench/methods.py"]:
+        argv = [a for a in argv if a not in ("--minutes", "6")]
+        argv += ["--minutes", "0.01", "--methods", "sct", "--per-class", "2", "--probe-steps", "3", "--out", "bm"]
     if argv[:1] == ["scripts/make_editing_figure.py"]:
         argv += ["--out", "editing.png", "--count", "1"]  # not over the repository's docs/images/editing.png
     for i, word in enumerate(argv[:-1]):
