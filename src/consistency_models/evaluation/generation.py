@@ -13,7 +13,6 @@ When every image exists, rank 0 merges them in index order into one ADM-style `.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -30,7 +29,8 @@ from tqdm.auto import tqdm
 
 from ..distributed import DistributedContext
 from ..errors import InvalidInputError
-from ..io.atomic import atomic_path, remove_leftovers
+from ..io.atomic import atomic_path, remove_leftovers, write_json
+from ..io.checksum import file_sha256
 from ..io.images import to_uint8
 from ..io.lock import hold_folder
 from ..io.overwrite import refuse_existing
@@ -38,6 +38,7 @@ from ..pipeline import ConsistencyModelPipeline
 from ..schedule import NoiseLevels
 
 SHARD_SUFFIX = ".shards"
+RUN_RECORD = "run.json"                 # the run's settings in its shard folder (and, once merged, the file's hash)
 
 
 def image_seed(seed: int, index: int) -> int:
@@ -156,17 +157,24 @@ def model_fingerprint(pipe: ConsistencyModelPipeline) -> dict:
             "scheduler": dict(pipe.sampling_config), "checksum": f"{checksum:.10e}", "dtype": str(pipe.dtype)}
 
 
+def _read_record(folder: Path) -> tuple[dict | None, dict | None]:
+    """run.json of a shard folder as (the settings, the merge record): (None, None) when it is
+    missing or unreadable, the merge record None until a merge wrote it."""
+    try:
+        record = json.loads((folder / RUN_RECORD).read_text())
+    except (OSError, ValueError):
+        return None, None
+    if not isinstance(record, dict):
+        return None, None
+    merged = record.pop("merged", None)
+    return record, merged if isinstance(merged, dict) else None
+
+
 def check_run_settings(folder: Path, settings: dict) -> None:
     """Refuse to mix shards made with other settings; record them for the first run."""
-    record = folder / "run.json"
     settings = json.loads(json.dumps(settings))  # tuples → lists, as they read back
-    if record.is_file():
-        try:
-            previous = json.loads(record.read_text())
-        except (OSError, ValueError):
-            previous = None
-        if isinstance(previous, dict):
-            previous.pop("merged", None)  # a merged file that was since deleted: its shards merge again
+    if (folder / RUN_RECORD).is_file():
+        previous, _ = _read_record(folder)  # a merged file that was since deleted: its shards merge again
         if previous != settings:
             changed = sorted(k for k in settings if not isinstance(previous, dict) or previous.get(k) != settings[k])
             raise InvalidInputError(
@@ -174,8 +182,7 @@ def check_run_settings(folder: Path, settings: dict) -> None:
                 "run the same command as before, or delete that folder to start over"
             )
         return
-    with atomic_path(record) as tmp:
-        tmp.write_text(json.dumps(settings, indent=1))
+    write_json(folder / RUN_RECORD, settings)
 
 
 def _check_arguments(num: int, batch_size: int, out: str | os.PathLike) -> Path:
@@ -233,13 +240,9 @@ def generate_samples(
 def _merged_but_not_cleaned(folder: Path, out: Path, settings: dict, num: int) -> bool:
     """Whether `out` is the merged file of this very run, killed after publishing it but before
     removing its shards: the record in `folder` names `out`'s SHA-256 and the same settings."""
-    try:
-        record = json.loads((folder / "run.json").read_text())
-    except (OSError, ValueError):
-        return False
-    merged = record.pop("merged", None) if isinstance(record, dict) else None
-    return (record == json.loads(json.dumps(settings)) and isinstance(merged, dict) and merged.get("num") == num
-            and merged.get("sha256") == hashlib.sha256(out.read_bytes()).hexdigest())
+    record, merged = _read_record(folder)
+    return (record == json.loads(json.dumps(settings)) and merged is not None and merged.get("num") == num
+            and merged.get("sha256") == file_sha256(out))
 
 
 def _generate_locked(pipe: ConsistencyModelPipeline, num: int, path: Path, folder: Path, batch_size: int,
@@ -293,9 +296,7 @@ def merge_shards(folder: Path, num: int, out: Path) -> Path:
     with atomic_path(out) as tmp:  # ADM's layout, as save_images writes it
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
-        record = json.loads((folder / "run.json").read_text())
-        record["merged"] = {"num": num, "sha256": hashlib.sha256(tmp.read_bytes()).hexdigest()}
-        with atomic_path(folder / "run.json") as tmp_record:  # a kill after the rename below is then recognised
-            tmp_record.write_text(json.dumps(record, indent=1))
+        record, _ = _read_record(folder)  # a kill after the rename below is then recognised
+        write_json(folder / RUN_RECORD, {**record, "merged": {"num": num, "sha256": file_sha256(tmp)}})
     shutil.rmtree(folder)
     return out

@@ -18,7 +18,6 @@ to [−1, 1) by (x − 128)/128 (the graph's `Sub`/`Mul` by 1/128).
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import urllib.request
@@ -31,6 +30,7 @@ from torch import nn
 
 from ..errors import InvalidInputError
 from ..io.atomic import atomic_path
+from ..io.checksum import file_sha256
 from ..io.diffusers_format import load_state_into, load_weights
 
 INCEPTION_URL = (
@@ -304,15 +304,6 @@ class InceptionV3FID(nn.Module):
 def default_cache_path() -> Path:
     """`~/.cache/consistency_models/pt_inception-2015-12-05-6726825d.pth`."""
     return Path.home() / ".cache" / "consistency_models" / INCEPTION_FILENAME
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _check_sha256(path: Path, expected: str | None) -> None:
