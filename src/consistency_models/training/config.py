@@ -182,6 +182,8 @@ class TrainConfig:
                 raise InvalidInputError(
                     f"{name}: {getattr(self, name)!r} is not used by --method {self.method} (its own settings: {used})"
                 )
+        if self.init_from_teacher is None:  # before the budget defaults, which may read it
+            self.init_from_teacher = bool(self.teacher) and method.init_from_teacher and not self.init_from
         for name, value in method.defaults.items():  # plain values first: budget defaults may read them
             if getattr(self, name) is None and not callable(value):
                 setattr(self, name, value)
@@ -196,8 +198,6 @@ class TrainConfig:
         if method.teacher == "unused" and (self.teacher or self.init_from_teacher):
             raise InvalidInputError(f"teacher: --method {self.method} uses no teacher; to start from a saved "
                                     "network use --init-from")
-        if self.init_from_teacher is None:
-            self.init_from_teacher = bool(self.teacher) and method.init_from_teacher and not self.init_from
         if self.init_from_teacher and not self.teacher:
             raise InvalidInputError("init_from_teacher: needs --teacher")
         if self.init_from and self.init_from_teacher:

@@ -84,7 +84,7 @@ class SCMLoss(Loss):
         if self.weight is not None:
             unwrap(self.weight).load_state_dict(state["weight"])
 
-    def sample_time(self, rng, shape_like: torch.Tensor) -> torch.Tensor:
+    def sample_time(self, rng) -> torch.Tensor:
         """t = arctan(e^τ/σ_d), τ ~ N(P_mean, P_std²), per sample, float64."""
         tau = self.p_mean + self.p_std * rng.randn().to(torch.float64)
         return torch.atan(torch.exp(tau) / self.sigma_data)
@@ -108,7 +108,7 @@ class SCMLoss(Loss):
 
     def __call__(self, x, class_labels, step, rng):
         x = x.float()
-        t = self.sample_time(rng, x)
+        t = self.sample_time(rng)
         z = rng.randn(*x.shape[1:]) * self.sigma_data
         return self.loss_at(x, t, z, class_labels, step)
 

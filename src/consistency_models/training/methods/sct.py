@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ...errors import InvalidInputError
 from ...trigflow import TIME_INPUTS
-from .registry import BudgetDefault, LossInputs, Method, get_method, register
+from .registry import BudgetDefault, LossInputs, Method, register
 from .scm import AdaptiveWeight, SCMLoss
 
 PAPER_WARMUP = 10_000   # H of the paper's runs (of 100k–400k steps)
@@ -17,9 +17,7 @@ def budget_warmup(cfg) -> int:
 
 def default_time_input(cfg) -> str:
     """log_sigma for a student started from an EDM teacher (it keeps the teacher's time input), else t."""
-    starts_from_teacher = cfg.init_from_teacher if cfg.init_from_teacher is not None else (
-        bool(cfg.teacher) and get_method(cfg.method).init_from_teacher and not cfg.init_from)
-    return "log_sigma" if starts_from_teacher else "t"
+    return "log_sigma" if cfg.init_from_teacher else "t"
 
 
 def exported_parametrization(cfg) -> str:
