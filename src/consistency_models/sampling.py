@@ -95,6 +95,14 @@ def sigma_levels(sigmas: Sequence[float | torch.Tensor], device: torch.device | 
 NoiseSampler = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def step_noise(like: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor, generator: Generator,
+               noise_sampler: NoiseSampler | None) -> torch.Tensor:
+    """The fresh noise of one step: `noise_sampler(σ, σ_next)` when given, else drawn from `generator`."""
+    if noise_sampler is not None:
+        return noise_sampler(sigma, sigma_next)
+    return randn(like.shape, generator, device=like.device, dtype=like.dtype)
+
+
 @torch.no_grad()
 def sample_consistency(
     model: Callable[..., torch.Tensor],
@@ -129,10 +137,7 @@ def sample_consistency(
         if clip_denoised:
             x0 = x0.clamp(-1, 1)
         if steps > 1:
-            if noise_sampler is not None:
-                z = noise_sampler(levels[i], levels[i + 1])
-            else:
-                z = randn(x0.shape, generator, device=x0.device, dtype=x0.dtype)
+            z = step_noise(x0, levels[i], levels[i + 1], generator, noise_sampler)
             x = x0 + renoise_scale(levels[i + 1], s_noise, sigma_min, sigma_max) * z
         else:
             x = x0
@@ -230,10 +235,7 @@ def sample_trigflow(
         x0 = model(x, levels[i], class_labels)
         if clip_denoised:
             x0 = x0.clamp(-1, 1)
-        if noise_sampler is not None:
-            z = noise_sampler(levels[i], levels[i + 1])
-        else:
-            z = randn(x0.shape, generator, device=x0.device, dtype=x0.dtype)
+        z = step_noise(x0, levels[i], levels[i + 1], generator, noise_sampler)
         x = x0 + levels[i + 1].to(x0.dtype) * z if float(levels[i + 1]) > 0 else x0
         if callback is not None:
             callback(i, float(levels[i]), x)
