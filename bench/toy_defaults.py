@@ -54,6 +54,15 @@ def score(run: Path, reference: torch.Tensor) -> dict[str, float]:
     return out
 
 
+def split_toy() -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The 8-Gaussian toy as (training points, NUM held-out points, the SW distance between NUM
+    training points and the held-out ones: the floor a model can reach), in a seeded order."""
+    data = load_dataset("toy:mog8").tensors()[0]
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(1))
+    reference = data[order[:NUM]]
+    return data[order[NUM:]], reference, sliced_wasserstein(data[order[NUM:2 * NUM]], reference)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", default=",".join(RUNS), help=f"comma list of {', '.join(RUNS)}")
@@ -61,10 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     names = args.runs.split(",")
     if any(n not in RUNS for n in names):
         parser.error(f"--runs: choose from {', '.join(RUNS)}")
-    data = load_dataset("toy:mog8").tensors()[0]
-    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(1))
-    train, reference = data[order[NUM:]], data[order[:NUM]]
-    floor = sliced_wasserstein(data[order[NUM:2 * NUM]], reference)
+    train, reference, floor = split_toy()
     print(f"data: 8 Gaussians, {len(train)} training points as an .npz; held-out floor SW {floor:.4f}, "
           f"on-mode {on_mode(reference):.3f}")
     print(f"{'run':14s} {'options':48s} {'1-step on-mode':>14s} {'SW':>7s} {'2-step on-mode':>14s} {'SW':>7s} {'min':>5s}")

@@ -20,13 +20,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
-
-from consistency_models.data import load_dataset
-from consistency_models.metrics import sliced_wasserstein
 
 sys.path.insert(0, str(Path(__file__).parent))
-from toy_defaults import NUM, on_mode, score  # noqa: E402  (the same scoring as the defaults benchmark)
+from toy_defaults import on_mode, score, split_toy  # noqa: E402  (the same data and scoring as the defaults benchmark)
 
 BUDGET = ["--batch-size", "256", "--lr", "1e-3"]
 RUNS = {  # name → (cm train options, the run it needs first)
@@ -48,11 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     if any(n not in RUNS for n in names):
         parser.error(f"--runs: choose from {', '.join(RUNS)}")
     names = [n for n in RUNS if n in names or any(RUNS[m][1] == n for m in names)]  # teachers first
-    data = load_dataset("toy:mog8").tensors()[0]
-    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(1))
-    train, reference = data[order[NUM:]], data[order[:NUM]]
-    print(f"data: 8 Gaussians as an .npz; held-out floor SW {sliced_wasserstein(data[order[NUM:2 * NUM]], reference):.4f}; "
-          f"budget {' '.join(budget)}")
+    train, reference, floor = split_toy()
+    print(f"data: 8 Gaussians as an .npz; held-out floor SW {floor:.4f}; budget {' '.join(budget)}")
     print(f"{'run':10s} {'1-step on-mode':>14s} {'SW':>7s} {'2-step on-mode':>14s} {'SW':>7s} {'min':>5s}")
     with tempfile.TemporaryDirectory() as tmp:
         points = Path(tmp) / "points.npz"
