@@ -166,24 +166,42 @@ def weights(folder) -> dict[str, torch.Tensor]:
     return load_file(str(next((folder / "unet").glob("*.safetensors"))))
 
 
-def test_sct_resumes_bit_for_bit_with_its_adaptive_weight(tmp_path):
-    assert main([*TOY, "--method", "sct", "--steps", "6", "--out", str(tmp_path / "a")]) == 0
+@pytest.fixture(scope="module")
+def toy_teacher(tmp_path_factory):
+    """A 3-step EDM teacher on the toy (sCD only needs its velocity to be some network's)."""
+    folder = tmp_path_factory.mktemp("teacher") / "teacher"
+    assert main([*TOY, "--method", "edm", "--steps", "3", "--out", str(folder)]) == 0
+    return folder
+
+
+def method_options(method: str, teacher) -> list[str]:
+    """sCT as it defaults; sCD from the toy teacher with w_φ switched on (its default is off), so
+    that both runs carry the adaptive weight through resume and DDP."""
+    return ["--method", "sct"] if method == "sct" else ["--method", "scd", "--teacher", str(teacher),
+                                                         "--adaptive-weight"]
+
+
+@pytest.mark.parametrize("method", ["sct", "scd"])
+def test_scm_resumes_bit_for_bit_with_its_adaptive_weight(method, tmp_path, toy_teacher):
+    options = method_options(method, toy_teacher)
+    assert main([*TOY, *options, "--steps", "6", "--out", str(tmp_path / "a")]) == 0
     whole = weights(tmp_path / "a")
     resumed = shutil.copytree(tmp_path / "a", tmp_path / "b")
     assert [step for step, _ in list_checkpoints(resumed)] == [3, 6]
     list_checkpoints(resumed)[-1][1].unlink()  # as if killed after the step-3 checkpoint
     shutil.rmtree(resumed / "unet")
-    assert main([*TOY, "--method", "sct", "--steps", "6", "--out", str(resumed), "--resume"]) == 0
+    assert main([*TOY, *options, "--steps", "6", "--out", str(resumed), "--resume"]) == 0
     again = weights(resumed)
     assert all(torch.equal(whole[k], again[k]) for k in whole)
     state = torch.load(list_checkpoints(resumed)[-1][1], weights_only=True)
+    want = torch.load(list_checkpoints(tmp_path / "a")[-1][1], weights_only=True)
     assert set(state["loss"]["weight"]) == {"frequencies", "phases", "linear.weight", "linear.bias"}
+    assert all(torch.equal(state["loss"]["weight"][k], want["loss"]["weight"][k]) for k in state["loss"]["weight"])
     assert state["loss"]["weight"]["linear.bias"].abs().item() > 0  # w_φ trained
 
 
-def test_scd_from_a_teacher_exports_a_trigflow_folder(tmp_path, capsys):
-    assert main([*TOY, "--method", "edm", "--steps", "3", "--out", str(tmp_path / "teacher")]) == 0
-    assert main([*TOY, "--method", "scd", "--teacher", str(tmp_path / "teacher"), "--steps", "3",
+def test_scd_from_a_teacher_exports_a_trigflow_folder(tmp_path, capsys, toy_teacher):
+    assert main([*TOY, "--method", "scd", "--teacher", str(toy_teacher), "--steps", "3",
                  "--out", str(tmp_path / "scd"), "--jvp", "fd"]) == 0
     from consistency_models import ConsistencyModelPipeline
 
@@ -198,16 +216,17 @@ def test_scd_from_a_teacher_exports_a_trigflow_folder(tmp_path, capsys):
     assert "needs --teacher" in capsys.readouterr().err
     assert main([*TOY, "--method", "sct", "--steps", "3", "--out", str(tmp_path / "z"), "--p-std", "0"]) == 2
     assert "p_std: 0.0 is not allowed; use a number > 0" in capsys.readouterr().err
-    assert main([*TOY, "--method", "scd", "--teacher", str(tmp_path / "teacher"), "--steps", "3",
+    assert main([*TOY, "--method", "scd", "--teacher", str(toy_teacher), "--steps", "3",
                  "--out", str(tmp_path / "w"), "--init-from-teacher", "--time-input", "t"]) == 2
     assert "time_input: 't' does not fit a student started from the EDM teacher" in capsys.readouterr().err
-    assert main([*TOY, "--method", "scd", "--teacher", str(tmp_path / "teacher"), "--steps", "3",
+    assert main([*TOY, "--method", "scd", "--teacher", str(toy_teacher), "--steps", "3",
                  "--out", str(tmp_path / "copy"), "--init-from-teacher"]) == 0
     assert ConsistencyModelPipeline.from_pretrained(tmp_path / "copy").parametrization == "trigflow_edm"
 
 
-def test_two_torchrun_processes_train_what_one_trains(tmp_path):
-    """sCT under DDP (gloo, 2 real processes): the JVP runs on each rank's unwrapped network, w_φ's
+@pytest.mark.parametrize("method", ["sct", "scd"])
+def test_two_torchrun_processes_train_what_one_trains(method, tmp_path, toy_teacher):
+    """sCT and sCD under DDP (gloo, 2 real processes): the JVP runs on each rank's unwrapped network, w_φ's
     gradients are averaged like the network's; the result equals one process to float tolerance."""
     import os
     import subprocess
@@ -220,7 +239,8 @@ def test_two_torchrun_processes_train_what_one_trains(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
                                                             "MASTER_PORT")}
     env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    argv = ["-m", "consistency_models", "train", "--method", "sct", "--data", "toy:mog8", "--steps", "8",
+    argv = ["-m", "consistency_models", "train", *method_options(method, toy_teacher), "--data", "toy:mog8",
+            "--steps", "8",
             "--batch-size", "32", "--save-every", "8", "--sample-every", "100", "--device", "cpu", "--no-progress"]
     one = subprocess.run([sys.executable, *argv, "--out", str(tmp_path / "one")], env=env, capture_output=True,
                          text=True, timeout=300)
