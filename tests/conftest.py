@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,6 +24,16 @@ from consistency_models.io.diffusers_format import unet_config_to_diffusers
 from openai_reference_unet import randomize_
 
 SLOW_ENV = "CM_SLOW_TESTS"
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+DISTRIBUTED_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def child_env(**overrides: str) -> dict[str, str]:
+    """The environment of a child `cm` / torchrun process: one intra-op thread (tiny networks, a
+    2-core machine, bitwise-repeatable runs), none of the torch.distributed variables an outer
+    launcher may have set, plus `overrides` (e.g. CUDA_VISIBLE_DEVICES="")."""
+    env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_VARIABLES}
+    return {**env, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **overrides}
 
 # One intra-op thread: the networks here are tiny, and on a 2-core machine shared with another
 # busy process two OpenMP threads spin against each other (a 0.07 s forward then takes ~3 s).

@@ -3,10 +3,8 @@ torchrun processes and across an interrupted run; shards of other settings are r
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,11 +18,9 @@ from consistency_models.evaluation.generation import (
     image_seed,
     shard_folder,
 )
+from conftest import TORCHRUN, child_env
 
-TORCHRUN = Path(sys.executable).with_name("torchrun")
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-for _name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-    ENV.pop(_name, None)
+ENV = child_env(CUDA_VISIBLE_DEVICES="")
 NUM = 10
 
 

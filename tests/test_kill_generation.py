@@ -20,11 +20,10 @@ import numpy as np
 import pytest
 
 from consistency_models.cli import main
+from conftest import child_env
 
 HERE = Path(__file__).resolve().parent
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-for _name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-    ENV.pop(_name, None)
+ENV = child_env()
 
 
 def sample_args(model: Path) -> list[str]:

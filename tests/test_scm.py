@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -20,7 +22,7 @@ from consistency_models.training.jvp import jvp
 from consistency_models.training.methods.scm import AdaptiveWeight, SCMLoss
 from consistency_models.trigflow import TrigFlow
 
-from conftest import perturb_
+from conftest import TORCHRUN, child_env, perturb_
 
 
 def networks():
@@ -224,27 +226,18 @@ def test_scd_from_a_teacher_exports_a_trigflow_folder(tmp_path, capsys, toy_teac
     assert ConsistencyModelPipeline.from_pretrained(tmp_path / "copy").parametrization == "trigflow_edm"
 
 
+@pytest.mark.skipif(not TORCHRUN.is_file(), reason=f"torchrun is not installed next to {sys.executable}")
 @pytest.mark.parametrize("method", ["sct", "scd"])
 def test_two_torchrun_processes_train_what_one_trains(method, tmp_path, toy_teacher):
     """sCT and sCD under DDP (gloo, 2 real processes): the JVP runs on each rank's unwrapped network, w_φ's
     gradients are averaged like the network's; the result equals one process to float tolerance."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    torchrun = Path(sys.executable).with_name("torchrun")
-    if not torchrun.is_file():
-        pytest.skip("torchrun is not installed")
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                            "MASTER_PORT")}
-    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    env = child_env(CUDA_VISIBLE_DEVICES="")
     argv = ["-m", "consistency_models", "train", *method_options(method, toy_teacher), "--data", "toy:mog8",
-            "--steps", "8",
-            "--batch-size", "32", "--save-every", "8", "--sample-every", "100", "--device", "cpu", "--no-progress"]
+            "--steps", "8", "--batch-size", "32", "--save-every", "8", "--sample-every", "100", "--device", "cpu",
+            "--no-progress"]
     one = subprocess.run([sys.executable, *argv, "--out", str(tmp_path / "one")], env=env, capture_output=True,
                          text=True, timeout=300)
-    two = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", *argv, "--out",
+    two = subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node", "2", *argv, "--out",
                           str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
     assert one.returncode == 0 and two.returncode == 0, (one.stderr[-2000:], two.stderr[-2000:])
     a, b = weights(tmp_path / "one"), weights(tmp_path / "two")

@@ -8,7 +8,6 @@ before it can refuse anything, most of it importing torch). A refused run create
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import subprocess
 import sys
@@ -20,10 +19,9 @@ from consistency_models import CMStochasticIterativeScheduler, ConsistencyModelP
 from consistency_models.cli import main
 from consistency_models.networks.mlp import MLP, MLPConfig
 from consistency_models.training import TrainConfig
+from conftest import child_env
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-for _name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-    ENV.pop(_name, None)
+ENV = child_env()
 
 # TrainConfig fields → the option that sets them (the rest: --name-with-dashes; booleans also
 # --no-name). Options are generated from the fields, so this only lists the old spellings kept.

@@ -8,7 +8,6 @@ process with the same global batch, up to the order of floating-point sums.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -19,12 +18,10 @@ import pytest
 import torch
 
 from consistency_models.training.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint
+from conftest import TORCHRUN, child_env
 
-TORCHRUN = Path(sys.executable).with_name("torchrun")
 STEPS, BATCH = 20, 64
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-for _name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-    ENV.pop(_name, None)
+ENV = child_env(CUDA_VISIBLE_DEVICES="")
 
 pytestmark = pytest.mark.skipif(not TORCHRUN.is_file(), reason=f"torchrun is not installed next to {sys.executable}")
 

@@ -10,7 +10,6 @@ a run work on a copy of the shared finished run, made with a relative `--out run
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -29,11 +28,9 @@ from consistency_models.training.checkpoint import (
     list_checkpoints,
     load_checkpoint,
 )
+from conftest import child_env
 
-# One intra-op thread: tiny networks, a busy 2-core machine, and bitwise-repeatable runs.
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-for _name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-    ENV.pop(_name, None)
+ENV = child_env()
 TIMEOUT = 180
 
 
