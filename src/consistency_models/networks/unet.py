@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import attention as dot_product_attention
+from .forward_mode import in_forward_mode
 from .winograd import Conv3x3
 
 MAX_SIDE = 4096  # the largest image side accepted
@@ -126,13 +128,14 @@ def group_norm_fp32(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
     anyway, saving the two casts (each a full pass over the activations): the CPU kernel
     takes the low-precision x with float32 weights (mean, variance and affine in float32),
     the CUDA kernel accumulates and applies the affine in float32 (`acc_type`) with weights
-    of x's dtype. Elsewhere, and under torch.compile (which fuses the casts), x is cast to
-    float32 and back.
+    of x's dtype. Elsewhere, under torch.compile (which fuses the casts) and under forward-mode AD
+    (the CPU kernel's tangent would come out float32 for a bfloat16 output), x is cast to float32
+    and back.
     """
     weight, bias = norm.weight, norm.bias
     if x.dtype == torch.float64:  # a float64 network (finite-difference references) stays float64
         return F.group_norm(x, norm.num_groups, weight, bias, norm.eps)
-    if x.dtype != torch.float32 and not torch.compiler.is_compiling():
+    if x.dtype != torch.float32 and not torch.compiler.is_compiling() and not in_forward_mode():
         if x.device.type == "cpu":
             weight = weight.float() if weight is not None else None
             bias = bias.float() if bias is not None else None
@@ -245,7 +248,7 @@ class AttentionBlock(nn.Module):
         h = group_norm_fp32(self.group_norm, x).permute(0, 2, 3, 1).reshape(b, height * width, c)
         q, k, v = (proj(h).unflatten(-1, (self.heads, -1)).transpose(1, 2)
                    for proj in (self.to_q, self.to_k, self.to_v))
-        h = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, height * width, c)
+        h = dot_product_attention(q, k, v).transpose(1, 2).reshape(b, height * width, c)
         return x + self.to_out[0](h).reshape(b, height, width, c).permute(0, 3, 1, 2)
 
 

@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 from ..errors import InvalidInputError
 from ..trigflow import TIME_INPUTS
 from .distances import DISTANCES
-from .jvp import JVP_MODES
+from .jvp import JVP_MODES, JVP_PRECISIONS
 from .methods import get_method, method_options
 from .methods.registry import LPIPS_DISTANCES
 from .optimizer import OPTIMIZERS
@@ -108,6 +108,9 @@ class TrainConfig:
                                            "from an EDM teacher)", choices=TIME_INPUTS)
     jvp: str | None = setting(None, "how dF/dt is computed: exact (forward-mode AD) or fd (float64 finite "
                                     "difference, a reference)", choices=JVP_MODES)
+    jvp_precision: str | None = setting(None, "precision of the tangent pass (teacher velocity, JVP): run (the run's "
+                                              "--precision; softmax and GroupNorm in float32) or float32 (autocast "
+                                              "off)", choices=JVP_PRECISIONS)
     sigma_min: float = setting(0.002, "sigma_min (epsilon) of the noise levels")
     sigma_max: float = setting(80.0, "sigma_max (T) of the noise levels")
     sigma_data: float = setting(0.5, "sigma_data of the preconditioning")
@@ -161,6 +164,7 @@ class TrainConfig:
             ("tangent_c", self.tangent_c is None or (math.isfinite(self.tangent_c) and self.tangent_c > 0),
              "a number > 0"),
             ("jvp", self.jvp in (None, *JVP_MODES), " or ".join(JVP_MODES)),
+            ("jvp_precision", self.jvp_precision in (None, *JVP_PRECISIONS), " or ".join(JVP_PRECISIONS)),
             ("time_input", self.time_input in (None, *TIME_INPUTS), " or ".join(TIME_INPUTS)),
             ("solver", self.solver in (None, *SOLVERS), " or ".join(SOLVERS)),
             ("mu_form", self.mu_form in (None, *MU_FORMS), " or ".join(MU_FORMS)),

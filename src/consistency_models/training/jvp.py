@@ -3,10 +3,10 @@
 `jvp(fn, primals, tangents)` returns (fn(*primals), J·tangents) in one of two modes:
 
 - "exact": forward-mode AD (`torch.func.jvp`). PyTorch's fused attention kernels (the CPU
-  flash kernel, CUDA flash / memory-efficient) have no forward-mode formula, so attention runs
-  on the math backend inside the JVP (softmax(QKᵀ/√d)·V as matmuls, which forward AD handles).
-  Measured in bench/train_step.py; at the sizes trained here attention is a small share of the
-  step, so no attention JVP of our own is written (see docs/benchmarks.md).
+  flash kernel, CUDA flash / memory-efficient) have no forward-mode formula, so inside the JVP
+  the networks' attention carries its own (`networks/attention.py`, `forward_mode()`): the
+  forward is the same fused SDPA call, the tangent one flash-style pass over the keys (a Triton
+  kernel on CUDA, blocked matmuls elsewhere) — no N×N tangent of the scores is stored.
 - "fd": a central finite difference (fn(p + h·v) − fn(p − h·v)) / 2h. `fn` should then compute
   in float64 (the sCM loss passes a float64 copy of the network); the error is O(h²). The
   reference the tests check "exact" against, and a fallback for a network forward AD cannot
@@ -21,11 +21,12 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..errors import InvalidInputError
+from ..networks.forward_mode import forward_mode
 
 JVP_MODES = ("exact", "fd")
+JVP_PRECISIONS = ("run", "float32")  # the tangent pass under the run's autocast, or in float32 (see methods/scm.py)
 FD_STEP = 1e-4  # h of the float64 central difference: error ~1e-8 relative on the networks here
 
 
@@ -44,7 +45,7 @@ def jvp(
     if mode == "exact":
         if before_call is not None:
             before_call()
-        with sdpa_kernel(SDPBackend.MATH):
+        with forward_mode():
             return torch.func.jvp(fn, primals, tangents)
     calls = []
     for sign in (0.0, 1.0, -1.0):
@@ -55,4 +56,4 @@ def jvp(
     return value, (plus - minus) / (2 * step)
 
 
-__all__ = ["FD_STEP", "JVP_MODES", "jvp"]
+__all__ = ["FD_STEP", "JVP_MODES", "JVP_PRECISIONS", "jvp"]

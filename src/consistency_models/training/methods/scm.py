@@ -13,20 +13,25 @@ With TrigFlow time (see `trigflow.py`), for data x₀, z ~ N(0, σ_d²I), τ ~ N
 (w_φ = 0 when the adaptive weight is off: sCD's default here, see scd.py.)
 
 F_θ⁻ is the network itself without gradient, evaluated (and differentiated) with the dropout
-mask of the student's forward pass. The JVP, the teacher and the tangent run in float32 with
-autocast off; only the student's forward follows the run's precision.
+mask of the student's forward pass. The tangent pass (the teacher's velocity and the JVP) is its
+own pass without gradient: no tangent activation is kept for the backward. It runs in the run's
+precision (bfloat16 autocast on a GPU: the attention's softmax and tangent sums and GroupNorm
+stay float32, see networks/attention.py) or, with jvp_precision="float32", in float32 with
+autocast off; g and its normalisation are always formed in float32.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from contextlib import nullcontext
 
 import torch
 from torch import nn
 
+from ...errors import InvalidInputError
 from ...trigflow import TrigFlow
-from ..jvp import jvp
+from ..jvp import JVP_PRECISIONS, jvp
 from .loss import Loss, same_dropout, unwrap
 
 
@@ -65,7 +70,10 @@ class SCMLoss(Loss):
         tangent_c: float = 0.1,
         jvp_mode: str = "exact",             # "exact" (forward-mode AD) or "fd" (float64 finite difference)
         time_input: str = "t",               # the student's time input (see trigflow.py)
+        jvp_precision: str = "run",          # "run": the tangent pass under the run's autocast; "float32": autocast off
     ) -> None:
+        if jvp_precision not in JVP_PRECISIONS:
+            raise InvalidInputError(f"jvp_precision: {jvp_precision!r} is not one of {', '.join(JVP_PRECISIONS)}")
         self.student = TrigFlow(student, sigma_data, time_input)
         self.target = TrigFlow(unwrap(student), sigma_data, time_input)   # F_θ⁻: the same weights, no gradient
         # the teacher is an EDM denoiser: in TrigFlow time F = −F_edm with its own time input
@@ -73,6 +81,7 @@ class SCMLoss(Loss):
         self.weight = weight
         self.sigma_data, self.p_mean, self.p_std = sigma_data, p_mean, p_std
         self.tangent_warmup, self.tangent_c, self.jvp_mode = tangent_warmup, tangent_c, jvp_mode
+        self.jvp_precision = jvp_precision
 
     def parameters(self) -> list[nn.Parameter]:
         return [] if self.weight is None else list(self.weight.parameters())
@@ -89,6 +98,13 @@ class SCMLoss(Loss):
         tau = self.p_mean + self.p_std * rng.randn().to(torch.float64)
         return torch.atan(torch.exp(tau) / self.sigma_data)
 
+    def tangent_precision(self, device: torch.device):
+        """The context of the tangent pass: the run's autocast as it is ("run"), or autocast off
+        ("float32", and always for the float64 finite differences)."""
+        if self.jvp_precision == "run" and self.jvp_mode != "fd":
+            return nullcontext()
+        return torch.autocast(device.type, enabled=False)
+
     def tangent(self, x_t, t, dxdt, class_labels, step, rewind) -> tuple[torch.Tensor, torch.Tensor]:
         """(F⁻, the normalised tangent g), in float32, without gradient."""
         cos, sin = (_dims(f(t), x_t) for f in (torch.cos, torch.sin))
@@ -97,9 +113,10 @@ class SCMLoss(Loss):
             target = TrigFlow(copy.deepcopy(self.target.network).double(), self.sigma_data, self.target.time_input)
         u = x_t / self.sigma_data
         dtype = torch.float64 if self.jvp_mode == "fd" else torch.float32
-        f_minus, j = jvp(lambda uu, tt: target.F_scaled(uu, tt, class_labels),
-                         (u.to(dtype), t), ((cos * sin * dxdt).to(dtype), torch.cos(t) * torch.sin(t) * self.sigma_data),
-                         self.jvp_mode, before_call=rewind)
+        with self.tangent_precision(x_t.device):
+            f_minus, j = jvp(lambda uu, tt: target.F_scaled(uu, tt, class_labels), (u.to(dtype), t),
+                             ((cos * sin * dxdt).to(dtype), torch.cos(t) * torch.sin(t) * self.sigma_data),
+                             self.jvp_mode, before_call=rewind)
         f_minus, j = f_minus.float(), j.float()
         r = 1.0 if self.tangent_warmup <= 0 else min(1.0, step / self.tangent_warmup)
         g = -(cos * cos) * (self.sigma_data * f_minus - dxdt) - r * (cos * sin * x_t + j)
@@ -116,11 +133,12 @@ class SCMLoss(Loss):
         """The per-sample loss for data x, times t (float64, (B,)) and noise z ~ N(0, σ_d²I)."""
         cos, sin = (_dims(f(t), x) for f in (torch.cos, torch.sin))
         x_t = cos * x + sin * z
-        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+        with torch.no_grad():
             if self.teacher is None:
                 dxdt = cos * z - sin * x
             else:
-                dxdt = self.teacher.velocity(x_t, t, class_labels)
+                with self.tangent_precision(x.device):
+                    dxdt = self.teacher.velocity(x_t, t, class_labels).float()
             with same_dropout(x.device) as rewind:
                 f_minus, g = self.tangent(x_t, t, dxdt, class_labels, step, rewind)
         rewind()

@@ -31,6 +31,7 @@ SCM_DEFAULTS = {
     "tangent_warmup": BudgetDefault(budget_warmup, "steps/10, at most 10000"),
     "tangent_c": 0.1,
     "jvp": "exact",
+    "jvp_precision": "run",
     "time_input": BudgetDefault(default_time_input, "log_sigma from an EDM teacher, else t"),
     "adaptive_weight": True,
 }
@@ -44,7 +45,7 @@ def scm_loss(inputs: LossInputs, teacher) -> SCMLoss:
                                 "--no-init-from-teacher")
     weight = inputs.trainable(AdaptiveWeight(cfg.sigma_data, seed=cfg.seed)) if cfg.adaptive_weight else None
     return SCMLoss(inputs.student, weight, teacher, cfg.sigma_data, cfg.p_mean, cfg.p_std, cfg.tangent_warmup,
-                   cfg.tangent_c, cfg.jvp, cfg.time_input)
+                   cfg.tangent_c, cfg.jvp, cfg.time_input, cfg.jvp_precision)
 
 
 def build_loss(inputs: LossInputs) -> SCMLoss:
