@@ -32,7 +32,7 @@ TEST_UNET_CONFIG = {
 }
 
 LABELS = [3, 871]
-TOL = dict(rtol=0, atol=1e-5)
+TOL = dict(rtol=1e-5, atol=1e-5)  # float32 rounding: oneDNN picks other kernels (and sums) on AVX2 than on AVX-512
 
 
 def diffusers_pipe(folder):

@@ -201,7 +201,7 @@ def test_editing_runs_on_a_trigflow_model(trigflow_pipe):
     z0, z1 = torch.randn(1, 3, 32, 32, generator=gen), torch.randn(1, 3, 32, 32, generator=gen)
     frames = editing.interpolate(trigflow_pipe, z0, z1, num=3, class_labels=4)
     one_step = trigflow_pipe(batch_size=1, latents=z0, class_labels=[4], output_type="pt").images
-    torch.testing.assert_close(frames[:1], one_step, rtol=0, atol=1e-6)
+    torch.testing.assert_close(frames[:1], one_step, rtol=1e-5, atol=1e-6)  # float32 rounding of the slerp at 0
     image = (torch.rand(1, 3, 32, 32, generator=gen) > 0.5).float()
     mask = torch.zeros(1, 1, 32, 32)
     mask[..., 8:24, 8:24] = 1
