@@ -101,26 +101,53 @@ def two_copies(seed: int = 0):
 def test_fused_rectified_steps_match_torch_radam(monkeypatch):
     """Fourteen steps with L2 weight decay: the same parameters and state as torch.optim.RAdam
     (single-tensor) to float32 rounding, the steps from 6 on taken by the fused Adam kernel."""
-    import consistency_models.training.optimizer as module
-
     fused_calls = []
+    fused_adam = torch._fused_adam_
 
     def counting_adam(*args, **kwargs):
-        fused_calls.append(kwargs["fused"])
-        return module_adam(*args, **kwargs)
+        fused_calls.append(len(args[0]))
+        return fused_adam(*args, **kwargs)
 
-    module_adam = module.adam_update
-    monkeypatch.setattr(module, "adam_update", counting_adam)
+    monkeypatch.setattr(torch, "_fused_adam_", counting_adam)
     (ours, reference), grads = two_copies()
     optimizer = build_optimizer("radam", ours, lr=3e-3, weight_decay=0.05)
     torch_radam = torch.optim.RAdam(reference, lr=3e-3, weight_decay=0.05, foreach=False)
     run_steps(optimizer, ours, grads, range(14))
     run_steps(torch_radam, reference, grads, range(14))
-    assert fused_calls == [True] * 9  # steps 6..14: ρ_t > 5 from t = 6 with β2 = 0.999
+    assert fused_calls == [len(ours)] * 9  # one call for all tensors at steps 6..14: ρ_t > 5 from t = 6 with β2 = 0.999
     for p, q in zip(ours, reference):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
         for key in ("exp_avg", "exp_avg_sq", "step"):
             torch.testing.assert_close(optimizer.state[p][key], torch_radam.state[q][key], rtol=1e-5, atol=1e-12)
+
+
+def test_fused_steps_split_by_dtype_and_run_on_cuda_alike(monkeypatch):
+    """float32 and bfloat16 parameters in one group: one fused call per dtype, each equal to
+    torch.optim.RAdam's single-tensor update to its dtype's rounding; on CUDA (where a device is
+    here) the same steps give the same numbers as on the CPU."""
+    calls = []
+    fused_adam = torch._fused_adam_
+    monkeypatch.setattr(torch, "_fused_adam_", lambda *a, **k: calls.append(a[0][0].dtype) or fused_adam(*a, **k))
+    (ours, reference), grads = two_copies(4)
+    dtypes = [torch.float32, torch.bfloat16, torch.float32][: len(ours)]
+    ours = [torch.nn.Parameter(p.detach().to(d)) for p, d in zip(ours, dtypes)]
+    reference = [torch.nn.Parameter(p.detach().to(d)) for p, d in zip(reference, dtypes)]
+    grads = [[g.to(d) for g in gs] for gs, d in zip(grads, dtypes)]
+    optimizer = build_optimizer("radam", ours, lr=3e-3)
+    run_steps(optimizer, ours, grads, range(8))
+    run_steps(torch.optim.RAdam(reference, lr=3e-3, foreach=False), reference, grads, range(8))
+    assert sorted(map(str, calls)) == sorted(map(str, [torch.float32, torch.bfloat16] * 3))  # steps 6, 7, 8
+    for p, q in zip(ours, reference):
+        tol = 1e-2 if p.dtype == torch.bfloat16 else 1e-5
+        torch.testing.assert_close(p, q, rtol=tol, atol=tol)
+    if torch.cuda.is_available():
+        (cpu, _), grads = two_copies(5)
+        gpu = [torch.nn.Parameter(p.detach().cuda()) for p in cpu]
+        for params, device in ((cpu, "cpu"), (gpu, "cuda")):
+            run_steps(build_optimizer("radam", params, lr=3e-3), params, [[g.to(device) for g in gs] for gs in grads],
+                      range(10))
+        for p, q in zip(cpu, gpu):
+            torch.testing.assert_close(p, q.cpu(), rtol=1e-5, atol=1e-7)
 
 
 def test_radam_state_dict_is_torch_radams():

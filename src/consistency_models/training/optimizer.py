@@ -16,7 +16,6 @@ import math
 from collections.abc import Callable, Iterable
 
 import torch
-from torch.optim.adam import adam as adam_update
 
 OPTIMIZERS = ("radam", "adamw")
 FUSED_DEVICES = ("cpu", "cuda")
@@ -34,15 +33,16 @@ def rectification(beta2: float, t: float) -> float | None:
 
 
 class RAdam(torch.optim.RAdam):
-    """torch.optim.RAdam whose rectified steps run as one fused Adam kernel on CPU.
+    """torch.optim.RAdam whose rectified steps run as one fused Adam kernel (CPU and CUDA).
 
     With t the step, m̂_t = m_t/(1 − β1^t) and r_t the variance rectification (Liu et al. 2020,
     Algorithm 2), the rectified update (ρ_t > 5, from step 6 on for β2 = 0.999)
         θ ← θ − lr·r_t·m̂_t·√(1 − β2^t)/(√v_t + ε)
     is Adam's update θ ← θ − lr′·m̂_t/(√(v_t/(1 − β2^t)) + ε′) with lr′ = lr·r_t and
     ε′ = ε/√(1 − β2^t); m_t and v_t are updated alike. So those steps call PyTorch's fused Adam
-    with lr′ and ε′ on the same state tensors; the first steps (plain momentum), other devices
-    and options (decoupled weight decay, maximize, differentiable, capturable, complex or
+    with lr′ and ε′ on the same state tensors (torch.optim.RAdam has no fused path of its own;
+    on CUDA its multi-tensor path is ~10 kernels per parameter list); the first steps (plain
+    momentum), other devices and options (decoupled weight decay, maximize, differentiable, capturable, complex or
     sparse parameters) take torch.optim.RAdam's own path. State and state dict are RAdam's.
     """
 
@@ -58,16 +58,20 @@ class RAdam(torch.optim.RAdam):
         for group, tensors in zip(self.param_groups, groups):
             if not tensors[0]:
                 continue
-            params, grads, exp_avgs, exp_avg_sqs, steps = tensors
             beta1, beta2 = group["betas"]
-            t = float(steps[0]) + 1
-            rect = rectification(beta2, t)
+            t = float(tensors[4][0]) + 1
             bias_correction2 = 1 - beta2**t
-            adam_update(
-                params, grads, exp_avgs, exp_avg_sqs, [], steps, fused=True, amsgrad=False,
-                beta1=beta1, beta2=beta2, lr=float(group["lr"]) * rect, weight_decay=group["weight_decay"],
-                eps=group["eps"] / math.sqrt(bias_correction2), maximize=False,
-            )
+            for params, grads, exp_avgs, exp_avg_sqs in _by_device_and_dtype(*tensors[:4]):
+                # One step tensor holding t on the parameters' device for the whole list: the
+                # kernel only reads it, and RAdam's own step counters stay on the CPU.
+                step = torch.full((), t, dtype=torch.float32, device=params[0].device)
+                torch._fused_adam_(
+                    params, grads, exp_avgs, exp_avg_sqs, [], [step] * len(params), amsgrad=False,
+                    lr=float(group["lr"]) * rectification(beta2, t), beta1=beta1, beta2=beta2,
+                    weight_decay=group["weight_decay"], eps=group["eps"] / math.sqrt(bias_correction2),
+                    maximize=False, grad_scale=None, found_inf=None,
+                )
+            torch._foreach_add_(tensors[4], 1)
         return loss
 
     def _fused_group(self, group: dict) -> tuple[list[torch.Tensor], ...] | None:
@@ -82,8 +86,8 @@ class RAdam(torch.optim.RAdam):
             if p.grad is None:
                 continue
             state = self.state.get(p)
-            if (state is None or "step" not in state or p.device.type != "cpu" or p.is_complex()
-                    or p.grad.is_sparse or p.dtype not in FUSED_DTYPES):
+            if (state is None or "step" not in state or p.device.type not in FUSED_DEVICES or p.is_complex()
+                    or p.grad.is_sparse or p.dtype not in FUSED_DTYPES or p.grad.dtype != p.dtype):
                 return None
             for lst, value in zip(tensors, (p, p.grad, state["exp_avg"], state["exp_avg_sq"], state["step"])):
                 lst.append(value)
@@ -93,6 +97,16 @@ class RAdam(torch.optim.RAdam):
             if any(float(s) + 1 != t for s in steps) or rectification(group["betas"][1], t) is None:
                 return None
         return tensors
+
+
+def _by_device_and_dtype(*lists: list[torch.Tensor]) -> list[tuple[list[torch.Tensor], ...]]:
+    """The parallel lists split by the first list's (device, dtype): one fused kernel call each."""
+    groups: dict[tuple, tuple[list[torch.Tensor], ...]] = {}
+    for row in zip(*lists):
+        bucket = groups.setdefault((row[0].device, row[0].dtype), tuple([] for _ in lists))
+        for lst, tensor in zip(bucket, row):
+            lst.append(tensor)
+    return list(groups.values())
 
 
 def build_optimizer(
