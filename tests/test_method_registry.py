@@ -43,8 +43,8 @@ def test_the_built_in_methods_and_their_declarations():
         "edm": "unused", "cd": "required", "ct": "optional", "ict": "optional", "ect": "required",
         "sct": "optional", "scd": "required"}
     assert method_options() == {"distance", "num_scales", "target_mu", "solver", "s0", "s1", "mu0", "mu_form",
-                                "ect_stages", "p_mean", "p_std", "tangent_warmup", "tangent_c", "jvp", "time_input",
-                                "adaptive_weight"}
+                                "ect_stages", "p_mean", "p_std", "tangent_warmup", "tangent_c", "jvp", "jvp_precision",
+                                "time_input", "adaptive_weight"}
 
 
 @pytest.mark.parametrize("method, settings, expected", [

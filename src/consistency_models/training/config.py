@@ -81,6 +81,8 @@ class TrainConfig:
                                                 "exported)", default_factory=lambda: (0.999,))
     precision: str = setting("float32", "autocast dtype of the forward", choices=PRECISIONS)
     dropout: float | None = setting(None, "override the preset's dropout")
+    compile: bool | None = setting(None, "torch.compile the networks (the fast step; default: on CUDA yes, on the "
+                                         "CPU no); the first step then compiles, minutes on a CPU")
     seed: int = setting(0, "seed of the weights, the data order and every noise draw")
     # Method-specific settings: None = the method's default (see methods/).
     distance: str | None = setting(None, "consistency distance; lpips (as OpenAI trains: average pools, resize "
@@ -237,7 +239,7 @@ class TrainConfig:
 
     # Settings that may change between a run and its resumption.
     RESUMABLE = ("resume", "out", "progress", "log_every", "save_every", "sample_every", "keep", "device",
-                 "tensorboard")
+                 "tensorboard", "compile")
 
 
 def method_defaults_text(name: str) -> str:

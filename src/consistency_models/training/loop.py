@@ -26,9 +26,10 @@ from ..distributed import DistributedContext, setup_distributed
 from ..errors import InvalidInputError
 from ..io.atomic import atomic_path, remove_leftovers, write_json
 from ..io.lock import hold_folder
-from ..parametrization import PARAMETRIZATIONS
+from ..parametrization import PARAMETRIZATIONS, Preconditioned
 from ..pipeline import ConsistencyModelPipeline
 from .batch_rng import BatchRNG, local_rows
+from .fast_step import compiled, compiles
 from .checkpoint import capture_rng_state, latest_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
 from .config import TrainConfig
 from .ema import EMA
@@ -133,14 +134,20 @@ class Trainer:
             raise InvalidInputError(message if message.startswith("teacher:") else f"teacher: {message}") from None
 
     def _build_loss(self) -> tuple[Loss, nn.Module | None]:
-        """The method's loss, and its EMA target network θ⁻ when it keeps one."""
+        """The method's loss, and its EMA target network θ⁻ when it keeps one. With the fast step
+        (`compile`) the loss gets compiled wrappers of the student, the target and the teacher."""
         trained = self.network
         if self.ctx.enabled:
             trained = nn.parallel.DistributedDataParallel(
                 self.network, device_ids=[self.ctx.device.index] if self.ctx.device.type == "cuda" else None
             )
         target = copy.deepcopy(self.network).requires_grad_(False) if self.method.target_network else None
-        inputs = LossInputs(student=trained, network=self.network, target=target, teacher=self.teacher,
+        teacher = self.teacher
+        fast = compiles(self.cfg, self.ctx.device)
+        if fast and isinstance(teacher, Preconditioned):
+            teacher = type(teacher)(compiled(teacher.network), teacher.sigma_data, teacher.sigma_min)
+        inputs = LossInputs(student=compiled(trained) if fast else trained, network=self.network,
+                            target=compiled(target) if fast else target, teacher=teacher,
                             config=self.cfg, device=self.ctx.device, distributed=self.ctx.enabled)
         return self.method.build_loss(inputs), target
 

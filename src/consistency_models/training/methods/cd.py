@@ -51,7 +51,7 @@ class CDLoss(PairLoss):
         return self.distance(student, target)
 
     def after_step(self, step):
-        ema_update_(self.target.network, unwrap(self.student.network), self.mu)
+        ema_update_(unwrap(self.target.network), unwrap(self.student.network), self.mu)
 
 
 def build_loss(inputs: LossInputs) -> CDLoss:

@@ -44,7 +44,7 @@ class CTLoss(PairLoss):
 
     def after_step(self, step):
         _, mu = self.schedule(step)
-        ema_update_(self.target.network, unwrap(self.student.network), mu)
+        ema_update_(unwrap(self.target.network), unwrap(self.student.network), mu)
 
 
 def build_loss(inputs: LossInputs) -> CTLoss:

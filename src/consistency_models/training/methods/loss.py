@@ -37,8 +37,15 @@ def same_dropout(device: torch.device) -> Iterator[Callable[[], None]]:
 
 
 def unwrap(network: nn.Module) -> nn.Module:
-    """The module inside a DistributedDataParallel wrapper."""
-    return getattr(network, "module", network)
+    """The plain module inside torch.compile and DistributedDataParallel wrappers (the fast step
+    compiles the DDP wrapper: compile(DDP(network)))."""
+    while True:
+        if isinstance(network, nn.parallel.DistributedDataParallel):
+            network = network.module
+        elif isinstance(getattr(network, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
+            network = network._orig_mod
+        else:
+            return network
 
 
 class Loss:
