@@ -12,7 +12,8 @@ paths call by call so that load changes on a shared machine hit all of them alik
 
 A path is a dtype and the fast paths it turns on, joined by '+': `fp32` (the plain eager
 pipeline, fast kernels off), `+fast` (on CPU: channels_last and Winograd 3×3 convolutions;
-nothing on CUDA), `+compile` (torch.compile of the consistency function), `+graph` (CUDA graph
+nothing on CUDA), `+compile` (torch.compile of the consistency function, inductor freezing on),
+`+autotune` (with `+compile`: inductor's max_autotune, minutes of compiling), `+graph` (CUDA graph
 of the sampling loop); `default-fp32` etc. are our pipeline exactly as `from_pretrained(...,
 dtype=...)` returns it (what a Python user gets without any call); `diffusers-fp32` etc. are
 diffusers' pipeline in that dtype, `diffusers-fp16+compile` with `torch.compile(pipe.unet)`. For each preset, batch and
@@ -56,9 +57,9 @@ DEFAULT_PATHS = {
 }
 COMPILE_PATHS = {
     "cpu": "fp32+fast+compile,bf16+fast+compile",
-    "cuda": "diffusers-fp16+compile,fp16+compile+graph,bf16+compile+graph",
+    "cuda": "diffusers-fp16+compile,fp16+compile+graph,bf16+compile+graph,fp16+compile+autotune+graph",
 }
-FEATURES = ("fast", "compile", "graph")
+FEATURES = ("fast", "compile", "autotune", "graph")
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class PathSpec:
     dtype: torch.dtype
     fast: bool = False
     compile: bool = False
+    autotune: bool = False   # compile with inductor's max_autotune (kernel choices benchmarked; minutes)
     graph: bool = False
     as_loaded: bool = False  # our pipeline as from_pretrained returns it, no fast-path call
 
@@ -90,7 +92,10 @@ class PathSpec:
                 f"--paths: {name!r} must be a dtype ({', '.join(DTYPES)}) followed by any of "
                 f"{', '.join('+' + f for f in FEATURES)}, or diffusers-DTYPE, or default-DTYPE"
             )
-        return cls(name, False, DTYPES[dtype], "fast" in features, "compile" in features, "graph" in features)
+        if "autotune" in features and "compile" not in features:
+            raise ValueError(f"--paths: {name!r}: +autotune is an option of +compile; give both")
+        return cls(name, False, DTYPES[dtype], "fast" in features, "compile" in features, "autotune" in features,
+                   "graph" in features)
 
 
 def random_unet(preset_name: str, seed: int = 0) -> UNetModel:
@@ -118,7 +123,7 @@ def load_path(spec: PathSpec, folder: Path, device: torch.device) -> Callable[..
         if not spec.as_loaded:
             pipe.enable_fast_kernels(spec.fast).enable_cuda_graph(spec.graph)
             if spec.compile:
-                pipe.compile()
+                pipe.compile(options={"max_autotune": True} if spec.autotune else {})
     pipe.set_progress_bar_config(disable=True)
 
     def sample(latents: torch.Tensor, labels: torch.Tensor | None, steps: int, seed: int) -> torch.Tensor:

@@ -139,13 +139,14 @@ class FastPaths:
         self._graph = None
 
     def compiled(self, model: nn.Module, device: torch.device) -> Callable[..., torch.Tensor]:
-        """`model`, compiled when compile was asked for. On CPU inductor's freezing is on unless the
-        options say otherwise: the weights become constants of the graph."""
+        """`model`, compiled when compile was asked for. Inductor's freezing is on unless the
+        options say otherwise: the weights become constants of the graph (folded casts and
+        prepacked, re-laid-out convolution weights on CPU and CUDA)."""
         if self.compile_options is None:
             return model
         if self._compiled is None:
             options = dict(self.compile_options)
-            if device.type == "cpu":
+            if device.type in ("cpu", "cuda") and options.get("mode") is None:
                 options["options"] = {"freezing": True, **options.get("options", {})}
             self._compiled = torch.compile(model, **options)
         return self._compiled

@@ -196,9 +196,10 @@ class ConsistencyModelPipeline:
 
     def compile(self, enabled: bool = True, **options: Any) -> ConsistencyModelPipeline:
         """Sample through `torch.compile(self.denoiser, fullgraph=True, dynamic=False, **options)`: one
-        graph for every σ of consistency sampling (EDM/Heun sampling stays eager). On CPU inductor's
-        freezing is on unless `options` say otherwise: the weights become constants of the
-        graph, so call compile() again after changing them in place. Compilation happens on
+        graph for every σ of consistency sampling (EDM/Heun sampling stays eager). Inductor's freezing
+        is on (CPU and CUDA) unless `options` say otherwise or give a `mode`: the weights become
+        constants of the graph, so call compile() again after changing them in place. E.g.
+        `compile(options={"max_autotune": True})` also benchmarks kernel choices (minutes). Compilation happens on
         the first call for each batch shape and dtype."""
         self.fast_paths.set_compile(enabled, **options)
         return self
