@@ -10,12 +10,19 @@ FLOPs are counted with torch.utils.flop_counter on one step (forward + backward 
 teacher forwards); the rate is FLOPs / median step time. The step is the whole optimizer step
 of `cm train`: loss, backward, RAdam (as built by the trainer, in its rectified phase), EMA.
 
-sCT/sCD steps add a JVP (forward-mode AD with attention on the math backend, see
-training/jvp.py); they are printed as a ratio to the CT step of the same preset and batch, with
-the peak memory of one step of each (CPU: the process's peak resident set, reset before the step;
-CUDA: the allocator's peak).
+Modes: "eager" (plain PyTorch) and "fast" (the networks compiled as `cm train --compile` does,
+training/fast_step.py; timed after its first, compiling step). Each step's rate is printed as a
+share of the same run's matmul rate in its precision (float32 or bfloat16; --matmul-size, 8192
+on CUDA).
+
+sCT/sCD steps add a JVP (forward-mode AD, attention by its own fused JVP, see
+training/jvp.py); they are printed as a ratio to the CT step of the same mode, preset and batch,
+with the peak memory of one step of each (CPU: the process's peak resident set, reset before
+the step, in a fresh process, eager only; CUDA: the allocator's peak during a timed step).
 
     python bench/train_step.py --methods ct,sct,scd --precision float32
+    python bench/train_step.py --device cuda --preset imagenet64 --batch-size 64 --precision bfloat16 \
+        --methods ct,sct,scd --modes eager,fast
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from consistency_models import ConsistencyFunction, Denoiser, preset
 from consistency_models.cli.allocator import keep_freed_memory
 from consistency_models.training.batch_rng import BatchRNG
+from consistency_models.training.fast_step import compiled
 from consistency_models.training.methods import AdaptiveWeight, CDLoss, CTLoss, SCMLoss
 from consistency_models.training.optimizer import build_optimizer
 
@@ -54,30 +62,29 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
-def build_loss(method: str, preset_name: str, device: torch.device):
+def build_loss(method: str, preset_name: str, device: torch.device, fast: bool = False):
     """The network (random weights in every layer, as a trained one, see sample_speed.random_unet)
-    and the method's loss with a target copy (and, for CD, a teacher copy)."""
+    and the method's loss with a target copy (and, for CD, a teacher copy); with `fast`, the loss
+    gets compiled networks as the trainer's fast step gives it (training/loop.py)."""
     network = random_unet(preset_name).to(device).train()
+    wrap = compiled if fast else (lambda module: module)
     if method in ("sct", "scd"):  # θ⁻ is the network itself; sCD's teacher is an EDM network
-        teacher = copy.deepcopy(network).eval().requires_grad_(False) if method == "scd" else None
-        return network, SCMLoss(network, AdaptiveWeight().to(device), teacher, tangent_warmup=1000,
+        teacher = wrap(copy.deepcopy(network).eval().requires_grad_(False)) if method == "scd" else None
+        return network, SCMLoss(wrap(network), AdaptiveWeight().to(device), teacher, tangent_warmup=1000,
                                 time_input="t" if method == "sct" else "log_sigma")
     target = copy.deepcopy(network).requires_grad_(False)
-    student, target_fn = ConsistencyFunction(network), ConsistencyFunction(target)
+    student, target_fn = ConsistencyFunction(wrap(network)), ConsistencyFunction(wrap(target))
     if method == "ct":
         return network, CTLoss(student, target_fn, total_steps=1000)
-    teacher = Denoiser(copy.deepcopy(network).eval().requires_grad_(False))
+    teacher = Denoiser(wrap(copy.deepcopy(network).eval().requires_grad_(False)))
     return network, CDLoss(student, target_fn, teacher, num_scales=18)
 
 
-def time_steps(
-    method: str, preset_name: str, batch: int, device: torch.device, precisions: list[str], repeats: int
-) -> tuple[dict[str, list[float]], float, list[float]]:
-    """Seconds per optimizer step for each precision (one network, the precisions alternating step
-    by step so that load changes hit them alike), FLOPs per step, and the float32 matmul rate
-    measured before each round."""
+def step_function(method: str, preset_name: str, batch: int, device: torch.device, fast: bool):
+    """step(k, precision): one optimizer step of `cm train` (loss, backward, RAdam in its rectified
+    phase, the loss's after-step update) on fixed data."""
     cfg = preset(preset_name)
-    network, loss_fn = build_loss(method, preset_name, device)
+    network, loss_fn = build_loss(method, preset_name, device, fast)
     optimizer = build_optimizer("radam", [*network.parameters(), *loss_fn.parameters()], lr=1e-5)
     x = torch.randn(batch, cfg.in_channels, cfg.image_size, cfg.image_size, device=device).clamp(-1, 1)
     labels = torch.randint(0, cfg.num_classes, (batch,), device=device) if cfg.num_classes else None
@@ -91,24 +98,46 @@ def time_steps(
         loss.backward()
         optimizer.step()
         loss_fn.after_step(500)
+        if k == 0:  # past RAdam's first 5 steps: the rectified update of a long run
+            for state in optimizer.state.values():
+                state["step"].fill_(1000)
 
+    return step
+
+
+def count_flops(method: str, preset_name: str, batch: int, device: torch.device, precision: str) -> float:
+    """FLOPs of one eager step (a compiled step does the same arithmetic; the counter sees only eager ops)."""
+    step = step_function(method, preset_name, batch, device, fast=False)
+    step(0, precision)
+    with FlopCounterMode(display=False) as counter:
+        step(1, precision)
+    return counter.get_total_flops()
+
+
+def time_steps(
+    method: str, preset_name: str, batch: int, device: torch.device, precisions: list[str], repeats: int,
+    fast: bool = False,
+) -> tuple[dict[str, list[float]], dict[str, float | None]]:
+    """Seconds per optimizer step for each precision (one network, the precisions alternating step
+    by step so that load changes hit them alike; the first, compiling steps untimed), and on CUDA
+    the MiB one step adds to the allocator's peak, per precision."""
+    step = step_function(method, preset_name, batch, device, fast)
     for precision in precisions:
         step(0, precision)
-    for state in optimizer.state.values():  # past RAdam's first 5 steps: the rectified update of a long run
-        state["step"].fill_(1000)
-    with FlopCounterMode(display=False) as counter:
-        step(1, precisions[0])
+        step(1, precision)  # a compiled step may recompile once when the optimizer state changes
     times: dict[str, list[float]] = {precision: [] for precision in precisions}
-    rates = []
+    memory: dict[str, float | None] = {precision: None for precision in precisions}
     for k in range(repeats):
-        rates.append(matmul_rate(device, torch.float32, repeats=3))
         for precision in precisions:
             sync(device)
             start = time.perf_counter()
             step(k + 2, precision)
             sync(device)
             times[precision].append(time.perf_counter() - start)
-    return times, counter.get_total_flops(), rates
+    if device.type == "cuda":
+        for precision in precisions:
+            memory[precision] = peak_step_memory(lambda: step(repeats + 2, precision), device)
+    return times, memory
 
 
 def step_memory(method: str, preset_name: str, batch: int, device: torch.device, precision: str) -> float | None:
@@ -124,22 +153,9 @@ def step_memory(method: str, preset_name: str, batch: int, device: torch.device,
 
 
 def first_step_memory(method: str, preset_name: str, batch: int, device: torch.device, precision: str) -> float | None:
-    """The peak memory of one optimizer step of `method`, the network and loss already built."""
-    cfg = preset(preset_name)
-    network, loss_fn = build_loss(method, preset_name, device)
-    optimizer = build_optimizer("radam", [*network.parameters(), *loss_fn.parameters()], lr=1e-5)
-    x = torch.randn(batch, cfg.in_channels, cfg.image_size, cfg.image_size, device=device).clamp(-1, 1)
-    labels = torch.randint(0, cfg.num_classes, (batch,), device=device) if cfg.num_classes else None
-    autocast = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(precision)
-
-    def step() -> None:
-        rng = BatchRNG(torch.Generator().manual_seed(0), batch, slice(0, batch), device)
-        with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
-            loss = loss_fn(x, labels, 500, rng).mean()
-        loss.backward()
-        optimizer.step()
-
-    return peak_step_memory(step, device)
+    """The peak memory of the first optimizer step of `method` (eager), the network and loss already built."""
+    step = step_function(method, preset_name, batch, device, fast=False)
+    return peak_step_memory(lambda: step(0, precision), device)
 
 
 def peak_step_memory(run, device: torch.device) -> float | None:
@@ -172,6 +188,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", choices=["float32", "bfloat16", "both"], default="both")
     parser.add_argument("--methods", default="ct,cd", help="comma-separated subset of ct,cd,sct,scd")
+    parser.add_argument("--modes", default=None, help="comma-separated subset of eager,fast (default: eager,fast "
+                                                      "on CUDA, eager elsewhere)")
+    parser.add_argument("--matmul-size", type=int, default=None, help="n of the reference n×n matmul "
+                                                                      "(default: 8192 on CUDA, 2048 elsewhere)")
     parser.add_argument("--default-allocator", action="store_true",
                         help="leave glibc malloc as it is (default: keep freed memory, as `cm train` does)")
     args = parser.parse_args()
@@ -179,37 +199,55 @@ def main() -> None:
     if not methods or any(m not in ("ct", "cd", "sct", "scd") for m in methods):
         parser.error(f"--methods: {args.methods!r} is not a comma-separated subset of ct,cd,sct,scd")
     device = torch.device(args.device)
+    modes = [m for m in (args.modes or ("eager,fast" if device.type == "cuda" else "eager")).split(",") if m]
+    if not modes or any(m not in ("eager", "fast") for m in modes):
+        parser.error(f"--modes: {args.modes!r} is not a comma-separated subset of eager,fast")
     precisions = ["float32", "bfloat16"] if args.precision == "both" else [args.precision]
+    size = args.matmul_size or (8192 if device.type == "cuda" else 2048)
     kept = not args.default_allocator and keep_freed_memory()
-    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"preset {args.preset}, batch {args.batch_size}, "
-          + ("freed memory kept (allocator.keep_freed_memory)" if kept else "default allocator"))
-    print(f"matmul 2048²: bfloat16 {matmul_rate(device, torch.bfloat16):.1f} GFLOP/s")
-    seconds_of: dict[str, float] = {}
+    print(f"device {device}{' ' + torch.cuda.get_device_name(device) if device.type == 'cuda' else ''}, "
+          f"torch {torch.__version__}, threads {torch.get_num_threads()}, preset {args.preset}, "
+          f"batch {args.batch_size}, " + ("freed memory kept (allocator.keep_freed_memory)" if kept else
+                                          "default allocator"))
+    matmul = {p: matmul_rate(device, getattr(torch, p), size) for p in precisions}
+    print("matmul " + ", ".join(f"{p} {rate:.1f} GFLOP/s" for p, rate in matmul.items()) + f" ({size}³)")
+    seconds_of: dict[tuple[str, str], float] = {}
+    memory_of: dict[tuple[str, str], float | None] = {}
+    print(f"{'step':<6} {'mode':<6} {'precision':<10} {'img/s':>9} {'s/step':>8} {'min-max':>13} {'GFLOP/s':>9} "
+          f"{'of matmul':>10} {'+MiB':>7}")
     for method in methods:
-        times, flops, rates = time_steps(method, args.preset, args.batch_size, device, precisions, args.repeats)
-        memory = step_memory(method, args.preset, args.batch_size, device, precisions[0])
-        fp32 = statistics.median(rates)
-        seconds_of[method] = statistics.median(times[precisions[0]])
-        print(f"{method}: float32 matmul 2048² {fp32:.1f} GFLOP/s (median of {len(rates)}, "
-              f"{min(rates):.1f}-{max(rates):.1f}), {flops / 1e9:.2f} GFLOP per step"
-              + (f", first step +{memory:.0f} MiB peak memory ({precisions[0]})" if memory is not None else ""))
-        print(f"{'step':<6} {'precision':<10} {'img/s':>9} {'s/step':>8} {'min-max':>13} {'GFLOP/s':>9} "
-              f"{'of fp32 matmul':>15}")
-        for precision in precisions:
-            seconds = statistics.median(times[precision])
-            rate = flops / seconds / 1e9
-            spread = f"{min(times[precision]):.2f}-{max(times[precision]):.2f}"
-            print(f"{method:<6} {precision:<10} {args.batch_size / seconds:>9.2f} {seconds:>8.2f} {spread:>13} "
-                  f"{rate:>9.1f} {rate / fp32:>14.0%}")
-        if len(precisions) == 2:
-            ratios = [a / b for a, b in zip(times["float32"], times["bfloat16"])]
-            print(f"{method}: bfloat16 step is {statistics.median(ratios):.2f}x the float32 one "
-                  f"(median over rounds, {min(ratios):.2f}-{max(ratios):.2f})")
-    for method in ("sct", "scd"):
-        if method in seconds_of and "ct" in seconds_of:
-            print(f"{method} step ({precisions[0]}) is {seconds_of[method] / seconds_of['ct']:.2f}x the ct step "
-                  "(same preset and batch; medians)")
+        flops = count_flops(method, args.preset, args.batch_size, device, precisions[0])
+        for mode in modes:
+            times, memory = time_steps(method, args.preset, args.batch_size, device, precisions, args.repeats,
+                                       fast=mode == "fast")
+            if device.type != "cuda" and mode == "eager":
+                memory[precisions[0]] = step_memory(method, args.preset, args.batch_size, device, precisions[0])
+            for precision in precisions:
+                seconds = statistics.median(times[precision])
+                seconds_of[method, mode, precision] = seconds
+                memory_of[method, mode, precision] = memory[precision]
+                rate = flops / seconds / 1e9
+                spread = f"{min(times[precision]):.3f}-{max(times[precision]):.3f}"
+                mib = f"{memory[precision]:.0f}" if memory[precision] is not None else "-"
+                print(f"{method:<6} {mode:<6} {precision:<10} {args.batch_size / seconds:>9.2f} {seconds:>8.3f} "
+                      f"{spread:>13} {rate:>9.1f} {rate / matmul[precision]:>9.0%} {mib:>7}", flush=True)
+            if len(precisions) == 2:
+                ratios = [a / b for a, b in zip(times["float32"], times["bfloat16"])]
+                print(f"{method} {mode}: bfloat16 step is {statistics.median(ratios):.2f}x the float32 one "
+                      f"(median over rounds, {min(ratios):.2f}-{max(ratios):.2f})")
+        print(f"{method}: {flops / 1e9:.2f} GFLOP per step")
+    for (method, mode, precision), seconds in seconds_of.items():
+        ct = ("ct", mode, precision)
+        if method in ("sct", "scd") and ct in seconds_of:
+            line = f"{method} {mode} {precision}: step {seconds / seconds_of[ct]:.2f}x the ct step"
+            if memory_of[method, mode, precision] and memory_of[ct]:
+                line += f", peak memory {memory_of[method, mode, precision] / memory_of[ct]:.2f}x"
+            print(line + " (same preset and batch; medians)")
+    if modes == ["eager", "fast"]:
+        for (method, mode, precision), seconds in seconds_of.items():
+            if mode == "fast":
+                print(f"{method} {precision}: the fast step is {seconds_of[method, 'eager', precision] / seconds:.2f}x "
+                      "as fast as the eager one")
 
 
 if __name__ == "__main__":

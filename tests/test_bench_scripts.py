@@ -19,10 +19,12 @@ def run(script: str, *args: str) -> str:
 
 
 def test_train_step_prints_rates_and_the_bfloat16_ratio():
-    out = run("train_step.py", "--preset", "tiny16", "--batch-size", "2", "--repeats", "2", "--methods", "ct")
+    out = run("train_step.py", "--preset", "tiny16", "--batch-size", "2", "--repeats", "2", "--methods", "ct",
+              "--matmul-size", "512")
     assert "freed memory kept" in out or "default allocator" in out
-    assert re.search(r"^ct\s+float32\s+[\d.]+\s+[\d.]+\s+[\d.]+-[\d.]+\s+[\d.]+\s+\d+%$", out, re.M), out
-    assert re.search(r"^ct: bfloat16 step is [\d.]+x the float32 one", out, re.M), out
+    assert re.search(r"^matmul float32 [\d.]+ GFLOP/s, bfloat16 [\d.]+ GFLOP/s \(512³\)$", out, re.M), out
+    assert re.search(r"^ct\s+eager\s+float32\s+[\d.]+\s+[\d.]+\s+[\d.]+-[\d.]+\s+[\d.]+\s+\d+%\s+\d+$", out, re.M), out
+    assert re.search(r"^ct eager: bfloat16 step is [\d.]+x the float32 one", out, re.M), out
 
 
 def test_sample_speed_compares_with_diffusers():
@@ -41,3 +43,6 @@ def test_bad_arguments_exit_2():
     result = subprocess.run([sys.executable, str(BENCH / "train_step.py"), "--methods", "ddim"],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "--methods: 'ddim' is not a comma-separated subset of ct,cd" in result.stderr
+    result = subprocess.run([sys.executable, str(BENCH / "train_step.py"), "--modes", "jit"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "--modes: 'jit' is not a comma-separated subset of eager,fast" in result.stderr

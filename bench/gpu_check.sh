@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# The GPU check: on one GPU, in one run of about 7 minutes,
+#   1. the tests that need CUDA (the attention-JVP kernel, the fast training step against the
+#      plain one over 50 steps, fused RAdam, CUDA-graph sampling, float16 pipelines);
+#   2. bench/train_step.py: CT, sCT and sCD at imagenet64, batch 64, bfloat16, eager and fast;
+#   3. bench/sample_speed.py --compile: imagenet64 at batch 64, then lsun256 at batch 8, against
+#      diffusers eager and compiled;
+# and writes the figures as a short table to $OUT/gpu_check.md (./gpu-check/ without $OUT), the
+# benches' whole output beside it. Copy the table, with the date and the GPU, into
+# docs/benchmarks.md.
+#
+# It needs no network: what is not importable is installed from wheels in .whl/ (git-ignored),
+# brought along beforehand with
+#     pip download --no-deps -d .whl diffusers importlib_metadata
+# (pip install --no-deps --no-index), and the project with --no-deps --no-index --no-build-isolation.
+#
+# A dry run of the script's logic on a CPU, at toy sizes:
+#     GPU_CHECK_DEVICE=cpu GPU_CHECK_SMALL=1 bench/gpu_check.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+device=${GPU_CHECK_DEVICE:-cuda}
+out=${OUT:-gpu-check}
+mkdir -p "$out"
+table="$out/gpu_check.md"
+failed=()
+started=$SECONDS
+
+stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, output to $out/NAME.txt and the screen
+  local name=$1 limit=$2
+  shift 2
+  local begin=$SECONDS
+  echo "== $name (at most ${limit}s): $*"
+  timeout --signal=INT --kill-after=10 "$limit" "$@" 2>&1 | tee "$out/$name.txt"
+  local rc=${PIPESTATUS[0]}
+  echo "== $name: exit $rc after $((SECONDS - begin))s"
+  [ "$rc" -eq 0 ] || failed+=("$name (exit $rc)")
+}
+
+# -- 0. what is missing, from the wheels brought along -------------------------------------------------
+if ! python -c "import diffusers, importlib_metadata" 2>/dev/null; then
+  if compgen -G ".whl/*.whl" >/dev/null; then
+    pip install --quiet --no-deps --no-index .whl/*.whl || failed+=("installing .whl/")
+  else
+    echo "diffusers is not importable and .whl/ holds no wheels: the diffusers comparisons will fail" >&2
+  fi
+fi
+if ! python -c "import consistency_models" 2>/dev/null; then
+  pip install --quiet --no-deps --no-index --no-build-isolation -e . || failed+=("installing the project")
+fi
+
+if [ -n "${GPU_CHECK_SMALL:-}" ]; then  # toy sizes: checks the script, not the GPU
+  train_size=(--preset tiny16 --batch-size 4 --repeats 2 --modes eager --matmul-size 256)  # no compile: minutes on a CPU
+  sample_size=(--presets test:4 --repeats 1)
+  sample_paths=diffusers-bf16,diffusers-bf16+compile,fp32,default-bf16,bf16+compile
+  test_limit=300
+else
+  train_size=(--preset imagenet64 --batch-size 64 --repeats 5 --modes eager,fast)
+  sample_size=(--presets imagenet64:64,lsun256:8 --repeats 3)
+  sample_paths=diffusers-fp16,diffusers-fp16+compile,fp32,default-fp16,fp16+graph,fp16+compile+graph,bf16+compile+graph
+  test_limit=120
+fi
+
+python - "$device" <<'EOF' | tee "$out/device.txt"
+import sys, torch
+device = sys.argv[1]
+name = torch.cuda.get_device_name() if device == "cuda" else "CPU (dry run)"
+print(f"{name}; torch {torch.__version__}, CUDA {torch.version.cuda}")
+EOF
+
+# -- 1. the tests that need CUDA (on a CPU: the same tests, skipped where they need a GPU) -----------
+stage tests "$test_limit" python -m pytest -q -p no:cacheprovider -k "cuda or float16_inference" \
+  tests/test_attention_jvp.py tests/test_fast_step.py tests/test_optimizer.py tests/test_fast_paths.py \
+  tests/test_diffusers_own_tests.py
+# -- 2. the training step ----------------------------------------------------------------------------
+stage train 210 python bench/train_step.py --device "$device" "${train_size[@]}" --precision bfloat16 \
+  --methods ct,sct,scd
+# -- 3. sampling against diffusers -------------------------------------------------------------------
+stage sample 240 python bench/sample_speed.py --device "$device" "${sample_size[@]}" --steps 1,2 \
+  --json "$out/sample.json" --paths "$sample_paths"
+
+# -- the table -----------------------------------------------------------------------------------------
+python - "$out" "${failed[@]}" <<'EOF' > "$table"
+import json, re, sys
+from pathlib import Path
+
+out, failed = Path(sys.argv[1]), sys.argv[2:]
+def read(name):
+    path = out / f"{name}.txt"
+    return path.read_text() if path.exists() else ""
+
+print(f"GPU check, {read('device').strip()}\n")
+tests = re.findall(r"^=+ (.*(?:passed|failed|error).*) =+$|^(\d+ (?:passed|failed).*)$", read("tests"), re.M)
+print("tests: " + ("; ".join(a or b for a, b in tests) or "no summary (see tests.txt)"))
+train = read("train")
+matmul = re.search(r"^matmul .*$", train, re.M)
+print("\n| training step | img/s | s/step | of matmul | +MiB |\n|---|---|---|---|---|")
+for line in train.splitlines():
+    fields = line.split()
+    if len(fields) == 9 and fields[0] in ("ct", "cd", "sct", "scd") and fields[1] in ("eager", "fast"):
+        print(f"| {' '.join(fields[:3])} | {fields[3]} | {fields[4]} | {fields[7]} | {fields[8]} |")
+print(f"\n{matmul.group(0) if matmul else 'no matmul line (see train.txt)'}")
+for line in train.splitlines():
+    if re.match(r"^(sct|scd) \w+ \w+: step|^\w+ \w+: the fast step", line):
+        print(f"- {line}")
+print("\n| sampling | steps | path | img/s | × diffusers, same dtype | × diffusers compiled | PSNR dB | 1st call s |"
+      "\n|---|---|---|---|---|---|---|---|")
+def num(value, fmt):
+    return "-" if value is None else format(value, fmt)
+try:
+    rows = json.loads((out / "sample.json").read_text())
+except (OSError, ValueError):
+    rows = []
+for row in rows:
+    print(f"| {row['preset']}:{row['batch']} | {row['steps']} | {row['path']} | {row['img_s']:.0f} | "
+          f"{num(row['vs_diffusers_dtype'], '.2f')} | {num(row['vs_diffusers_compiled'], '.2f')} | "
+          f"{num(row['psnr'], '.1f')} | {num(row['warmup_s'], '.0f')} |")
+if not rows:
+    print("| no rows (see sample.txt) | | | | | | | |")
+print("\nfailed stages: " + (", ".join(failed) if failed else "none"))
+EOF
+cat "$table"
+echo "gpu_check: $((SECONDS - started))s in all; table in $table"
+[ ${#failed[@]} -eq 0 ]
