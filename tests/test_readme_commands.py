@@ -97,7 +97,7 @@ def toy_argv(words: list[str], model: Path) -> list[str]:
     if argv[:1] == ["bench/quality_digits.py"]:
         argv += ["--per-class", "2", "--search-sigmas", "0.8"]
     if argv[:1] == ["bench/train_step.py"]:
-        argv += ["--batch-size", "2", "--repeats", "1", "--precision", "float32"]
+        argv += ["--batch-size", "2", "--repeats", "1", "--precision", "float32", "--matmul-size", "256"]
     if argv[:1] == ["bench/toy_scm.py"]:
         argv += ["--steps", "5", "--runs", "sct,scd"]
     if argv[:1] == ["bench/methods.py"]:
