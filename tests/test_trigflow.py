@@ -218,3 +218,32 @@ def test_the_timestep_search_points_sCM_models_to_explicit_times(trigflow_pipe, 
     edm = ConsistencyModelPipeline(pipe.unet, pipe.scheduler, parametrization="edm")
     with pytest.raises(InvalidInputError, match=r"this is a diffusion \(EDM\) model$"):
         search_range(edm)
+
+
+def test_one_sampling_loop_with_two_renoisings():
+    """sample_consistency is the one loop; the re-noising differs. Algorithm 1 draws no noise in a
+    one-step run and adds s_noise·√(σ² − σ_min²)·z; sCM draws at every step (the last too, as
+    diffusers' SCMScheduler) and adds σ_next·z, nothing at σ = 0."""
+    from consistency_models.sampling import Renoising, TrigFlowRenoising, sample_consistency, sample_trigflow
+
+    x = torch.zeros(2, 3)
+    model = lambda x, sigma, labels: x * 0.5 + 1.0  # noqa: E731  (x₀ as a fixed function of x)
+    drawn = []
+
+    def noise(sigma, sigma_next):
+        drawn.append((float(sigma), float(sigma_next)))
+        return torch.ones(2, 3)
+
+    one = sample_consistency(model, x, [80.0, 0.002], noise_sampler=noise, clip_denoised=False)
+    assert drawn == [] and torch.equal(one, torch.ones(2, 3))
+    two = sample_consistency(model, x, [80.0, 2.0, 0.002], noise_sampler=noise, clip_denoised=False, s_noise=0.5)
+    assert drawn == [(80.0, 2.0), (2.0, 0.002)]
+    first = 1.0 + 0.5 * (2.0**2 - 0.002**2) ** 0.5   # x after step 1; step 2 adds 0·z at σ_min
+    torch.testing.assert_close(two, torch.full((2, 3), first * 0.5 + 1.0))
+    drawn.clear()
+    trig = sample_trigflow(model, x, [80.0, 2.0, 0.0], noise_sampler=noise)
+    assert drawn == [(80.0, 2.0), (2.0, 0.0)]
+    torch.testing.assert_close(trig, torch.full((2, 3), (1.0 + 2.0) * 0.5 + 1.0))
+    assert Renoising().draws(1) is False and TrigFlowRenoising().draws(1) is True
+    with pytest.raises(InvalidInputError, match="followed by 0"):
+        sample_trigflow(model, x, [80.0])

@@ -103,6 +103,39 @@ def step_noise(like: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor
     return randn(like.shape, generator, device=like.device, dtype=like.dtype)
 
 
+@dataclass(frozen=True)
+class Renoising:
+    """How consistency sampling puts noise back before the next step: x = x₀ + scale(σ_next)·z —
+    here Algorithm 1's (Song et al. 2023): scale = s_noise·√(σ̂² − σ_min²), σ̂ = clamp(σ_next,
+    σ_min, σ_max), with noise drawn only when there is more than one step."""
+
+    s_noise: float = 1.0
+    sigma_min: float = SIGMA_MIN
+    sigma_max: float = SIGMA_MAX
+    last_level = "sigma_min"              # what `sigmas` ends with (for the error message)
+
+    def draws(self, steps: int) -> bool:
+        """Whether a run of `steps` steps draws noise after each step."""
+        return steps > 1
+
+    def __call__(self, x0: torch.Tensor, sigma_next: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return x0 + renoise_scale(sigma_next, self.s_noise, self.sigma_min, self.sigma_max) * z
+
+
+@dataclass(frozen=True)
+class TrigFlowRenoising(Renoising):
+    """sCM's (Lu & Song 2024): scale = σ_next, noise drawn at every step (diffusers'
+    `SCMScheduler.step` draws it at the last one, σ = 0, too, and adds none)."""
+
+    last_level = "0"
+
+    def draws(self, steps: int) -> bool:
+        return True
+
+    def __call__(self, x0: torch.Tensor, sigma_next: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return x0 + sigma_next.to(x0.dtype) * z if float(sigma_next) > 0 else x0
+
+
 @torch.no_grad()
 def sample_consistency(
     model: Callable[..., torch.Tensor],
@@ -118,6 +151,7 @@ def sample_consistency(
     callback: Callable[[int, float, torch.Tensor], None] | None = None,
     progress: Callable[[int], object] | None = None,
     noise_sampler: NoiseSampler | None = None,
+    renoising: Renoising | None = None,
 ) -> torch.Tensor:
     """One-step (len(sigmas) == 2) or multistep consistency sampling (Algorithm 1).
 
@@ -126,19 +160,22 @@ def sample_consistency(
     last one scaled by 0), a one-step run draws none. `model(x, sigma, class_labels)` gets σ
     as a 0-d float64 tensor on x's device (as k-diffusion passes tensors); `sigmas` may already
     be such tensors (`sigma_levels`), which are then used as they are. The noise of step i is
-    `noise_sampler(sigma_i, sigma_next)` when given, else drawn from `generator`.
+    `noise_sampler(sigma_i, sigma_next)` when given, else drawn from `generator`. `renoising`
+    replaces Algorithm 1's re-noising (built from s_noise, sigma_min, sigma_max) — sCM's, see
+    `sample_trigflow`: the one loop of every consistency model.
     """
+    if renoising is None:
+        renoising = Renoising(s_noise, sigma_min, sigma_max)
     if len(sigmas) < 2:
-        raise InvalidInputError("sigmas: need at least one evaluation level followed by sigma_min")
+        raise InvalidInputError(f"sigmas: need at least one evaluation level followed by {renoising.last_level}")
     levels = sigma_levels(sigmas, x.device)
     steps = len(levels) - 1
     for i in range(steps):
         x0 = model(x, levels[i], class_labels)
         if clip_denoised:
             x0 = x0.clamp(-1, 1)
-        if steps > 1:
-            z = step_noise(x0, levels[i], levels[i + 1], generator, noise_sampler)
-            x = x0 + renoise_scale(levels[i + 1], s_noise, sigma_min, sigma_max) * z
+        if renoising.draws(steps):
+            x = renoising(x0, levels[i + 1], step_noise(x0, levels[i], levels[i + 1], generator, noise_sampler))
         else:
             x = x0
         if callback is not None:
@@ -206,18 +243,13 @@ def sample_heun(
     return x
 
 
-@torch.no_grad()
 def sample_trigflow(
     model: Callable[..., torch.Tensor],
     x: torch.Tensor,
     sigmas: Sequence[float | torch.Tensor],
     *,
-    class_labels: torch.Tensor | None = None,
-    generator: Generator = None,
     clip_denoised: bool = False,
-    callback: Callable[[int, float, torch.Tensor], None] | None = None,
-    progress: Callable[[int], object] | None = None,
-    noise_sampler: NoiseSampler | None = None,
+    **options,
 ) -> torch.Tensor:
     """sCM sampling (Lu & Song 2024, Algorithm 1 of its appendix), written in σ = σ_d·tan t.
 
@@ -226,22 +258,11 @@ def sample_trigflow(
     `trigflow`). So with `model` = D: x starts as σ_d·z / cos t₀ = √(σ₀² + σ_d²)·z, each step
     takes x₀ = D(x, σ_i) and re-noises x = x₀ + σ_{i+1}·z, and `sigmas` ends with 0. Fresh noise
     is drawn at every step, the last one (σ = 0) included, as diffusers' `SCMScheduler.step`
-    draws it, so a generator gives the same images in both.
+    draws it, so a generator gives the same images in both. `options`: those of
+    `sample_consistency` (class_labels, generator, callback, progress, noise_sampler), whose loop
+    this is with sCM's re-noising.
     """
-    if len(sigmas) < 2:
-        raise InvalidInputError("sigmas: need at least one evaluation level followed by 0")
-    levels = sigma_levels(sigmas, x.device)
-    for i in range(len(levels) - 1):
-        x0 = model(x, levels[i], class_labels)
-        if clip_denoised:
-            x0 = x0.clamp(-1, 1)
-        z = step_noise(x0, levels[i], levels[i + 1], generator, noise_sampler)
-        x = x0 + levels[i + 1].to(x0.dtype) * z if float(levels[i + 1]) > 0 else x0
-        if callback is not None:
-            callback(i, float(levels[i]), x)
-        if progress is not None:
-            progress(1)
-    return x
+    return sample_consistency(model, x, sigmas, clip_denoised=clip_denoised, renoising=TrigFlowRenoising(), **options)
 
 
 # -- which sampler a model uses ----------------------------------------------------------------
@@ -334,8 +355,8 @@ def sampler_for(parametrization: str) -> Sampler:
 
 
 __all__ = [  # with the schedule functions that lived here before schedule.py, re-exported
-    "NoiseLevels", "NoiseSampler", "SAMPLERS", "Sampler", "SchedulerConfig", "check_sigmas", "euler_step", "heun_step",
-    "randn", "renoise", "renoise_scale", "resolve_sigmas", "sample_consistency", "sample_heun", "sample_trigflow",
-    "sampler_for",
-    "sigma_levels", "sigmas_from_timesteps", "timesteps_for_steps",
+    "NoiseLevels", "NoiseSampler", "Renoising", "SAMPLERS", "Sampler", "SchedulerConfig", "TrigFlowRenoising",
+    "check_sigmas", "euler_step", "heun_step", "randn", "renoise", "renoise_scale", "resolve_sigmas",
+    "sample_consistency", "sample_heun", "sample_trigflow", "sampler_for", "sigma_levels", "sigmas_from_timesteps",
+    "timesteps_for_steps",
 ]
