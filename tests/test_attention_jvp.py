@@ -158,3 +158,17 @@ def test_triton_kernel_on_cuda_equals_the_float64_reference(dtype, tol):
     ref_out, ref_tangent = attention_jvp_torch(*(t.cuda() for t in x))
     assert (out.double() - ref_out).abs().max() < tol * ref_out.abs().max()
     assert (tangent.double() - ref_tangent).abs().max() < tol * ref_tangent.abs().max()
+
+
+def test_auto_takes_the_pytorch_pass_off_cuda_and_for_mixed_inputs():
+    """"auto" picks the kernel only for CUDA tensors of one shape and dtype; a float32 tangent of a
+    bfloat16 primal (or any CPU tensor) goes through the PyTorch pass and still comes out right."""
+    from consistency_models.networks.attention import _triton_fits
+
+    x = inputs((1, 2, 10, 8), torch.float32)
+    assert not _triton_fits(*x)  # CPU
+    mixed = [t.to(torch.bfloat16) for t in x[:3]] + x[3:]
+    out, tangent = attention_jvp(*mixed)
+    ref_out, ref_tangent = reference_ad(*(t.double() for t in mixed))
+    assert out.dtype == torch.bfloat16
+    assert (tangent.double() - ref_tangent).abs().max() < 3e-2 * ref_tangent.abs().max()

@@ -46,7 +46,7 @@ def attention_jvp(
     if backend not in BACKENDS:
         raise ValueError(f"backend: {backend!r} is not one of {', '.join(BACKENDS)}")
     if backend == "auto":
-        backend = "triton" if _triton_fits(q) else "torch"
+        backend = "triton" if _triton_fits(q, k, v, dq, dk, dv) else "torch"
     if backend == "triton":
         from .attention_triton import attention_jvp_triton
 
@@ -54,8 +54,13 @@ def attention_jvp(
     return attention_jvp_torch(q, k, v, dq, dk, dv)
 
 
-def _triton_fits(q: torch.Tensor) -> bool:
-    if q.device.type != "cuda" or q.dtype not in (torch.float32, torch.float16, torch.bfloat16) or q.shape[-1] > 256:
+def _triton_fits(*tensors: torch.Tensor) -> bool:
+    """The kernel's case: CUDA tensors of one shape (self-attention) and one dtype it takes, head
+    width ≤ 256, Triton installed; anything else takes the PyTorch pass."""
+    q = tensors[0]
+    if (q.device.type != "cuda" or q.dtype not in (torch.float32, torch.float16, torch.bfloat16)
+            or q.dim() != 4 or q.shape[-1] > 256
+            or any(t.dtype != q.dtype or t.shape != q.shape or t.device != q.device for t in tensors)):
         return False
     from .attention_triton import triton_available
 
