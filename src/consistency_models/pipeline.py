@@ -92,8 +92,11 @@ class ConsistencyModelPipeline:
         self.unet = unet.eval()  # inference only: dropout off
         self.scheduler = scheduler or CMStochasticIterativeScheduler()
         self.parametrization = parametrization
-        cfg = self._sampling_config = trigflow_settings(dict(self.scheduler.config)) if trigflow_scheduler \
-            else SchedulerConfig.from_dict(self.scheduler.config)
+        if trigflow_scheduler:
+            cfg = trigflow_settings(dict(self.scheduler.config))
+        else:
+            cfg = SchedulerConfig.from_dict(self.scheduler.config)
+        self._sampling_config = cfg
         self.denoiser: Preconditioned = PARAMETRIZATIONS[parametrization](unet, cfg.sigma_data, cfg.sigma_min)
         self.sampler = sampler_for(parametrization)
         self.fast_paths = FastPaths()
