@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("errors", "outputs"),                            # the one exception; diffusers-shaped output classes
     ("parametrization", "schedule", "distributed", "trigflow"),  # math; process groups shared by sampling and training
     ("sampling", "networks", "data"),                  # samplers; architectures; data sets
-    ("io", "fast_paths"),                              # formats on disk; compile / CUDA graphs / fast kernels
+    ("kinds", "io", "fast_paths"),                     # model kinds; formats on disk; compile / CUDA graphs / fast kernels
     ("scheduler", "metrics"),                          # the diffusers scheduler adapter; FID & co. on features
     ("pipeline",),
     ("editing", "evaluation"),                         # features built on the pipeline
@@ -158,6 +158,19 @@ def test_only_the_registry_knows_method_names():
              for path in PACKAGE.rglob("*.py") if methods_dir not in path.parents
              for i, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line.split("#")[0])]
     assert found == []
+
+
+def test_only_the_kinds_registry_compares_kind_names():
+    """No `== "edm"`, `!= "consistency"`, `in ("trigflow", …)` and the like outside kinds/: a model
+    kind's meaning is read from its record (issue 21)."""
+    names = "consistency|edm|trigflow|trigflow_edm"
+    pattern = re.compile(rf'[=!]=\s*"({names})"|"({names})"\s*[=!]=|\bin\s*[(\[{{]\s*"({names})"')
+    kinds_dir = PACKAGE / "kinds"
+    found = [f"{path.relative_to(PACKAGE)}:{i}: {line.strip()}"
+             for path in PACKAGE.rglob("*.py") if kinds_dir not in path.parents
+             for i, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line.split("#")[0])]
+    assert found == []
+    assert pattern.search('if parametrization != "edm":') and pattern.search('p in ("trigflow", "trigflow_edm")')
 
 
 @pytest.mark.parametrize("module", ["cli.train", "cli.sample", "cli.edit"])

@@ -164,10 +164,4 @@ class TrigFlowFunction(Preconditioned):
         return torch.atan(sigma / self.sigma_data)
 
 
-PARAMETRIZATIONS: dict[str, type[Preconditioned]] = {
-    "consistency": ConsistencyFunction,
-    "edm": Denoiser,
-    "trigflow": TrigFlowFunction,   # sCM with the paper's time input t
-    "trigflow_edm": Denoiser,       # an EDM network sampled as an sCM: f(x_t, t) = D(x_σ, σ) (see trigflow.py)
-}
 

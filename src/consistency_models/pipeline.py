@@ -7,7 +7,7 @@ given generator, latents may have any channel count the model has, and `timestep
 
 The pipeline composes parts that live elsewhere: the preconditioned model `denoiser` (f for a
 consistency model, D for an EDM denoiser; `parametrization.py`), the sampler of that
-parametrization with its defaults (`sampling.SAMPLERS`), the fast paths (`fast_paths.py`) and
+kind with its defaults (`kinds/`), the fast paths (`fast_paths.py`) and
 the folder format (`io/pipeline_folder.py`).
 """
 
@@ -32,10 +32,11 @@ from .io.pipeline_folder import (
     save_pipeline_folder,
     trigflow_settings,
 )
+from .kinds import SCHEDULER_CLASS, get_kind, kind_of_scheduler
 from .networks import UNetModel, preset
 from .outputs import BaseOutput
-from .parametrization import PARAMETRIZATIONS, Preconditioned
-from .sampling import Generator, randn, sampler_for
+from .parametrization import Preconditioned
+from .sampling import Generator, randn
 from .schedule import NoiseLevels, SchedulerConfig
 from .scheduler import CMStochasticIterativeScheduler
 
@@ -80,15 +81,13 @@ class ConsistencyModelPipeline:
         self,
         unet: torch.nn.Module,
         scheduler: CMStochasticIterativeScheduler | None = None,
-        parametrization: str | None = None,  # default: "trigflow" with an SCMScheduler, else "consistency"
+        parametrization: str | None = None,  # a kind (kinds/); default: the scheduler's ("trigflow" for an SCMScheduler)
     ) -> None:
-        trigflow_scheduler = type(scheduler).__name__ == TRIGFLOW_SCHEDULER_CLASS
+        scheduler_class = type(scheduler).__name__ if scheduler is not None else SCHEDULER_CLASS
+        trigflow_scheduler = scheduler_class == TRIGFLOW_SCHEDULER_CLASS
         if parametrization is None:
-            parametrization = "trigflow" if trigflow_scheduler else "consistency"
-        if parametrization not in PARAMETRIZATIONS:
-            raise InvalidInputError(
-                f"parametrization: {parametrization!r} is not one of {', '.join(PARAMETRIZATIONS)}"
-            )
+            parametrization = kind_of_scheduler(scheduler_class).name
+        self.kind = get_kind(parametrization)
         self.unet = unet.eval()  # inference only: dropout off
         self.scheduler = scheduler or CMStochasticIterativeScheduler()
         self.parametrization = parametrization
@@ -97,8 +96,8 @@ class ConsistencyModelPipeline:
         else:
             cfg = SchedulerConfig.from_dict(self.scheduler.config)
         self._sampling_config = cfg
-        self.denoiser: Preconditioned = PARAMETRIZATIONS[parametrization](unet, cfg.sigma_data, cfg.sigma_min)
-        self.sampler = sampler_for(parametrization)
+        self.denoiser: Preconditioned = self.kind.wrapper(unet, cfg.sigma_data, cfg.sigma_min)
+        self.sampler = self.kind.sampler
         self.fast_paths = FastPaths()
         self.progress_bar_config: dict[str, Any] = {}
 

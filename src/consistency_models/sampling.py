@@ -1,5 +1,5 @@
 """Samplers: consistency sampling (CM paper, Algorithm 1) and the EDM Heun sampler, and which
-one a model of each parametrization samples with (`SAMPLERS`).
+one a model of each kind samples with (its `Sampler`, named in `kinds/`).
 
 Samplers are plain functions with the k-diffusion contract `sample(model, x, sigmas, ...)`:
 `model(x, sigma, class_labels)` is a consistency function f (or a denoiser D), `x` is the
@@ -338,25 +338,13 @@ TRIGFLOW_SAMPLER = Sampler("sCM sampling (TrigFlow)", trigflow_schedule, run_tri
                            initial_scale=lambda sigmas, config: (sigmas[0] ** 2 + config.sigma_data ** 2) ** 0.5,
                            timestep=lambda sigma, config: t_from_sigma(sigma, config.sigma_data))
 
-SAMPLERS: dict[str, Sampler] = {
-    "consistency": Sampler("consistency sampling (Algorithm 1)", consistency_schedule, run_consistency, fast=True),
-    "edm": Sampler("EDM Heun sampler", heun_schedule, run_heun),
-    "trigflow": TRIGFLOW_SAMPLER,
-    "trigflow_edm": TRIGFLOW_SAMPLER,
-}
-
-
-def sampler_for(parametrization: str) -> Sampler:
-    """The sampler of a consistency function ("consistency"), an EDM denoiser ("edm") or a TrigFlow
-    consistency model ("trigflow", "trigflow_edm")."""
-    if parametrization not in SAMPLERS:
-        raise InvalidInputError(f"parametrization: {parametrization!r} is not one of {', '.join(SAMPLERS)}")
-    return SAMPLERS[parametrization]
+CONSISTENCY_SAMPLER = Sampler("consistency sampling (Algorithm 1)", consistency_schedule, run_consistency, fast=True)
+HEUN_SAMPLER = Sampler("EDM Heun sampler", heun_schedule, run_heun)
 
 
 __all__ = [  # with the schedule functions that lived here before schedule.py, re-exported
-    "NoiseLevels", "NoiseSampler", "Renoising", "SAMPLERS", "Sampler", "SchedulerConfig", "TrigFlowRenoising",
-    "check_sigmas", "euler_step", "heun_step", "randn", "renoise", "renoise_scale", "resolve_sigmas",
-    "sample_consistency", "sample_heun", "sample_trigflow", "sampler_for", "sigma_levels", "sigmas_from_timesteps",
-    "timesteps_for_steps",
+    "CONSISTENCY_SAMPLER", "HEUN_SAMPLER", "NoiseLevels", "NoiseSampler", "Renoising", "Sampler", "SchedulerConfig",
+    "TRIGFLOW_SAMPLER", "TrigFlowRenoising", "check_sigmas", "euler_step", "heun_step", "randn", "renoise",
+    "renoise_scale", "resolve_sigmas", "sample_consistency", "sample_heun", "sample_trigflow", "sigma_levels",
+    "sigmas_from_timesteps", "timesteps_for_steps",
 ]

@@ -74,12 +74,7 @@ def default_times(steps: int, t_max: float = T_MAX, middle: float = T_MIDDLE) ->
     return [t_max * (steps - i) / steps for i in range(steps)]
 
 
-TIME_INPUTS = {"t": "trigflow", "log_sigma": "trigflow_edm"}  # time input → the parametrization's name
-
-
-def time_input_of(parametrization: str) -> str:
-    """"t" for "trigflow", "log_sigma" for "trigflow_edm"."""
-    return {v: k for k, v in TIME_INPUTS.items()}[parametrization]
+TIME_INPUTS = ("t", "log_sigma")  # the network's time input (kinds/trigflow.py: one model kind each)
 
 
 class TrigFlow(nn.Module):
@@ -129,4 +124,4 @@ class TrigFlow(nn.Module):
 
 
 __all__ = ["HALF_PI", "TIME_INPUTS", "T_MAX", "T_MIDDLE", "TrigFlow", "check_times", "default_times",
-           "sigma_from_t", "t_from_sigma", "time_input_of"]
+           "sigma_from_t", "t_from_sigma"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..io.openai import SCHEDULERS, convert_openai_checkpoint
+from ..kinds import openai_kinds
 from ..networks.presets import PRESETS
 from .arguments import DefaultsHelpFormatter, OneLineErrorParser
 
@@ -22,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", choices=sorted(PRESETS), default="imagenet64", help="network architecture")
     p.add_argument("--scheduler", choices=list(SCHEDULERS), default="cd",
                    help="sampling grid: cd (40 points), ct-imagenet64 (201), ct-lsun256 (151)")
-    p.add_argument("--parametrization", choices=["consistency", "edm"], default=None,
+    p.add_argument("--parametrization", choices=openai_kinds(), default=None,
                    help="edm for the edm_* teachers; default: from the file name")
     p.set_defaults(func=run)
 

@@ -85,10 +85,9 @@ def frechet_distance_of_samples(
 
 def search_range(pipe: ConsistencyModelPipeline, lo: int = 1, hi: int | None = None) -> tuple[int, int]:
     """Check a search range against the model's grid; hi defaults to N − 2 (N − 1 is σ_min itself)."""
-    if pipe.parametrization != "consistency":
-        kind = "a diffusion (EDM) model" if pipe.parametrization == "edm" else \
-            "an sCM (TrigFlow) model: give its two times directly, e.g. --timesteps 1.56454,1.1"
-        raise InvalidInputError(f"model: the timestep search is over the grid of consistency models; this is {kind}")
+    if pipe.kind.grid_search is not None:
+        raise InvalidInputError(f"model: the timestep search is over the grid of consistency models; this is "
+                                f"{pipe.kind.grid_search}")
     n = pipe.sampling_config.num_train_timesteps
     hi = n - 2 if hi is None else hi
     if not 1 <= lo <= hi <= n - 2:

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..errors import InvalidInputError
+from ..kinds import kind_of_openai_file
 from ..networks.presets import PRESETS, preset
 from ..networks.unet import UNetConfig, UNetModel
 from ..schedule import SchedulerConfig
@@ -156,7 +157,7 @@ def convert_openai_checkpoint(
         raise InvalidInputError(f"scheduler: {scheduler!r} is not one of {', '.join(SCHEDULERS)}")
     out = require_new_folder(out_dir, "out_dir")
     if parametrization is None:
-        parametrization = "edm" if Path(path).name.startswith("edm_") else "consistency"
+        parametrization = kind_of_openai_file(Path(path).name).name
     parts = PipelineParts(load_openai_unet(path, config), SchedulerConfig(num_train_timesteps=SCHEDULERS[scheduler]),
                           parametrization)
     save_pipeline_folder(out, parts)

@@ -19,22 +19,23 @@ from pathlib import Path
 from torch import nn
 
 from ..errors import InvalidInputError
-from ..parametrization import PARAMETRIZATIONS
+from ..kinds import (
+    SCHEDULER_CLASS,
+    TRIGFLOW_SCHEDULER_CLASS,
+    default_kind,
+    get_kind,
+    kind_of_scheduler,
+    kinds_of_scheduler,
+)
 from ..schedule import SchedulerConfig
 from .atomic import write_json
 from .diffusers_format import DIFFUSERS_VERSION, load_network, read_json, save_network
 from .hub import resolve_model_path
 
 MODEL_INDEX = "model_index.json"
+TRIGFLOW_PREDICTION = "trigflow"  # the only prediction_type of diffusers' SCMScheduler
 PIPELINE_CLASS = "ConsistencyModelPipeline"
 SCHEDULER_CONFIG = "scheduler_config.json"
-SCHEDULER_CLASS = "CMStochasticIterativeScheduler"
-TRIGFLOW_SCHEDULER_CLASS = "SCMScheduler"  # diffusers' sCM scheduler (prediction_type "trigflow")
-
-
-def is_trigflow(parametrization: str) -> bool:
-    """An sCM (TrigFlow) model: "trigflow" (time input t) or "trigflow_edm" (an EDM network's)."""
-    return parametrization in ("trigflow", "trigflow_edm")
 
 
 @dataclass
@@ -43,13 +44,10 @@ class PipelineParts:
 
     network: nn.Module
     scheduler_config: SchedulerConfig
-    parametrization: str = "consistency"   # "consistency" (f), "edm" (a diffusion denoiser D) or "trigflow"
+    parametrization: str = "consistency"   # the model's kind (kinds/): "consistency" (f), "edm" (D), "trigflow", …
 
     def __post_init__(self) -> None:
-        if not isinstance(self.parametrization, str) or self.parametrization not in PARAMETRIZATIONS:
-            raise InvalidInputError(
-                f"parametrization: {self.parametrization!r} is not one of {', '.join(PARAMETRIZATIONS)}"
-            )
+        get_kind(self.parametrization)  # a one-line error for an unknown kind
 
 
 def read_scheduler_config(folder: str | os.PathLike) -> SchedulerConfig:
@@ -67,8 +65,9 @@ def read_scheduler_config(folder: str | os.PathLike) -> SchedulerConfig:
 
 def trigflow_settings(data: dict) -> SchedulerConfig:
     """Our sampling settings from an `SCMScheduler` config (no clipping unless it says so)."""
-    if data.get("prediction_type", "trigflow") != "trigflow":
-        raise InvalidInputError(f"prediction_type: {data['prediction_type']!r} is not allowed; use 'trigflow'")
+    if data.get("prediction_type", TRIGFLOW_PREDICTION) != TRIGFLOW_PREDICTION:
+        raise InvalidInputError(f"prediction_type: {data['prediction_type']!r} is not allowed; use "
+                                f"{TRIGFLOW_PREDICTION!r}")
     defaults = SchedulerConfig()
     return SchedulerConfig(sigma_data=data.get("sigma_data", defaults.sigma_data),
                            sigma_min=data.get("_sigma_min", defaults.sigma_min),
@@ -81,9 +80,9 @@ def write_scheduler_config(folder: str | os.PathLike, config: SchedulerConfig, p
     """A `CMStochasticIterativeScheduler` config, or an `SCMScheduler` one for a TrigFlow model."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    if is_trigflow(parametrization):
+    if get_kind(parametrization).scheduler_class == TRIGFLOW_SCHEDULER_CLASS:
         data = {"_class_name": TRIGFLOW_SCHEDULER_CLASS, "_diffusers_version": DIFFUSERS_VERSION,
-                "num_train_timesteps": 1000, "prediction_type": "trigflow", "sigma_data": config.sigma_data,
+                "num_train_timesteps": 1000, "prediction_type": TRIGFLOW_PREDICTION, "sigma_data": config.sigma_data,
                 "_sigma_min": config.sigma_min, "_sigma_max": config.sigma_max,
                 "_clip_denoised": config.clip_denoised}
     else:
@@ -120,9 +119,9 @@ def write_model_index(folder: Path, parametrization: str) -> None:
         "_class_name": PIPELINE_CLASS,
         "_diffusers_version": DIFFUSERS_VERSION,
         "unet": ["diffusers", "UNet2DModel"],
-        "scheduler": ["diffusers", TRIGFLOW_SCHEDULER_CLASS if is_trigflow(parametrization) else SCHEDULER_CLASS],
+        "scheduler": ["diffusers", get_kind(parametrization).scheduler_class],
     }
-    if parametrization != "consistency":
+    if get_kind(parametrization) is not default_kind():
         index["_parametrization"] = parametrization
     write_json(folder / MODEL_INDEX, index)
 
@@ -132,16 +131,16 @@ def load_pipeline_folder(path_or_id: str | os.PathLike, variant: str | None = No
     `variant` picks `unet/diffusion_pytorch_model.<variant>.safetensors`."""
     folder = resolve_model_path(path_or_id)
     index = read_model_index(folder)
-    trigflow = index["scheduler"][1] == TRIGFLOW_SCHEDULER_CLASS
-    parametrization = index.get("_parametrization", "trigflow" if trigflow else "consistency")
-    if not isinstance(parametrization, str) or parametrization not in PARAMETRIZATIONS:
-        raise InvalidInputError(
-            f"parametrization: {parametrization!r} in {folder / MODEL_INDEX} is not one of {', '.join(PARAMETRIZATIONS)}"
-        )
-    if trigflow != is_trigflow(parametrization):
-        raise InvalidInputError(f"model: {folder / MODEL_INDEX} pairs the {index['scheduler'][1]} scheduler with the "
-                                f"{parametrization!r} parametrization; SCMScheduler goes with 'trigflow' or "
-                                "'trigflow_edm' only")
+    scheduler_class = index["scheduler"][1]
+    parametrization = index.get("_parametrization", kind_of_scheduler(scheduler_class).name)
+    try:
+        kind = get_kind(parametrization)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"{exc} (in {folder / MODEL_INDEX})") from None
+    if kind.scheduler_class != scheduler_class:
+        allowed = " or ".join(repr(name) for name in kinds_of_scheduler(scheduler_class))
+        raise InvalidInputError(f"model: {folder / MODEL_INDEX} pairs the {scheduler_class} scheduler with the "
+                                f"{parametrization!r} parametrization; {scheduler_class} goes with {allowed} only")
     return PipelineParts(load_network(folder / "unet", variant), read_scheduler_config(folder / "scheduler"),
                          parametrization)
 

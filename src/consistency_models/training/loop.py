@@ -26,7 +26,8 @@ from ..distributed import DistributedContext, setup_distributed
 from ..errors import InvalidInputError
 from ..io.atomic import atomic_path, remove_leftovers, write_json
 from ..io.lock import hold_folder
-from ..parametrization import PARAMETRIZATIONS, Preconditioned
+from ..kinds import teacher_kind
+from ..parametrization import Preconditioned
 from ..pipeline import ConsistencyModelPipeline
 from .batch_rng import BatchRNG, local_rows
 from .fast_step import compiled, compiles
@@ -93,7 +94,7 @@ class Trainer:
         teacher_network = self._load_teacher()
         self.network = build_network(cfg, self.dataset, teacher_network).to(self.ctx.device)
         if teacher is None and teacher_network is not None:
-            teacher = PARAMETRIZATIONS["edm"](teacher_network, cfg.sigma_data, cfg.sigma_min)
+            teacher = teacher_kind().wrapper(teacher_network, cfg.sigma_data, cfg.sigma_min)
         self.teacher = teacher
         if self.method.teacher == "required" and teacher is None:
             raise InvalidInputError(f"teacher: --method {cfg.method} ({self.method.summary}) needs --teacher, "

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..errors import InvalidInputError
 from ..io.pipeline_folder import load_pipeline_folder
+from ..kinds import get_kind
 from ..networks.mlp import MLP
 from ..networks.presets import MLP_PRESETS, PRESETS, preset
 from ..networks.unet import UNetModel
@@ -88,7 +89,7 @@ def build_network(cfg: TrainConfig, dataset: ImageDataset | PointDataset, teache
 def load_teacher(path: str, device: torch.device) -> nn.Module:
     """The network of an EDM denoiser folder, frozen, in eval mode."""
     parts = load_pipeline_folder(path)
-    if parts.parametrization != "edm":
+    if not get_kind(parts.parametrization).teacher:
         raise InvalidInputError(
             f"teacher: {path} holds a {parts.parametrization} model; the teacher must be an EDM denoiser "
             "(trained with --method edm, or an OpenAI edm_* checkpoint converted with cm convert openai)"

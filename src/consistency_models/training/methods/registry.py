@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from ...errors import InvalidInputError
-from ...parametrization import PARAMETRIZATIONS, Preconditioned
+from ...kinds import KINDS, get_kind
+from ...parametrization import Preconditioned
 from ..distances import Distance, get_distance
 from ..lpips import LPIPS
 
@@ -58,7 +59,7 @@ class LossInputs:
 
     def wrap(self, network: nn.Module, parametrization: str = "consistency") -> Preconditioned:
         """`network` preconditioned with the run's σ_data and σ_min (f for "consistency", D for "edm")."""
-        return PARAMETRIZATIONS[parametrization](network, self.config.sigma_data, self.config.sigma_min)
+        return get_kind(parametrization).wrapper(network, self.config.sigma_data, self.config.sigma_min)
 
     def distance(self) -> Distance:
         """The run's consistency distance; LPIPS is built from the user's weight files."""
@@ -110,8 +111,8 @@ class Method:
     grid_size: Callable[[TrainConfig], int] = fixed_grid  # N of the sampling grid the export records
 
     def __post_init__(self) -> None:
-        if isinstance(self.parametrization, str) and self.parametrization not in PARAMETRIZATIONS:
-            raise ValueError(f"parametrization: {self.parametrization!r} is not one of {', '.join(PARAMETRIZATIONS)}")
+        if isinstance(self.parametrization, str) and self.parametrization not in KINDS:
+            raise ValueError(f"parametrization: {self.parametrization!r} is not one of {', '.join(KINDS)}")
         if self.teacher not in TEACHER_USES:
             raise ValueError(f"teacher: {self.teacher!r} is not one of {', '.join(TEACHER_USES)}")
 

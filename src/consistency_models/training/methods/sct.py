@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ...errors import InvalidInputError
-from ...trigflow import TIME_INPUTS
+from ...kinds import kind_with_time_input
 from .registry import BudgetDefault, LossInputs, Method, register
 from .scm import AdaptiveWeight, SCMLoss
 
@@ -21,7 +21,7 @@ def default_time_input(cfg) -> str:
 
 
 def exported_parametrization(cfg) -> str:
-    return TIME_INPUTS[cfg.time_input]
+    return kind_with_time_input(cfg.time_input).name
 
 
 # The small-image settings of the paper (CIFAR-10); ImageNet-64 used P_mean −0.8, P_std 1.6.

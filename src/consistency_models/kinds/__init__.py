@@ -1,0 +1,109 @@
+"""Model kinds: what a network's output means, and everything that follows from it.
+
+A kind is one record (`ModelKind`): how a raw network becomes a consistency function f or a
+denoiser D (its `Preconditioned` wrapper), how it samples (its `Sampler`: σ schedule, loop and
+re-noising), which diffusers scheduler its folders carry, its TrigFlow time input, whether it
+can teach a distillation, and which OpenAI checkpoints convert to it. The pipeline, the folder
+reader and writer, the converter, the timestep search, training and the CLI read this registry;
+nothing else compares a kind's name. Adding a kind is one module that calls `register`, imported
+below (MeanFlow's average velocity would be the next).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import InvalidInputError
+from ..parametrization import Preconditioned
+from ..sampling import Sampler
+
+SCHEDULER_CLASS = "CMStochasticIterativeScheduler"   # diffusers' consistency-model scheduler
+TRIGFLOW_SCHEDULER_CLASS = "SCMScheduler"           # diffusers' sCM scheduler (prediction_type "trigflow")
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """One kind of model, declared in one place."""
+
+    name: str                               # the `parametrization` of pipelines and folders
+    summary: str                            # what it is, for messages: "a diffusion (EDM) model"
+    wrapper: type[Preconditioned]           # network → f or D, in σ-space
+    sampler: Sampler
+    scheduler_class: str = SCHEDULER_CLASS  # the diffusers scheduler its folders read and write
+    time_input: str | None = None           # a TrigFlow network's time input: "t" or "log_sigma"
+    teacher: bool = False                   # a denoiser distillation (CD, sCD) and tuning (ECT) learn from
+    openai_prefix: str | None = None        # OpenAI checkpoints named so convert to it (None: no conversion)
+    grid_search: str | None = None          # why `cm tune-timesteps` does not apply (None: it does)
+
+
+KINDS: dict[str, ModelKind] = {}
+
+
+def register(kind: ModelKind) -> ModelKind:
+    if kind.name in KINDS:
+        raise ValueError(f"kind: {kind.name!r} is registered twice")
+    KINDS[kind.name] = kind
+    return kind
+
+
+def unregister(name: str) -> None:
+    """Remove a kind (for tests that register a throw-away one)."""
+    KINDS.pop(name, None)
+
+
+def get_kind(name: object) -> ModelKind:
+    """The kind called `name`, or a one-line error naming the allowed ones."""
+    if not isinstance(name, str) or name not in KINDS:
+        raise InvalidInputError(f"parametrization: {name!r} is not one of {', '.join(KINDS)}")
+    return KINDS[name]
+
+
+def kind_of_scheduler(scheduler_class: str) -> ModelKind:
+    """The kind a folder or pipeline with this scheduler is when it says nothing else: the first
+    registered with it (the default kind for a scheduler no kind names)."""
+    return next((kind for kind in KINDS.values() if kind.scheduler_class == scheduler_class), default_kind())
+
+
+def kinds_of_scheduler(scheduler_class: str) -> list[str]:
+    return [kind.name for kind in KINDS.values() if kind.scheduler_class == scheduler_class]
+
+
+def kind_with_time_input(time_input: str) -> ModelKind:
+    """The TrigFlow kind whose network takes `time_input`."""
+    for kind in KINDS.values():
+        if kind.time_input == time_input:
+            return kind
+    raise InvalidInputError(f"time_input: {time_input!r} is not one of {', '.join(time_inputs())}")
+
+
+def time_inputs() -> tuple[str, ...]:
+    return tuple(kind.time_input for kind in KINDS.values() if kind.time_input is not None)
+
+
+def teacher_kind() -> ModelKind:
+    """The kind of a distillation teacher (an EDM denoiser)."""
+    return next(kind for kind in KINDS.values() if kind.teacher)
+
+
+def openai_kinds() -> list[str]:
+    return [kind.name for kind in KINDS.values() if kind.openai_prefix is not None]
+
+
+def kind_of_openai_file(file_name: str) -> ModelKind:
+    """The kind an OpenAI checkpoint converts to by its file name: the longest matching prefix
+    (edm_* → the EDM denoiser, anything else → a consistency function)."""
+    matches = [kind for kind in KINDS.values() if kind.openai_prefix is not None
+               and file_name.startswith(kind.openai_prefix)]
+    return max(matches, key=lambda kind: len(kind.openai_prefix))
+
+
+def default_kind() -> ModelKind:
+    """The kind a folder is when model_index.json names none: the first registered."""
+    return next(iter(KINDS.values()))
+
+
+from . import consistency, edm, trigflow  # noqa: E402,F401  (the built-in kinds register themselves, in this order)
+
+__all__ = ["KINDS", "ModelKind", "SCHEDULER_CLASS", "TRIGFLOW_SCHEDULER_CLASS", "default_kind", "get_kind",
+           "kind_of_openai_file", "kind_of_scheduler", "kind_with_time_input", "kinds_of_scheduler", "openai_kinds",
+           "register", "teacher_kind", "time_inputs", "unregister"]
