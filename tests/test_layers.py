@@ -20,7 +20,7 @@ NAME = "consistency_models"
 
 # Bottom → top. A module may import from its own layer (no circles) and from the layers below.
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "outputs"),                            # the one exception; diffusers-shaped output classes
+    ("errors", "outputs", "registry"),                # the one exception; diffusers-shaped outputs; plug-in tables
     ("parametrization", "schedule", "distributed", "trigflow"),  # math; process groups shared by sampling and training
     ("sampling", "networks", "data"),                  # samplers; architectures; data sets
     ("kinds", "io", "fast_paths"),                     # model kinds; formats on disk; compile / CUDA graphs / fast kernels

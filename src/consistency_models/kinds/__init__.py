@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import InvalidInputError
+from ..registry import Registry
 from ..parametrization import Preconditioned
 from ..sampling import Sampler
 
@@ -36,26 +37,20 @@ class ModelKind:
     grid_search: str | None = None          # why `cm tune-timesteps` does not apply (None: it does)
 
 
-KINDS: dict[str, ModelKind] = {}
+KINDS: Registry[ModelKind] = Registry("parametrization")
 
 
 def register(kind: ModelKind) -> ModelKind:
-    if kind.name in KINDS:
-        raise ValueError(f"kind: {kind.name!r} is registered twice")
-    KINDS[kind.name] = kind
-    return kind
+    return KINDS.add(kind.name, kind)
 
 
 def unregister(name: str) -> None:
-    """Remove a kind (for tests that register a throw-away one)."""
-    KINDS.pop(name, None)
+    KINDS.remove(name)
 
 
 def get_kind(name: object) -> ModelKind:
     """The kind called `name`, or a one-line error naming the allowed ones."""
-    if not isinstance(name, str) or name not in KINDS:
-        raise InvalidInputError(f"parametrization: {name!r} is not one of {', '.join(KINDS)}")
-    return KINDS[name]
+    return KINDS.lookup(name)
 
 
 def kind_of_scheduler(scheduler_class: str) -> ModelKind:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import torch
 from torch import nn
 
-from ...errors import InvalidInputError
+from ...registry import Registry
 from ...kinds import KINDS, get_kind
 from ...parametrization import Preconditioned
 from ..distances import Distance, get_distance
@@ -126,26 +126,21 @@ class Method:
         return tuple(self.defaults)
 
 
-METHODS: dict[str, Method] = {}
+METHODS: Registry[Method] = Registry("method")
 
 
 def register(method: Method) -> Method:
     """Add `method` to the registry (a name can be registered once); returns it."""
-    if method.name in METHODS:
-        raise ValueError(f"method: {method.name!r} is registered already")
-    METHODS[method.name] = method
-    return method
+    return METHODS.add(method.name, method)
 
 
 def unregister(name: str) -> None:
     """Remove a method (for tests that register a throw-away one)."""
-    METHODS.pop(name, None)
+    METHODS.remove(name)
 
 
 def get_method(name: str) -> Method:
-    if name not in METHODS:
-        raise InvalidInputError(f"method: {name!r} is not one of {', '.join(METHODS)}")
-    return METHODS[name]
+    return METHODS.lookup(name)
 
 
 def method_options() -> set[str]:
