@@ -211,3 +211,22 @@ def test_a_point_cloud_npz_trains_and_samples_points(tmp_path, capsys):
         assert f["arr_1"].tolist() == [2] * 5
     assert (out / "samples" / "step-00000003.png").is_file()
     capsys.readouterr()
+
+
+def test_each_default_is_stated_once_for_the_loss_and_cm_train():
+    """A loss class used directly and `cm train --method M` start from the same defaults (CD's grid
+    was 18 in CDLoss and 40 in the registry before)."""
+    import inspect
+
+    from consistency_models.training.methods import CDLoss, CTLoss, SCMLoss
+    from consistency_models.training.methods.ect import ECTLoss
+
+    def defaults(cls):
+        return {k: p.default for k, p in inspect.signature(cls).parameters.items() if p.default is not p.empty}
+
+    rename = {"mu": "target_mu", "num_stages": "ect_stages", "jvp_mode": "jvp"}
+    for cls, method in ((CDLoss, "cd"), (CTLoss, "ct"), (ECTLoss, "ect"), (SCMLoss, "sct")):
+        own = {rename.get(k, k): v for k, v in defaults(cls).items()}
+        shared = {k: v for k, v in METHODS[method].defaults.items() if k in own and not callable(v)}
+        assert shared and all(own[k] == v for k, v in shared.items()), (method, own, shared)
+    assert METHODS["cd"].defaults["num_scales"] == defaults(CDLoss)["num_scales"] == 40

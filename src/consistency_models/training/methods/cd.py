@@ -13,6 +13,10 @@ from .loss import PairLoss, unwrap
 from .registry import LossInputs, Method, register
 
 
+# OpenAI's CD runs; the loss's own defaults and `cm train --method cd`'s, stated once.
+DEFAULTS = {"distance": "l2", "num_scales": 40, "target_mu": 0.95, "solver": "heun"}
+
+
 class CDLoss(PairLoss):
     """Consistency distillation (Algorithm 2): the target sits one teacher ODE step below.
 
@@ -25,10 +29,10 @@ class CDLoss(PairLoss):
         student: Preconditioned,
         target: Preconditioned,
         teacher: Preconditioned,
-        num_scales: int = 18,          # N, points of the Karras grid
-        mu: float = 0.95,              # EMA rate of the target network
-        solver: str = "heun",          # "heun" or "euler"
-        distance: str | Distance = "l2",
+        num_scales: int = DEFAULTS["num_scales"],   # N, points of the Karras grid
+        mu: float = DEFAULTS["target_mu"],          # EMA rate of the target network
+        solver: str = DEFAULTS["solver"],           # "heun" or "euler"
+        distance: str | Distance = DEFAULTS["distance"],
         sigma_min: float = SIGMA_MIN,
         sigma_max: float = SIGMA_MAX,
         rho: float = RHO,
@@ -56,8 +60,8 @@ class CDLoss(PairLoss):
 
 def build_loss(inputs: LossInputs) -> CDLoss:
     cfg = inputs.config
-    return CDLoss(inputs.wrap(inputs.student), inputs.wrap(inputs.target), inputs.teacher, cfg.num_scales,
-                  cfg.target_mu, cfg.solver, inputs.distance(), **inputs.sigma_range)
+    return CDLoss(inputs.wrap(inputs.student), inputs.wrap(inputs.target), inputs.teacher, num_scales=cfg.num_scales,
+                  mu=cfg.target_mu, solver=cfg.solver, distance=inputs.distance(), **inputs.sigma_range)
 
 
 METHOD = register(Method(
@@ -65,7 +69,7 @@ METHOD = register(Method(
     summary="consistency distillation from --teacher",
     parametrization="consistency",
     build_loss=build_loss,
-    defaults={"distance": "l2", "num_scales": 40, "target_mu": 0.95, "solver": "heun"},  # OpenAI's CD runs
+    defaults=DEFAULTS,
     teacher="required",
     init_from_teacher=True,    # as OpenAI's CD runs: the student starts as the teacher, dropout 0
     student_dropout=0.0,

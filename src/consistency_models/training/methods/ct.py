@@ -9,6 +9,9 @@ from ..ema import ema_update_
 from .loss import PairLoss, unwrap
 from .registry import LossInputs, Method, register
 
+# OpenAI's CT runs (s0, s1, μ0 of the paper's Table 3); the loss's defaults and `cm train --method ct`'s.
+DEFAULTS = {"distance": "l2", "s0": 2, "s1": 150, "mu0": 0.9, "mu_form": "openai"}
+
 
 class CTLoss(PairLoss):
     """Consistency training (Algorithm 3): x_lo = x + t_n·z with the same z; adaptive N(k), μ(k)."""
@@ -18,11 +21,11 @@ class CTLoss(PairLoss):
         student: Preconditioned,
         target: Preconditioned,
         total_steps: int,
-        s0: int = 2,                   # initial grid size term
-        s1: int = 150,                 # final grid size term
-        mu0: float = 0.9,              # initial target EMA rate
-        mu_form: str = "openai",       # "openai": ln μ0·s0/(N−1); "paper": /N
-        distance: str | Distance = "l2",
+        s0: int = DEFAULTS["s0"],              # initial grid size term
+        s1: int = DEFAULTS["s1"],              # final grid size term
+        mu0: float = DEFAULTS["mu0"],          # initial target EMA rate
+        mu_form: str = DEFAULTS["mu_form"],    # "openai": ln μ0·s0/(N−1); "paper": /N
+        distance: str | Distance = DEFAULTS["distance"],
         sigma_min: float = SIGMA_MIN,
         sigma_max: float = SIGMA_MAX,
         rho: float = RHO,
@@ -49,8 +52,8 @@ class CTLoss(PairLoss):
 
 def build_loss(inputs: LossInputs) -> CTLoss:
     cfg = inputs.config
-    return CTLoss(inputs.wrap(inputs.student), inputs.wrap(inputs.target), cfg.steps, cfg.s0, cfg.s1, cfg.mu0,
-                  cfg.mu_form, inputs.distance(), **inputs.sigma_range)
+    return CTLoss(inputs.wrap(inputs.student), inputs.wrap(inputs.target), total_steps=cfg.steps, s0=cfg.s0,
+                  s1=cfg.s1, mu0=cfg.mu0, mu_form=cfg.mu_form, distance=inputs.distance(), **inputs.sigma_range)
 
 
 def grid_size(cfg) -> int:
@@ -63,7 +66,7 @@ METHOD = register(Method(
     summary="consistency training",
     parametrization="consistency",
     build_loss=build_loss,
-    defaults={"distance": "l2", "s0": 2, "s1": 150, "mu0": 0.9, "mu_form": "openai"},
+    defaults=DEFAULTS,
     teacher="optional",
     init_from_teacher=True,
     target_network=True,

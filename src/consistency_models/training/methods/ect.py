@@ -10,6 +10,8 @@ from ..distances import pseudo_huber
 from .loss import PairLoss
 from .registry import LossInputs, Method, register
 
+STAGES = 8   # ECT's stages (the paper's d: the target gets closer at each)
+
 
 class ECTLoss(PairLoss):
     """Easy consistency tuning: d(f_θ(x + t·ε, t), sg f_θ(x + r·ε, r)) / (t − r), pseudo-Huber.
@@ -22,7 +24,7 @@ class ECTLoss(PairLoss):
         self,
         student: Preconditioned,
         total_steps: int,
-        num_stages: int = 8,           # the stage is raised every total_steps/num_stages steps
+        num_stages: int = STAGES,      # the stage is raised every total_steps/num_stages steps
         q: float = 2.0,
         k: float = 8.0,
         b: float = 1.0,
@@ -54,8 +56,8 @@ class ECTLoss(PairLoss):
 
 def build_loss(inputs: LossInputs) -> ECTLoss:
     cfg = inputs.config
-    return ECTLoss(inputs.wrap(inputs.student), cfg.steps, cfg.ect_stages, sigma_min=cfg.sigma_min,
-                   sigma_max=cfg.sigma_max, target=inputs.wrap(inputs.network))
+    return ECTLoss(inputs.wrap(inputs.student), total_steps=cfg.steps, num_stages=cfg.ect_stages,
+                   sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max, target=inputs.wrap(inputs.network))
 
 
 METHOD = register(Method(
@@ -63,7 +65,7 @@ METHOD = register(Method(
     summary="easy consistency tuning of --teacher",
     parametrization="consistency",
     build_loss=build_loss,
-    defaults={"ect_stages": 8},
+    defaults={"ect_stages": STAGES},
     teacher="required",
     init_from_teacher=True,
 ))

@@ -10,7 +10,9 @@ from ..distances import Distance, get_distance
 from .loss import PairLoss
 from .registry import BudgetDefault, LossInputs, Method, register
 
-PAPER_DOUBLINGS = 7          # s0 = 10 → s1 = 1280 over the paper's 400k steps (8 stages of 50k)
+PAPER_DISTANCE = "pseudo_huber"
+PAPER_S0 = 10                # the paper's s0 …
+PAPER_DOUBLINGS = 7          # … and its s1 = s0·2^7 = 1280 over 400k steps (8 stages of 50k)
 STEPS_PER_STAGE = 400        # the shortest stage the toy and digits runs here train well with
 
 
@@ -29,11 +31,11 @@ class ICTLoss(PairLoss):
         student: Preconditioned,
         target: Preconditioned,
         total_steps: int,
-        s0: int = 10,
-        s1: int = 1280,
+        s0: int = PAPER_S0,
+        s1: int = PAPER_S0 * 2**PAPER_DOUBLINGS,   # the run's length decides it in `cm train` (budget_s1)
         p_mean: float = -1.1,
         p_std: float = 2.0,
-        distance: str | Distance = "pseudo_huber",
+        distance: str | Distance = PAPER_DISTANCE,
         sigma_min: float = SIGMA_MIN,
         sigma_max: float = SIGMA_MAX,
         rho: float = RHO,
@@ -55,8 +57,8 @@ class ICTLoss(PairLoss):
 def build_loss(inputs: LossInputs) -> ICTLoss:
     cfg = inputs.config
     # θ⁻ is the student's own weights without gradient (no EMA target).
-    return ICTLoss(inputs.wrap(inputs.student), inputs.wrap(inputs.network), cfg.steps, cfg.s0, cfg.s1,
-                   distance=inputs.distance(), **inputs.sigma_range)
+    return ICTLoss(inputs.wrap(inputs.student), inputs.wrap(inputs.network), total_steps=cfg.steps, s0=cfg.s0,
+                   s1=cfg.s1, distance=inputs.distance(), **inputs.sigma_range)
 
 
 METHOD = register(Method(
@@ -64,7 +66,7 @@ METHOD = register(Method(
     summary="improved consistency training",
     parametrization="consistency",
     build_loss=build_loss,
-    defaults={"distance": "pseudo_huber", "s0": 10,
+    defaults={"distance": PAPER_DISTANCE, "s0": PAPER_S0,
               "s1": BudgetDefault(budget_s1, "s0*2^d, d = min(7, steps//400 - 1): 160 at 2000 steps, 1280 from 3200")},
     teacher="optional",
     init_from_teacher=True,

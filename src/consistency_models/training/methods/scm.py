@@ -35,6 +35,12 @@ from ..jvp import JVP_PRECISIONS, jvp
 from .loss import Loss, same_dropout, unwrap
 
 
+# The small-image settings of the paper (CIFAR-10; ImageNet-64 used P_mean −0.8, P_std 1.6): the
+# loss's defaults and, with the run-dependent ones of sct.py, `cm train --method sct`'s.
+DEFAULTS = {"p_mean": -1.0, "p_std": 1.4, "tangent_c": 0.1, "jvp": "exact", "jvp_precision": "run"}
+PAPER_WARMUP = 10_000   # H of the paper's runs (of 100k–400k steps)
+
+
 class AdaptiveWeight(nn.Module):
     """w_φ(t), the learned log-weight of sCM (its eq. 8, after EDM2's uncertainty weighting):
     fixed Fourier features of c = ¼·ln(σ_d·tan t), then one linear layer, zero at the start."""
@@ -64,13 +70,13 @@ class SCMLoss(Loss):
         weight: nn.Module | None,            # w_φ (DDP-wrapped when distributed); None: w = 0
         teacher: nn.Module | None = None,    # the teacher's raw EDM network (sCD), else None (sCT)
         sigma_data: float = 0.5,
-        p_mean: float = -1.0,
-        p_std: float = 1.4,
-        tangent_warmup: int = 10_000,        # H: r = min(1, k/H); 0 = no warm-up
-        tangent_c: float = 0.1,
-        jvp_mode: str = "exact",             # "exact" (forward-mode AD) or "fd" (float64 finite difference)
+        p_mean: float = DEFAULTS["p_mean"],
+        p_std: float = DEFAULTS["p_std"],
+        tangent_warmup: int = PAPER_WARMUP,  # H: r = min(1, k/H); 0 = no warm-up
+        tangent_c: float = DEFAULTS["tangent_c"],
+        jvp_mode: str = DEFAULTS["jvp"],     # "exact" (forward-mode AD) or "fd" (float64 finite difference)
         time_input: str = "t",               # the student's time input (see trigflow.py)
-        jvp_precision: str = "run",          # "run": the tangent pass under the run's autocast; "float32": autocast off
+        jvp_precision: str = DEFAULTS["jvp_precision"],  # "run": the run's autocast; "float32": autocast off
     ) -> None:
         if jvp_precision not in JVP_PRECISIONS:
             raise InvalidInputError(f"jvp_precision: {jvp_precision!r} is not one of {', '.join(JVP_PRECISIONS)}")

@@ -5,9 +5,7 @@ from __future__ import annotations
 from ...errors import InvalidInputError
 from ...kinds import kind_with_time_input
 from .registry import BudgetDefault, LossInputs, Method, register
-from .scm import AdaptiveWeight, SCMLoss
-
-PAPER_WARMUP = 10_000   # H of the paper's runs (of 100k–400k steps)
+from .scm import DEFAULTS, PAPER_WARMUP, AdaptiveWeight, SCMLoss
 
 
 def budget_warmup(cfg) -> int:
@@ -24,14 +22,9 @@ def exported_parametrization(cfg) -> str:
     return kind_with_time_input(cfg.time_input).name
 
 
-# The small-image settings of the paper (CIFAR-10); ImageNet-64 used P_mean −0.8, P_std 1.6.
 SCM_DEFAULTS = {
-    "p_mean": -1.0,
-    "p_std": 1.4,
+    **DEFAULTS,
     "tangent_warmup": BudgetDefault(budget_warmup, "steps/10, at most 10000"),
-    "tangent_c": 0.1,
-    "jvp": "exact",
-    "jvp_precision": "run",
     "time_input": BudgetDefault(default_time_input, "log_sigma from an EDM teacher, else t"),
     "adaptive_weight": True,
 }
@@ -44,8 +37,9 @@ def scm_loss(inputs: LossInputs, teacher) -> SCMLoss:
                                 "teacher (its network takes log_sigma); give --time-input log_sigma or "
                                 "--no-init-from-teacher")
     weight = inputs.trainable(AdaptiveWeight(cfg.sigma_data, seed=cfg.seed)) if cfg.adaptive_weight else None
-    return SCMLoss(inputs.student, weight, teacher, cfg.sigma_data, cfg.p_mean, cfg.p_std, cfg.tangent_warmup,
-                   cfg.tangent_c, cfg.jvp, cfg.time_input, cfg.jvp_precision)
+    return SCMLoss(inputs.student, weight, teacher, sigma_data=cfg.sigma_data, p_mean=cfg.p_mean, p_std=cfg.p_std,
+                   tangent_warmup=cfg.tangent_warmup, tangent_c=cfg.tangent_c, jvp_mode=cfg.jvp,
+                   time_input=cfg.time_input, jvp_precision=cfg.jvp_precision)
 
 
 def build_loss(inputs: LossInputs) -> SCMLoss:
