@@ -37,7 +37,8 @@ from consistency_models.io.atomic import write_json
 from consistency_models.metrics import frechet_distance, gaussian_statistics
 from consistency_models.metrics.digits_classifier import DigitsClassifier, load_digits_classifier
 from consistency_models.parametrization import karras_sigmas
-from consistency_models.sampling import NoiseLevels, sample_heun
+from consistency_models.sampling import sample_heun
+from consistency_models.schedule import NoiseLevels
 
 NUM_CLASSES = 10
 HEUN_GRIDS = (18, 40)

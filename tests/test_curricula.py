@@ -12,11 +12,11 @@ import torch
 from consistency_models.parametrization import karras_sigmas
 from consistency_models.training.curricula import (
     ascending_grid,
-    ct_schedule,
+    ct_curriculum,
     ect_r,
     ect_stage,
     ict_index_probabilities,
-    ict_schedule,
+    ict_curriculum,
     lognormal_sigmas,
 )
 
@@ -51,8 +51,8 @@ def test_ct_schedule_matches_the_formula(s0, s1, mu0, frac):
     n_numpy = int(np.ceil(np.sqrt(k / total * ((s1 + 1) ** 2 - s0**2) + s0**2) - 1)) + 1
     assert n_numpy == n_expected
 
-    n_openai, mu_openai = ct_schedule(k, total, s0, s1, mu0, "openai")
-    n_paper, mu_paper = ct_schedule(k, total, s0, s1, mu0, "paper")
+    n_openai, mu_openai = ct_curriculum(k, total, s0, s1, mu0, "openai")
+    n_paper, mu_paper = ct_curriculum(k, total, s0, s1, mu0, "paper")
     assert n_openai == n_paper == n_expected
     assert mu_openai == pytest.approx(mu0 ** (s0 / (n_expected - 1)), rel=1e-12)  # exp(s0·ln μ0/(N−1))
     assert mu_paper == pytest.approx(mu0 ** (s0 / n_expected), rel=1e-12)  # exp(s0·ln μ0/N)
@@ -62,32 +62,32 @@ def test_ct_schedule_matches_the_formula(s0, s1, mu0, frac):
 
 def test_ct_schedule_hand_values():
     # k = 0: √(s0²) − 1 = 1 → N = 2; μ openai = 0.9^(2/1) = 0.81, paper = 0.9^(2/2) = 0.9
-    n, mu = ct_schedule(0, 1000, 2, 150, 0.9, "openai")
+    n, mu = ct_curriculum(0, 1000, 2, 150, 0.9, "openai")
     assert n == 2 and mu == pytest.approx(0.81, rel=1e-12)
-    n, mu = ct_schedule(0, 1000, 2, 150, 0.9, "paper")
+    n, mu = ct_curriculum(0, 1000, 2, 150, 0.9, "paper")
     assert n == 2 and mu == pytest.approx(0.9, rel=1e-12)
     # k = K: √((s1+1)²) − 1 = s1 → N = s1 + 1 = 151
-    n, mu = ct_schedule(1000, 1000, 2, 150, 0.9, "openai")
+    n, mu = ct_curriculum(1000, 1000, 2, 150, 0.9, "openai")
     assert n == 151 and mu == pytest.approx(math.exp(2 * math.log(0.9) / 150), rel=1e-12)
-    n, mu = ct_schedule(1000, 1000, 2, 150, 0.9, "paper")
+    n, mu = ct_curriculum(1000, 1000, 2, 150, 0.9, "paper")
     assert n == 151 and mu == pytest.approx(math.exp(2 * math.log(0.9) / 151), rel=1e-12)
     # k = K/4 of (2, 150): √(22797/4 + 4) = √5703.25 = 75.52 → ⌈74.52⌉ + 1 = 76
-    assert ct_schedule(250, 1000, 2, 150, 0.9)[0] == 76
+    assert ct_curriculum(250, 1000, 2, 150, 0.9)[0] == 76
     # k = 1 of K = 1000: √(22.797 + 4) = 5.177 → ⌈4.177⌉ + 1 = 6
-    assert ct_schedule(1, 1000, 2, 150, 0.9)[0] == 6
+    assert ct_curriculum(1, 1000, 2, 150, 0.9)[0] == 6
     # (2, 200) at k = K: N = 201, the OpenAI ImageNet-64 CT grid
-    assert ct_schedule(1000, 1000, 2, 200, 0.95)[0] == 201
+    assert ct_curriculum(1000, 1000, 2, 200, 0.95)[0] == 201
 
 
 def test_ct_schedule_openai_clamp_of_the_inner_count():
     # s0 = 1 at k = 0: ⌈√1 − 1⌉ = 0, clamped to 1 → N = 2 and μ openai = exp(1·ln μ0/1) = μ0
-    n, mu = ct_schedule(0, 100, 1, 150, 0.9, "openai")
+    n, mu = ct_curriculum(0, 100, 1, 150, 0.9, "openai")
     assert n == 2 and mu == pytest.approx(0.9, rel=1e-12)
 
 
 def test_ct_schedule_rejects_an_unknown_mu_form():
     with pytest.raises(ValueError, match="mu_form"):
-        ct_schedule(0, 10, mu_form="karras")
+        ct_curriculum(0, 10, mu_form="karras")
 
 
 # -- iCT --------------------------------------------------------------------------------------
@@ -98,14 +98,14 @@ def test_ct_schedule_rejects_an_unknown_mu_form():
 )
 def test_ict_schedule_hand_values(k, expected):
     # K = 400000: K′ = ⌊400000/(log2 128 + 1)⌋ = 50000; N doubles every K′ steps from 10 up to 1280, plus 1
-    assert ict_schedule(k, 400_000, 10, 1280) == expected
+    assert ict_curriculum(k, 400_000, 10, 1280) == expected
 
 
 @pytest.mark.parametrize("total, s0, s1", [(1000, 10, 1280), (777, 10, 1280), (300, 5, 100), (10, 10, 1280)])
 def test_ict_schedule_matches_the_formula(total, s0, s1):
     k_prime = max(int(np.floor(total / (np.log2(np.floor(s1 / s0)) + 1))), 1)
     for k in sorted({0, 1, k_prime - 1, k_prime, 2 * k_prime, total // 2, total - 1, total}):
-        assert ict_schedule(k, total, s0, s1) == min(s0 * 2 ** (k // k_prime), s1) + 1, k
+        assert ict_curriculum(k, total, s0, s1) == min(s0 * 2 ** (k // k_prime), s1) + 1, k
 
 
 def test_ict_index_probabilities_match_erf_by_hand():

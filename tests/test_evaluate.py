@@ -24,7 +24,7 @@ from consistency_models.metrics import (
     gaussian_statistics,
     kernel_inception_distance,
 )
-from consistency_models.metrics.evaluate import (
+from consistency_models.metrics.scores import (
     SetStatistics,
     compute_statistics,
     evaluate,

@@ -28,7 +28,8 @@ from consistency_models.networks.winograd import (
     winograd_weight,
 )
 from consistency_models.fast_paths import CUDAGraphSampler, draw_step_noise, replay_noise
-from consistency_models.sampling import resolve_sigmas, sample_consistency
+from consistency_models.sampling import sample_consistency
+from consistency_models.schedule import resolve_sigmas
 
 # Wide enough (128/256 channels) for Winograd and channels_last to engage, small enough for CPU tests.
 WIDE = UNetConfig(image_size=16, model_channels=128, channel_mult=(1, 2), num_res_blocks=1,

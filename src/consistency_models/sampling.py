@@ -18,14 +18,7 @@ import torch
 
 from .errors import InvalidInputError
 from .parametrization import SIGMA_MAX, SIGMA_MIN, append_dims, karras_sigmas, noise_conditioning
-from .schedule import (  # noqa: F401  (re-exported: their home before schedule.py)
-    NoiseLevels,
-    SchedulerConfig,
-    check_sigmas,
-    resolve_sigmas,
-    sigmas_from_timesteps,
-    timesteps_for_steps,
-)
+from .schedule import NoiseLevels, SchedulerConfig, check_sigmas
 from .trigflow import check_times, default_times, sigma_from_t, t_from_sigma
 
 Generator = torch.Generator | Sequence[torch.Generator] | None
@@ -342,9 +335,8 @@ CONSISTENCY_SAMPLER = Sampler("consistency sampling (Algorithm 1)", consistency_
 HEUN_SAMPLER = Sampler("EDM Heun sampler", heun_schedule, run_heun)
 
 
-__all__ = [  # with the schedule functions that lived here before schedule.py, re-exported
-    "CONSISTENCY_SAMPLER", "HEUN_SAMPLER", "NoiseLevels", "NoiseSampler", "Renoising", "Sampler", "SchedulerConfig",
-    "TRIGFLOW_SAMPLER", "TrigFlowRenoising", "check_sigmas", "euler_step", "heun_step", "randn", "renoise",
-    "renoise_scale", "resolve_sigmas", "sample_consistency", "sample_heun", "sample_trigflow", "sigma_levels",
-    "sigmas_from_timesteps", "timesteps_for_steps",
+__all__ = [
+    "CONSISTENCY_SAMPLER", "HEUN_SAMPLER", "NoiseSampler", "Renoising", "Sampler", "TRIGFLOW_SAMPLER",
+    "TrigFlowRenoising", "euler_step", "heun_step", "randn", "renoise", "renoise_scale", "sample_consistency",
+    "sample_heun", "sample_trigflow", "sigma_levels",
 ]

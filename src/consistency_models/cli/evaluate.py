@@ -6,7 +6,7 @@ import argparse
 
 from ..errors import InvalidInputError
 from ..io.overwrite import refuse_existing, refuse_input_as_output
-from ..metrics.evaluate import METRICS, compute_statistics, evaluate, format_table, save_statistics, write_results_json
+from ..metrics.scores import METRICS, compute_statistics, evaluate, format_table, save_statistics, write_results_json
 from .arguments import DefaultsHelpFormatter, positive_int, seed
 from .features import add_feature_arguments, extractor
 

@@ -10,7 +10,7 @@ from ..errors import InvalidInputError
 from ..evaluation.generation import MAX_IMAGES
 from ..evaluation.timestep_search import search_range, tune_timesteps
 from ..io.hub import DEFAULT_MODEL
-from ..metrics.evaluate import compute_statistics
+from ..metrics.scores import compute_statistics
 from ..pipeline import ConsistencyModelPipeline
 from .arguments import DefaultsHelpFormatter, device, positive_int, seed
 from .features import add_feature_arguments, extractor

@@ -7,13 +7,13 @@ optimizer, EMA, distributed, checkpoints and logging; `networks.py` builds what 
 """
 
 from .config import TrainConfig
-from .curricula import ct_schedule, ect_r, ict_index_probabilities, ict_schedule
+from .curricula import ct_curriculum, ect_r, ict_curriculum, ict_index_probabilities
 from .distances import l1, l2, pseudo_huber
 from .loop import Trainer, TrainingDiverged, train
 from .methods import METHODS, CDLoss, CTLoss, ECTLoss, EDMLoss, ICTLoss, Method, get_method, register
 
 __all__ = [
     "CDLoss", "CTLoss", "ECTLoss", "EDMLoss", "ICTLoss", "METHODS", "Method", "TrainConfig", "Trainer",
-    "TrainingDiverged", "ct_schedule", "ect_r", "get_method", "ict_index_probabilities", "ict_schedule", "l1", "l2",
+    "TrainingDiverged", "ct_curriculum", "ect_r", "get_method", "ict_curriculum", "ict_index_probabilities", "l1", "l2",
     "pseudo_huber", "register", "train",
 ]

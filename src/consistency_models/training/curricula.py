@@ -20,7 +20,7 @@ import torch
 from ..parametrization import RHO, SIGMA_MAX, SIGMA_MIN, karras_sigmas
 
 
-def ct_schedule(
+def ct_curriculum(
     k: int, total_steps: int, s0: int = 2, s1: int = 150, mu0: float = 0.9, mu_form: str = "openai"
 ) -> tuple[int, float]:
     """(N(k), μ(k)) of consistency training; `mu_form` "openai" (default) or "paper"."""
@@ -34,7 +34,7 @@ def ct_schedule(
     return n, mu
 
 
-def ict_schedule(k: int, total_steps: int, s0: int = 10, s1: int = 1280) -> int:
+def ict_curriculum(k: int, total_steps: int, s0: int = 10, s1: int = 1280) -> int:
     """N(k) of improved CT: the number of grid points doubles every K′ steps, capped at s1 + 1."""
     k_prime = math.floor(total_steps / (math.log2(math.floor(s1 / s0)) + 1))
     k_prime = max(k_prime, 1)

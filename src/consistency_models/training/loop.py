@@ -36,7 +36,7 @@ from .config import TrainConfig
 from .ema import EMA
 from .export import export_run, run_parts
 from .methods import Loss, LossInputs, get_method
-from .networks import build_network, load_teacher
+from .run_networks import build_network, load_teacher
 from .optimizer import build_optimizer
 from .preview import preview
 from .run_folder import CONFIG_NAME, check_run_folder

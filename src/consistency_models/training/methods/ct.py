@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ...parametrization import RHO, SIGMA_MAX, SIGMA_MIN, Preconditioned
-from ..curricula import ascending_grid, ct_schedule
+from ..curricula import ascending_grid, ct_curriculum
 from ..distances import Distance, get_distance
 from ..ema import ema_update_
 from .loss import PairLoss, unwrap
@@ -36,7 +36,7 @@ class CTLoss(PairLoss):
         self.sigma_range = (sigma_min, sigma_max, rho)
 
     def schedule(self, step: int) -> tuple[int, float]:
-        return ct_schedule(step, self.total_steps, self.s0, self.s1, self.mu0, self.mu_form)
+        return ct_curriculum(step, self.total_steps, self.s0, self.s1, self.mu0, self.mu_form)
 
     def __call__(self, x, class_labels, step, rng):
         num_scales, _ = self.schedule(step)
@@ -58,7 +58,7 @@ def build_loss(inputs: LossInputs) -> CTLoss:
 
 def grid_size(cfg) -> int:
     """N(K): the grid the run ends on."""
-    return ct_schedule(cfg.steps, cfg.steps, cfg.s0, cfg.s1, cfg.mu0, cfg.mu_form)[0]
+    return ct_curriculum(cfg.steps, cfg.steps, cfg.s0, cfg.s1, cfg.mu0, cfg.mu_form)[0]
 
 
 METHOD = register(Method(

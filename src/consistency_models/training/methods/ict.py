@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ...parametrization import RHO, SIGMA_MAX, SIGMA_MIN, Preconditioned
-from ..curricula import ascending_grid, ict_index_probabilities, ict_schedule
+from ..curricula import ascending_grid, ict_index_probabilities, ict_curriculum
 from ..distances import Distance, get_distance
 from .loss import PairLoss
 from .registry import BudgetDefault, LossInputs, Method, register
@@ -46,7 +46,7 @@ class ICTLoss(PairLoss):
         self.sigma_range = (sigma_min, sigma_max, rho)
 
     def __call__(self, x, class_labels, step, rng):
-        num_scales = ict_schedule(step, self.total_steps, self.s0, self.s1)
+        num_scales = ict_curriculum(step, self.total_steps, self.s0, self.s1)
         grid = ascending_grid(num_scales, *self.sigma_range)
         i = rng.choice(ict_index_probabilities(grid, self.p_mean, self.p_std)).cpu()
         student, target, t_lo, t_hi = self.same_noise_pair(x, class_labels, grid, i, rng)
@@ -70,5 +70,5 @@ METHOD = register(Method(
               "s1": BudgetDefault(budget_s1, "s0*2^d, d = min(7, steps//400 - 1): 160 at 2000 steps, 1280 from 3200")},
     teacher="optional",
     init_from_teacher=True,
-    grid_size=lambda cfg: ict_schedule(cfg.steps, cfg.steps, cfg.s0, cfg.s1),
+    grid_size=lambda cfg: ict_curriculum(cfg.steps, cfg.steps, cfg.s0, cfg.s1),
 ))
