@@ -59,7 +59,7 @@ def _train(out: Path, **settings) -> None:
     from consistency_models.training import TrainConfig, train
 
     defaults = dict(progress=False, log_every=1, seed=3)
-    train(TrainConfig(out=str(out), **{**defaults, **settings}))
+    train(TrainConfig.from_settings(out=str(out), **{**defaults, **settings}))
 
 
 def _run_outputs(out: Path) -> dict:

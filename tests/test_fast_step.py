@@ -26,7 +26,7 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.i
 
 def train(tmp_path, name: str, method: str, device: str, compile: bool, precision: str, steps: int = 50,
           **settings) -> tuple[torch.Tensor, torch.Tensor, Trainer]:
-    cfg = TrainConfig(data=settings.pop("data", "toy:mog8"), out=str(tmp_path / name), method=method,
+    cfg = TrainConfig.from_settings(data=settings.pop("data", "toy:mog8"), out=str(tmp_path / name), method=method,
                       batch_size=settings.pop("batch_size", 32), steps=steps, precision=precision, dropout=0.1,
                       compile=compile, progress=False, device=device, **settings)
     trainer = Trainer(cfg)

@@ -151,7 +151,7 @@ def test_wrong_files_and_missing_config(weight_files, tmp_path):
         LPIPS.from_files(vgg_path, vgg_path)  # the backbone file given as the linear layers
     for name in ("lpips", "lpips_standard"):
         with pytest.raises(InvalidInputError, match=f"^distance: {name} needs --lpips-vgg and --lpips-lin"):
-            TrainConfig(method="ict", data="digits", out=str(tmp_path / "r"), distance=name)
+            TrainConfig.from_settings(method="ict", data="digits", out=str(tmp_path / "r"), distance=name)
 
 
 @pytest.mark.parametrize("name, variant", [("lpips", "openai"), ("lpips_standard", "standard")])
@@ -159,7 +159,7 @@ def test_distance_names_choose_the_variant(weight_files, tmp_path, name, variant
     from consistency_models.training.methods import LossInputs
 
     vgg_path, lin_path, _, _ = weight_files
-    cfg = TrainConfig(method="ct", data="digits", out=str(tmp_path / "r"), distance=name, lpips_vgg=str(vgg_path),
+    cfg = TrainConfig.from_settings(method="ct", data="digits", out=str(tmp_path / "r"), distance=name, lpips_vgg=str(vgg_path),
                       lpips_lin=str(lin_path))
     inputs = LossInputs(student=None, network=None, target=None, teacher=None, config=cfg, device=torch.device("cpu"))
     assert inputs.distance().variant == variant

@@ -4,8 +4,10 @@ and `cm train` do; a new method is one registration; settings a method does not 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -16,6 +18,7 @@ from consistency_models import ConsistencyModelPipeline, InvalidInputError
 from consistency_models.cli import build_parser, main
 from consistency_models.training import TrainConfig, Trainer
 from consistency_models.training.checkpoint import latest_checkpoint, load_checkpoint
+from consistency_models.training.settings import MethodOptions, positive_number, setting
 from consistency_models.training.methods import (
     METHODS,
     Loss,
@@ -34,15 +37,16 @@ def test_the_built_in_methods_and_their_declarations():
     assert {m.name: m.parametrization_of(cfg) for m in METHODS.values()} == {
         "edm": "edm", "cd": "consistency", "ct": "consistency", "ict": "consistency", "ect": "consistency",
         "sct": "trigflow", "scd": "trigflow"}
-    teacher = TrainConfig(method="scd", data="toy:mog8", out="r", teacher="t")
-    assert teacher.time_input == "t" and METHODS["scd"].parametrization_of(teacher) == "trigflow"
-    copy = TrainConfig(method="scd", data="toy:mog8", out="r", teacher="t", init_from_teacher=True)
-    assert copy.time_input == "log_sigma" and METHODS["scd"].parametrization_of(copy) == "trigflow_edm"
+    teacher = TrainConfig.from_settings(method="scd", data="toy:mog8", out="r", teacher="t")
+    assert teacher.options.time_input == "t" and METHODS["scd"].parametrization_of(teacher) == "trigflow"
+    copy = TrainConfig.from_settings(method="scd", data="toy:mog8", out="r", teacher="t", init_from_teacher=True)
+    assert copy.options.time_input == "log_sigma" and METHODS["scd"].parametrization_of(copy) == "trigflow_edm"
     assert {m.name for m in METHODS.values() if m.target_network} == {"cd", "ct"}
     assert {m.name: m.teacher for m in METHODS.values()} == {
         "edm": "unused", "cd": "required", "ct": "optional", "ict": "optional", "ect": "required",
         "sct": "optional", "scd": "required"}
-    assert method_options() == {"distance", "num_scales", "target_mu", "solver", "s0", "s1", "mu0", "mu_form",
+    assert not {f.name for f in dataclasses.fields(TrainConfig)} & method_options()  # no method's field in it
+    assert method_options() == {"distance", "lpips_vgg", "lpips_lin", "num_scales", "target_mu", "solver", "s0", "s1", "mu0", "mu_form",
                                 "ect_stages", "p_mean", "p_std", "tangent_warmup", "tangent_c", "jvp", "jvp_precision",
                                 "time_input", "adaptive_weight"}
 
@@ -58,33 +62,34 @@ def test_the_built_in_methods_and_their_declarations():
 ])
 def test_recorded_grid_size(method, settings, expected):
     teacher = {"teacher": "t"} if get_method(method).teacher == "required" else {}
-    cfg = TrainConfig(method=method, data="toy:mog8", out="r", **teacher, **settings)
+    cfg = TrainConfig.from_settings(method=method, data="toy:mog8", out="r", **teacher, **settings)
     assert get_method(method).grid_size(cfg) == expected
 
 
 @pytest.mark.parametrize("method, settings, message", [
-    ("ict", {"num_scales": 18}, r"^num_scales: 18 is not used by --method ict \(its own settings: distance, s0, s1\)$"),
+    ("ict", {"num_scales": 18}, r"^num_scales: 18 is not used by --method ict \(its own settings: distance, lpips_vgg, lpips_lin, s0, s1\)$"),
     ("ect", {"distance": "l2"}, r"^distance: 'l2' is not used by --method ect \(its own settings: ect_stages\)$"),
     ("edm", {"s1": 150}, r"^s1: 150 is not used by --method edm \(its own settings: none\)$"),
     ("cd", {"mu0": 0.9, "teacher": "t"}, r"^mu0: 0.9 is not used by --method cd"),
     ("edm", {"teacher": "t"}, r"^teacher: --method edm uses no teacher"),
     ("ct", {"init_from_teacher": True}, r"^init_from_teacher: needs --teacher$"),
     ("ict", {"lpips_vgg": "vgg.pth", "lpips_lin": "lin.pth"}, r"^lpips_vgg/lpips_lin: given, but --distance is not lpips or lpips_standard$"),
-    ("nope", {}, r"^method: 'nope' is not one of edm, cd, ct, ict, ect, sct, scd$"),
+    ("nope", {}, r"^method: 'nope' is not allowed; use one of edm, cd, ct, ict, ect, sct, scd$"),
+    ("ct", {"num_scale": 18}, r"^num_scale: 18 is not a setting of cm train$"),
 ])
 def test_settings_a_method_does_not_read_are_refused(method, settings, message):
     with pytest.raises(InvalidInputError, match=message):
-        TrainConfig(method=method, data="toy:mog8", out="r", **settings)
+        TrainConfig.from_settings(method=method, data="toy:mog8", out="r", **settings)
 
 
 def test_a_teacher_starts_ct_and_ict_by_default_and_cd_on_request():
-    assert TrainConfig(method="ct", data="d", out="r", teacher="t").init_from_teacher is True
-    assert TrainConfig(method="ict", data="d", out="r").init_from_teacher is False
-    cd = TrainConfig(method="cd", data="d", out="r", teacher="t")
+    assert TrainConfig.from_settings(method="ct", data="d", out="r", teacher="t").init_from_teacher is True
+    assert TrainConfig.from_settings(method="ict", data="d", out="r").init_from_teacher is False
+    cd = TrainConfig.from_settings(method="cd", data="d", out="r", teacher="t")
     assert cd.init_from_teacher is True and cd.dropout == 0.0  # OpenAI's CD: the teacher's weights, dropout 0
-    assert TrainConfig(method="cd", data="d", out="r", teacher="t", dropout=0.1).dropout == 0.1
-    assert TrainConfig(method="cd", data="d", out="r", teacher="t", init_from_teacher=False).dropout is None
-    assert TrainConfig(method="ect", data="d", out="r", teacher="t", init_from="m").init_from_teacher is False
+    assert TrainConfig.from_settings(method="cd", data="d", out="r", teacher="t", dropout=0.1).dropout == 0.1
+    assert TrainConfig.from_settings(method="cd", data="d", out="r", teacher="t", init_from_teacher=False).dropout is None
+    assert TrainConfig.from_settings(method="ect", data="d", out="r", teacher="t", init_from="m").init_from_teacher is False
 
 
 def test_an_unused_option_on_the_command_line_is_one_line(tmp_path, capsys):
@@ -120,23 +125,32 @@ class HalfwayLoss(Loss):
         self.steps_seen.append(step)
 
 
+@dataclass
+class HalfwayOptions(MethodOptions):
+    sigma: float = setting(1.0, "the halfway loss's noise level", check=positive_number())
+
+
 @pytest.fixture
 def halfway():
     def build(inputs: LossInputs) -> HalfwayLoss:
         assert inputs.target is not None and inputs.teacher is None and inputs.network is inputs.student
-        return HalfwayLoss(inputs.wrap(inputs.student), inputs.config.extra.get("sigma", 1.0))
+        return HalfwayLoss(inputs.wrap(inputs.student), inputs.options.sigma)
 
     method = register(Method(name="halfway", summary="a throw-away test method", parametrization="consistency",
-                             build_loss=build, target_network=True, grid_size=lambda cfg: 7))
+                             build_loss=build, options=HalfwayOptions, target_network=True, grid_size=lambda run: 7))
     yield method
     unregister("halfway")
 
 
 def test_a_registered_method_trains_one_step_through_the_loop(tmp_path, halfway):
-    assert "halfway" in METHODS and "halfway" in build_parser()._subparsers._group_actions[0].choices[
-        "train"]._option_string_actions["--method"].choices
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    assert "halfway" in METHODS and "halfway" in train._option_string_actions["--method"].choices
+    assert train._option_string_actions["--sigma"].help == "the halfway loss's noise level (default: halfway 1.0)"
+    with pytest.raises(InvalidInputError, match=r"^sigma: -1 is not allowed; use a positive number$"):
+        TrainConfig(method="halfway", data="toy:mog8", out="r", options={"sigma": -1})
     cfg = TrainConfig(method="halfway", data="toy:mog8", out=str(tmp_path / "run"), steps=1, batch_size=32,
-                      save_every=1, sample_every=1, log_every=1, progress=False, extra={"sigma": 0.5})
+                      save_every=1, sample_every=1, log_every=1, progress=False, options={"sigma": 0.5})
+    assert cfg.options == HalfwayOptions(sigma=0.5) and cfg.to_dict()["sigma"] == 0.5
     trainer = Trainer(cfg)
     before = [p.detach().clone() for p in trainer.network.parameters()]
     out = trainer.run()
@@ -163,7 +177,8 @@ def test_recipe_sets_every_setting_and_options_override_it(tmp_path, capsys):
 
     cfg = TrainConfig.from_recipe("openai-cd-imagenet64-lpips", data="d", out="r", teacher="t", lpips_vgg="v",
                                   lpips_lin="l", lr=1e-5)
-    assert (cfg.method, cfg.preset, cfg.num_scales, cfg.target_mu, cfg.distance, cfg.batch_size, cfg.lr) == (
+    options = cfg.options
+    assert (cfg.method, cfg.preset, options.num_scales, options.target_mu, options.distance, cfg.batch_size, cfg.lr) == (
         "cd", "imagenet64", 40, 0.95, "lpips", 2048, 1e-5)
     assert cfg.ema_rates == (0.999, 0.9999, 0.9999432189950708) and cfg.dropout == 0.0 and cfg.init_from_teacher
     assert cfg.grad_clip == 0.0 and cfg.precision == "float16" and cfg.extra == {"recipe": "openai-cd-imagenet64-lpips"}
@@ -227,6 +242,39 @@ def test_each_default_is_stated_once_for_the_loss_and_cm_train():
     rename = {"mu": "target_mu", "num_stages": "ect_stages", "jvp_mode": "jvp"}
     for cls, method in ((CDLoss, "cd"), (CTLoss, "ct"), (ECTLoss, "ect"), (SCMLoss, "sct")):
         own = {rename.get(k, k): v for k, v in defaults(cls).items()}
-        shared = {k: v for k, v in METHODS[method].defaults.items() if k in own and not callable(v)}
+        declared = {f.name: f.default for f in dataclasses.fields(METHODS[method].options)}
+        shared = {k: v for k, v in declared.items() if k in own and v is not None}
         assert shared and all(own[k] == v for k, v in shared.items()), (method, own, shared)
-    assert METHODS["cd"].defaults["num_scales"] == defaults(CDLoss)["num_scales"] == 40
+    assert METHODS["cd"].options().num_scales == defaults(CDLoss)["num_scales"] == 40
+
+
+def test_an_option_shared_by_methods_has_one_meaning():
+    """distance, s0, s1, p_mean, … are declared once (methods/options.py): every method that reads
+    one shows the same help, choices and check; only the default is the method's own."""
+    declared: dict[str, list] = {}
+    for entry in METHODS.values():
+        for f in dataclasses.fields(entry.options):
+            declared.setdefault(f.name, []).append(f.metadata)
+    assert {name for name, metas in declared.items() if len(metas) > 1} >= {"distance", "s0", "s1", "p_mean",
+                                                                           "p_std", "lpips_vgg"}
+    for name, metas in declared.items():
+        assert all(m["help"] == metas[0]["help"] and m["choices"] == metas[0]["choices"] for m in metas), name
+        checks = {m["check"][1] if m["check"] else None for m in metas}
+        assert len(checks) == 1, (name, checks)
+
+
+def test_the_options_are_given_as_a_dict_or_the_methods_own_class():
+    from consistency_models.training.methods.cd import CDOptions
+    from consistency_models.training.methods.ct import CTOptions
+
+    by_dict = TrainConfig(method="cd", data="d", out="r", teacher="t", options={"num_scales": 18})
+    by_class = TrainConfig(method="cd", data="d", out="r", teacher="t", options=CDOptions(num_scales=18))
+    flat = TrainConfig.from_settings(method="cd", data="d", out="r", teacher="t", num_scales=18)
+    assert by_dict == by_class == flat and by_dict.options == CDOptions(num_scales=18, distance="l2")
+    assert TrainConfig.from_dict(flat.to_dict()) == flat
+    with pytest.raises(InvalidInputError, match=r"^options: a CTOptions is not --method cd's settings \(a CDOptions\)$"):
+        TrainConfig(method="cd", data="d", out="r", teacher="t", options=CTOptions())
+    with pytest.raises(InvalidInputError, match=r"^num_scales: 1 is not allowed; use an integer from 2 to 100000$"):
+        CDOptions(num_scales=1)
+    old = {**flat.to_dict(), "s0": None, "p_mean": None}  # older versions saved every method's setting as None
+    assert TrainConfig.from_dict(old) == flat

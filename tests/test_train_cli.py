@@ -18,7 +18,7 @@ import pytest
 from consistency_models import CMStochasticIterativeScheduler, ConsistencyModelPipeline
 from consistency_models.cli import main
 from consistency_models.networks.mlp import MLP, MLPConfig
-from consistency_models.training import TrainConfig
+from consistency_models.training import METHODS, TrainConfig
 from conftest import child_env
 
 ENV = child_env()
@@ -26,8 +26,9 @@ ENV = child_env()
 # TrainConfig fields → the option that sets them (the rest: --name-with-dashes; booleans also
 # --no-name). Options are generated from the fields, so this only lists the old spellings kept.
 RENAMED = {"use_labels": "--unconditional"}
-# Settings `cm train` does not expose (settings of methods registered outside the package).
-NOT_ON_CLI = {"extra"}
+# Settings `cm train` does not expose (the recipe a run came from; the options object, whose
+# fields are options of their own).
+NOT_ON_CLI = {"extra", "options"}
 
 
 def cm_command(*argv: str) -> list[str]:
@@ -122,8 +123,9 @@ def test_help_lists_every_option(processes):
     assert text.startswith("usage: cm train")
     train = build_parser()._subparsers._group_actions[0].choices["train"]
     parser_options = {s for action in train._actions for s in action.option_strings if s.startswith("--")}
-    config_options = {"--" + f.name.replace("_", "-") for f in dataclasses.fields(TrainConfig)
-                      if f.name not in NOT_ON_CLI} | set(RENAMED.values())
+    settings = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in NOT_ON_CLI]
+    settings += [f.name for m in METHODS.values() for f in dataclasses.fields(m.options)]  # the methods' own
+    config_options = {"--" + name.replace("_", "-") for name in settings} | set(RENAMED.values())
     assert config_options <= parser_options, f"settings with no option: {sorted(config_options - parser_options)}"
     options = parser_options | config_options
     assert len(options) >= 40

@@ -38,7 +38,7 @@ def sample_sw(run_dir, reference, steps: int) -> float:
 
 
 def run(tmp_path, method: str, steps: int, teacher=None, **settings) -> str:
-    cfg = TrainConfig(method=method, data="toy:mog8", out=str(tmp_path / method), steps=steps, batch_size=256,
+    cfg = TrainConfig.from_settings(method=method, data="toy:mog8", out=str(tmp_path / method), steps=steps, batch_size=256,
                       lr=1e-3, progress=False, save_every=steps, sample_every=steps, log_every=steps, **settings)
     return str(Trainer(cfg, teacher=teacher).run())
 

@@ -210,6 +210,55 @@ def test_editing_runs_on_a_trigflow_model(trigflow_pipe):
     assert torch.equal(filled[keep], image[keep]) and not torch.equal(filled, image)
 
 
+def _inpainting_case():
+    gen = torch.Generator().manual_seed(5)
+    image = torch.rand(1, 3, 32, 32, generator=gen)
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., 4:20, 10:30] = 1
+    return image, mask, image * 2 - 1, mask.expand(1, 3, 32, 32)
+
+
+@pytest.mark.parametrize("kind", ["trigflow", "edm"])
+def test_editing_runs_the_models_own_sampler(trigflow_pipe, pipe, kind):
+    """Algorithm 4 goes through the pipeline's sampler: an sCM model re-noises x₀ + σ·z and ends at
+    0; an EDM model takes Heun steps of its ODE with the known part put back into D (then an Euler
+    step into 0). Both written out here by hand from the paper's formulas."""
+    from consistency_models import editing
+    from consistency_models.sampling import heun_step
+
+    model = trigflow_pipe if kind == "trigflow" else ConsistencyModelPipeline(pipe.unet, pipe.scheduler,
+                                                                               parametrization="edm")
+    image, mask, y, omega = _inpainting_case()
+    labels = torch.tensor([4])
+    out = editing.inpaint(model, image, mask, sigmas=[10.0, 1.0, 0.2], class_labels=4,
+                          generator=torch.Generator().manual_seed(3))
+
+    known = y * (1 - omega)
+
+    def projected(x, sigma, class_labels):
+        x0 = model.denoiser(x, torch.tensor(float(sigma), dtype=torch.float64), class_labels).clamp(-1, 1)
+        return known + x0 * omega
+
+    gen = torch.Generator().manual_seed(3)
+    x = known + 10.0 * torch.randn(y.shape, generator=gen)
+    levels = [10.0, 1.0, 0.2, 0.0]
+    for sigma, sigma_next in zip(levels, levels[1:]):
+        if kind == "trigflow":
+            x0 = projected(x, sigma, labels)
+            z = torch.randn(y.shape, generator=gen)  # drawn at every step, the last too
+            x = x0 + sigma_next * z
+        elif sigma_next > 0:
+            x = heun_step(projected, x, torch.tensor(sigma, dtype=torch.float64),
+                          torch.tensor(sigma_next, dtype=torch.float64), labels)
+        else:
+            x = projected(x, sigma, labels)  # Euler into σ = 0: x + (0 − σ)(x − D)/σ = D
+    expected = (x / 2 + 0.5).clamp(0, 1)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    keep = omega == 0
+    torch.testing.assert_close(out[keep], image[keep], rtol=0, atol=1e-6)
+    assert (out - image).abs()[~keep].max() > 0.05  # the masked part was regenerated
+
+
 def test_the_timestep_search_points_sCM_models_to_explicit_times(trigflow_pipe, pipe):
     from consistency_models.evaluation.timestep_search import search_range
 

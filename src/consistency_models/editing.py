@@ -35,13 +35,11 @@ import numpy as np
 import torch
 
 from .errors import InvalidInputError
-from .parametrization import karras_sigmas
 from .pipeline import ConsistencyModelPipeline
-from .sampling import Generator, randn, sample_consistency
-from .schedule import NoiseLevels
+from .sampling import Generator, randn
+from .schedule import NoiseLevels, SchedulerConfig
 
 LUMA_WEIGHTS = (0.2989, 0.5870, 0.1140)  # ITU-R BT.601 luma, as OpenAI's colorization
-EDIT_GRID = 40                            # points of the default σ grid (as OpenAI's editing runs)
 MAX_FRAMES = 1024                         # the most frames `interpolate` makes
 STROKE_SIGMA = 1.0                        # default starting σ of stroke-guided generation (digits: 0.5–2 keep the strokes)
 Labels = torch.Tensor | Sequence[int] | int | None
@@ -174,14 +172,10 @@ def _check_image(pipe: ConsistencyModelPipeline, t: torch.Tensor, argument: str,
 
 
 def _schedule(pipe: ConsistencyModelPipeline, levels: NoiseLevels) -> list[float]:
-    """Evaluation σs + [σ_min]; by default every point of the 40-point Karras grid (39 evaluations).
-
-    Grid indices and step counts index the model's own grid, as in sampling.
-    """
-    cfg = pipe.sampling_config
-    if levels.is_default:
-        levels = NoiseLevels(sigmas=karras_sigmas(EDIT_GRID, cfg.sigma_min, cfg.sigma_max, cfg.rho)[:-1].tolist())
-    return levels.resolve(cfg)
+    """Evaluation σs and the model's last level (σ_min, or 0 for sCM and EDM models); by default
+    every point of the 40-point Karras grid (39 evaluations of a consistency model). Step counts,
+    grid indices and times mean what they mean in the model's sampling (`Sampler.edit_schedule`)."""
+    return pipe.sampler.edit_schedule(levels, pipe.sampling_config)
 
 
 def _to_image(x: torch.Tensor) -> torch.Tensor:
@@ -201,23 +195,24 @@ def edit(
 ) -> torch.Tensor:
     """Algorithm 4 on images in [−1, 1]; returns the edited images in [−1, 1] (before the final clip).
 
-    x ~ N(A⁻¹[(A y)(1 − Ω)], σ₁²I); then for each σ: x₀ = clip(f(x, σ)), replace the known
-    part, and re-noise to the next σ as in Algorithm 1 (no noise after the last step).
+    x ~ N(A⁻¹[(A y)(1 − Ω)], σ₁²I); then the model's own sampler (`pipe.sampler`) runs with the
+    model's estimate replaced: x₀ = clip(f(x, σ)) with the known part put back, re-noised to the
+    next σ as the model's kind re-noises (Algorithm 1's for consistency models, x₀ + σ·z for sCM;
+    an EDM model's Heun steps see the replaced D, the probability-flow ODE with the known
+    part held). No clip after the replacement, which would move the known part.
     """
     y = y.float()
     known = y if replacement is None else replacement.known(y)
     noise = randn(y.shape, generator, device=y.device)
     labels = pipe.prepare_class_labels(y.shape[0], class_labels, generator)
-    cfg = pipe.sampling_config
+    config = SchedulerConfig(**{**pipe.sampling_config, "clip_denoised": False})
 
     def projected(x: torch.Tensor, sigma: float, labels: torch.Tensor | None) -> torch.Tensor:
         x0 = pipe.denoiser(x, sigma, labels).clamp(-1, 1)  # OpenAI clips before the replacement
         return x0 if replacement is None else replacement(x0, known)
 
-    return sample_consistency(
-        projected, known + sigmas[0] * noise, sigmas, class_labels=labels, generator=generator,
-        s_noise=cfg.s_noise, clip_denoised=False, sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max,
-    )
+    return pipe.sampler.run(projected, known + sigmas[0] * noise, sigmas, config, class_labels=labels,
+                            generator=generator)
 
 
 # -- the edits -----------------------------------------------------------------------------------
@@ -406,7 +401,7 @@ def interpolate(
     if labels is not None:
         labels = labels.expand(num)
     cfg = pipe.sampling_config
-    scale = pipe.sampler.initial_scale([cfg.sigma_max], cfg)  # σ_max; TrigFlow's x = σ_d·z at t_max: √(σ_max² + σ_d²)
+    schedule = pipe.noise_schedule(NoiseLevels())   # the model's default: one step at σ_max (EDM: its ODE grid)
+    scale = pipe.sampler.initial_scale(schedule, cfg)  # σ_max; TrigFlow's x = σ_d·z at t_max: √(σ_max² + σ_d²)
     x = slerp(ends[0][0], ends[1][0], torch.linspace(0, 1, num)).to(pipe.device) * scale
-    return _to_image(sample_consistency(pipe.denoiser, x, [cfg.sigma_max, cfg.sigma_min], class_labels=labels,
-                                        clip_denoised=cfg.clip_denoised))
+    return _to_image(pipe.sampler.run(pipe.denoiser, x, schedule, cfg, class_labels=labels))

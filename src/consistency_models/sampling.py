@@ -325,6 +325,16 @@ class Sampler:
     # the `timestep` a user's callback is given for σ: c_noise(σ) (diffusers' CM scheduler), or TrigFlow's t
     timestep: Callable[[float, SchedulerConfig], float] = \
         lambda sigma, config: float(noise_conditioning(torch.tensor(max(sigma, 1e-44), dtype=torch.float64)))
+    edit_grid: int = 40               # editing's default σs: this many Karras points (OpenAI's editing runs)
+
+    def edit_schedule(self, levels: NoiseLevels, config: SchedulerConfig) -> list[float]:
+        """The σs zero-shot editing (CM paper, Algorithm 4) runs this sampler's loop at: by default
+        every point of the `edit_grid`-point Karras grid but the last, ended as this sampler's
+        schedules end (σ_min for Algorithm 1, 0 for sCM and EDM); given levels, its own schedule."""
+        if levels.is_default:
+            grid = karras_sigmas(self.edit_grid, config.sigma_min, config.sigma_max, config.rho)
+            levels = NoiseLevels(sigmas=grid[:-1].tolist())
+        return self.schedule(levels, config)
 
 
 TRIGFLOW_SAMPLER = Sampler("sCM sampling (TrigFlow)", trigflow_schedule, run_trigflow,

@@ -1,5 +1,6 @@
-"""`cm train`: its options are generated from `TrainConfig`'s fields (help and defaults live beside
-each field; method-specific defaults come from the method registry)."""
+"""`cm train`: its options are generated from the settings every run has (`RunSettings`' fields) and
+from each registered method's own (`option_fields`); help, choices and defaults live beside each
+field."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from dataclasses import MISSING, Field, fields
 
 from ..errors import InvalidInputError
 from ..training import Trainer, TrainConfig
-from ..training.config import method_defaults_text
+from ..training.config import option_defaults_text, option_fields
 from ..training.methods import METHODS, method_options
 from ..training.recipes import RECIPES
 from .arguments import float_list
@@ -28,7 +29,7 @@ def _default_text(f: Field) -> str:
         starting = [m.name for m in METHODS.values() if m.init_from_teacher]
         return f" (default: yes for {', '.join(starting)} when --teacher is given)"
     if f.name in method_options():
-        return f" (default: {method_defaults_text(f.name)})"
+        return f" (default: {option_defaults_text(f.name)})"
     if f.default is not MISSING and f.default is not None and f.default is not False:
         return f" (default: {f.default})"
     if f.default_factory is not MISSING:
@@ -42,7 +43,8 @@ def _add_option(p: argparse.ArgumentParser, f: Field, hint: object) -> None:
     flag = "--" + f.name.replace("_", "-")
     choices = meta["choices"]() if callable(meta["choices"]) else meta["choices"]
     options: dict = {"dest": f.name, "default": argparse.SUPPRESS, "help": meta["help"] + _default_text(f)}
-    required = f.default is MISSING and f.default_factory is MISSING and f.name != "method"  # or --recipe
+    required = (f.default is MISSING and f.default_factory is MISSING and f.name != "method"  # or --recipe
+                and f.name not in method_options())
     base = _base_type(hint)
     if base is bool:
         p.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
@@ -69,6 +71,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     for f in fields(TrainConfig):
         if f.metadata.get("cli", True):
             _add_option(p, f, hints[f.name])
+    for f, hint in option_fields().values():
+        _add_option(p, f, hint)
     p.set_defaults(func=run)
 
 
@@ -77,7 +81,7 @@ def run(args: argparse.Namespace) -> None:
     recipe = getattr(args, "recipe", None)
     if recipe is None and "method" not in options:
         raise InvalidInputError(f"method: give --method ({', '.join(METHODS)}) or --recipe")
-    trainer = Trainer(TrainConfig.from_recipe(recipe, **options) if recipe else TrainConfig(**options))
+    trainer = Trainer(TrainConfig.from_recipe(recipe, **options) if recipe else TrainConfig.from_settings(**options))
     out = trainer.run()
     if trainer.ctx.is_main:
         print(f"trained {trainer.cfg.method} for {trainer.cfg.steps} steps; model in {out} (cm sample --model {out})")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ...parametrization import RHO, SIGMA_MAX, SIGMA_MIN, Preconditioned, append_dims
@@ -9,12 +11,21 @@ from ...sampling import euler_step, heun_step
 from ..curricula import ascending_grid
 from ..distances import Distance, get_distance
 from ..ema import ema_update_
+from ..settings import RATE, integer_range, setting
 from .loss import PairLoss, unwrap
+from .options import MAX_SCALES, DistanceOptions
 from .registry import LossInputs, Method, register
 
+SOLVERS = ("heun", "euler")
 
-# OpenAI's CD runs; the loss's own defaults and `cm train --method cd`'s, stated once.
-DEFAULTS = {"distance": "l2", "num_scales": 40, "target_mu": 0.95, "solver": "heun"}
+
+@dataclass
+class CDOptions(DistanceOptions):
+    """CD's settings; the defaults are OpenAI's CD runs (the loss's defaults too)."""
+
+    num_scales: int = setting(40, "grid size N", check=integer_range(2, MAX_SCALES, "an integer"))
+    target_mu: float = setting(0.95, "target EMA rate mu", check=RATE)
+    solver: str = setting("heun", "teacher ODE step", choices=SOLVERS)
 
 
 class CDLoss(PairLoss):
@@ -29,16 +40,16 @@ class CDLoss(PairLoss):
         student: Preconditioned,
         target: Preconditioned,
         teacher: Preconditioned,
-        num_scales: int = DEFAULTS["num_scales"],   # N, points of the Karras grid
-        mu: float = DEFAULTS["target_mu"],          # EMA rate of the target network
-        solver: str = DEFAULTS["solver"],           # "heun" or "euler"
-        distance: str | Distance = DEFAULTS["distance"],
+        num_scales: int = CDOptions.num_scales,     # N, points of the Karras grid
+        mu: float = CDOptions.target_mu,            # EMA rate of the target network
+        solver: str = CDOptions.solver,             # "heun" or "euler"
+        distance: str | Distance = CDOptions.distance,
         sigma_min: float = SIGMA_MIN,
         sigma_max: float = SIGMA_MAX,
         rho: float = RHO,
     ) -> None:
         super().__init__(student, target, get_distance(distance))
-        if solver not in ("heun", "euler"):
+        if solver not in SOLVERS:
             raise ValueError(f"solver: {solver!r} is not 'heun' or 'euler'")
         self.teacher = teacher
         self.mu = mu
@@ -59,9 +70,10 @@ class CDLoss(PairLoss):
 
 
 def build_loss(inputs: LossInputs) -> CDLoss:
-    cfg = inputs.config
-    return CDLoss(inputs.wrap(inputs.student), inputs.wrap(inputs.target), inputs.teacher, num_scales=cfg.num_scales,
-                  mu=cfg.target_mu, solver=cfg.solver, distance=inputs.distance(), **inputs.sigma_range)
+    options: CDOptions = inputs.options
+    return CDLoss(inputs.wrap(inputs.student), inputs.wrap(inputs.target), inputs.teacher,
+                  num_scales=options.num_scales, mu=options.target_mu, solver=options.solver,
+                  distance=inputs.distance(), **inputs.sigma_range)
 
 
 METHOD = register(Method(
@@ -69,10 +81,10 @@ METHOD = register(Method(
     summary="consistency distillation from --teacher",
     parametrization="consistency",
     build_loss=build_loss,
-    defaults=DEFAULTS,
+    options=CDOptions,
     teacher="required",
     init_from_teacher=True,    # as OpenAI's CD runs: the student starts as the teacher, dropout 0
     student_dropout=0.0,
     target_network=True,
-    grid_size=lambda cfg: cfg.num_scales,
+    grid_size=lambda run: run.options.num_scales,
 ))

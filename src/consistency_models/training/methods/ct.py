@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ...parametrization import RHO, SIGMA_MAX, SIGMA_MIN, Preconditioned
 from ..curricula import ascending_grid, ct_curriculum
 from ..distances import Distance, get_distance
 from ..ema import ema_update_
+from ..settings import RATE, RunSettings, setting
 from .loss import PairLoss, unwrap
+from .options import DistanceOptions, s0_option, s1_option
 from .registry import LossInputs, Method, register
 
-# OpenAI's CT runs (s0, s1, μ0 of the paper's Table 3); the loss's defaults and `cm train --method ct`'s.
-DEFAULTS = {"distance": "l2", "s0": 2, "s1": 150, "mu0": 0.9, "mu_form": "openai"}
+MU_FORMS = ("openai", "paper")
+
+
+@dataclass
+class CTOptions(DistanceOptions):
+    """CT's settings; the defaults are OpenAI's CT runs (s0, s1, μ0 of the paper's Table 3)."""
+
+    s0: int = s0_option(2)
+    s1: int = s1_option(150)
+    mu0: float = setting(0.9, "initial target EMA rate", check=RATE)
+    mu_form: str = setting("openai", "mu(k): OpenAI's code (N-1) or the paper (N)", choices=MU_FORMS)
 
 
 class CTLoss(PairLoss):
@@ -21,11 +34,11 @@ class CTLoss(PairLoss):
         student: Preconditioned,
         target: Preconditioned,
         total_steps: int,
-        s0: int = DEFAULTS["s0"],              # initial grid size term
-        s1: int = DEFAULTS["s1"],              # final grid size term
-        mu0: float = DEFAULTS["mu0"],          # initial target EMA rate
-        mu_form: str = DEFAULTS["mu_form"],    # "openai": ln μ0·s0/(N−1); "paper": /N
-        distance: str | Distance = DEFAULTS["distance"],
+        s0: int = CTOptions.s0,                # initial grid size term
+        s1: int = CTOptions.s1,                # final grid size term
+        mu0: float = CTOptions.mu0,            # initial target EMA rate
+        mu_form: str = CTOptions.mu_form,      # "openai": ln μ0·s0/(N−1); "paper": /N
+        distance: str | Distance = CTOptions.distance,
         sigma_min: float = SIGMA_MIN,
         sigma_max: float = SIGMA_MAX,
         rho: float = RHO,
@@ -51,14 +64,16 @@ class CTLoss(PairLoss):
 
 
 def build_loss(inputs: LossInputs) -> CTLoss:
-    cfg = inputs.config
-    return CTLoss(inputs.wrap(inputs.student), inputs.wrap(inputs.target), total_steps=cfg.steps, s0=cfg.s0,
-                  s1=cfg.s1, mu0=cfg.mu0, mu_form=cfg.mu_form, distance=inputs.distance(), **inputs.sigma_range)
+    options: CTOptions = inputs.options
+    return CTLoss(inputs.wrap(inputs.student), inputs.wrap(inputs.target), total_steps=inputs.config.steps,
+                  s0=options.s0, s1=options.s1, mu0=options.mu0, mu_form=options.mu_form,
+                  distance=inputs.distance(), **inputs.sigma_range)
 
 
-def grid_size(cfg) -> int:
+def grid_size(run: RunSettings) -> int:
     """N(K): the grid the run ends on."""
-    return ct_curriculum(cfg.steps, cfg.steps, cfg.s0, cfg.s1, cfg.mu0, cfg.mu_form)[0]
+    options: CTOptions = run.options
+    return ct_curriculum(run.steps, run.steps, options.s0, options.s1, options.mu0, options.mu_form)[0]
 
 
 METHOD = register(Method(
@@ -66,7 +81,7 @@ METHOD = register(Method(
     summary="consistency training",
     parametrization="consistency",
     build_loss=build_loss,
-    defaults=DEFAULTS,
+    options=CTOptions,
     teacher="optional",
     init_from_teacher=True,
     target_network=True,

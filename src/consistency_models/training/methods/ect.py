@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ...parametrization import SIGMA_MAX, SIGMA_MIN, Preconditioned, append_dims
 from ..curricula import ect_r, ect_stage, lognormal_sigmas
 from ..distances import pseudo_huber
+from ..settings import POSITIVE_INTEGER, setting
 from .loss import PairLoss
+from .options import MethodOptions
 from .registry import LossInputs, Method, register
 
-STAGES = 8   # ECT's stages (the paper's d: the target gets closer at each)
+
+@dataclass
+class ECTOptions(MethodOptions):
+    """ECT's settings."""
+
+    ect_stages: int = setting(8, "stages over the run (the paper's d: the target gets closer at each)",
+                              check=POSITIVE_INTEGER)
 
 
 class ECTLoss(PairLoss):
@@ -24,7 +34,7 @@ class ECTLoss(PairLoss):
         self,
         student: Preconditioned,
         total_steps: int,
-        num_stages: int = STAGES,      # the stage is raised every total_steps/num_stages steps
+        num_stages: int = ECTOptions.ect_stages,  # the stage is raised every total_steps/num_stages steps
         q: float = 2.0,
         k: float = 8.0,
         b: float = 1.0,
@@ -55,9 +65,9 @@ class ECTLoss(PairLoss):
 
 
 def build_loss(inputs: LossInputs) -> ECTLoss:
-    cfg = inputs.config
-    return ECTLoss(inputs.wrap(inputs.student), total_steps=cfg.steps, num_stages=cfg.ect_stages,
-                   sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max, target=inputs.wrap(inputs.network))
+    run, options = inputs.config, inputs.options
+    return ECTLoss(inputs.wrap(inputs.student), total_steps=run.steps, num_stages=options.ect_stages,
+                   sigma_min=run.sigma_min, sigma_max=run.sigma_max, target=inputs.wrap(inputs.network))
 
 
 METHOD = register(Method(
@@ -65,7 +75,7 @@ METHOD = register(Method(
     summary="easy consistency tuning of --teacher",
     parametrization="consistency",
     build_loss=build_loss,
-    defaults={"ect_stages": STAGES},
+    options=ECTOptions,
     teacher="required",
     init_from_teacher=True,
 ))

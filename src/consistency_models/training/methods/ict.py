@@ -2,25 +2,37 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ...parametrization import RHO, SIGMA_MAX, SIGMA_MIN, Preconditioned
 from ..curricula import ascending_grid, ict_index_probabilities, ict_curriculum
 from ..distances import Distance, get_distance
 from .loss import PairLoss
-from .registry import BudgetDefault, LossInputs, Method, register
+from ..settings import BudgetDefault, RunSettings
+from .options import DistanceOptions, distance_option, s0_option, s1_option
+from .registry import LossInputs, Method, register
 
-PAPER_DISTANCE = "pseudo_huber"
-PAPER_S0 = 10                # the paper's s0 …
-PAPER_DOUBLINGS = 7          # … and its s1 = s0·2^7 = 1280 over 400k steps (8 stages of 50k)
+PAPER_DOUBLINGS = 7          # the paper's s1 = s0·2^7 = 1280 over 400k steps (8 stages of 50k)
 STEPS_PER_STAGE = 400        # the shortest stage the toy and digits runs here train well with
 
 
-def budget_s1(cfg) -> int:
+def budget_s1(run: RunSettings) -> int:
     """s1 = s0·2^d with one doubling per stage of at least 400 steps, at most the paper's 7
     (s1 = 1280 from 3,200 steps on): 2,000 steps give s1 = 160 with s0 = 10, the README's toy recipe."""
-    doublings = min(PAPER_DOUBLINGS, max(1, cfg.steps // STEPS_PER_STAGE - 1))
-    return cfg.s0 * 2**doublings
+    doublings = min(PAPER_DOUBLINGS, max(1, run.steps // STEPS_PER_STAGE - 1))
+    return run.options.s0 * 2**doublings
+
+
+@dataclass
+class ICTOptions(DistanceOptions):
+    """iCT's settings: the paper's pseudo-Huber distance and s0; s1 from the run's length."""
+
+    distance: str = distance_option("pseudo_huber")
+    s0: int = s0_option(10)
+    s1: int | None = s1_option(None, BudgetDefault(budget_s1, "s0*2^d, d = min(7, steps//400 - 1): 160 at 2000 "
+                                                              "steps, 1280 from 3200"))
 
 
 class ICTLoss(PairLoss):
@@ -31,11 +43,11 @@ class ICTLoss(PairLoss):
         student: Preconditioned,
         target: Preconditioned,
         total_steps: int,
-        s0: int = PAPER_S0,
-        s1: int = PAPER_S0 * 2**PAPER_DOUBLINGS,   # the run's length decides it in `cm train` (budget_s1)
+        s0: int = ICTOptions.s0,
+        s1: int = ICTOptions.s0 * 2**PAPER_DOUBLINGS,   # the run's length decides it in `cm train` (budget_s1)
         p_mean: float = -1.1,
         p_std: float = 2.0,
-        distance: str | Distance = PAPER_DISTANCE,
+        distance: str | Distance = ICTOptions.distance,
         sigma_min: float = SIGMA_MIN,
         sigma_max: float = SIGMA_MAX,
         rho: float = RHO,
@@ -55,10 +67,10 @@ class ICTLoss(PairLoss):
 
 
 def build_loss(inputs: LossInputs) -> ICTLoss:
-    cfg = inputs.config
+    options: ICTOptions = inputs.options
     # θ⁻ is the student's own weights without gradient (no EMA target).
-    return ICTLoss(inputs.wrap(inputs.student), inputs.wrap(inputs.network), total_steps=cfg.steps, s0=cfg.s0,
-                   s1=cfg.s1, distance=inputs.distance(), **inputs.sigma_range)
+    return ICTLoss(inputs.wrap(inputs.student), inputs.wrap(inputs.network), total_steps=inputs.config.steps,
+                   s0=options.s0, s1=options.s1, distance=inputs.distance(), **inputs.sigma_range)
 
 
 METHOD = register(Method(
@@ -66,9 +78,8 @@ METHOD = register(Method(
     summary="improved consistency training",
     parametrization="consistency",
     build_loss=build_loss,
-    defaults={"distance": PAPER_DISTANCE, "s0": PAPER_S0,
-              "s1": BudgetDefault(budget_s1, "s0*2^d, d = min(7, steps//400 - 1): 160 at 2000 steps, 1280 from 3200")},
+    options=ICTOptions,
     teacher="optional",
     init_from_teacher=True,
-    grid_size=lambda cfg: ict_curriculum(cfg.steps, cfg.steps, cfg.s0, cfg.s1),
+    grid_size=lambda run: ict_curriculum(run.steps, run.steps, run.options.s0, run.options.s1),
 ))

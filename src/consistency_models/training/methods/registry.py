@@ -2,7 +2,7 @@
 the package needs to know about it.
 
 A `Method` names its parametrization (an EDM denoiser D or a consistency function f), its own
-options and their defaults (the `TrainConfig` fields only it reads), whether it needs a teacher
+options (a `MethodOptions` class: fields, defaults, help, checks), whether it needs a teacher
 and a target network θ⁻, how it builds its loss and which sampling grid the exported model
 records. The config check, the training loop, the export and `cm train` read this registry;
 nothing else in the package branches on a method's name. Adding a method is one module that
@@ -11,8 +11,8 @@ calls `register` (see `cd.py`), imported in `methods/__init__.py`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import nn
@@ -22,15 +22,11 @@ from ...kinds import KINDS, get_kind
 from ...parametrization import Preconditioned
 from ..distances import Distance, get_distance
 from ..lpips import LPIPS
-
-LPIPS_DISTANCES = {"lpips": "openai", "lpips_standard": "standard"}  # --distance → LPIPS variant
+from ..settings import MethodOptions, RunSettings
+from .options import LPIPS_DISTANCES, DistanceOptions
 
 if TYPE_CHECKING:
     from .loss import Loss
-
-# A `training.config.TrainConfig`: not imported here, since the config reads this registry to
-# check itself (methods sit below the config).
-TrainConfig = Any
 
 DEFAULT_GRID = 40       # the sampling grid N recorded by methods without a grid of their own
 TEACHER_USES = ("required", "optional", "unused")
@@ -44,7 +40,7 @@ class LossInputs:
     network: nn.Module                  # the same network, unwrapped (stop-gradient targets evaluate it)
     target: nn.Module | None            # the EMA target θ⁻ (methods with target_network=True), else None
     teacher: Preconditioned | None      # the EDM denoiser D of distillation and tuning methods
-    config: TrainConfig
+    config: RunSettings                 # the run's settings; the method's own in config.options
     device: torch.device
     distributed: bool = False           # torchrun: trainable parts of a loss are wrapped in DDP
 
@@ -61,12 +57,20 @@ class LossInputs:
         """`network` preconditioned with the run's σ_data and σ_min (f for "consistency", D for "edm")."""
         return get_kind(parametrization).wrapper(network, self.config.sigma_data, self.config.sigma_min)
 
+    @property
+    def options(self) -> MethodOptions:
+        """The method's own settings (an instance of its `Method.options` class)."""
+        return self.config.options
+
     def distance(self) -> Distance:
         """The run's consistency distance; LPIPS is built from the user's weight files."""
-        cfg = self.config
-        if cfg.distance in LPIPS_DISTANCES:
-            return LPIPS.from_files(cfg.lpips_vgg, cfg.lpips_lin, variant=LPIPS_DISTANCES[cfg.distance]).to(self.device)
-        return get_distance(cfg.distance)
+        options = self.options
+        if not isinstance(options, DistanceOptions):
+            raise TypeError(f"distance: {type(options).__name__} declares no distance (derive it from DistanceOptions)")
+        if options.distance in LPIPS_DISTANCES:
+            variant = LPIPS_DISTANCES[options.distance]
+            return LPIPS.from_files(options.lpips_vgg, options.lpips_lin, variant=variant).to(self.device)
+        return get_distance(options.distance)
 
     @property
     def sigma_range(self) -> dict[str, float]:
@@ -74,23 +78,8 @@ class LossInputs:
         return {"sigma_min": cfg.sigma_min, "sigma_max": cfg.sigma_max, "rho": cfg.rho}
 
 
-def fixed_grid(config: TrainConfig) -> int:
+def fixed_grid(run: RunSettings) -> int:
     return DEFAULT_GRID
-
-
-@dataclass(frozen=True)
-class BudgetDefault:
-    """A default computed from the run's other settings (e.g. a curriculum scaled with --steps);
-    `text` is what `cm train --help` shows for it."""
-
-    compute: Callable[[TrainConfig], Any]
-    text: str
-
-    def __call__(self, config: TrainConfig) -> Any:
-        return self.compute(config)
-
-    def __str__(self) -> str:
-        return self.text
 
 
 @dataclass(frozen=True)
@@ -99,31 +88,29 @@ class Method:
 
     name: str                                            # the value of --method
     summary: str                                         # one line for --help
-    parametrization: str | Callable[[TrainConfig], str]  # what the exported model is: "consistency", "edm",
+    parametrization: str | Callable[[RunSettings], str]  # what the exported model is: "consistency", "edm",
                                                          # "trigflow"…, or a function of the run's settings
     build_loss: Callable[[LossInputs], "Loss"]
-    defaults: Mapping[str, Any] = field(default_factory=dict)  # its own options → defaults (or BudgetDefaults)
+    options: type[MethodOptions] = MethodOptions         # its own settings (none by default)
     teacher: str = "unused"                              # "required", "optional" (to start from) or "unused"
     init_from_teacher: bool = False                      # start the student from the teacher by default
     target_network: bool = False                         # keeps an EMA target θ⁻ (saved in checkpoints)
     student_dropout: float | None = None                 # dropout of a student started from the teacher
                                                          # (None: the teacher's), unless --dropout is given
-    grid_size: Callable[[TrainConfig], int] = fixed_grid  # N of the sampling grid the export records
+    grid_size: Callable[[RunSettings], int] = fixed_grid  # N of the sampling grid the export records
 
     def __post_init__(self) -> None:
         if isinstance(self.parametrization, str) and self.parametrization not in KINDS:
             raise ValueError(f"parametrization: {self.parametrization!r} is not one of {', '.join(KINDS)}")
+        shared = set(self.options.names()) & {f.name for f in fields(RunSettings)}
+        if shared:
+            raise ValueError(f"options: {', '.join(sorted(shared))} are settings of every run, not of one method")
         if self.teacher not in TEACHER_USES:
             raise ValueError(f"teacher: {self.teacher!r} is not one of {', '.join(TEACHER_USES)}")
 
-    def parametrization_of(self, config: TrainConfig) -> str:
+    def parametrization_of(self, run: RunSettings) -> str:
         """The exported model's parametrization for this run."""
-        return self.parametrization(config) if callable(self.parametrization) else self.parametrization
-
-    @property
-    def options(self) -> tuple[str, ...]:
-        """The method-specific settings this method reads."""
-        return tuple(self.defaults)
+        return self.parametrization(run) if callable(self.parametrization) else self.parametrization
 
 
 METHODS: Registry[Method] = Registry("method")
@@ -145,4 +132,4 @@ def get_method(name: str) -> Method:
 
 def method_options() -> set[str]:
     """Every setting that belongs to some method (the others apply to every method)."""
-    return {option for method in METHODS.values() for option in method.options}
+    return {name for method in METHODS.values() for name in method.options.names()}

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .registry import LossInputs, Method, register
-from .scm import SCMLoss
-from .sct import SCM_DEFAULTS, exported_parametrization, scm_loss
+from .scm import SCMLoss, SCMOptions, adaptive_weight_option
+from .sct import exported_parametrization, scm_loss
+
+
+@dataclass
+class SCDOptions(SCMOptions):
+    """sCD's settings: sCT's, without the adaptive weight by default. With the teacher's
+    (noise-free) velocity the error at t near π/2 gets tiny, w(t) grows to ~7.5 there (e^w ≈ 1800)
+    and starves the middle t — measured on the 2-D toy, 1-step on-mode 35 % with it, 89 % without
+    (bench/toy_scm.py; docs/benchmarks.md)."""
+
+    adaptive_weight: bool = adaptive_weight_option(False)
 
 
 def build_loss(inputs: LossInputs) -> SCMLoss:
@@ -17,10 +29,7 @@ METHOD = register(Method(
     summary="continuous-time consistency distillation (sCM, TrigFlow) of --teacher",
     parametrization=exported_parametrization,
     build_loss=build_loss,
-    # Without the adaptive weight by default: with the teacher's (noise-free) velocity the error at t
-    # near π/2 gets tiny, w(t) grows to ~7.5 there (e^w ≈ 1800) and starves the middle t — measured
-    # on the 2-D toy, 1-step on-mode 35 % with it, 89 % without (bench/toy_scm.py; docs/benchmarks.md).
-    defaults={**SCM_DEFAULTS, "adaptive_weight": False},
+    options=SCDOptions,
     teacher="required",
     # A fresh student with the paper's time input t, not a copy of the teacher: this project's EDM
     # teachers take 250·ln σ as time input, and a student started from one keeps it, which collapses

@@ -25,20 +25,62 @@ from __future__ import annotations
 import copy
 import math
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ...errors import InvalidInputError
-from ...trigflow import TrigFlow
-from ..jvp import JVP_PRECISIONS, jvp
+from ...trigflow import TIME_INPUTS, TrigFlow
+from ..jvp import JVP_MODES, JVP_PRECISIONS, jvp
+from ..settings import MAX_STEPS, BudgetDefault, MethodOptions, RunSettings, integer_range, positive_number, setting
 from .loss import Loss, same_dropout, unwrap
+from .options import p_mean_option, p_std_option
 
-
-# The small-image settings of the paper (CIFAR-10; ImageNet-64 used P_mean −0.8, P_std 1.6): the
-# loss's defaults and, with the run-dependent ones of sct.py, `cm train --method sct`'s.
-DEFAULTS = {"p_mean": -1.0, "p_std": 1.4, "tangent_c": 0.1, "jvp": "exact", "jvp_precision": "run"}
 PAPER_WARMUP = 10_000   # H of the paper's runs (of 100k–400k steps)
+
+
+def budget_warmup(run: RunSettings) -> int:
+    """H = a tenth of the run, at most the paper's 10k: a short run reaches the full tangent (r = 1)."""
+    return min(PAPER_WARMUP, max(1, run.steps // 10))
+
+
+def default_time_input(run: RunSettings) -> str:
+    """log_sigma for a student started from an EDM teacher (it keeps the teacher's time input), else t."""
+    return "log_sigma" if run.init_from_teacher else "t"
+
+
+def adaptive_weight_option(default: bool):
+    return setting(default, "learn the weighting w(t) jointly (L = e^w/D |.|^2 - w)")
+
+
+@dataclass
+class SCMOptions(MethodOptions):
+    """sCT's and sCD's settings. P_mean, P_std, c: the paper's small-image settings (CIFAR-10;
+    ImageNet-64 used P_mean −0.8, P_std 1.6); the loss's defaults too."""
+
+    p_mean: float = p_mean_option(-1.0)
+    p_std: float = p_std_option(1.4)
+    tangent_warmup: int | None = setting(None, "tangent warm-up H: r = min(1, step/H) (0: none)",
+                                         check=integer_range(0, MAX_STEPS, "a number of steps"),
+                                         budget=BudgetDefault(budget_warmup, "steps/10, at most 10000"))
+    tangent_c: float = setting(0.1, "tangent normalisation g/(|g| + c)", check=positive_number("a number > 0"))
+    adaptive_weight: bool = adaptive_weight_option(True)
+    time_input: str | None = setting(None, "the network's time input: t (the paper's c_noise(t) = t) or log_sigma "
+                                           "(250 ln(sigma_d tan t), an EDM network's, kept by a student started "
+                                           "from an EDM teacher)", choices=TIME_INPUTS,
+                                     budget=BudgetDefault(default_time_input, "log_sigma from an EDM teacher, else t"))
+    jvp: str = setting("exact", "how dF/dt is computed: exact (forward-mode AD) or fd (float64 finite difference, "
+                                "a reference)", choices=JVP_MODES)
+    jvp_precision: str = setting("run", "precision of the tangent pass (teacher velocity, JVP): run (the run's "
+                                        "--precision; softmax and GroupNorm in float32) or float32 (autocast off)",
+                                 choices=JVP_PRECISIONS)
+
+    def check(self, run: RunSettings) -> None:
+        if run.init_from_teacher and self.time_input != "log_sigma":
+            raise InvalidInputError(f"time_input: {self.time_input!r} does not fit a student started from the EDM "
+                                    "teacher (its network takes log_sigma); give --time-input log_sigma or "
+                                    "--no-init-from-teacher")
 
 
 class AdaptiveWeight(nn.Module):
@@ -70,13 +112,13 @@ class SCMLoss(Loss):
         weight: nn.Module | None,            # w_φ (DDP-wrapped when distributed); None: w = 0
         teacher: nn.Module | None = None,    # the teacher's raw EDM network (sCD), else None (sCT)
         sigma_data: float = 0.5,
-        p_mean: float = DEFAULTS["p_mean"],
-        p_std: float = DEFAULTS["p_std"],
+        p_mean: float = SCMOptions.p_mean,
+        p_std: float = SCMOptions.p_std,
         tangent_warmup: int = PAPER_WARMUP,  # H: r = min(1, k/H); 0 = no warm-up
-        tangent_c: float = DEFAULTS["tangent_c"],
-        jvp_mode: str = DEFAULTS["jvp"],     # "exact" (forward-mode AD) or "fd" (float64 finite difference)
+        tangent_c: float = SCMOptions.tangent_c,
+        jvp_mode: str = SCMOptions.jvp,      # "exact" (forward-mode AD) or "fd" (float64 finite difference)
         time_input: str = "t",               # the student's time input (see trigflow.py)
-        jvp_precision: str = DEFAULTS["jvp_precision"],  # "run": the run's autocast; "float32": autocast off
+        jvp_precision: str = SCMOptions.jvp_precision,  # "run": the run's autocast; "float32": autocast off
     ) -> None:
         if jvp_precision not in JVP_PRECISIONS:
             raise InvalidInputError(f"jvp_precision: {jvp_precision!r} is not one of {', '.join(JVP_PRECISIONS)}")
@@ -159,4 +201,4 @@ def _dims(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.to(torch.float32).reshape(-1, *([1] * (like.ndim - 1)))
 
 
-__all__ = ["AdaptiveWeight", "SCMLoss"]
+__all__ = ["AdaptiveWeight", "SCMLoss", "SCMOptions"]

@@ -1,0 +1,59 @@
+"""The options several training methods share, declared once each (help, check), with the
+default given by each method's `MethodOptions` class (`settings.py`); and the consistency
+distance's options with their check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ...errors import InvalidInputError
+from ..distances import DISTANCES
+from ..settings import FINITE, BudgetDefault, MethodOptions, RunSettings, integer_range, positive_number, setting
+
+MAX_SCALES = 100_000  # discretisation steps N (s0, s1): the papers use at most 1,281; each level is a float
+LPIPS_DISTANCES = {"lpips": "openai", "lpips_standard": "standard"}  # --distance → LPIPS variant
+
+
+# -- options shared by several methods: one help text and one check each, the default per method --
+
+def s0_option(default: int) -> Any:
+    return setting(default, "curriculum start (initial grid size term)", check=integer_range(1, MAX_SCALES))
+
+
+def s1_option(default: int | None, budget: BudgetDefault | None = None) -> Any:
+    return setting(default, "curriculum end (final grid size term)", check=integer_range(1, MAX_SCALES),
+                   budget=budget)
+
+
+def p_mean_option(default: float) -> Any:
+    return setting(default, "mean of the log-sigma proposal tau ~ N(P_mean, P_std^2), t = arctan(e^tau/sigma_data)",
+                   check=FINITE)
+
+
+def p_std_option(default: float) -> Any:
+    return setting(default, "std of the log-sigma proposal", check=positive_number("a number > 0"))
+
+
+def distance_option(default: str) -> Any:
+    return setting(default, "consistency distance; lpips (as OpenAI trains: average pools, resize to 224 below "
+                            "256 px) and lpips_standard (the lpips package: max pools, always 224) need "
+                            "--lpips-vgg and --lpips-lin", choices=(*DISTANCES, *LPIPS_DISTANCES))
+
+
+@dataclass
+class DistanceOptions(MethodOptions):
+    """A consistency distance between student and target outputs, LPIPS from the user's weight files."""
+
+    distance: str = distance_option("l2")
+    lpips_vgg: str | None = setting(None, "VGG-16 weights file (torchvision layout) for lpips")
+    lpips_lin: str | None = setting(None, "LPIPS linear-layer weights file (vgg.pth v0.1) for lpips")
+
+    def check(self, run: RunSettings) -> None:
+        if (self.lpips_vgg or self.lpips_lin) and self.distance not in LPIPS_DISTANCES:
+            raise InvalidInputError("lpips_vgg/lpips_lin: given, but --distance is not lpips or lpips_standard")
+        if self.distance in LPIPS_DISTANCES and not (self.lpips_vgg and self.lpips_lin):
+            raise InvalidInputError(f"distance: {self.distance} needs --lpips-vgg and --lpips-lin weight files "
+                                    "(nothing is downloaded)")
+
