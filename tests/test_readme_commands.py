@@ -9,7 +9,7 @@ substitutions, which only shrink the work (they are listed so that nothing else 
 - `cm train`: `--steps` → 2, `--batch-size` → 8; `--num`/`--num-samples` above 16 → 8;
 - `torchrun --nproc_per_node 8` → 2 (real torchrun processes);
 - the benchmark scripts get their smallest sizes (a few steps, one repeat, a few samples);
-- `cm tune-timesteps` gets `--hi 3` (three candidates: each costs a 2048-d FID, ~3.5 s on one thread);
+- `cm tune-timesteps` gets `--hi 2` (two candidates: each costs a 2048-d FID, ~3.5 s on one thread);
 - the inception weights are a seeded random stand-in (the published file cannot be had offline),
   so its SHA-256 check is switched off here — the check itself is tested in tests/test_inception.py.
 
@@ -118,7 +118,7 @@ def toy_argv(words: list[str], model: Path) -> list[str]:
             argv[i + 1] = "8"
         elif word == "--nproc_per_node":
             argv[i + 1] = "2"
-    return argv + ["--hi", "3"] if argv[:1] == ["tune-timesteps"] else argv
+    return argv + ["--hi", "2"] if argv[:1] == ["tune-timesteps"] else argv
 
 
 def write_inputs(folder: Path, model: Path) -> None:

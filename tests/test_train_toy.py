@@ -71,6 +71,7 @@ def test_ict_gets_close(tmp_path, reference):
     assert one < 0.15 and two < 0.08
 
 
+@pytest.mark.slow  # ~30 s; CT's loss is checked against a hand computation in tests/test_losses.py; CD and iCT learn here by default
 def test_ct_gets_close(tmp_path, reference):
     run_dir = run(tmp_path, "ct", 2000, s1=50)
     one, two = sample_sw(run_dir, reference, 1), sample_sw(run_dir, reference, 2)

@@ -96,6 +96,18 @@ def step_noise(like: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor
     return randn(like.shape, generator, device=like.device, dtype=like.dtype)
 
 
+Level = float | torch.Tensor   # a noise level: a number, a 0-d tensor or one per sample (B,)
+
+
+def report_step(i: int, sigma: float, x: torch.Tensor, callback: Callable[[int, float, torch.Tensor], None] | None,
+                progress: Callable[[int], object] | None) -> None:
+    """After step i of a sampling loop: the user's callback(i, σ_i, x), then one tick of the progress bar."""
+    if callback is not None:
+        callback(i, sigma, x)
+    if progress is not None:
+        progress(1)
+
+
 @dataclass(frozen=True)
 class Renoising:
     """How consistency sampling puts noise back before the next step: x = x₀ + scale(σ_next)·z —
@@ -171,32 +183,19 @@ def sample_consistency(
             x = renoising(x0, levels[i + 1], step_noise(x0, levels[i], levels[i + 1], generator, noise_sampler))
         else:
             x = x0
-        if callback is not None:
-            callback(i, float(levels[i]), x)
-        if progress is not None:
-            progress(1)
+        report_step(i, float(levels[i]), x, callback, progress)
     return x
 
 
-def euler_step(
-    denoiser: Callable[..., torch.Tensor],
-    x: torch.Tensor,
-    sigma: float | torch.Tensor,
-    sigma_next: float | torch.Tensor,
-    class_labels: torch.Tensor | None = None,
-) -> torch.Tensor:
+def euler_step(denoiser: Callable[..., torch.Tensor], x: torch.Tensor, sigma: Level, sigma_next: Level,
+               class_labels: torch.Tensor | None = None) -> torch.Tensor:
     """One Euler step of the probability-flow ODE dx/dσ = (x − D(x, σ))/σ (EDM eq. 3)."""
     s, s_next = append_dims(sigma, x), append_dims(sigma_next, x)
     return x + (s_next - s) * (x - denoiser(x, sigma, class_labels)) / s
 
 
-def heun_step(
-    denoiser: Callable[..., torch.Tensor],
-    x: torch.Tensor,
-    sigma: float | torch.Tensor,
-    sigma_next: float | torch.Tensor,
-    class_labels: torch.Tensor | None = None,
-) -> torch.Tensor:
+def heun_step(denoiser: Callable[..., torch.Tensor], x: torch.Tensor, sigma: Level, sigma_next: Level,
+              class_labels: torch.Tensor | None = None) -> torch.Tensor:
     """One Heun (2nd-order) step of the probability-flow ODE from σ to σ_next > 0 (EDM Algorithm 1).
 
     `sigma` and `sigma_next` may be per-sample tensors of shape (B,).
@@ -229,10 +228,7 @@ def sample_heun(
             x = heun_step(denoiser, x, sigmas[i], sigmas[i + 1], class_labels)
         else:
             x = euler_step(denoiser, x, sigmas[i], sigmas[i + 1], class_labels)
-        if callback is not None:
-            callback(i, sigmas[i], x)
-        if progress is not None:
-            progress(1)
+        report_step(i, sigmas[i], x, callback, progress)
     return x
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...parametrization import RHO, SIGMA_MAX, SIGMA_MIN, Preconditioned
-from ..curricula import ascending_grid, ct_curriculum
-from ..distances import Distance, get_distance
+from ..curricula import ct_curriculum
+from ..distances import Distance
 from ..ema import ema_update_
 from ..settings import RATE, RunSettings, setting
-from .loss import PairLoss, unwrap
+from .loss import CurriculumPairLoss, unwrap
 from .options import DistanceOptions, s0_option, s1_option
 from .registry import LossInputs, Method, register
 
@@ -26,7 +26,7 @@ class CTOptions(DistanceOptions):
     mu_form: str = setting("openai", "mu(k): OpenAI's code (N-1) or the paper (N)", choices=MU_FORMS)
 
 
-class CTLoss(PairLoss):
+class CTLoss(CurriculumPairLoss):
     """Consistency training (Algorithm 3): x_lo = x + t_n·z with the same z; adaptive N(k), μ(k)."""
 
     def __init__(
@@ -43,17 +43,15 @@ class CTLoss(PairLoss):
         sigma_max: float = SIGMA_MAX,
         rho: float = RHO,
     ) -> None:
-        super().__init__(student, target, get_distance(distance))
-        self.total_steps = total_steps
-        self.s0, self.s1, self.mu0, self.mu_form = s0, s1, mu0, mu_form
-        self.sigma_range = (sigma_min, sigma_max, rho)
+        super().__init__(student, target, distance, total_steps, s0, s1, (sigma_min, sigma_max, rho))
+        self.mu0, self.mu_form = mu0, mu_form
 
     def schedule(self, step: int) -> tuple[int, float]:
         return ct_curriculum(step, self.total_steps, self.s0, self.s1, self.mu0, self.mu_form)
 
     def __call__(self, x, class_labels, step, rng):
         num_scales, _ = self.schedule(step)
-        grid = ascending_grid(num_scales, *self.sigma_range)
+        grid = self.grid(num_scales)
         n = rng.randint(num_scales - 1).cpu()
         student, target, _, _ = self.same_noise_pair(x, class_labels, grid, n, rng)
         return self.distance(student, target)

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import torch
 
 from ...parametrization import RHO, SIGMA_MAX, SIGMA_MIN, Preconditioned
-from ..curricula import ascending_grid, ict_index_probabilities, ict_curriculum
-from ..distances import Distance, get_distance
-from .loss import PairLoss
+from ..curricula import ict_index_probabilities, ict_curriculum
+from ..distances import Distance
+from .loss import CurriculumPairLoss
 from ..settings import BudgetDefault, RunSettings
 from .options import DistanceOptions, distance_option, s0_option, s1_option
 from .registry import LossInputs, Method, register
@@ -35,7 +35,7 @@ class ICTOptions(DistanceOptions):
                                                               "steps, 1280 from 3200"))
 
 
-class ICTLoss(PairLoss):
+class ICTLoss(CurriculumPairLoss):
     """Improved CT: θ⁻ = stop-grad θ, pseudo-Huber, lognormal index, λ = 1/(σ_{i+1} − σ_i)."""
 
     def __init__(
@@ -52,14 +52,12 @@ class ICTLoss(PairLoss):
         sigma_max: float = SIGMA_MAX,
         rho: float = RHO,
     ) -> None:
-        super().__init__(student, target, get_distance(distance))
-        self.total_steps = total_steps
-        self.s0, self.s1, self.p_mean, self.p_std = s0, s1, p_mean, p_std
-        self.sigma_range = (sigma_min, sigma_max, rho)
+        super().__init__(student, target, distance, total_steps, s0, s1, (sigma_min, sigma_max, rho))
+        self.p_mean, self.p_std = p_mean, p_std
 
     def __call__(self, x, class_labels, step, rng):
         num_scales = ict_curriculum(step, self.total_steps, self.s0, self.s1)
-        grid = ascending_grid(num_scales, *self.sigma_range)
+        grid = self.grid(num_scales)
         i = rng.choice(ict_index_probabilities(grid, self.p_mean, self.p_std)).cpu()
         student, target, t_lo, t_hi = self.same_noise_pair(x, class_labels, grid, i, rng)
         weight = (1 / (t_hi - t_lo)).to(torch.float32)

@@ -18,7 +18,8 @@ from torch import nn
 
 from ...parametrization import Preconditioned, append_dims
 from ..batch_rng import BatchRNG
-from ..distances import Distance
+from ..curricula import ascending_grid
+from ..distances import Distance, get_distance
 
 
 @contextmanager
@@ -91,3 +92,17 @@ class PairLoss(Loss):
         student, target = self.pair(x, class_labels, t_hi, x + append_dims(t_hi, x) * z,
                                     t_lo, x + append_dims(t_lo, x) * z)
         return student, target, t_lo, t_hi
+
+
+class CurriculumPairLoss(PairLoss):
+    """A pair loss on the ascending Karras grid whose size N(k) a curriculum sets from (s0, s1)
+    over the run's `total_steps` (CT, iCT)."""
+
+    def __init__(self, student: Preconditioned, target: Preconditioned, distance: str | Distance, total_steps: int,
+                 s0: int, s1: int, sigma_range: tuple[float, float, float]) -> None:
+        super().__init__(student, target, get_distance(distance))
+        self.total_steps, self.s0, self.s1 = total_steps, s0, s1
+        self.sigma_range = sigma_range   # (σ_min, σ_max, ρ)
+
+    def grid(self, num_scales: int) -> torch.Tensor:
+        return ascending_grid(num_scales, *self.sigma_range)
