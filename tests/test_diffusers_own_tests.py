@@ -13,9 +13,9 @@ Not run, with the reason (also in docs/diffusers-compatibility.md): attention sl
 CPU/sequential/group offloading and `device_map` (diffusers/accelerate machinery our pipeline does
 not have), `test_deprecated_kwargs`/`test_getattr_is_correct` beyond their plain-Python part
 (diffusers' ConfigMixin bookkeeping), `num_images_per_prompt`, CFG, step-end callbacks,
-`encode_prompt`, layerwise casting (each returns at once for this pipeline in diffusers too),
-`test_trained_betas` (skipped by diffusers for this scheduler), and `safe_serialization=False`
-(pickled weights are refused here by design; the round trips run with safetensors).
+`encode_prompt`, layerwise casting (each returns at once for this pipeline in diffusers too), and
+`test_trained_betas` (skipped by diffusers for this scheduler). `test_save_load_local` and
+`test_save_load_optional_components` save with `safe_serialization=False`, as diffusers' do.
 """
 
 from __future__ import annotations
@@ -296,12 +296,29 @@ def test_to_dtype(both_pipelines):
 
 
 def test_save_load_local(both_pipelines, tmp_path):
+    """(diffusers also checks its loader's log names each component: diffusers' logging, not run.)"""
     _, ours, class_cond, _ = both_pipelines
     before = ours(**dummy_inputs(class_cond=class_cond))[0]
-    ours.save_pretrained(tmp_path)  # safetensors (safe_serialization=False is refused here by design)
+    ours.save_pretrained(tmp_path, safe_serialization=False)
     loaded = ConsistencyModelPipeline.from_pretrained(tmp_path)
     loaded.set_progress_bar_config(disable=None)
     assert np.abs(loaded(**dummy_inputs(class_cond=class_cond))[0] - before).max() < 5e-4
+
+
+def test_save_load_optional_components(both_pipelines, tmp_path):
+    """diffusers sets every optional component to None (this pipeline has none), saves with
+    safe_serialization=False, and expects them None after loading and the same output."""
+    _, ours, class_cond, _ = both_pipelines
+    pipe = ConsistencyModelPipeline(**ours.components)
+    pipe.set_progress_bar_config(disable=None)
+    for optional_component in pipe._optional_components:
+        setattr(pipe, optional_component, None)
+    output = pipe(**dummy_inputs(class_cond=class_cond))[0]
+    pipe.save_pretrained(tmp_path, safe_serialization=False)
+    loaded = ConsistencyModelPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=None)
+    assert all(getattr(loaded, name) is None for name in pipe._optional_components)
+    assert np.abs(loaded(**dummy_inputs(class_cond=class_cond))[0] - output).max() < 1e-4
 
 
 def test_dtype_alias_and_dict(both_pipelines, tmp_path):

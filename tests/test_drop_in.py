@@ -201,9 +201,11 @@ def test_variants_and_safe_serialization(tmp_path, pipe):
     with pytest.raises(InvalidInputError, match=r"^variant: there are no weights of variant='fp16' in .*unet "
                                                 r"\(found: diffusion_pytorch_model\.safetensors\)$"):
         ConsistencyModelPipeline.from_pretrained(tmp_path / "plain", variant="fp16")
-    with pytest.raises(InvalidInputError, match="^safe_serialization: False asks for pickled weights"):
-        pipe.save_pretrained(tmp_path / "pickle", safe_serialization=False)
-    assert not (tmp_path / "pickle").exists()
+    pipe.save_pretrained(tmp_path / "bin", safe_serialization=False)  # as diffusers: a torch.save state dict
+    assert sorted(p.name for p in (tmp_path / "bin" / "unet").iterdir()) == ["config.json", "diffusion_pytorch_model.bin"]
+    with pytest.raises(InvalidInputError, match="^safe_serialization: 'no' is not allowed; use True"):
+        pipe.save_pretrained(tmp_path / "bad", safe_serialization="no")
+    assert not (tmp_path / "bad").exists()
 
 
 def test_components_rebuild_the_pipeline(pipe):

@@ -166,12 +166,12 @@ class ConsistencyModelPipeline:
 
     def save_pretrained(self, path: str | os.PathLike, safe_serialization: bool = True,
                         variant: str | None = None) -> None:
-        """Write a folder that diffusers' `ConsistencyModelPipeline.from_pretrained` loads. Weights are
-        always safetensors; `variant` names them as diffusers does (diffusion_pytorch_model.fp16.safetensors)."""
-        if not safe_serialization:
-            raise InvalidInputError("safe_serialization: False asks for pickled weights; this package writes "
-                                    "safetensors only (diffusers and PyTorch read them)")
-        save_pipeline_folder(path, self.parts(), variant)
+        """Write a folder that diffusers' `ConsistencyModelPipeline.from_pretrained` loads, as diffusers writes
+        it: safetensors weights, or with `safe_serialization=False` unet/diffusion_pytorch_model.bin (a
+        plain tensor state dict saved with torch.save, read back with `torch.load(weights_only=True)`);
+        `variant` names them as diffusers does (diffusion_pytorch_model.fp16.safetensors). Weights of the
+        other format left by an earlier save into the same folder are removed."""
+        save_pipeline_folder(path, self.parts(), variant, safe_serialization)
 
     def to(self, *args: str | torch.device | torch.dtype, device: str | torch.device | None = None,
            dtype: torch.dtype | None = None) -> ConsistencyModelPipeline:

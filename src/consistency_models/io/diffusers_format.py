@@ -1,5 +1,6 @@
 """diffusers' network format: `unet/config.json` (a `UNet2DModel` config, or our `MLP`) and
-`unet/diffusion_pytorch_model.safetensors` (or the older .bin, read without pickle code).
+`unet/diffusion_pytorch_model.safetensors` (or the older .bin: a plain state dict of tensors,
+written with `torch.save` for `safe_serialization=False` and read without pickle code).
 
 Only the UNet2DModel settings that describe the ADM UNet are accepted; anything else is
 refused with the key, its value and what is allowed. The whole pipeline folder (model_index,
@@ -228,6 +229,25 @@ def weights_name(variant: str | None = None, suffix: str = ".safetensors") -> st
     return "diffusion_pytorch_model" + (f".{variant}" if variant else "") + suffix
 
 
+def weights_suffix(safe_serialization: bool) -> str:
+    """The weights file's suffix for diffusers' `safe_serialization`: .safetensors, or .bin (torch.save)."""
+    if not isinstance(safe_serialization, bool):
+        raise InvalidInputError(f"safe_serialization: {safe_serialization!r} is not allowed; use True "
+                                f"(diffusion_pytorch_model.safetensors) or False (diffusion_pytorch_model.bin)")
+    return ".safetensors" if safe_serialization else ".bin"
+
+
+def stale_weights(folder: Path, variant: str | None, written: str) -> list[Path]:
+    """The weights of `variant` in `folder` other than the file `written`: the other format's file,
+    and sharded weights with their index (diffusers removes stale shards; a stale index or file of
+    the other format would be loaded instead of the new weights). Other variants are not touched."""
+    tag = re.escape(f".{variant}") if variant else ""
+    single_or_shard = rf"diffusion_pytorch_model{tag}(-\d{{5}}-of-\d{{5}})?\.(safetensors|bin)"
+    index = rf"diffusion_pytorch_model\.(safetensors|bin)(\.index{tag}|{tag}\.index)\.json"  # new and legacy names
+    pattern = re.compile(f"{single_or_shard}|{index}")
+    return sorted(p for p in folder.iterdir() if p.name != written and pattern.fullmatch(p.name) and p.is_file())
+
+
 def load_network(folder: str | os.PathLike, variant: str | None = None) -> torch.nn.Module:
     """The network of a `unet/` folder (config.json + weights, or the weights of `variant`)."""
     folder = Path(folder)
@@ -246,12 +266,22 @@ def load_network(folder: str | os.PathLike, variant: str | None = None) -> torch
     return model
 
 
-def save_network(model: torch.nn.Module, folder: str | os.PathLike, variant: str | None = None) -> None:
-    """Write config.json and the safetensors weights of `model` (named for `variant` when given)
-    into `folder`, atomically per file."""
+def save_network(model: torch.nn.Module, folder: str | os.PathLike, variant: str | None = None,
+                 safe_serialization: bool = True) -> None:
+    """Write config.json and the weights of `model` into `folder`, atomically per file, as diffusers'
+    `ModelMixin.save_pretrained`: safetensors, or with `safe_serialization=False` a plain tensor state
+    dict saved with torch.save (diffusion_pytorch_model.bin), named for `variant` when given. The
+    same variant's weights in the other format (or sharded) are removed before the new file appears,
+    so the folder never holds stale weights beside fresh ones."""
+    name = weights_name(variant, weights_suffix(safe_serialization))
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(folder / weights_name(variant)) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt"})
+    with atomic_path(folder / name) as tmp:
+        if safe_serialization:
+            save_file(state, str(tmp), metadata={"format": "pt"})
+        else:
+            torch.save(state, tmp)
+        for stale in stale_weights(folder, variant, name):
+            stale.unlink(missing_ok=True)
     write_json(folder / CONFIG_NAME, network_config(model))

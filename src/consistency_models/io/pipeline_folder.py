@@ -1,7 +1,7 @@
 """A diffusers pipeline folder as a whole: the on-disk format of every model of this package.
 
     model_index.json                          names the components (and our `_parametrization`)
-    unet/config.json, unet/*.safetensors      the network (`diffusers_format.py`)
+    unet/config.json, unet/*.safetensors      the network (`diffusers_format.py`; *.bin for safe_serialization=False)
     scheduler/scheduler_config.json           a `CMStochasticIterativeScheduler` config, or for a TrigFlow
                                               model diffusers' `SCMScheduler` config (our σ range in
                                               `_`-keys, which diffusers' config loader skips)
@@ -29,7 +29,7 @@ from ..kinds import (
 )
 from ..schedule import SchedulerConfig
 from .atomic import write_json
-from .diffusers_format import DIFFUSERS_VERSION, load_network, read_json, save_network
+from .diffusers_format import DIFFUSERS_VERSION, load_network, read_json, save_network, weights_suffix
 from .hub import resolve_model_path
 
 MODEL_INDEX = "model_index.json"
@@ -145,14 +145,17 @@ def load_pipeline_folder(path_or_id: str | os.PathLike, variant: str | None = No
                          parametrization)
 
 
-def save_pipeline_folder(path: str | os.PathLike, parts: PipelineParts, variant: str | None = None) -> Path:
+def save_pipeline_folder(path: str | os.PathLike, parts: PipelineParts, variant: str | None = None,
+                         safe_serialization: bool = True) -> Path:
     """Write a folder that diffusers' `ConsistencyModelPipeline.from_pretrained` loads (each file
-    atomically); `variant` names the weights file as diffusers does (…/diffusion_pytorch_model.fp16.safetensors)."""
+    atomically); `variant` names the weights file as diffusers does (…/diffusion_pytorch_model.fp16.safetensors),
+    `safe_serialization=False` writes them as diffusers does then: a torch.save state dict (….bin)."""
+    weights_suffix(safe_serialization)  # a one-line error before anything is written
     folder = Path(path)
     if not folder.parent.is_dir():
         raise InvalidInputError(f"path: the folder {folder.parent} does not exist")
     folder.mkdir(exist_ok=True)
-    save_network(parts.network, folder / "unet", variant)
+    save_network(parts.network, folder / "unet", variant, safe_serialization)
     write_scheduler_config(folder / "scheduler", parts.scheduler_config, parts.parametrization)
     write_model_index(folder, parts.parametrization)
     return folder
