@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .errors import InvalidInputError
+
 
 @dataclass(frozen=True)
 class DistributedContext:
@@ -37,14 +39,31 @@ class DistributedContext:
         return value / self.world_size
 
 
-def setup_distributed(device: str | None = None) -> DistributedContext:
+def check_device(name: str | torch.device) -> torch.device:
+    """A device checked against this machine before anything uses it: cpu, cuda or cuda:N with a
+    GPU N here (one line naming the value and what is allowed otherwise)."""
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise InvalidInputError(f"device: {name!r} is not a device name (cpu, cuda, cuda:1, ...)") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise InvalidInputError(f"device: {name!r} is not supported; use cpu, cuda or cuda:N")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError(f"device: {name!r} was asked for, but CUDA is not available here; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise InvalidInputError(f"device: {name!r} is not a GPU of this machine; use cuda:0 to cuda:{count - 1}")
+    return dev
+
+
+def setup_distributed(device: str | torch.device | None = None) -> DistributedContext:
     """Join the torchrun process group when WORLD_SIZE > 1; pick this process's device."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = check_device(device)
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", local_rank)
     if dev.type == "cuda":

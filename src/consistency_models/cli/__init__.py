@@ -21,12 +21,20 @@ from .allocator import keep_freed_memory
 from .arguments import OneLineErrorParser, threads
 
 SUBCOMMANDS = (sample, edit, evaluate, tune_timesteps, new, train, convert)
+EXAMPLES = """examples:
+  cm sample --model digits --out grid.png                 one-step samples of the embedded digits model
+  cm sample --model digits --steps 2 --num 1000 --out samples.npz
+  cm edit inpaint --image digit.png --mask mask.png --out filled.png       (16×16 digit.png, white = regenerate)
+  cm train --method ict --data toy:mog8 --out toy --steps 2000
+  cm COMMAND --help                                       every option of one command"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(
         prog="cm",
         description="Consistency models: one-step and few-step image generation (Song et al. 2023).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXAMPLES,
     )
     parser.add_argument("--version", action="version", version=f"cm (consistency-models) {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=OneLineErrorParser)
@@ -80,9 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingDiverged as exc:
         print(f"cm: training stopped: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("cm: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C; cm train's TrainingInterrupted says what it saved
+        print(f"cm: interrupted: {exc}" if str(exc) else "cm: interrupted", file=sys.stderr)
+        return getattr(exc, "exit_code", 130)
     except Image.DecompressionBombError as exc:  # a crafted or huge image file
         print(f"cm: error: image: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2

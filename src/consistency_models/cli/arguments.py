@@ -6,6 +6,8 @@ import argparse
 
 import torch
 
+from ..distributed import check_device
+
 from ..errors import InvalidInputError
 from ..schedule import NoiseLevels
 
@@ -98,13 +100,7 @@ def seed(text: str) -> int:
 
 def device(name: str) -> torch.device:
     """A device name checked against this machine (the error names it and what is allowed)."""
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise InvalidInputError(f"device: {name!r} is not a device name (cpu, cuda, cuda:1, ...)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidInputError(f"device: {name!r} was asked for, but CUDA is not available here; use --device cpu")
-    return dev
+    return check_device(name)
 
 
 def add_device(parser: argparse.ArgumentParser) -> None:

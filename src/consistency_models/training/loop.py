@@ -33,6 +33,7 @@ from .batch_rng import BatchRNG, local_rows
 from .fast_step import compiled, compiles
 from .checkpoint import capture_rng_state, latest_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
 from .config import TrainConfig
+from .interrupts import StopRequests, TrainingInterrupted, stop_requests
 from .ema import EMA
 from .export import export_run, run_parts
 from .methods import Loss, LossInputs, get_method
@@ -106,6 +107,8 @@ class Trainer:
         self.ema = EMA(self.network, cfg.ema_rates, warmup=True) if cfg.ema_rates else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "float16" and self.ctx.device.type == "cuda")
         self.step = 0
+        self.saved_step: int | None = None   # the step of this process's newest checkpoint
+        self.resume_note = ""                 # where --resume continues, said when the run starts
         self.rows = local_rows(cfg.batch_size // cfg.accumulation, self.ctx.rank, self.ctx.world_size)
         if cfg.resume:
             self._resume()
@@ -118,7 +121,8 @@ class Trainer:
     def _load_data(self):
         cfg = self.cfg
         try:
-            dataset = load_dataset(cfg.data, resolution=cfg.resolution, use_labels=cfg.use_labels, xflip=cfg.xflip)
+            dataset = load_dataset(cfg.data, resolution=cfg.resolution, use_labels=cfg.use_labels, xflip=cfg.xflip,
+                                   image_mode=cfg.image_mode)
         except InvalidInputError as exc:
             raise InvalidInputError(f"data: {exc}") from None
         if len(dataset) < cfg.batch_size:
@@ -173,9 +177,8 @@ class Trainer:
     def _resume(self) -> None:
         path = latest_checkpoint(self.out)
         if path is None:
-            if self.ctx.is_main and (self.out / "checkpoints").is_dir():
-                print(f"resume: no complete checkpoint in {self.out / 'checkpoints'}; training starts from step 0",
-                      file=sys.stderr)
+            self.resume_note = (f"resume: no complete checkpoint in {self.out / 'checkpoints'} (the run stopped "
+                                "before its first); training starts from step 0")
             return
         state = load_checkpoint(path)
         saved = _comparable(TrainConfig.from_dict(state["config"]).to_dict())
@@ -194,7 +197,8 @@ class Trainer:
         if "loss" in state:
             self.loss.load_state_dict(state["loss"])
         restore_rng_state(state["rng"])
-        self.step = int(state["step"])  # metrics.jsonl is cut back to it when run() holds the folder's lock
+        self.step = self.saved_step = int(state["step"])  # metrics.jsonl is cut back to it when run() holds the lock
+        self.resume_note = f"resume: continuing from step {self.step} of {self.cfg.steps} ({path})"
 
     def _truncate_metrics(self) -> None:
         """Drop log lines written after the step the run continues from (all of them for a run that
@@ -229,6 +233,7 @@ class Trainer:
         if self.ctx.is_main:
             save_checkpoint(self.out, self.step, self.state_dict(), keep=self.cfg.keep)
             export_run(self.out, self.exported())
+        self.saved_step = self.step
         self.ctx.barrier()
 
     # -- the loop -----------------------------------------------------------------------------
@@ -299,6 +304,8 @@ class Trainer:
     def _run_locked(self, main: bool) -> Path:
         cfg = self.cfg
         first_step = self.step
+        if main and self.resume_note:  # said once the run holds its folder
+            print(self.resume_note, file=sys.stderr)
         if main:
             for folder in (self.out, self.out / "unet", self.out / "scheduler", self.out / "samples"):
                 remove_leftovers(folder)  # temp files of a killed write (checkpoints clean their own)
@@ -308,30 +315,47 @@ class Trainer:
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not (main and cfg.progress), desc=f"train {cfg.method}",
                    dynamic_ncols=True)
         started, images = time.perf_counter(), 0
-        try:
-            while self.step < cfg.steps:
-                value = self.train_step()
-                images += cfg.batch_size
-                rate = images / max(time.perf_counter() - started, 1e-9)
-                bar.update(1)
-                bar.set_postfix(loss=f"{value:.4g}", img_s=f"{rate:.0f}")
-                if main and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
-                    self._log({"step": self.step, "loss": value, "lr": learning_rate(cfg, self.step - 1),
-                               "grad_norm": self.last_grad_norm, "images_per_s": rate}, writer)
-                if self.step % cfg.save_every == 0 or self.step == cfg.steps:
-                    self.save()
-                if main and (self.step % cfg.sample_every == 0 or self.step == cfg.steps):
-                    self.preview()
-        finally:
-            bar.close()
-            if writer is not None:
-                writer.close()
+        # One process: a signal ends the step in progress and saves it (under torchrun a signal
+        # stops every rank where it is: the last periodic checkpoint stays).
+        with stop_requests(enabled=not self.ctx.enabled) as stop:
+            try:
+                self._steps(bar, writer, stop, started, images)
+            finally:
+                bar.close()
+                if writer is not None:
+                    writer.close()
         if self.step == first_step and first_step > 0:  # resumed at the end: finish an export a kill cut short
             if main:
                 export_run(self.out, self.exported())
                 self.preview()
             self.ctx.barrier()
         return self.out
+
+    def _steps(self, bar: tqdm, writer, stop: StopRequests, started: float, images: int) -> None:
+        cfg, main = self.cfg, self.ctx.is_main
+        while self.step < cfg.steps:
+            value = self.train_step()
+            images += cfg.batch_size
+            rate = images / max(time.perf_counter() - started, 1e-9)
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.4g}", img_s=f"{rate:.0f}")
+            if main and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
+                self._log({"step": self.step, "loss": value, "lr": learning_rate(cfg, self.step - 1),
+                           "grad_norm": self.last_grad_norm, "images_per_s": rate}, writer)
+            if self.step % cfg.save_every == 0 or self.step == cfg.steps:
+                self.save()
+            if main and (self.step % cfg.sample_every == 0 or self.step == cfg.steps):
+                self.preview()
+            if stop.requested:
+                self._stop(stop.requested)
+
+    def _stop(self, signal_name: str) -> None:
+        """Save the steps done (unless this step was just saved) and end the run on `signal_name`."""
+        if self.saved_step != self.step:
+            self.save()
+        raise TrainingInterrupted(f"{signal_name} at step {self.step} of {self.cfg.steps}; the checkpoint of step "
+                                  f"{self.step} is in {self.out / 'checkpoints'}: the same command with --resume "
+                                  "continues from it", signal_name)
 
     def exported(self):
         """The pipeline parts this run exports (the first EMA's weights)."""
@@ -365,4 +389,4 @@ def train(cfg: TrainConfig) -> Path:
     return Trainer(cfg).run()
 
 
-__all__ = ["Trainer", "TrainingDiverged", "train"]
+__all__ = ["Trainer", "TrainingDiverged", "TrainingInterrupted", "train"]
