@@ -179,3 +179,23 @@ def test_init_from_starts_at_the_given_weights(places, capsys):
     assert start.keys() == end.keys()
     for key in start:
         assert (start[key] - end[key]).abs().max() < 1e-20, key  # a fresh network would differ by ~0.1
+
+
+def test_help_is_grouped_by_method_and_shows_examples(capsys):
+    """`cm train --help`: the settings of every run first, then each method's own options under
+    its name (an option several methods read under the first, named in the others); examples at
+    the end of `cm --help` and `cm train --help`."""
+    from consistency_models.cli import main
+
+    for argv in (["--help"], ["train", "--help"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        text = capsys.readouterr().out
+        assert "\nexamples:\n  cm " in text
+    sections = re.split(r"\n(?=\S[^\n]*:\n)", text)
+    heads = {s.split("\n", 1)[0]: s for s in sections}
+    assert "settings of every run:" in heads and "--method cd: consistency distillation from --teacher:" in heads
+    assert "--num-scales" in heads["--method cd: consistency distillation from --teacher:"]
+    assert "--num-scales" not in heads["settings of every run:"] and "--steps" in heads["settings of every run:"]
+    ict = heads["--method ict: improved consistency training:"]
+    assert "also reads --distance, --lpips-vgg, --lpips-lin, --s0, --s1 (above)" in " ".join(ict.split())

@@ -29,7 +29,8 @@ def _default_text(f: Field) -> str:
         starting = [m.name for m in METHODS.values() if m.init_from_teacher]
         return f" (default: yes for {', '.join(starting)} when --teacher is given)"
     if f.name in method_options():
-        return f" (default: {option_defaults_text(f.name)})"
+        text = option_defaults_text(f.name)
+        return f" (default: {text})" if text else ""
     if f.default is not MISSING and f.default is not None and f.default is not False:
         return f" (default: {f.default})"
     if f.default_factory is not MISSING:
@@ -38,7 +39,7 @@ def _default_text(f: Field) -> str:
     return ""
 
 
-def _add_option(p: argparse.ArgumentParser, f: Field, hint: object) -> None:
+def _add_option(p: argparse._ActionsContainer, f: Field, hint: object) -> None:
     meta = f.metadata
     flag = "--" + f.name.replace("_", "-")
     choices = meta["choices"]() if callable(meta["choices"]) else meta["choices"]
@@ -57,9 +58,19 @@ def _add_option(p: argparse.ArgumentParser, f: Field, hint: object) -> None:
                        help=f"same as {flag}={value}" if base is not bool else f"same as --no-{f.name.replace('_', '-')}")
 
 
+EXAMPLES = """examples:
+  cm train --method edm --data digits --out teacher --steps 800            an EDM teacher on the digits
+  cm train --method cd --teacher teacher --data digits --out cd            distill it (consistency distillation)
+  cm train --method ict --data toy:mog8 --out toy --steps 2000 --s1 160    consistency training, no teacher
+  cm train --recipe toy-ict --data toy:mog8 --out toy                      a published run's settings
+  cm train ... --resume                                                    continue a stopped run (Ctrl-C saves it)
+  torchrun --nproc_per_node 2 -m consistency_models train ...              several processes (global --batch-size)"""
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     methods = "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values())
     p = sub.add_parser("train", help=f"train a model ({', '.join(METHODS)})",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES,
                        description="Train a diffusion teacher or a consistency model. The run folder is a pipeline "
                                    "folder holding the EMA weights, checkpoints, metrics.jsonl and sample grids. Run "
                                    "it under torchrun for several processes; --batch-size is the global batch. "
@@ -68,12 +79,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="every setting of a published run (see docs/recipes.md); options given override it: "
                         + ", ".join(RECIPES))
     hints = typing.get_type_hints(TrainConfig)
+    common = p.add_argument_group("settings of every run")
     for f in fields(TrainConfig):
         if f.metadata.get("cli", True):
-            _add_option(p, f, hints[f.name])
-    for f, hint in option_fields().values():
-        _add_option(p, f, hint)
+            _add_option(common, f, hints[f.name])
+    _add_method_groups(p)
     p.set_defaults(func=run)
+
+
+def _add_method_groups(p: argparse.ArgumentParser) -> None:
+    """One group per registered method with the options it declares (an option several methods
+    read is listed under the first, and named in the others' description)."""
+    added: set[str] = set()
+    for entry in METHODS.values():
+        hints = typing.get_type_hints(entry.options)
+        own = [f for f in fields(entry.options) if f.name not in added]
+        shared = [f.name for f in fields(entry.options) if f.name in added]
+        if not own and not shared:
+            continue
+        also = f"also reads {', '.join('--' + n.replace('_', '-') for n in shared)} (above)" if shared else None
+        group = p.add_argument_group(f"--method {entry.name}: {entry.summary}", also)
+        for f in own:
+            _add_option(group, f, hints[f.name])
+            added.add(f.name)
 
 
 def run(args: argparse.Namespace) -> None:

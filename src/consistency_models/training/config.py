@@ -118,5 +118,6 @@ def option_defaults_text(name: str) -> str:
         for f in fields(entry.options):
             if f.name == name:
                 default = f.metadata.get("budget") if f.default is None else f.default
-                parts.append(f"{entry.name} {default if default is not MISSING else '-'}")
+                if default is not None and default is not MISSING:  # None: not set unless given
+                    parts.append(f"{entry.name} {default}")
     return ", ".join(parts)
