@@ -206,14 +206,16 @@ def test_folder_flat_jpeg_grayscale_and_channels(tmp_path):
     decoded = np.asarray(Image.open(tmp_path / "jpg" / "a.jpg").convert("RGB"))
     assert torch.equal(ds.tensors()[0][0], as_x(decoded))
 
-    # the first image fixes the channels: grayscale first → all grayscale (1 channel)
+    # a mix is RGB whatever comes first (--image-mode gray converts every image to 1 channel)
     save(tmp_path / "g" / "a.png", gray(1))
     save(tmp_path / "g" / "b.png", rgb(2))
     ds = load_dataset(tmp_path / "g")
+    assert ds.shape == (3, 6, 6)
+    assert torch.equal(ds.tensors()[0][0], as_x(np.repeat(gray(1)[..., None], 3, axis=2)))
+    ds = load_dataset(tmp_path / "g", image_mode="gray")
     assert ds.shape == (1, 6, 6)
     assert torch.equal(ds.tensors()[0][0], as_x(gray(1)))
     assert torch.equal(ds.tensors()[0][1], as_x(np.asarray(Image.fromarray(rgb(2)).convert("L"))))
-    # RGB first → the grayscale image is converted to 3 channels
     save(tmp_path / "c" / "a.png", rgb(1))
     save(tmp_path / "c" / "b.png", gray(2))
     ds = load_dataset(tmp_path / "c")

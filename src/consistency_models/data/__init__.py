@@ -12,6 +12,7 @@ from pathlib import Path
 from ..errors import InvalidInputError
 from .archives import load_npz, load_zip
 from .dataset import ImageDataset, InMemoryDataset, PointDataset
+from .decode import IMAGE_MODES, check_image_mode
 from .digits import load_digits
 from .folder import load_folder
 from .toy import TOYS, GaussianMixture, gmm_denoiser, load_toy, mog8_denoiser, mog8_mixture
@@ -27,10 +28,14 @@ def load_dataset(
     resolution: int | None = None,           # image side in px (digits: 16 by default)
     use_labels: bool = True,                 # class labels when the source has them
     xflip: bool = False,                     # random horizontal flips in `augment` (images only)
+    image_mode: str = "auto",                # a folder's or zip's mix of gray and color files (decode.py)
 ) -> ImageDataset | PointDataset:
     """The dataset named by `spec`: "digits" (train split), "digits:test" (held out), "toy:NAME",
     a folder path, a .zip or a .npz."""
     text = os.fspath(spec)
+    path = Path(text)
+    if check_image_mode(image_mode) != "auto" and not (path.is_dir() or path.suffix.lower() == ".zip"):
+        raise InvalidInputError(f"image_mode: {image_mode!r} applies to image folders and zips; {text} is neither")
     if text in ("digits", "digits:train", "digits:test"):
         split = "test" if text == "digits:test" else "train"
         return load_digits(split, resolution, use_labels, xflip)
@@ -44,12 +49,11 @@ def load_dataset(
         if xflip:
             raise InvalidInputError(f"xflip: only image datasets can be flipped; {text} is a set of 2-D points")
         return load_toy(name)
-    path = Path(text)
     suffix = path.suffix.lower()
     if path.is_dir():
-        return load_folder(path, resolution, use_labels, xflip)
+        return load_folder(path, resolution, use_labels, xflip, image_mode)
     if path.is_file() and suffix == ".zip":
-        return load_zip(path, resolution, use_labels, xflip)
+        return load_zip(path, resolution, use_labels, xflip, image_mode)
     if path.is_file() and suffix == ".npz":
         return load_npz(path, resolution, use_labels, xflip)
     why = "no such file or folder" if not path.exists() else "not a folder, .zip or .npz"

@@ -31,6 +31,7 @@ def load_zip(
     resolution: int | None = None,           # None: all images must share one size
     use_labels: bool = True,                 # labels from dataset.json when it has them
     xflip: bool = False,                     # random horizontal flips in `augment`
+    image_mode: str = "auto",                # channels of a mix of gray and color files (see decode.py)
 ) -> ImageDataset:
     """The images of an EDM-style zip as an `ImageDataset` (float32 in [−1, 1], NCHW)."""
     path = Path(path)
@@ -47,7 +48,7 @@ def load_zip(
         if use_labels and "dataset.json" in archive.namelist():
             labels = labels_from_json(archive.read("dataset.json"), names, f"{path}:dataset.json")
         files = [(f"{path}:{name}", partial(archive.open, name)) for name in names]
-        images = decode_images(files, resolution)
+        images = decode_images(files, resolution, image_mode)
     return ImageDataset.from_uint8(images, labels, None, xflip, source=str(path))
 
 

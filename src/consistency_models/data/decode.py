@@ -1,9 +1,11 @@
 """Decoding PNG/JPEG files into one uint8 NHWC array, and EDM's `dataset.json` labels.
 
-Rules shared by the image folder and the zip: the first image fixes the channels (grayscale
-`L` → 1 channel, anything else → RGB, 3 channels) and every image is converted to it; all
-images must have one size unless `resolution` is given, in which case each is center-cropped
-to a square and resized to resolution × resolution with Lanczos (as EDM's `dataset_tool.py
+Rules shared by the image folder and the zip: the channels follow `image_mode` — "auto": RGB
+(3 channels) unless every image is grayscale (1 channel), so a mix of gray, RGB and RGBA files
+becomes RGB (gray replicated, alpha dropped, as EDM's `dataset_tool.py`); "rgb" or "gray": every
+image converted to it; "same": a mix is refused, naming the first file that differs. All images
+must have one size unless `resolution` is given, in which case each is center-cropped to a
+square and resized to resolution × resolution with Lanczos (as EDM's `dataset_tool.py
 --transform=center-crop`).
 """
 
@@ -20,6 +22,7 @@ from ..errors import InvalidInputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+IMAGE_MODES = ("auto", "rgb", "gray", "same")   # how a data set's images get one channel count
 
 
 def is_image_name(name: str) -> bool:
@@ -56,21 +59,33 @@ def open_image(open_file: Callable[[], IO[bytes]], name: str) -> Image.Image:
     return image
 
 
+def check_image_mode(image_mode: str) -> str:
+    if image_mode not in IMAGE_MODES:
+        raise InvalidInputError(f"image_mode: {image_mode!r} is not allowed; use one of {', '.join(IMAGE_MODES)}")
+    return image_mode
+
+
 def decode_images(
     files: Sequence[tuple[str, Callable[[], IO[bytes]]]],  # (name for messages, opener) per image
     resolution: int | None = None,                          # None = all must share one size
+    image_mode: str = "auto",                               # see the module's docstring
 ) -> np.ndarray:
-    """Decode `files` into one uint8 array (N, H, W, C), C = 1 or 3 as the first image says."""
-    mode = None
-    size = None
-    first = ""
+    """Decode `files` into one uint8 array (N, H, W, C), C = 1 or 3 (see `image_mode`)."""
+    check_image_mode(image_mode)
+    size, first, first_gray = None, "", None
     out = []
     for name, open_file in files:
         image = open_image(open_file, name)
-        if mode is None:
-            mode = "L" if image.mode in GRAY_MODES else "RGB"
-            first = name
-        image = image.convert(mode)
+        gray = image.mode in GRAY_MODES
+        if first_gray is None:
+            first, first_gray = name, gray
+        elif image_mode == "same" and gray != first_gray:
+            kinds = {True: "grayscale", False: f"color ({image.mode})"}
+            raise InvalidInputError(f"path: {name} is {kinds[gray]} but {first} is "
+                                    f"{'grayscale' if first_gray else 'color'}; use --image-mode auto (RGB unless "
+                                    "all are gray), rgb or gray to convert them")
+        keep_gray = image_mode == "gray" or (gray and image_mode != "rgb")
+        image = image.convert("L" if keep_gray else "RGB")
         if resolution is not None:
             image = center_crop_resize(image, resolution)
         if size is None:
@@ -82,7 +97,8 @@ def decode_images(
             )
         array = np.asarray(image, dtype=np.uint8)
         out.append(array[..., None] if array.ndim == 2 else array)
-    return np.stack(out)
+    channels = max(a.shape[-1] for a in out)  # auto: RGB as soon as one image is in color
+    return np.stack([np.repeat(a, channels, axis=-1) if a.shape[-1] != channels else a for a in out])
 
 
 def labels_from_json(text: bytes | str, names: Sequence[str], where: str) -> np.ndarray | None:

@@ -50,6 +50,7 @@ def load_folder(
     resolution: int | None = None,           # None: all images must share one size
     use_labels: bool = True,                 # classes from dataset.json or the subfolders
     xflip: bool = False,                     # random horizontal flips in `augment`
+    image_mode: str = "auto",                # channels of a mix of gray and color files (see decode.py)
 ) -> ImageDataset:
     """All PNG/JPEG images under `path` as an `ImageDataset` (float32 in [−1, 1], NCHW)."""
     root = Path(path)
@@ -67,5 +68,5 @@ def load_folder(
         else:
             labels, num_classes = subfolder_labels(root, names)
     files = [(str(root / name), partial(open, root / name, "rb")) for name in names]
-    images = decode_images(files, resolution)
+    images = decode_images(files, resolution, image_mode)
     return ImageDataset.from_uint8(images, labels, num_classes, xflip, source=str(root))

@@ -16,6 +16,7 @@ import math
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from typing import Any, Callable, Sequence
 
+from ..data.decode import IMAGE_MODES
 from ..errors import InvalidInputError
 from .optimizer import OPTIMIZERS
 
@@ -150,6 +151,8 @@ class RunSettings:
     use_labels: bool = setting(True, "class-conditional when the data has labels",
                                aliases={"--unconditional": False})
     xflip: bool = setting(False, "random horizontal flips")
+    image_mode: str = setting("auto", "channels of an image folder or zip that mixes gray and color files: auto (RGB "
+                                      "unless all are gray), rgb, gray, or same (refuse a mix)", choices=IMAGE_MODES)
     teacher: str | None = setting(None, "EDM denoiser folder (trained with --method edm, or converted)")
     init_from_teacher: bool | None = setting(None, "start the student from the teacher's weights")
     init_from: str | None = setting(None, "start from this pipeline folder's network (fine-tuning; same shape "
