@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
@@ -11,7 +12,7 @@ from ..errors import InvalidInputError
 from ..evaluation.generation import DEFAULT_COMPUTE_BATCH, generate_samples, shard_folder
 from ..io.hub import DEFAULT_MODEL
 from ..io.images import output_kind, save_images, save_points, to_uint8
-from ..io.overwrite import refuse_existing
+from ..io.overwrite import refuse_existing, refuse_input_as_output, replaced_folder
 from ..pipeline import ConsistencyModelPipeline
 from .arguments import (
     DTYPES,
@@ -75,13 +76,18 @@ def sampling_pipeline(args: argparse.Namespace, dev: torch.device) -> Consistenc
     return pipe
 
 
+FOLDER_IMAGES = r"\d{6}\.png"   # the names save_images gives a folder output's images
+
+
 def run(args: argparse.Namespace) -> None:
     output_kind(args.out)  # refuse a bad output path before any work
+    refuse_input_as_output(args.out, "out", {"model": args.model})
     if args.num is not None:
         if not shard_folder(args.out).is_dir():  # else a killed run may have left its merged file: decided there
             refuse_existing(args.out, args.overwrite)
         return run_many(args)
     refuse_existing(args.out, args.overwrite)
+    refuse_input_as_output(args.out, "out", {"model": args.model})
     pipe = sampling_pipeline(args, device(args.device))
     result = pipe(batch_size=args.batch_size, class_labels=args.class_labels, **noise_levels(args).as_dict(),
                   generator=torch.Generator().manual_seed(args.seed), output_type="np")
@@ -90,7 +96,12 @@ def run(args: argparse.Namespace) -> None:
         save_points(result.images, args.out, labels)
         print(f"wrote {plural(len(result.images), 'point')} to {args.out}")
         return
-    files = save_images(to_uint8(result.images), args.out, labels)
+    if output_kind(args.out) == "dir":  # replaced as a whole: no earlier image stays mixed in
+        with replaced_folder(args.out, FOLDER_IMAGES) as fresh:
+            files = save_images(to_uint8(result.images), fresh, labels)
+        files = [Path(args.out) / f.name for f in files]
+    else:
+        files = save_images(to_uint8(result.images), args.out, labels)
     where = files[0] if len(files) == 1 else f"{plural(len(files), 'file')} in {files[0].parent}"
     print(f"wrote {plural(len(result.images), 'image')} to {where}")
 

@@ -1,24 +1,40 @@
-"""Outputs never overwrite the inputs they were computed from."""
+"""Outputs never overwrite the inputs they were computed from, and replace an earlier output only
+when the user says so (`--overwrite`) — a folder as a whole."""
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from ..errors import InvalidInputError
 
 
 def refuse_input_as_output(out: str | os.PathLike | None, argument: str,
                            inputs: dict[str, str | os.PathLike | None]) -> None:
-    """A one-line error when the output path `out` is one of `inputs` (the same file or folder,
-    however spelled); `inputs` maps option names to paths (None and non-paths are skipped)."""
+    """A one-line error when the output path `out` is one of `inputs`, lies inside an input folder,
+    or is a folder holding an input (however spelled; `--overwrite` or not); `inputs` maps option
+    names to paths (None and paths that do not exist, e.g. embedded model names, are skipped)."""
     if out is None:
         return
     target = Path(out).resolve()
     for name, path in inputs.items():
-        if path is not None and Path(path).exists() and Path(path).resolve() == target:
-            raise InvalidInputError(f"{argument}: {out} is the --{name.replace('_', '-')} input; "
-                                    "write the result elsewhere")
+        if path is None or not Path(path).exists():
+            continue
+        source, option = Path(path).resolve(), "--" + name.replace("_", "-")
+        if source == target:
+            why = f"is the {option} input"
+        elif source.is_dir() and source in target.parents:
+            why = f"lies inside the {option} folder {path}"
+        elif target in source.parents:
+            why = f"holds the {option} input {path}"
+        else:
+            continue
+        raise InvalidInputError(f"{argument}: {out} {why}; write the result elsewhere")
 
 
 def refuse_existing(path: str | os.PathLike | None, overwrite: bool, argument: str = "out") -> None:
@@ -32,3 +48,30 @@ def refuse_existing(path: str | os.PathLike | None, overwrite: bool, argument: s
             raise InvalidInputError(f"{argument}: the folder {path} is not empty; pass --overwrite to write into it")
     elif target.exists():
         raise InvalidInputError(f"{argument}: {path} exists; pass --overwrite to replace it")
+
+
+@contextmanager
+def replaced_folder(path: str | os.PathLike, ours: str, argument: str = "out") -> Iterator[Path]:
+    """Yields an empty folder to write an output folder into; on success it takes `path`'s place as
+    a whole (no file of an earlier output stays mixed in). An existing `path` must hold only files
+    whose names match `ours` (what this command writes), else it is refused naming a stranger: a
+    user's folder is never emptied by mistake. On an error the earlier folder stays as it was."""
+    target = Path(path)
+    pattern = re.compile(ours)
+    if target.is_dir():
+        strangers = sorted(p.name for p in target.iterdir() if not (p.is_file() and pattern.fullmatch(p.name)))
+        if strangers:
+            raise InvalidInputError(f"{argument}: {path} holds {strangers[0]}, which this command did not write; "
+                                    "choose another folder (--overwrite replaces only an earlier output)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fresh = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield fresh
+        old = target.with_name(f".{target.name}.old")
+        if target.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+        os.replace(fresh, target)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)

@@ -1,0 +1,74 @@
+"""What `--overwrite` may replace: an earlier output, as a whole — never an input, a folder
+holding an input or a folder inside one, and never a folder holding files the command did not
+write."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from consistency_models.cli import main
+
+
+def run(capsys, argv):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, err
+
+
+def one_line(code, err, text):
+    assert code == 2 and err.count("\n") == 1 and err.startswith("cm: error: ") and text in err, err
+
+
+def test_overwrite_replaces_a_folder_of_earlier_images_as_a_whole(tmp_path, capsys):
+    out = tmp_path / "grid"
+    assert run(capsys, ["sample", "--out", f"{out}/", "--batch-size", "16"])[0] == 0
+    assert len(list(out.iterdir())) == 16
+    code, err = run(capsys, ["sample", "--out", f"{out}/", "--batch-size", "2"])
+    one_line(code, err, "is not empty; pass --overwrite")
+    assert run(capsys, ["sample", "--out", f"{out}/", "--batch-size", "2", "--overwrite", "--seed", "1"])[0] == 0
+    assert sorted(p.name for p in out.iterdir()) == ["000000.png", "000001.png"]  # no stale 000002 … 000015
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp or old folder left
+
+
+def test_overwrite_refuses_a_folder_holding_files_it_did_not_write(tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    (out / "000000.png").write_bytes(b"")
+    code, err = run(capsys, ["sample", "--out", f"{out}/", "--batch-size", "2", "--overwrite"])
+    one_line(code, err, "holds notes.txt, which this command did not write")
+    assert (out / "notes.txt").read_text() == "keep me" and (out / "000000.png").read_bytes() == b""
+
+
+def test_an_edit_never_replaces_its_input_even_with_overwrite(tmp_path, capsys):
+    image = tmp_path / "digit.png"
+    Image.fromarray(np.full((16, 16), 200, dtype=np.uint8), "L").save(image)
+    before = image.read_bytes()
+    code, err = run(capsys, ["edit", "denoise", "--image", str(image), "--sigma", "0.4", "--out", str(image),
+                             "--overwrite"])
+    one_line(code, err, f"out: {image} is the --image input; write the result elsewhere")
+    assert image.read_bytes() == before
+
+
+@pytest.mark.parametrize("where, text", [("", "is the --model input"), ("samples/", "lies inside the --model folder")])
+def test_samples_never_land_in_the_model_folder(pipeline_copy, capsys, where, text):
+    before = sorted(p.name for p in pipeline_copy.rglob("*"))
+    code, err = run(capsys, ["sample", "--model", str(pipeline_copy), "--out", f"{pipeline_copy}/{where}",
+                             "--batch-size", "2", "--overwrite"])
+    one_line(code, err, text)
+    assert sorted(p.name for p in pipeline_copy.rglob("*")) == before
+
+
+def test_a_run_folder_may_not_hold_its_data(tmp_path, capsys):
+    data = tmp_path / "data" / "images"
+    data.mkdir(parents=True)
+    for i in range(4):
+        Image.fromarray(np.full((8, 8), 50 * i, dtype=np.uint8), "L").save(data / f"{i}.png")
+    code, err = run(capsys, ["train", "--method", "ict", "--data", str(data), "--out", str(tmp_path / "data"),
+                             "--steps", "1", "--batch-size", "2", "--no-progress"])
+    one_line(code, err, f"holds the --data input {data}")
+    code, err = run(capsys, ["train", "--method", "ict", "--data", str(data), "--out", str(data / "run"),
+                             "--steps", "1", "--batch-size", "2", "--no-progress"])
+    one_line(code, err, "lies inside the --data folder")
