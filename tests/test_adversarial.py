@@ -435,6 +435,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_file(small_disk, capsys):
     out = small_disk / "samples.npz"
     code, _, err = run_cm(capsys, ["sample", "--batch-size", "1024", "--out", str(out)])  # 256 KiB of pixels
     assert_one_line_error(code, err, "No space left on device", expected_code=1)
+    assert f"cm: error: {out}: " in err and ".tmp" not in err  # the user's path, not the hidden temp file
     assert list(small_disk.iterdir()) == []  # neither the file nor a temp file is left
 
 

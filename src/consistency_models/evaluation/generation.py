@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 
 import shutil
 import zipfile
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 from pathlib import Path
 
@@ -29,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ..distributed import DistributedContext
 from ..errors import InvalidInputError
-from ..io.atomic import atomic_path, remove_leftovers, write_json
+from ..io.atomic import atomic_path, remove_leftovers, write_error, write_json
 from ..io.checksum import file_sha256
 from ..io.images import to_uint8
 from ..io.lock import hold_folder
@@ -39,6 +41,7 @@ from ..schedule import NoiseLevels
 
 SHARD_SUFFIX = ".shards"
 RUN_RECORD = "run.json"                 # the run's settings in its shard folder (and, once merged, the file's hash)
+SHARD_NAME = re.compile(r"r\d+-\d+\.npz")  # r{rank}-{first index}.npz
 
 
 def image_seed(seed: int, index: int) -> int:
@@ -60,45 +63,115 @@ def shard_folder(out: str | os.PathLike) -> Path:
     return Path(str(out) + SHARD_SUFFIX)
 
 
-def _read_shard(path: Path, images: bool) -> dict[str, np.ndarray] | None:
-    """A shard's indices (and images and labels when `images`), or None for a damaged or foreign
-    file. Every array is read in full, which checks each member's CRC: a flipped byte anywhere
-    makes the shard invalid, so it is made again rather than trusted."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if not {"images", "indices"} <= set(data.files):
-                return None
-            arrays = {key: data[key] for key in data.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
-        return None
+@dataclass(frozen=True)
+class ShardSpec:
+    """What every shard of a run holds: `images` (n, H, W, C) uint8, `indices` (n,) int64 and, for a
+    class-conditional model, `labels` (n,) int64 (in [0, num_classes) when that is known); nothing else."""
+
+    image_shape: tuple[int, int, int]           # (H, W, C) of one image
+    labels: bool                                # whether the shards hold labels (a class-conditional model)
+    num_classes: int | None = None              # the model's classes, when known
+
+    @classmethod
+    def of(cls, pipe: ConsistencyModelPipeline) -> ShardSpec:
+        """The layout of the shards `pipe` makes."""
+        channels, height, width = pipe.sample_shape
+        num_classes = getattr(pipe.unet.config, "num_classes", None)
+        return cls((height, width, channels), num_classes is not None, num_classes)
+
+    @classmethod
+    def like(cls, shard: dict[str, np.ndarray]) -> ShardSpec:
+        """The layout of a sound `shard` (for shards read without the model that made them)."""
+        height, width, channels = shard["images"].shape[1:]
+        return cls((height, width, channels), "labels" in shard)
+
+    @property
+    def members(self) -> set[str]:
+        return {"images", "indices"} | ({"labels"} if self.labels else set())
+
+
+def _described(array: np.ndarray) -> str:
+    return f"{array.dtype} of shape {tuple(array.shape)}"
+
+
+def shard_problem(arrays: dict[str, np.ndarray], spec: ShardSpec | None) -> str | None:
+    """What is wrong with a shard's arrays for a run of `spec` (None: any image size, labels or
+    not), or None for a sound shard."""
+    needed = spec.members if spec is not None else {"images", "indices"}
+    allowed = spec.members if spec is not None else {"images", "indices", "labels"}
+    missing, foreign = sorted(needed - set(arrays)), sorted(set(arrays) - allowed)
+    if missing:
+        return f"no {missing[0]} array; a shard of this run holds {', '.join(sorted(needed))}"
+    if foreign:
+        return f"an array {foreign[0]!r} that this run does not write"
     indices, pixels = arrays["indices"], arrays["images"]
-    valid = (indices.ndim == 1 and np.issubdtype(indices.dtype, np.integer) and bool((indices >= 0).all())
-             and pixels.dtype == np.uint8 and pixels.ndim == 4 and len(pixels) == len(indices)
-             and ("labels" not in arrays or arrays["labels"].shape == indices.shape))
-    if not valid:
-        return None
-    return arrays if images else {"indices": indices}
+    if indices.dtype != np.int64 or indices.ndim != 1 or len(indices) == 0:
+        return f"indices are {_described(indices)}, not int64 of shape (n,), n ≥ 1"
+    if int(indices.min()) < 0 or int(indices.max()) >= MAX_IMAGES:
+        return f"indices must be image numbers from 0 to {MAX_IMAGES - 1}"
+    n = len(indices)
+    shape = (n, *spec.image_shape) if spec is not None else None
+    if pixels.dtype != np.uint8 or pixels.ndim != 4 or len(pixels) != n or (shape and pixels.shape != shape):
+        wanted = shape or (n, "H", "W", "C")
+        return f"images are {_described(pixels)}, not uint8 of shape ({', '.join(map(str, wanted))})"
+    if "labels" in arrays:
+        labels = arrays["labels"]
+        if labels.dtype != np.int64 or labels.shape != (n,):
+            return f"labels are {_described(labels)}, not int64 of shape ({n},)"
+        if spec is not None and spec.num_classes is not None and not (
+                0 <= int(labels.min()) and int(labels.max()) < spec.num_classes):
+            return f"labels must be classes from 0 to {spec.num_classes - 1}"
+    return None
 
 
-def _shards(folder: Path, images: bool = False) -> list[dict[str, np.ndarray]]:
-    """The valid shards of `folder`; a damaged one is removed (naming it) so its images are made again."""
+def _read_shard(path: Path, spec: ShardSpec | None) -> dict[str, np.ndarray] | str:
+    """A shard's arrays, or what is wrong with it (a damaged or foreign file). Every array is read
+    in full, which checks each member's CRC: a flipped byte anywhere makes the shard invalid, so it
+    is made again rather than trusted; so do a missing or extra member, a shape or a dtype that this
+    run (`spec`) does not write."""
+    try:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            return "not an .npz archive"
+        with data:
+            arrays = {key: data[key] for key in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        return f"unreadable: {str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}"
+    return shard_problem(arrays, spec) or arrays
+
+
+def _shards(folder: Path, images: bool = False, spec: ShardSpec | None = None) -> list[dict[str, np.ndarray]]:
+    """The valid shards of `folder` for a run of `spec` (None: the first sound shard's layout); a
+    damaged one is removed (naming it) so its images are made again. Something else in a shard's
+    place (a folder) is refused, never deleted."""
     if not folder.is_dir():
         return []
     shards = []
-    for path in sorted(p for p in folder.glob("r*.npz") if p.is_file()):
-        shard = _read_shard(path, images)
-        if shard is None:
-            print(f"sampling: {path} is damaged or not a shard of this run; removed, its images are made again",
-                  file=sys.stderr)
-            path.unlink(missing_ok=True)
+    for path in sorted(p for p in folder.iterdir() if SHARD_NAME.fullmatch(p.name)):
+        if not path.is_file():
+            kind = "a folder" if path.is_dir() else "not a regular file"
+            raise InvalidInputError(f"out: {path} is {kind}, not a shard file; move it away (its images are "
+                                    "then made again) and run the same command again")
+        shard = _read_shard(path, spec)
+        if isinstance(shard, str):
+            print(f"sampling: {path} is damaged or not a shard of this run ({shard}); removed, its images are made "
+                  "again", file=sys.stderr)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:
+                raise InvalidInputError(f"out: {path} is damaged ({shard}) and cannot be removed "
+                                        f"({exc.strerror or exc}); delete it and run the same command again") from exc
             continue
-        shards.append(shard)
+        if spec is None:
+            spec = ShardSpec.like(shard)  # the others must match the first
+        shards.append(shard if images else {"indices": shard["indices"]})
     return shards
 
 
-def existing_indices(folder: Path) -> set[int]:
-    """The image indices already written as valid shards in `folder` (each shard read in full)."""
-    return {int(i) for shard in _shards(folder) for i in shard["indices"]}
+def existing_indices(folder: Path, spec: ShardSpec | None = None) -> set[int]:
+    """The image indices already written as valid shards in `folder` (each shard read in full and
+    checked against `spec`, the run's shard layout, when given)."""
+    return {int(i) for shard in _shards(folder, spec=spec) for i in shard["indices"]}
 
 
 def _compute(pipe: ConsistencyModelPipeline, chunk: list[int], size: int, seed: int, class_labels: int | None,
@@ -195,6 +268,8 @@ def _check_arguments(num: int, batch_size: int, out: str | os.PathLike) -> Path:
         raise InvalidInputError(f"out: {str(out)!r} must end in .npz (ADM-style arrays) for sharded generation")
     if not path.parent.is_dir():
         raise InvalidInputError(f"out: the folder {path.parent} does not exist")
+    if path.is_dir():
+        raise InvalidInputError(f"out: {out} is a folder; sharded generation writes one .npz file there")
     return path
 
 
@@ -231,10 +306,16 @@ def generate_samples(
             return path
         return None
     refuse_existing(path, overwrite)
-    folder.mkdir(exist_ok=True)
+    if folder.exists() and not folder.is_dir():
+        raise InvalidInputError(f"out: {folder} is a file, but the shards of {out} go into a folder of that name; "
+                                "move it away")
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError as exc:  # the output's folder is not writable, ...: named as the output, which cannot be made
+        raise write_error(exc, path) from exc
     with hold_folder(folder, "cm sample --num", name=f".lock-r{context.rank}"):
         return _generate_locked(pipe, num, path, folder, batch_size, settings, seed, class_labels, levels,
-                                context, progress)
+                                context, progress, ShardSpec.of(pipe))
 
 
 def _merged_but_not_cleaned(folder: Path, out: Path, settings: dict, num: int) -> bool:
@@ -248,12 +329,12 @@ def _merged_but_not_cleaned(folder: Path, out: Path, settings: dict, num: int) -
 def _generate_locked(pipe: ConsistencyModelPipeline, num: int, path: Path, folder: Path, batch_size: int,
                      settings: dict, seed: int,
                      class_labels: int | None, levels: NoiseLevels, context: DistributedContext,
-                     progress: bool) -> Path | None:
+                     progress: bool, spec: ShardSpec) -> Path | None:
     """generate_samples once this process holds its rank's lock of the shard folder."""
     remove_leftovers(folder, prefix=f"r{context.rank}-")  # this rank's temp files of a killed run
     check_run_settings(folder, settings)
     compute_batch = settings["compute_batch"]
-    done = existing_indices(folder)
+    done = existing_indices(folder, spec)
     todo = [i for i in range(context.rank, num, context.world_size) if i not in done]
     bar = tqdm(total=len(todo), unit="img", desc=f"sampling (rank {context.rank})" if context.enabled else "sampling",
                disable=not progress, dynamic_ncols=True)
@@ -270,12 +351,15 @@ def _generate_locked(pipe: ConsistencyModelPipeline, num: int, path: Path, folde
     if not context.is_main:
         return None
     remove_leftovers(path.parent, prefix=path.name)  # the temp file of a merge that was killed
-    return merge_shards(folder, num, path)
+    return merge_shards(folder, num, path, spec)
 
 
-def merge_shards(folder: Path, num: int, out: Path) -> Path:
-    """Write images 0 … num−1 from the shards in index order into `out`, then delete the shards."""
-    shards = _shards(folder, images=True)  # every shard read once
+def merge_shards(folder: Path, num: int, out: Path, spec: ShardSpec | None = None) -> Path:
+    """Write images 0 … num−1 from the shards in index order into `out`, then delete the shards.
+
+    Every shard is checked against `spec` (the run's layout; None: the first shard's) and a damaged
+    one is removed, so a rerun makes its images again."""
+    shards = _shards(folder, images=True, spec=spec)  # every shard read once
     done = {int(i) for shard in shards for i in shard["indices"] if i < num}
     if len(done) < num:
         raise InvalidInputError(
@@ -289,7 +373,7 @@ def merge_shards(folder: Path, num: int, out: Path) -> Path:
         if images is None:
             images = np.zeros((num, *shard["images"].shape[1:]), dtype=np.uint8)
             labels = np.zeros(num, dtype=np.int64) if "labels" in shard else None
-        images[idx] = shard["images"][keep]
+        images[idx] = shard["images"][keep]  # every shard has the spec's image shape and labels or none
         if labels is not None:
             labels[idx] = shard["labels"][keep]
     arrays = {"arr_0": images} if labels is None else {"arr_0": images, "arr_1": labels}

@@ -1,16 +1,35 @@
-"""Write files so that a reader never sees a half-written one: temp file, then rename."""
+"""Write files so that a reader never sees a half-written one: temp file, then rename.
+
+When the OS refuses a write (a folder that is not writable, a folder standing where the file
+should be, a full disk), the error names the file the caller asked for, never the hidden temp
+file, and the temp file is removed.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Iterator
 
+from ..errors import InvalidInputError
 
 TMP_SUFFIX = ".tmp"
+
+# The OS refusing the place itself: the user must choose another path (InvalidInputError, `cm` exit 2).
+_PLACE_ERRORS = {
+    errno.EACCES: "the folder {parent} must be writable",
+    errno.EPERM: "the folder {parent} must be writable",
+    errno.EROFS: "{parent} is on a read-only file system",
+    errno.EISDIR: "a folder stands there; give a file name or remove that folder",
+    errno.ENOTDIR: "a part of the path is not a folder",
+    errno.ENAMETOOLONG: "the name is too long for this file system",
+}
+# Failed writes that report no file name (a write to an open file): theirs is the temp file's.
+_WRITE_ERRORS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG, errno.EIO, errno.EROFS}
 
 
 def fsync_dir(folder: Path) -> None:
@@ -24,21 +43,54 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _is_temp_name(name: object, path: Path) -> bool:
+    """Whether an OSError's file name is a temp file of `path` (made by `atomic_path`)."""
+    if name is None:
+        return False
+    name = Path(os.path.abspath(os.fsdecode(name)))  # mkstemp's names are absolute from Python 3.12 on
+    return (name.parent == Path(os.path.abspath(path)).parent and name.name.startswith(f".{path.name}.")
+            and name.name.endswith(TMP_SUFFIX))
+
+
+def _about_temp_file(exc: OSError, path: Path) -> bool:
+    """Whether `exc` is the OS refusing to write the temp file of `path` (so it must name `path`)."""
+    if _is_temp_name(exc.filename, path) or _is_temp_name(exc.filename2, path):
+        return True
+    return exc.filename is None and exc.errno in _WRITE_ERRORS
+
+
+def write_error(exc: OSError, path: Path) -> Exception:
+    """The error to raise for `exc`, the OS refusing to write `path` (or its temp file): one line
+    naming `path`. A place that cannot hold the file (permissions, a folder in the way, a read-only
+    file system) is InvalidInputError; anything else (a full disk, an I/O error) stays an OSError."""
+    reason = exc.strerror or type(exc).__name__
+    hint = _PLACE_ERRORS.get(exc.errno)
+    if hint is not None:
+        return InvalidInputError(f"{path}: cannot write it ({reason}); {hint.format(parent=path.parent)}")
+    return OSError(exc.errno, f"cannot write it: {reason}", str(path))
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, fsync: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` in one rename.
 
     With `fsync`, the file's data and the folder entry reach the disk before returning, so a
-    power loss or SIGKILL leaves either the old file or the complete new one.
+    power loss or SIGKILL leaves either the old file or the complete new one. An OS error about
+    the temp file is raised naming `path` (see `write_error`); the temp file never stays behind.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    if path.is_dir():
+        raise write_error(IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR)), path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    except OSError as exc:  # the folder is missing, not writable, read-only, full, ...
+        raise write_error(exc, path) from exc
     os.close(fd)
     tmp_path = Path(tmp)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
     try:
+        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~umask)  # again: a writer may have replaced the file (safetensors does)
         if fsync:
@@ -47,9 +99,14 @@ def atomic_path(path: str | os.PathLike, fsync: bool = False) -> Iterator[Path]:
         os.replace(tmp_path, path)
         if fsync:
             fsync_dir(path.parent)
+    except OSError as exc:
+        if _about_temp_file(exc, path):
+            raise write_error(exc, path) from exc
+        raise
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        if tmp_path.is_file() or tmp_path.is_symlink():
+            with suppress(OSError):  # the error that brought us here is the one to report
+                tmp_path.unlink()
 
 
 def write_json(path: str | os.PathLike, data: dict) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InvalidInputError
-from .atomic import atomic_path
+from .atomic import atomic_path, write_error
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -121,7 +121,10 @@ def save_images(images: np.ndarray, out: str | os.PathLike, labels: np.ndarray |
             arrays["arr_1"] = np.asarray(labels, dtype=np.int64)
         _save_npz(path, arrays)
         return [path]
-    path.mkdir(exist_ok=True)
+    try:
+        path.mkdir(exist_ok=True)
+    except OSError as exc:  # the folder above is not writable, ...: one line naming the user's folder
+        raise write_error(exc, path) from exc
     files = []
     for i, img in enumerate(images):
         file = path / f"{i:06d}.png"

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import InvalidInputError
+from .atomic import write_error
 
 
 def refuse_input_as_output(out: str | os.PathLike | None, argument: str,
@@ -63,8 +64,11 @@ def replaced_folder(path: str | os.PathLike, ours: str, argument: str = "out") -
         if strangers:
             raise InvalidInputError(f"{argument}: {path} holds {strangers[0]}, which this command did not write; "
                                     "choose another folder (--overwrite replaces only an earlier output)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fresh = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fresh = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    except OSError as exc:  # the place cannot hold it: named as the user wrote it, not the temp folder
+        raise write_error(exc, target) from exc
     try:
         yield fresh
         old = target.with_name(f".{target.name}.old")

@@ -306,13 +306,14 @@ def default_cache_path() -> Path:
     return Path.home() / ".cache" / "consistency_models" / INCEPTION_FILENAME
 
 
-def _check_sha256(path: Path, expected: str | None) -> None:
+def _check_sha256(path: Path, expected: str | None, name: Path | None = None) -> None:
+    """`name`: the path to show (the download's target while `path` is its temp file)."""
     if expected is None:
         return
     actual = file_sha256(path)
     if actual != expected.lower():
         raise InvalidInputError(
-            f"inception weights: {path} has SHA-256 {actual}, expected {expected}; the file is damaged, "
+            f"inception weights: {name or path} has SHA-256 {actual}, expected {expected}; the file is damaged, "
             f"truncated or not {INCEPTION_FILENAME} (download it again from {INCEPTION_URL})"
         )
 
@@ -323,7 +324,7 @@ def _download(target: Path, sha256: str | None) -> None:
     with atomic_path(target) as tmp:
         with urllib.request.urlopen(INCEPTION_URL, timeout=60) as response, open(tmp, "wb") as f:
             f.writelines(iter(lambda: response.read(1 << 20), b""))
-        _check_sha256(tmp, sha256)
+        _check_sha256(tmp, sha256, name=target)
 
 
 def resolve_inception_weights(
