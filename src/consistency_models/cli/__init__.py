@@ -19,6 +19,7 @@ from ..training import TrainingDiverged
 from . import convert, edit, evaluate, new, sample, train, tune_timesteps
 from .allocator import keep_freed_memory
 from .arguments import OneLineErrorParser, threads
+from .out_of_memory import is_out_of_memory
 
 SUBCOMMANDS = (sample, edit, evaluate, tune_timesteps, new, train, convert)
 EXAMPLES = """examples:
@@ -94,7 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Image.DecompressionBombError as exc:  # a crafted or huge image file
         print(f"cm: error: image: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
-    except (MemoryError, torch.OutOfMemoryError):
+    except (MemoryError, RuntimeError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+        if not is_out_of_memory(exc):
+            raise
         print("cm: error: out of memory; use a smaller --batch-size (or --num)", file=sys.stderr)
         return 1
     except OSError as exc:  # a full disk, a folder that cannot be written, ...

@@ -14,6 +14,7 @@ from ..io.hub import DEFAULT_MODEL
 from ..io.images import output_kind, save_images, save_points, to_uint8
 from ..io.overwrite import refuse_existing, refuse_input_as_output, replaced_folder
 from ..pipeline import ConsistencyModelPipeline
+from .out_of_memory import fitting_batch, is_out_of_memory
 from .arguments import (
     DTYPES,
     DefaultsHelpFormatter,
@@ -89,8 +90,17 @@ def run(args: argparse.Namespace) -> None:
     refuse_existing(args.out, args.overwrite)
     refuse_input_as_output(args.out, "out", {"model": args.model})
     pipe = sampling_pipeline(args, device(args.device))
-    result = pipe(batch_size=args.batch_size, class_labels=args.class_labels, **noise_levels(args).as_dict(),
-                  generator=torch.Generator().manual_seed(args.seed), output_type="np")
+
+    def attempt(batch_size: int):
+        return pipe(batch_size=batch_size, class_labels=args.class_labels, **noise_levels(args).as_dict(),
+                    generator=torch.Generator().manual_seed(args.seed), output_type="np")
+
+    try:
+        result = attempt(args.batch_size)
+    except Exception as exc:  # noqa: BLE001 — only running out of memory is turned into advice
+        if not is_out_of_memory(exc):
+            raise
+        raise InvalidInputError(too_large(args.batch_size, fitting_batch(attempt, args.batch_size))) from None
     labels = result.class_labels.cpu().numpy() if result.class_labels is not None else None
     if not pipe.is_image_model:
         save_points(result.images, args.out, labels)
@@ -104,6 +114,13 @@ def run(args: argparse.Namespace) -> None:
         files = save_images(to_uint8(result.images), args.out, labels)
     where = files[0] if len(files) == 1 else f"{plural(len(files), 'file')} in {files[0].parent}"
     print(f"wrote {plural(len(result.images), 'image')} to {where}")
+
+
+def too_large(batch: int, fits: int) -> str:
+    if fits == 0:
+        return f"batch_size: not even one image fits in memory here (--batch-size {batch} was asked for)"
+    return (f"batch_size: {batch} images do not fit in memory here at once, {fits} do; use --batch-size {fits}, "
+            f"or --num {batch} --batch-size {fits} to make {batch} in batches")
 
 
 def run_many(args: argparse.Namespace) -> None:

@@ -1,0 +1,33 @@
+"""`cm sample` asked for more images at once than memory holds: one line naming a batch that fits
+(found by trying halves), not an allocator traceback — under a real memory cap (RLIMIT_AS) on a
+real `cm` child process."""
+
+from __future__ import annotations
+
+import re
+import resource
+import subprocess
+import sys
+
+import pytest
+
+from conftest import child_env
+
+CAP = int(1.6 * 2**30)   # address space: torch loads, 100,000 digits at once do not fit
+
+
+def capped() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (CAP, CAP))
+
+
+def test_too_large_a_batch_is_one_line_with_the_batch_that_fits(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "consistency_models", "sample", "--batch-size", "100000",
+                           "--out", str(tmp_path / "s.npz")], preexec_fn=capped, capture_output=True, text=True,
+                          env=child_env(), timeout=300)
+    if proc.returncode != 2 and "batch_size" not in proc.stderr and "import" in proc.stderr.lower():
+        pytest.skip("this machine's torch needs more address space than the cap to load")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    match = re.fullmatch(r"cm: error: batch_size: 100000 images do not fit in memory here at once, (\d+) do; use "
+                         r"--batch-size \1, or --num 100000 --batch-size \1 to make 100000 in batches\n", proc.stderr)
+    assert match and 1 <= int(match.group(1)) < 100000, proc.stderr
+    assert not (tmp_path / "s.npz").exists()
