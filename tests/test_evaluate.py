@@ -222,7 +222,7 @@ def test_folder_chunks_keep_the_first_images_size_and_channels(tmp_path, monkeyp
         Image.fromarray(image.transpose(1, 2, 0)).save(tmp_path / "mixed" / f"{i + 3:04d}.png")
     images = np.concatenate(list(open_image_set(tmp_path / "mixed").chunks(2)))
     files = [(str(p), lambda p=p: open(p, "rb")) for p in sorted((tmp_path / "mixed").iterdir())]
-    np.testing.assert_array_equal(images, decode_images(files).transpose(0, 3, 1, 2))   # all gray, as one decode
+    np.testing.assert_array_equal(images, decode_images(files, image_mode="gray").transpose(0, 3, 1, 2))  # all gray
     assert images.shape == (5, 1, 16, 16)
 
     Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(tmp_path / "mixed" / "0005.png")

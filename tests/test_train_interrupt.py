@@ -20,7 +20,7 @@ from consistency_models.training.checkpoint import latest_checkpoint, load_check
 from conftest import child_env
 
 ENV = child_env()
-STEPS = 300
+STEPS = 100
 
 
 def train_argv(out: Path, *extra: str) -> list[str]:
@@ -54,6 +54,8 @@ def test_a_signal_saves_the_steps_done_and_resume_continues_from_them(tmp_path, 
     state = load_checkpoint(latest_checkpoint(out))
     assert state["step"] == stopped  # the default --save-every (1000, here 100000) would have saved nothing
     assert logged_steps(out) == stopped
+    if signum != signal.SIGINT:
+        return  # resuming is the same after either signal
 
     resumed = subprocess.run(train_argv(out, "--resume"), capture_output=True, text=True, env=ENV, timeout=300)
     assert resumed.returncode == 0, resumed.stderr

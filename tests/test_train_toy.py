@@ -64,6 +64,7 @@ def test_cd_one_step_within_2x_of_teacher(tmp_path, reference):
     assert one <= 2 * teacher
 
 
+@pytest.mark.slow  # ~30 s; iCT's loss is checked by hand in tests/test_losses.py, its training in bench/methods.py
 def test_ict_gets_close(tmp_path, reference):
     run_dir = run(tmp_path, "ict", 2000, s1=160)
     one, two = sample_sw(run_dir, reference, 1), sample_sw(run_dir, reference, 2)

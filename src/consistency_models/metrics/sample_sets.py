@@ -96,10 +96,12 @@ def digits_set(name: str) -> ImageSet:
 def _folder_chunks(root: Path, names: list[str], size: int) -> Iterator[np.ndarray]:
     files = [(str(root / name), partial(open, root / name, "rb")) for name in names]
     first = files[0]
+    # The set's first image fixes the channels (the chunks are decoded one after another) and,
+    # leading every chunk, the size.
+    mode = "gray" if decode_images([first]).shape[-1] == 1 else "rgb"
     for start in range(0, len(files), size):
         chunk = files[start:start + size]
-        # The set's first image leads every chunk, so it fixes channels and size for all of them.
-        images = decode_images(chunk if start == 0 else [first, *chunk])
+        images = decode_images(chunk if start == 0 else [first, *chunk], image_mode=mode)
         yield _nchw(images[-len(chunk):])
 
 
