@@ -103,6 +103,13 @@ def setup(root: Path) -> dict[str, Path]:
     torch.save({"a": Exception("x")}, files["pickle.pt"])
     files["empty"] = root / "empty-folder"
     files["empty"].mkdir()
+    files["dir.png"] = root / "dir.png"   # a folder where an output file would go
+    files["dir.png"].mkdir()
+    files["mixed"] = root / "mixed-images"   # gray, RGB and RGBA files in one folder
+    files["mixed"].mkdir()
+    Image.fromarray(gray).save(files["mixed"] / "a.png")
+    Image.fromarray(np.stack([gray] * 3, -1)).save(files["mixed"] / "b.png")
+    Image.fromarray(np.stack([gray] * 4, -1)).save(files["mixed"] / "c.png")
     return files
 
 
@@ -172,6 +179,18 @@ def cases(f: dict[str, Path], out: Path) -> list[list[str]]:
            *([] if opt == "--num" else ["--num", "2"]), opt, v]
           for opt in ["--num", "--lo", "--hi", "--class-label"] for v in BAD_NUMBERS[:9]
           if not (opt == "--num" and v == "1000000000")]  # 10^9 images per candidate is work, not an error
+    # what a new user meets: devices this machine lacks, outputs onto inputs with --overwrite,
+    # a folder where a file goes, a folder mixing image modes
+    c += [[*train, "--out", f"{o}/td{d}", "--device", d] for d in ("cuda", "cuda:7", "gpu", "meta", "")]
+    c += [["edit", "denoise", "--image", str(f["png"]), "--sigma", "0.4", "--out", str(f["png"]), "--overwrite"],
+          ["sample", "--model", dm, "--out", f"{dm}/", "--overwrite"],
+          ["sample", "--model", dm, "--out", f"{dm}/samples/", "--overwrite"],
+          ["sample", "--model", dm, "--out", f"{f['folder']}/", "--overwrite"],   # a folder cm did not write
+          ["edit", "denoise", "--image", str(f["png"]), "--sigma", "0.4", "--out", str(f["dir.png"]), "--overwrite"],
+          ["train", "--method", "ict", "--data", str(f["mixed"]), "--out", f"{o}/tm", "--steps", "1",
+           "--batch-size", "2", "--image-mode", "same"],
+          ["train", "--method", "ict", "--data", str(f["folder"]), "--out", f"{f['folder']}/run", "--steps", "1"],
+          ["train", "--method", "ict", "--data", "toy:mog8", "--out", f"{o}/ti", "--image-mode", "rgb"]]
     return c
 
 
