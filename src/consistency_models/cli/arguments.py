@@ -98,9 +98,7 @@ def seed(text: str) -> int:
     return value
 
 
-def device(name: str) -> torch.device:
-    """A device name checked against this machine (the error names it and what is allowed)."""
-    return check_device(name)
+device = check_device  # a device name checked against this machine (the one-line error names what is allowed)
 
 
 def add_device(parser: argparse.ArgumentParser) -> None:

@@ -11,7 +11,7 @@ from ..distributed import setup_distributed, teardown_distributed
 from ..errors import InvalidInputError
 from ..evaluation.generation import DEFAULT_COMPUTE_BATCH, generate_samples, shard_folder
 from ..io.hub import DEFAULT_MODEL
-from ..io.images import output_kind, save_images, save_points, to_uint8
+from ..io.images import FOLDER_IMAGE, output_kind, save_images, save_points, to_uint8
 from ..io.overwrite import refuse_existing, refuse_input_as_output, replaced_folder
 from ..pipeline import ConsistencyModelPipeline
 from .out_of_memory import fitting_batch, is_out_of_memory
@@ -77,18 +77,14 @@ def sampling_pipeline(args: argparse.Namespace, dev: torch.device) -> Consistenc
     return pipe
 
 
-FOLDER_IMAGES = r"\d{6}\.png"   # the names save_images gives a folder output's images
-
-
 def run(args: argparse.Namespace) -> None:
-    output_kind(args.out)  # refuse a bad output path before any work
+    kind = output_kind(args.out)  # refuse a bad output path before any work
     refuse_input_as_output(args.out, "out", {"model": args.model})
     if args.num is not None:
         if not shard_folder(args.out).is_dir():  # else a killed run may have left its merged file: decided there
             refuse_existing(args.out, args.overwrite)
         return run_many(args)
     refuse_existing(args.out, args.overwrite)
-    refuse_input_as_output(args.out, "out", {"model": args.model})
     pipe = sampling_pipeline(args, device(args.device))
 
     def attempt(batch_size: int):
@@ -106,8 +102,8 @@ def run(args: argparse.Namespace) -> None:
         save_points(result.images, args.out, labels)
         print(f"wrote {plural(len(result.images), 'point')} to {args.out}")
         return
-    if output_kind(args.out) == "dir":  # replaced as a whole: no earlier image stays mixed in
-        with replaced_folder(args.out, FOLDER_IMAGES) as fresh:
+    if kind == "dir":  # replaced as a whole: no earlier image stays mixed in
+        with replaced_folder(args.out, FOLDER_IMAGE) as fresh:
             files = save_images(to_uint8(result.images), fresh, labels)
         files = [Path(args.out) / f.name for f in files]
     else:

@@ -108,6 +108,9 @@ def save_points(points: np.ndarray, out: str | os.PathLike, labels: np.ndarray |
     _save_npz(Path(out), arrays)
 
 
+FOLDER_IMAGE = r"\d{6}\.png"   # the names save_images gives the images of a folder output
+
+
 def save_images(images: np.ndarray, out: str | os.PathLike, labels: np.ndarray | None = None) -> list[Path]:
     """Write uint8 NHWC `images` as `out` says (see `output_kind`); returns the files written."""
     kind = output_kind(out)
@@ -127,7 +130,7 @@ def save_images(images: np.ndarray, out: str | os.PathLike, labels: np.ndarray |
         raise write_error(exc, path) from exc
     files = []
     for i, img in enumerate(images):
-        file = path / f"{i:06d}.png"
+        file = path / f"{i:06d}.png"  # FOLDER_IMAGE
         save_png(img, file)
         files.append(file)
     return files
