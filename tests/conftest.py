@@ -46,6 +46,21 @@ def child_env(**overrides: str) -> dict[str, str]:
 torch.set_num_threads(int(os.environ.get("CM_TEST_THREADS", "1")))
 
 
+def train_one_and_two_processes(train_argv: list[str], tmp_path: Path) -> tuple[Path, Path]:
+    """`cm train` (argv after `-m consistency_models`) once as one process into tmp_path/one and once
+    as two real torchrun processes (gloo, CPU) into tmp_path/two; both must succeed."""
+    import subprocess
+
+    env = child_env(CUDA_VISIBLE_DEVICES="")
+    argv = ["-m", "consistency_models", *train_argv, "--device", "cpu"]
+    one = subprocess.run([sys.executable, *argv, "--out", str(tmp_path / "one")], env=env, capture_output=True,
+                         text=True, timeout=300)
+    two = subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node", "2", *argv, "--out",
+                          str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0 and two.returncode == 0, (one.stderr[-2000:], two.stderr[-2000:])
+    return tmp_path / "one", tmp_path / "two"
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", f"slow: takes about a minute on 2 CPU cores; runs only with {SLOW_ENV}=1")
 

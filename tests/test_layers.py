@@ -21,7 +21,7 @@ NAME = "consistency_models"
 # Bottom → top. A module may import from its own layer (no circles) and from the layers below.
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "outputs", "registry"),                # the one exception; diffusers-shaped outputs; plug-in tables
-    ("parametrization", "schedule", "distributed", "trigflow"),  # math; process groups shared by sampling and training
+    ("parametrization", "schedule", "distributed", "trigflow", "meanflow"),  # math; process groups shared by sampling and training
     ("sampling", "networks", "data"),                  # samplers; architectures; data sets
     ("kinds", "io", "fast_paths"),                     # model kinds; formats on disk; compile / CUDA graphs / fast kernels
     ("scheduler", "metrics"),                          # the diffusers scheduler adapter; FID & co. on features
@@ -163,7 +163,7 @@ def test_only_the_registry_knows_method_names():
 def test_only_the_kinds_registry_compares_kind_names():
     """No `== "edm"`, `!= "consistency"`, `in ("trigflow", …)` and the like outside kinds/: a model
     kind's meaning is read from its record (issue 21)."""
-    names = "consistency|edm|trigflow|trigflow_edm"
+    names = "consistency|edm|trigflow|trigflow_edm|meanflow"
     pattern = re.compile(rf'[=!]=\s*"({names})"|"({names})"\s*[=!]=|\bin\s*[(\[{{]\s*"({names})"')
     kinds_dir = PACKAGE / "kinds"
     found = [f"{path.relative_to(PACKAGE)}:{i}: {line.strip()}"

@@ -30,7 +30,7 @@ def test_config_defaults_and_preset():
     assert (cfg.dim, cfg.hidden, cfg.depth, cfg.emb_dim, cfg.num_classes, cfg.dropout) == (2, 256, 4, 64, None, 0.0)
     assert MLP_PRESETS["mlp2d"] == cfg
     assert MLP(cfg).config is cfg and MLP(hidden=32).config == MLPConfig(hidden=32)
-    assert mlp_module.timestep_embedding is unet_module.timestep_embedding  # shared, not copied
+    assert mlp_module.embed_times is unet_module.embed_times  # shared, not copied
     with pytest.raises(TypeError):
         MLP(cfg, hidden=32)
 

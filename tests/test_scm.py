@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import shutil
-import subprocess
 import sys
 
 import numpy as np
@@ -23,7 +22,7 @@ from consistency_models.training.jvp import jvp
 from consistency_models.training.methods.scm import AdaptiveWeight, SCMLoss
 from consistency_models.trigflow import TrigFlow
 
-from conftest import TORCHRUN, child_env, perturb_
+from conftest import TORCHRUN, perturb_, train_one_and_two_processes
 
 
 def networks():
@@ -259,15 +258,9 @@ def test_scd_from_a_teacher_exports_a_trigflow_folder(tmp_path, capsys, toy_teac
 def test_two_torchrun_processes_train_what_one_trains(method, tmp_path, toy_teacher):
     """sCT and sCD under DDP (gloo, 2 real processes): the JVP runs on each rank's unwrapped network, w_φ's
     gradients are averaged like the network's; the result equals one process to float tolerance."""
-    env = child_env(CUDA_VISIBLE_DEVICES="")
-    argv = ["-m", "consistency_models", "train", *method_options(method, toy_teacher), "--data", "toy:mog8",
-            "--steps", "8", "--batch-size", "32", "--save-every", "8", "--sample-every", "100", "--device", "cpu",
-            "--no-progress"]
-    one = subprocess.run([sys.executable, *argv, "--out", str(tmp_path / "one")], env=env, capture_output=True,
-                         text=True, timeout=300)
-    two = subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node", "2", *argv, "--out",
-                          str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
-    assert one.returncode == 0 and two.returncode == 0, (one.stderr[-2000:], two.stderr[-2000:])
+    one, two = train_one_and_two_processes(["train", *method_options(method, toy_teacher), "--data", "toy:mog8",
+                                            "--steps", "8", "--batch-size", "32", "--save-every", "8",
+                                            "--sample-every", "100", "--no-progress"], tmp_path)
     a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
     assert a.keys() == b.keys()
     for key in a:

@@ -159,6 +159,8 @@ def _check_image(pipe: ConsistencyModelPipeline, t: torch.Tensor, argument: str,
     """Check channels and size against the model (or the given ones); return it in [−1, 1] on the device."""
     if not pipe.is_image_model:
         raise InvalidInputError("model: editing needs an image model; this one makes points")
+    if pipe.kind.editing is not None:
+        raise InvalidInputError(f"model: zero-shot editing needs a model of σ; this is {pipe.kind.editing}")
     c, s, _ = pipe.sample_shape
     channels = c if channels is None else channels
     size = s if size is None else size

@@ -19,6 +19,7 @@ import torch
 from .errors import InvalidInputError
 from .parametrization import SIGMA_MAX, SIGMA_MIN, append_dims, karras_sigmas, noise_conditioning
 from .schedule import NoiseLevels, SchedulerConfig, check_sigmas
+from .meanflow import check_flow_times, default_flow_times, step as meanflow_step
 from .trigflow import check_times, default_times, sigma_from_t, t_from_sigma
 
 Generator = torch.Generator | Sequence[torch.Generator] | None
@@ -254,6 +255,28 @@ def sample_trigflow(
     return sample_consistency(model, x, sigmas, clip_denoised=clip_denoised, renoising=TrigFlowRenoising(), **options)
 
 
+@torch.no_grad()
+def sample_meanflow(
+    model: Callable[..., torch.Tensor],
+    x: torch.Tensor,
+    times: Sequence[float],
+    *,
+    class_labels: torch.Tensor | None = None,
+    callback: Callable[[int, float, torch.Tensor], None] | None = None,
+    progress: Callable[[int], object] | None = None,
+) -> torch.Tensor:
+    """MeanFlow sampling (Geng et al. 2025, Algorithm 2 and eq. 12): from x = z_1 = ε, one jump
+    z_r = z_t − (t − r)·u(z_t, r, t) between each pair of neighbouring `times` (descending flow
+    times ending with 0); `model(z, r, t, class_labels)` is the average velocity u. Deterministic."""
+    times = [float(t) for t in times]
+    if len(times) < 2 or times[-1] != 0.0:
+        raise InvalidInputError(f"timesteps: {times} must list at least one flow time followed by 0")
+    for i in range(len(times) - 1):
+        x = meanflow_step(model, x, times[i + 1], times[i], class_labels)
+        report_step(i, times[i], x, callback, progress)
+    return x
+
+
 # -- which sampler a model uses ----------------------------------------------------------------
 def consistency_schedule(levels: NoiseLevels, config: SchedulerConfig) -> list[float]:
     """Algorithm 1's σs: default one step at σ_max; the last level is σ_min."""
@@ -285,6 +308,25 @@ def trigflow_schedule(levels: NoiseLevels, config: SchedulerConfig) -> list[floa
     else:
         times = default_times(1 if levels.steps is None else levels.steps, t_max)
     return [float(sigma_from_t(t, config.sigma_data)) for t in times] + [0.0]
+
+
+def meanflow_schedule(levels: NoiseLevels, config: SchedulerConfig) -> list[float]:
+    """MeanFlow's flow times, ending at 0: given `timesteps` (floats in (0, 1], t = 1 pure noise),
+    else `steps` evenly spaced from 1 (default one step: [1, 0]). It has no σ: `sigmas` is refused."""
+    if levels.sigmas is not None:
+        raise InvalidInputError("sigmas: a MeanFlow model has no noise levels σ; give its flow times instead, "
+                                "e.g. --timesteps 1,0.5 (timesteps=[1.0, 0.5])")
+    if levels.timesteps is not None:
+        return check_flow_times(levels.timesteps) + [0.0]
+    return default_flow_times(1 if levels.steps is None else levels.steps) + [0.0]
+
+
+def run_meanflow(model: Callable[..., torch.Tensor], x: torch.Tensor, times: Sequence[float],
+                 config: SchedulerConfig, *, generator: Generator = None, noise_sampler: NoiseSampler | None = None,
+                 **options) -> torch.Tensor:
+    """`sample_meanflow` (deterministic: no noise), clipped to [−1, 1] when the model clips."""
+    x = sample_meanflow(model, x, times, **options)
+    return x.clamp(-1, 1) if config.clip_denoised else x
 
 
 def run_trigflow(model: Callable[..., torch.Tensor], x: torch.Tensor, sigmas: Sequence[float],
@@ -339,10 +381,13 @@ TRIGFLOW_SAMPLER = Sampler("sCM sampling (TrigFlow)", trigflow_schedule, run_tri
 
 CONSISTENCY_SAMPLER = Sampler("consistency sampling (Algorithm 1)", consistency_schedule, run_consistency, fast=True)
 HEUN_SAMPLER = Sampler("EDM Heun sampler", heun_schedule, run_heun)
+MEANFLOW_SAMPLER = Sampler("MeanFlow sampling", meanflow_schedule, run_meanflow,
+                           initial_scale=lambda times, config: 1.0,   # z_1 = ε
+                           timestep=lambda t, config: t)              # the flow time itself
 
 
 __all__ = [
-    "CONSISTENCY_SAMPLER", "HEUN_SAMPLER", "NoiseSampler", "Renoising", "Sampler", "TRIGFLOW_SAMPLER",
+    "CONSISTENCY_SAMPLER", "HEUN_SAMPLER", "MEANFLOW_SAMPLER", "NoiseSampler", "Renoising", "Sampler", "TRIGFLOW_SAMPLER",
     "TrigFlowRenoising", "euler_step", "heun_step", "randn", "renoise", "renoise_scale", "sample_consistency",
-    "sample_heun", "sample_trigflow", "sigma_levels",
+    "sample_heun", "sample_meanflow", "sample_trigflow", "sigma_levels",
 ]

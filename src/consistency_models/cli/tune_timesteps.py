@@ -35,13 +35,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    features = extractor(args)
     pipe = ConsistencyModelPipeline.from_pretrained(args.model, device=device(args.device))
-    search_range(pipe, args.lo, args.hi)  # refuse a bad range or label before any work
+    search_range(pipe, args.lo, args.hi)  # refuse a model without a grid, a bad range or label before any work
     if args.class_label is not None:
         pipe.prepare_class_labels(1, [args.class_label], None)
     if args.num > MAX_IMAGES:
         raise InvalidInputError(f"num: {args.num} must be a number of images from 2 to {MAX_IMAGES}")
+    features = extractor(args)
     reference = compute_statistics(args.ref, features)
     result = tune_timesteps(pipe, features, (torch.as_tensor(reference.mu), torch.as_tensor(reference.sigma)),
                             num=args.num, batch_size=args.batch_size, seed=args.seed,

@@ -83,6 +83,7 @@ def unet_config_to_diffusers(cfg: UNetConfig) -> dict:
         "norm_eps": cfg.norm_eps,
         "downsample_padding": 1,
         **_FIXED,
+        **({} if cfg.time_inputs == 1 else {"time_inputs": cfg.time_inputs}),  # ours: diffusers has no such UNet
     }
 
 
@@ -159,6 +160,7 @@ def _unet_config_from_diffusers(d: dict, source: str) -> UNetConfig:
             dropout=d.get("dropout", 0.0),
             norm_num_groups=groups,
             norm_eps=d.get("norm_eps", 1e-5),
+            time_inputs=d.get("time_inputs", 1),
         )
     except (ValueError, TypeError) as exc:
         raise InvalidInputError(f"{source}: {exc}") from None

@@ -4,7 +4,9 @@
     unet/config.json, unet/*.safetensors      the network (`diffusers_format.py`; *.bin for safe_serialization=False)
     scheduler/scheduler_config.json           a `CMStochasticIterativeScheduler` config, or for a TrigFlow
                                               model diffusers' `SCMScheduler` config (our σ range in
-                                              `_`-keys, which diffusers' config loader skips)
+                                              `_`-keys, which diffusers' config loader skips), or for a
+                                              kind diffusers cannot sample (MeanFlow) our settings under
+                                              its own class name, with a `_note` saying so
 
 `load_pipeline_folder` and `save_pipeline_folder` read and write the three parts without
 building a pipeline, so training exports and converters write folders from their parts.
@@ -20,7 +22,7 @@ from torch import nn
 
 from ..errors import InvalidInputError
 from ..kinds import (
-    SCHEDULER_CLASS,
+    KINDS,
     TRIGFLOW_SCHEDULER_CLASS,
     default_kind,
     get_kind,
@@ -80,13 +82,17 @@ def write_scheduler_config(folder: str | os.PathLike, config: SchedulerConfig, p
     """A `CMStochasticIterativeScheduler` config, or an `SCMScheduler` one for a TrigFlow model."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    if get_kind(parametrization).scheduler_class == TRIGFLOW_SCHEDULER_CLASS:
+    kind = get_kind(parametrization)
+    if kind.scheduler_library != "diffusers":
+        data = {"_class_name": kind.scheduler_class, "_note": f"diffusers has no scheduler for {kind.summary}; "
+                "sample it with consistency_models (cm sample, or its ConsistencyModelPipeline)", **config}
+    elif kind.scheduler_class == TRIGFLOW_SCHEDULER_CLASS:
         data = {"_class_name": TRIGFLOW_SCHEDULER_CLASS, "_diffusers_version": DIFFUSERS_VERSION,
                 "num_train_timesteps": 1000, "prediction_type": TRIGFLOW_PREDICTION, "sigma_data": config.sigma_data,
                 "_sigma_min": config.sigma_min, "_sigma_max": config.sigma_max,
                 "_clip_denoised": config.clip_denoised}
     else:
-        data = {"_class_name": SCHEDULER_CLASS, **config}
+        data = {"_class_name": kind.scheduler_class, **config}
     write_json(folder / SCHEDULER_CONFIG, data)
 
 
@@ -101,9 +107,10 @@ def require_new_folder(path: str | os.PathLike, what: str) -> Path:
 
 
 def read_model_index(folder: Path) -> dict:
-    """model_index.json, checked to name a UNet and a consistency scheduler."""
+    """model_index.json, checked to name a UNet and the scheduler of a model kind."""
     index = read_json(folder / MODEL_INDEX, "model")
-    for part, classes in (("unet", ("UNet2DModel",)), ("scheduler", (SCHEDULER_CLASS, TRIGFLOW_SCHEDULER_CLASS))):
+    schedulers = tuple(dict.fromkeys(kind.scheduler_class for kind in KINDS.values()))
+    for part, classes in (("unet", ("UNet2DModel",)), ("scheduler", schedulers)):
         if part not in index:
             raise InvalidInputError(f"model: {folder / MODEL_INDEX} names no {part!r} component")
         entry = index[part]
@@ -119,7 +126,7 @@ def write_model_index(folder: Path, parametrization: str) -> None:
         "_class_name": PIPELINE_CLASS,
         "_diffusers_version": DIFFUSERS_VERSION,
         "unet": ["diffusers", "UNet2DModel"],
-        "scheduler": ["diffusers", get_kind(parametrization).scheduler_class],
+        "scheduler": [get_kind(parametrization).scheduler_library, get_kind(parametrization).scheduler_class],
     }
     if get_kind(parametrization) is not default_kind():
         index["_parametrization"] = parametrization

@@ -3,19 +3,22 @@
 A kind is one record (`ModelKind`): how a raw network becomes a consistency function f or a
 denoiser D (its `Preconditioned` wrapper), how it samples (its `Sampler`: σ schedule, loop and
 re-noising), which diffusers scheduler its folders carry, its TrigFlow time input, whether it
-can teach a distillation, and which OpenAI checkpoints convert to it. The pipeline, the folder
+can teach a distillation, which OpenAI checkpoints convert to it, how many time inputs its
+network takes and which tools do not apply to it. The pipeline, the folder
 reader and writer, the converter, the timestep search, training and the CLI read this registry;
 nothing else compares a kind's name. Adding a kind is one module that calls `register`, imported
-below (MeanFlow's average velocity would be the next).
+below (MeanFlow's average velocity, `meanflow.py`, was the latest).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
 
 from ..errors import InvalidInputError
 from ..registry import Registry
-from ..parametrization import Preconditioned
 from ..sampling import Sampler
 
 SCHEDULER_CLASS = "CMStochasticIterativeScheduler"   # diffusers' consistency-model scheduler
@@ -28,13 +31,17 @@ class ModelKind:
 
     name: str                               # the `parametrization` of pipelines and folders
     summary: str                            # what it is, for messages: "a diffusion (EDM) model"
-    wrapper: type[Preconditioned]           # network → f or D, in σ-space
+    wrapper: Callable[..., nn.Module]       # wrapper(network, sigma_data, sigma_min): f or D in σ-space (a
+                                            # `Preconditioned`), or what its sampler evaluates (MeanFlow's u)
     sampler: Sampler
     scheduler_class: str = SCHEDULER_CLASS  # the diffusers scheduler its folders read and write
+    scheduler_library: str = "diffusers"    # the library model_index.json names for it
     time_input: str | None = None           # a TrigFlow network's time input: "t" or "log_sigma"
     teacher: bool = False                   # a denoiser distillation (CD, sCD) and tuning (ECT) learn from
     openai_prefix: str | None = None        # OpenAI checkpoints named so convert to it (None: no conversion)
     grid_search: str | None = None          # why `cm tune-timesteps` does not apply (None: it does)
+    editing: str | None = None              # why zero-shot editing does not apply (None: it does)
+    time_inputs: int = 1                    # time inputs of its network (MeanFlow's: t and t − r)
 
 
 KINDS: Registry[ModelKind] = Registry("parametrization")
@@ -97,7 +104,7 @@ def default_kind() -> ModelKind:
     return next(iter(KINDS.values()))
 
 
-from . import consistency, edm, trigflow  # noqa: E402,F401  (the built-in kinds register themselves, in this order)
+from . import consistency, edm, trigflow, meanflow  # noqa: E402,F401  (the built-in kinds register themselves, in this order)
 
 __all__ = ["KINDS", "ModelKind", "SCHEDULER_CLASS", "TRIGFLOW_SCHEDULER_CLASS", "default_kind", "get_kind",
            "kind_of_openai_file", "kind_of_scheduler", "kind_with_time_input", "kinds_of_scheduler", "openai_kinds",

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidInputError
-from .unet import TimestepEmbedding, timestep_embedding
+from .unet import MAX_TIME_INPUTS, TimestepEmbedding, embed_times, extra_time_embeddings
 
 
 @dataclass(frozen=True)
@@ -31,12 +31,15 @@ class MLPConfig:
     emb_dim: int = 64                         # width of the sinusoidal noise-label embedding
     num_classes: int | None = None            # class-conditional when set
     dropout: float = 0.0                      # dropout before each hidden layer
+    time_inputs: int = 1                      # time inputs per sample: 1, or 2 (MeanFlow's (t, t − r))
 
     def __post_init__(self) -> None:
         for name in ("dim", "hidden", "depth", "emb_dim"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidInputError(f"{name}: {value!r} must be a positive integer")
+        if isinstance(self.time_inputs, bool) or self.time_inputs not in range(1, MAX_TIME_INPUTS + 1):
+            raise InvalidInputError(f"time_inputs: {self.time_inputs!r} must be an integer from 1 to {MAX_TIME_INPUTS}")
         if self.num_classes is not None and (not isinstance(self.num_classes, int) or self.num_classes < 1):
             raise InvalidInputError(f"num_classes: {self.num_classes!r} must be None or a positive count")
         if not 0.0 <= self.dropout < 1.0:
@@ -48,7 +51,10 @@ class MLPConfig:
         return (self.dim,)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["time_inputs"] == 1:   # one time input: the configs written before the field existed
+            del d["time_inputs"]
+        return d
 
 
 class MLP(nn.Module):
@@ -63,6 +69,7 @@ class MLP(nn.Module):
         self.config = config
         cfg = config
         self.time_embedding = TimestepEmbedding(cfg.emb_dim, cfg.hidden)
+        self.extra_time_embeddings = extra_time_embeddings(cfg.time_inputs, cfg.emb_dim, cfg.hidden)
         self.class_embedding = nn.Embedding(cfg.num_classes, cfg.hidden) if cfg.num_classes else None
         self.proj_in = nn.Linear(cfg.dim, cfg.hidden)
         self.layers = nn.ModuleList(nn.Linear(cfg.hidden, cfg.hidden) for _ in range(cfg.depth))
@@ -78,8 +85,9 @@ class MLP(nn.Module):
     def forward(
         self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """x: (B, dim) scaled input; noise_labels: (B,) c_noise values; class_labels: (B,) ints."""
-        emb = self.time_embedding(timestep_embedding(noise_labels, self.config.emb_dim).to(x.dtype))
+        """x: (B, dim) scaled input; noise_labels: (B,) c_noise values ((B, k) for k time inputs);
+        class_labels: (B,) ints."""
+        emb = embed_times(self.time_embedding, self.extra_time_embeddings, noise_labels, self.config.emb_dim, x.dtype)
         if self.class_embedding is not None:
             if class_labels is None:
                 raise InvalidInputError("class_labels: this model is class-conditional and needs one label per sample")

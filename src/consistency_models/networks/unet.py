@@ -24,6 +24,7 @@ from .forward_mode import in_forward_mode
 from .winograd import Conv3x3
 
 MAX_SIDE = 4096  # the largest image side accepted
+MAX_TIME_INPUTS = 4
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class UNetConfig:
     dropout: float = 0.0                      # dropout in the residual blocks
     norm_num_groups: int = 32                 # GroupNorm groups
     norm_eps: float = 1e-5                    # GroupNorm epsilon
+    time_inputs: int = 1                      # time inputs per sample: 1, or 2 (MeanFlow's (t, t − r))
 
     def __post_init__(self) -> None:
         self._check_fields()
@@ -94,6 +96,7 @@ class UNetConfig:
             ("dropout", real(self.dropout) and 0 <= self.dropout < 1, "a probability in [0, 1)"),
             ("norm_num_groups", integer(self.norm_num_groups, 1, 8192), "an integer from 1 to 8192"),
             ("norm_eps", real(self.norm_eps) and self.norm_eps > 0, "a number > 0"),
+            ("time_inputs", integer(self.time_inputs, 1, MAX_TIME_INPUTS), f"an integer from 1 to {MAX_TIME_INPUTS}"),
         ]
         for name, ok, allowed in checks:
             if not ok:
@@ -114,6 +117,8 @@ class UNetConfig:
         d = asdict(self)
         d["channel_mult"] = list(self.channel_mult)
         d["attention_resolutions"] = list(self.attention_resolutions)
+        if d["time_inputs"] == 1:   # one time input: the configs written before the field existed
+            del d["time_inputs"]
         return d
 
 
@@ -183,6 +188,29 @@ class TimestepEmbedding(nn.Module):
 
     def forward(self, emb: torch.Tensor) -> torch.Tensor:
         return self.linear_2(F.silu(self.linear_1(emb)))
+
+
+def extra_time_embeddings(count: int, in_dim: int, dim: int) -> nn.ModuleList:
+    """The embeddings of a network's time inputs after the first (none for one input)."""
+    return nn.ModuleList(TimestepEmbedding(in_dim, dim) for _ in range(count - 1))
+
+
+def embed_times(first: TimestepEmbedding, extra: nn.ModuleList, noise_labels: torch.Tensor, in_dim: int,
+                dtype: torch.dtype) -> torch.Tensor:
+    """The time embedding: `TimestepEmbedding` of the sinusoidal embedding of each time input,
+    summed (MeanFlow conditions its network on (t, t − r) so, Geng et al. 2025, §4.3). One input
+    (noise_labels of shape (B,)) is `first` alone, as ADM; inputs after it have their own
+    weights (`extra`) and come as noise_labels of shape (B, count)."""
+    count = 1 + len(extra)
+    if count == 1:
+        return first(timestep_embedding(noise_labels, in_dim).to(dtype))
+    if noise_labels.ndim != 2 or noise_labels.shape[1] != count:
+        raise ValueError(f"noise_labels: this network takes {count} time inputs per sample, shape (B, {count}); "
+                         f"got shape {tuple(noise_labels.shape)}")
+    emb = first(timestep_embedding(noise_labels[:, 0], in_dim).to(dtype))
+    for i, embedding in enumerate(extra, start=1):
+        emb = emb + embedding(timestep_embedding(noise_labels[:, i], in_dim).to(dtype))
+    return emb
 
 
 class ResBlock(nn.Module):
@@ -334,6 +362,7 @@ class UNetModel(nn.Module):
         levels = len(widths)
 
         self.time_embedding = TimestepEmbedding(ch0, emb_ch)
+        self.extra_time_embeddings = extra_time_embeddings(cfg.time_inputs, ch0, emb_ch)
         self.class_embedding = nn.Embedding(cfg.num_classes, emb_ch) if cfg.num_classes else None
         self.conv_in = Conv3x3(cfg.in_channels, ch0)
 
@@ -396,8 +425,10 @@ class UNetModel(nn.Module):
     def forward(
         self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """x: (B, C, H, W) scaled input; noise_labels: (B,) c_noise values; class_labels: (B,) ints."""
-        emb = self.time_embedding(timestep_embedding(noise_labels, self.config.model_channels).to(x.dtype))
+        """x: (B, C, H, W) scaled input; noise_labels: (B,) c_noise values ((B, k) for k time inputs);
+        class_labels: (B,) ints."""
+        emb = embed_times(self.time_embedding, self.extra_time_embeddings, noise_labels, self.config.model_channels,
+                          x.dtype)
         if self.class_embedding is not None:
             if class_labels is None:
                 raise ValueError("class_labels: this model is class-conditional and needs one label per sample")

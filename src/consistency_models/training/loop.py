@@ -26,7 +26,7 @@ from ..distributed import DistributedContext, setup_distributed
 from ..errors import InvalidInputError
 from ..io.atomic import atomic_path, remove_leftovers, write_json
 from ..io.lock import hold_folder
-from ..kinds import teacher_kind
+from ..kinds import get_kind, teacher_kind
 from ..parametrization import Preconditioned
 from ..pipeline import ConsistencyModelPipeline
 from .batch_rng import BatchRNG, local_rows
@@ -93,14 +93,15 @@ class Trainer:
         self.data_x, self.data_y = self.dataset.tensors()
         torch.manual_seed(cfg.seed)
         teacher_network = self._load_teacher()
-        self.network = build_network(cfg, self.dataset, teacher_network).to(self.ctx.device)
+        self.parametrization = self.method.parametrization_of(cfg)
+        self.network = build_network(cfg, self.dataset, teacher_network,
+                                     get_kind(self.parametrization).time_inputs).to(self.ctx.device)
         if teacher is None and teacher_network is not None:
             teacher = teacher_kind().wrapper(teacher_network, cfg.sigma_data, cfg.sigma_min)
         self.teacher = teacher
         if self.method.teacher == "required" and teacher is None:
             raise InvalidInputError(f"teacher: --method {cfg.method} ({self.method.summary}) needs --teacher, "
                                     "an EDM denoiser folder")
-        self.parametrization = self.method.parametrization_of(cfg)
         self.loss, self.target_network = self._build_loss()
         params = [p for p in self.network.parameters() if p.requires_grad] + self.loss.parameters()
         self.optimizer = build_optimizer(cfg.optimizer, params, lr=cfg.lr, weight_decay=cfg.weight_decay)

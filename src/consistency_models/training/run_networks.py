@@ -31,9 +31,14 @@ def default_preset(dataset: ImageDataset | PointDataset) -> str:
     return "tiny16" if dataset.shape[-1] <= 16 else "small32"
 
 
-def load_initial_network(path: str, dataset: ImageDataset | PointDataset, use_labels: bool) -> nn.Module:
-    """The network of a pipeline folder to fine-tune; it must fit the data's shape and classes."""
+def load_initial_network(path: str, dataset: ImageDataset | PointDataset, use_labels: bool,
+                         time_inputs: int = 1) -> nn.Module:
+    """The network of a pipeline folder to fine-tune; it must fit the data's shape and classes
+    and take the run's number of time inputs."""
     network = load_pipeline_folder(path).network.float()
+    if network.config.time_inputs != time_inputs:
+        raise InvalidInputError(f"init_from: {path} holds a network with {network.config.time_inputs} time input(s); "
+                                f"this run trains one with {time_inputs}")
     got, wanted = network.config.sample_shape, tuple(dataset.shape)
     if got != wanted:
         raise InvalidInputError(f"init_from: {path} makes samples of shape {got}, but the data has {wanted}")
@@ -45,11 +50,13 @@ def load_initial_network(path: str, dataset: ImageDataset | PointDataset, use_la
     return network.train().requires_grad_(True)
 
 
-def build_network(cfg: TrainConfig, dataset: ImageDataset | PointDataset, teacher: nn.Module | None = None) -> nn.Module:
-    """A fresh network for `dataset`, a copy of the teacher (`init_from_teacher`) or a saved one (`init_from`)."""
+def build_network(cfg: TrainConfig, dataset: ImageDataset | PointDataset, teacher: nn.Module | None = None,
+                  time_inputs: int = 1) -> nn.Module:
+    """A fresh network for `dataset` taking `time_inputs` times (MeanFlow's two), a copy of the
+    teacher (`init_from_teacher`) or a saved one (`init_from`)."""
     network = None
     if cfg.init_from:
-        network = load_initial_network(cfg.init_from, dataset, cfg.use_labels)
+        network = load_initial_network(cfg.init_from, dataset, cfg.use_labels, time_inputs)
     elif teacher is not None and cfg.init_from_teacher:
         network = copy.deepcopy(teacher).requires_grad_(True)
     if network is not None:
@@ -64,7 +71,7 @@ def build_network(cfg: TrainConfig, dataset: ImageDataset | PointDataset, teache
         if name not in MLP_PRESETS:
             raise InvalidInputError(f"preset: {name!r} is not a point-data preset; use one of {', '.join(MLP_PRESETS)}")
         base = MLP_PRESETS[name].to_dict()
-        base.update(dim=dataset.shape[0], num_classes=num_classes)
+        base.update(dim=dataset.shape[0], num_classes=num_classes, time_inputs=time_inputs)
         if cfg.dropout is not None:
             base["dropout"] = cfg.dropout
         return MLP(type(MLP_PRESETS[name])(**base)).train()
@@ -74,7 +81,8 @@ def build_network(cfg: TrainConfig, dataset: ImageDataset | PointDataset, teache
     if height != width:
         raise InvalidInputError(f"data: the images are {width}×{height}; the UNet makes square images — pass "
                                 "--resolution N to center-crop and resize them")
-    overrides = dict(image_size=height, in_channels=channels, out_channels=channels, num_classes=num_classes)
+    overrides = dict(image_size=height, in_channels=channels, out_channels=channels, num_classes=num_classes,
+                     time_inputs=time_inputs)
     if cfg.dropout is not None:
         overrides["dropout"] = cfg.dropout
     base = PRESETS[name]

@@ -12,9 +12,10 @@ from .ict import ICTLoss
 from .ect import ECTLoss
 from .scm import AdaptiveWeight, SCMLoss
 from . import sct, scd  # register the sCM methods
+from .meanflow import MeanFlowLoss
 
 __all__ = [
-    "AdaptiveWeight", "CDLoss", "CTLoss", "ECTLoss", "EDMLoss", "ICTLoss", "METHODS", "Loss", "LossInputs", "Method",
+    "AdaptiveWeight", "CDLoss", "CTLoss", "ECTLoss", "EDMLoss", "ICTLoss", "METHODS", "Loss", "LossInputs", "MeanFlowLoss", "Method",
     "PairLoss", "SCMLoss", "scd", "sct",
     "get_method", "method_options", "register", "unregister",
 ]

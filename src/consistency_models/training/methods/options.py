@@ -10,6 +10,7 @@ from typing import Any
 
 from ...errors import InvalidInputError
 from ..distances import DISTANCES
+from ..jvp import JVP_MODES
 from ..settings import FINITE, BudgetDefault, MethodOptions, RunSettings, integer_range, positive_number, setting
 
 MAX_SCALES = 100_000  # discretisation steps N (s0, s1): the papers use at most 1,281; each level is a float
@@ -34,6 +35,11 @@ def p_mean_option(default: float) -> Any:
 
 def p_std_option(default: float) -> Any:
     return setting(default, "std of the log-sigma proposal", check=positive_number("a number > 0"))
+
+
+def jvp_option(default: str) -> Any:
+    return setting(default, "how the time derivative is computed: exact (forward-mode AD) or fd (float64 finite "
+                            "difference, a reference)", choices=JVP_MODES)
 
 
 def distance_option(default: str) -> Any:

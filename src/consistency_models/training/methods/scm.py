@@ -32,10 +32,10 @@ from torch import nn
 
 from ...errors import InvalidInputError
 from ...trigflow import TIME_INPUTS, TrigFlow
-from ..jvp import JVP_MODES, JVP_PRECISIONS, jvp
+from ..jvp import JVP_PRECISIONS, jvp
 from ..settings import MAX_STEPS, BudgetDefault, MethodOptions, RunSettings, integer_range, positive_number, setting
 from .loss import Loss, same_dropout, unwrap
-from .options import p_mean_option, p_std_option
+from .options import jvp_option, p_mean_option, p_std_option
 
 PAPER_WARMUP = 10_000   # H of the paper's runs (of 100k–400k steps)
 
@@ -70,8 +70,7 @@ class SCMOptions(MethodOptions):
                                            "(250 ln(sigma_d tan t), an EDM network's, kept by a student started "
                                            "from an EDM teacher)", choices=TIME_INPUTS,
                                      budget=BudgetDefault(default_time_input, "log_sigma from an EDM teacher, else t"))
-    jvp: str = setting("exact", "how dF/dt is computed: exact (forward-mode AD) or fd (float64 finite difference, "
-                                "a reference)", choices=JVP_MODES)
+    jvp: str = jvp_option("exact")
     jvp_precision: str = setting("run", "precision of the tangent pass (teacher velocity, JVP): run (the run's "
                                         "--precision; softmax and GroupNorm in float32) or float32 (autocast off)",
                                  choices=JVP_PRECISIONS)
