@@ -232,6 +232,8 @@ def test_folder_chunks_keep_the_first_images_size_and_channels(tmp_path, monkeyp
 
 def test_results_json_and_table(tmp_path, test_stats):
     results = evaluate(test_stats, test_stats, "digits", metrics=["fid", "pr"], progress=False)
+    assert abs(results["fid"]) < 1e-9                 # identical sets; the matrix square root leaves ~1e-12 on some CPUs
+    results["fid"] = 0.0
     write_results_json(results, tmp_path / "eval.json")
     assert json.loads((tmp_path / "eval.json").read_text()) == results
     assert format_table(results).splitlines() == [
