@@ -78,6 +78,10 @@ stage train 210 python bench/train_step.py --device "$device" "${train_size[@]}"
 stage sample 240 python bench/sample_speed.py --device "$device" "${sample_size[@]}" --steps 1,2 \
   --json "$out/sample.json" --paths "$sample_paths"
 
+# -- 4. the newer methods' step against CT's (after the issue-20 figures, so that it cannot cost them) -----
+stage train_new 100 python bench/train_step.py --device "$device" "${train_size[@]}" --precision bfloat16 \
+  --methods ct,meanflow --modes eager
+
 # -- the table -----------------------------------------------------------------------------------------
 python - "$out" "${failed[@]}" <<'EOF' > "$table"
 import json, re, sys
@@ -98,9 +102,13 @@ for line in train.splitlines():
     fields = line.split()
     if len(fields) == 9 and fields[0] in ("ct", "cd", "sct", "scd") and fields[1] in ("eager", "fast"):
         print(f"| {' '.join(fields[:3])} | {fields[3]} | {fields[4]} | {fields[7]} | {fields[8]} |")
+for line in read("train_new").splitlines():
+    fields = line.split()
+    if len(fields) == 9 and fields[0] == "meanflow" and fields[1] in ("eager", "fast"):
+        print(f"| {' '.join(fields[:3])} | {fields[3]} | {fields[4]} | {fields[7]} | {fields[8]} |")
 print(f"\n{matmul.group(0) if matmul else 'no matmul line (see train.txt)'}")
-for line in train.splitlines():
-    if re.match(r"^(sct|scd) \w+ \w+: step|^\w+ \w+: the fast step", line):
+for line in (train + read("train_new")).splitlines():
+    if re.match(r"^(sct|scd|meanflow) \w+ \w+: step|^\w+ \w+: the fast step", line):
         print(f"- {line}")
 print("\n| sampling | steps | path | img/s | × diffusers, same dtype | × diffusers compiled | PSNR dB | 1st call s |"
       "\n|---|---|---|---|---|---|---|---|")

@@ -98,12 +98,12 @@ class PathSpec:
                    "graph" in features)
 
 
-def random_unet(preset_name: str, seed: int = 0) -> UNetModel:
+def random_unet(preset_name: str, seed: int = 0, time_inputs: int = 1) -> UNetModel:
     """The preset's UNet with seeded random weights; the zero-initialized output layers get the
     default init of their type too, so every layer contributes (an untrained ADM outputs c_skip·x)."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        unet = UNetModel(preset(preset_name))
+        unet = UNetModel(preset(preset_name, time_inputs=time_inputs))
         for module in unet.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)) and not module.weight.any():
                 module.reset_parameters()

@@ -43,7 +43,7 @@ from consistency_models import ConsistencyFunction, Denoiser, preset
 from consistency_models.cli.allocator import keep_freed_memory
 from consistency_models.training.batch_rng import BatchRNG
 from consistency_models.training.fast_step import compiled
-from consistency_models.training.methods import AdaptiveWeight, CDLoss, CTLoss, SCMLoss
+from consistency_models.training.methods import AdaptiveWeight, CDLoss, CTLoss, MeanFlowLoss, SCMLoss
 from consistency_models.training.optimizer import build_optimizer
 
 
@@ -62,12 +62,17 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
+METHODS = ("ct", "cd", "sct", "scd", "meanflow")
+
+
 def build_loss(method: str, preset_name: str, device: torch.device, fast: bool = False):
     """The network (random weights in every layer, as a trained one, see sample_speed.random_unet)
     and the method's loss with a target copy (and, for CD, a teacher copy); with `fast`, the loss
     gets compiled networks as the trainer's fast step gives it (training/loop.py)."""
-    network = random_unet(preset_name).to(device).train()
+    network = random_unet(preset_name, time_inputs=2 if method == "meanflow" else 1).to(device).train()
     wrap = compiled if fast else (lambda module: module)
+    if method == "meanflow":  # u⁻ is the network itself, with two time inputs (t, t − r)
+        return network, MeanFlowLoss(wrap(network))
     if method in ("sct", "scd"):  # θ⁻ is the network itself; sCD's teacher is an EDM network
         teacher = wrap(copy.deepcopy(network).eval().requires_grad_(False)) if method == "scd" else None
         return network, SCMLoss(wrap(network), AdaptiveWeight().to(device), teacher, tangent_warmup=1000,
@@ -187,7 +192,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", choices=["float32", "bfloat16", "both"], default="both")
-    parser.add_argument("--methods", default="ct,cd", help="comma-separated subset of ct,cd,sct,scd")
+    parser.add_argument("--methods", default="ct,cd", help=f"comma-separated subset of {','.join(METHODS)}")
     parser.add_argument("--modes", default=None, help="comma-separated subset of eager,fast (default: eager,fast "
                                                       "on CUDA, eager elsewhere)")
     parser.add_argument("--matmul-size", type=int, default=None, help="n of the reference n×n matmul "
@@ -196,8 +201,8 @@ def main() -> None:
                         help="leave glibc malloc as it is (default: keep freed memory, as `cm train` does)")
     args = parser.parse_args()
     methods = [m for m in args.methods.split(",") if m]
-    if not methods or any(m not in ("ct", "cd", "sct", "scd") for m in methods):
-        parser.error(f"--methods: {args.methods!r} is not a comma-separated subset of ct,cd,sct,scd")
+    if not methods or any(m not in METHODS for m in methods):
+        parser.error(f"--methods: {args.methods!r} is not a comma-separated subset of {','.join(METHODS)}")
     device = torch.device(args.device)
     modes = [m for m in (args.modes or ("eager,fast" if device.type == "cuda" else "eager")).split(",") if m]
     if not modes or any(m not in ("eager", "fast") for m in modes):
@@ -238,7 +243,7 @@ def main() -> None:
         print(f"{method}: {flops / 1e9:.2f} GFLOP per step")
     for (method, mode, precision), seconds in seconds_of.items():
         ct = ("ct", mode, precision)
-        if method in ("sct", "scd") and ct in seconds_of:
+        if method != "ct" and ct in seconds_of:
             line = f"{method} {mode} {precision}: step {seconds / seconds_of[ct]:.2f}x the ct step"
             if memory_of[method, mode, precision] and memory_of[ct]:
                 line += f", peak memory {memory_of[method, mode, precision] / memory_of[ct]:.2f}x"
