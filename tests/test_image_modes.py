@@ -86,3 +86,23 @@ def test_cm_train_says_it_in_one_line(tmp_path, capsys, argv, message):
                  "--steps", "1", "--batch-size", "2", "--no-progress", *argv])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and re.search(message, err.removeprefix("cm: error: data: ")), err
+
+
+def test_auto_says_once_that_it_made_a_mix_rgb(tmp_path):
+    mixed_folder(tmp_path / "mix")
+    [note] = load_dataset(tmp_path / "mix").notes
+    assert note.startswith("3 images mix grayscale (") and "a_gray.png) and color (" in note and "b_rgb.png)" in note
+    assert "--image-mode gray keeps one channel" in note
+    assert load_dataset(tmp_path / "mix", image_mode="rgb").notes == []   # the user chose: nothing to say
+    mixed_folder(tmp_path / "gray", gray_only=True)
+    assert load_dataset(tmp_path / "gray").notes == []                    # no mix
+
+
+def test_cm_train_prints_the_mix_note(tmp_path, capsys):
+    mixed_folder(tmp_path / "mix")
+    code = main(["train", "--method", "ict", "--data", str(tmp_path / "mix"), "--out", str(tmp_path / "run"),
+                 "--steps", "1", "--batch-size", "2", "--no-progress", "--preset", "test"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert [line for line in err.splitlines() if line.startswith("data:")] == [
+        f"data: {tmp_path / 'mix'}: " + load_dataset(tmp_path / "mix").notes[0]]

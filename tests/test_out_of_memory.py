@@ -31,3 +31,18 @@ def test_too_large_a_batch_is_one_line_with_the_batch_that_fits(tmp_path):
                          r"--batch-size \1, or --num 100000 --batch-size \1 to make 100000 in batches\n", proc.stderr)
     assert match and 1 <= int(match.group(1)) < 100000, proc.stderr
     assert not (tmp_path / "s.npz").exists()
+
+
+def test_the_advice_for_a_grid_or_folder_names_an_npz_since_num_writes_only_that(tmp_path, capsys, monkeypatch):
+    from consistency_models.cli import main
+    from consistency_models.cli.sample import too_large
+
+    monkeypatch.chdir(tmp_path)
+    for kind in ("grid", "dir"):
+        advice = too_large(4, 2, kind)
+        assert advice.endswith("use --batch-size 2, or --num 4 --batch-size 2 --out samples.npz to make 4 in batches")
+    assert too_large(4, 2, "npz").endswith("or --num 4 --batch-size 2 to make 4 in batches")
+    assert main(["sample", "--num", "4", "--batch-size", "2", "--out", "grid.png"]) == 2   # why the advice says so
+    assert "out" in capsys.readouterr().err
+    assert main(["sample", "--num", "4", "--batch-size", "2", "--out", "samples.npz"]) == 0
+    assert (tmp_path / "samples.npz").is_file()

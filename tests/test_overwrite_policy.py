@@ -25,6 +25,10 @@ def test_overwrite_replaces_a_folder_of_earlier_images_as_a_whole(tmp_path, caps
     out = tmp_path / "grid"
     assert run(capsys, ["sample", "--out", f"{out}/", "--batch-size", "16"])[0] == 0
     assert len(list(out.iterdir())) == 16
+    (tmp_path / "plain").mkdir()                                   # the mode any new folder gets here
+    (tmp_path / "plain.png").write_bytes(b"")                     # and any new file
+    assert out.stat().st_mode == (tmp_path / "plain").stat().st_mode  # not mkdtemp's private 0700
+    assert {p.stat().st_mode for p in out.iterdir()} == {(tmp_path / "plain.png").stat().st_mode}
     code, err = run(capsys, ["sample", "--out", f"{out}/", "--batch-size", "2"])
     one_line(code, err, "is not empty; pass --overwrite")
     assert run(capsys, ["sample", "--out", f"{out}/", "--batch-size", "2", "--overwrite", "--seed", "1"])[0] == 0

@@ -13,8 +13,8 @@ substitutions, which only shrink the work (they are listed so that nothing else 
 - the inception weights are a seeded random stand-in (the published file cannot be had offline),
   so its SHA-256 check is switched off here — the check itself is tested in tests/test_inception.py.
 
-Files a command reads (digit.png, mask.png, an OpenAI checkpoint, reference images) are written
-first, as a user would have them. Each line is an example on its own: an output an earlier README
+Files a command reads (an OpenAI checkpoint, reference images; the edits' inputs by the README's
+own Python recipe) are written first, as a user would have them. Each line is an example on its own: an output an earlier README
 line already made under the same name is removed first (the overwrite refusal is tested in
 tests/test_adversarial.py). Not run here: `pip install` and `python3 -m venv` (.ci/run runs the
 install + test block on a fresh clone, and the install part of the sample block is the same), and
@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import runpy
 import shlex
 import shutil
 import subprocess
@@ -123,21 +124,18 @@ def toy_argv(words: list[str], model: Path) -> list[str]:
 
 def write_inputs(folder: Path, model: Path) -> None:
     """The files the README's commands read, as a user would have them."""
-    from consistency_models.data import load_dataset
     from consistency_models import preset
     from test_openai_convert import reference_for
 
-    digits = load_dataset("digits:test").x[:8]  # (N, 1, 16, 16) in [-1, 1]
-    as_u8 = ((digits + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
-    gray = Image.fromarray(as_u8[0, 0])
-    gray.save(folder / "digit.png")
-    gray.save(folder / "strokes.png")
-    gray.save(folder / "noisy.png")
-    gray.save(folder / "gray.png")
-    gray.resize((4, 4), Image.BOX).save(folder / "small.png")
-    mask = np.zeros((16, 16), np.uint8)
-    mask[4:12, 4:12] = 255
-    Image.fromarray(mask).save(folder / "mask.png")
+    [edit_inputs] = [b for b in re.findall(r"```python\n(.*?)```", README, re.S) if '"digit.png"' in b]
+    (folder / "edit_inputs.py").write_text(edit_inputs)   # the README's own recipe for the edits' inputs
+    cwd = os.getcwd()
+    try:
+        os.chdir(folder)
+        runpy.run_path("edit_inputs.py", run_name="__main__")
+    finally:
+        os.chdir(cwd)
+    (folder / "edit_inputs.py").unlink()
     rng = np.random.default_rng(0)
     real = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
     (folder / "real_images").mkdir()

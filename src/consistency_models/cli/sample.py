@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> None:
     except Exception as exc:  # noqa: BLE001 — only running out of memory is turned into advice
         if not is_out_of_memory(exc):
             raise
-        raise InvalidInputError(too_large(args.batch_size, fitting_batch(attempt, args.batch_size))) from None
+        raise InvalidInputError(too_large(args.batch_size, fitting_batch(attempt, args.batch_size), kind)) from None
     labels = result.class_labels.cpu().numpy() if result.class_labels is not None else None
     if not pipe.is_image_model:
         save_points(result.images, args.out, labels)
@@ -112,11 +112,14 @@ def run(args: argparse.Namespace) -> None:
     print(f"wrote {plural(len(result.images), 'image')} to {where}")
 
 
-def too_large(batch: int, fits: int) -> str:
+def too_large(batch: int, fits: int, out_kind: str) -> str:
+    """The one-line advice when `batch` images ran out of memory and `fits` did not (0: not even one);
+    `--num` writes only .npz, so for a grid or folder output the advice names one."""
     if fits == 0:
         return f"batch_size: not even one image fits in memory here (--batch-size {batch} was asked for)"
+    many = f"--num {batch} --batch-size {fits}" + ("" if out_kind == "npz" else " --out samples.npz")
     return (f"batch_size: {batch} images do not fit in memory here at once, {fits} do; use --batch-size {fits}, "
-            f"or --num {batch} --batch-size {fits} to make {batch} in batches")
+            f"or {many} to make {batch} in batches")
 
 
 def run_many(args: argparse.Namespace) -> None:

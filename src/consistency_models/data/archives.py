@@ -48,8 +48,11 @@ def load_zip(
         if use_labels and "dataset.json" in archive.namelist():
             labels = labels_from_json(archive.read("dataset.json"), names, f"{path}:dataset.json")
         files = [(f"{path}:{name}", partial(archive.open, name)) for name in names]
-        images = decode_images(files, resolution, image_mode)
-    return ImageDataset.from_uint8(images, labels, None, xflip, source=str(path))
+        notes: list[str] = []
+        images = decode_images(files, resolution, image_mode, notes)
+    dataset = ImageDataset.from_uint8(images, labels, None, xflip, source=str(path))
+    dataset.notes = notes
+    return dataset
 
 
 def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:

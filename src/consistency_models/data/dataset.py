@@ -28,6 +28,7 @@ class InMemoryDataset(Dataset):
         source: str = "",                     # what the samples were read from, for messages
     ) -> None:
         super().__init__()
+        self.notes: list[str] = []            # lines worth telling the user about how the data was read
         x = torch.as_tensor(x, dtype=torch.float32)
         if x.ndim < 2 or x.shape[0] == 0:
             raise InvalidInputError(f"x: need at least one sample with a shape, got a tensor of shape {tuple(x.shape)}")

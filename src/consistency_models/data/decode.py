@@ -69,14 +69,17 @@ def decode_images(
     files: Sequence[tuple[str, Callable[[], IO[bytes]]]],  # (name for messages, opener) per image
     resolution: int | None = None,                          # None = all must share one size
     image_mode: str = "auto",                               # see the module's docstring
+    notes: list[str] | None = None,                         # gets one line when "auto" turns a mix into RGB
 ) -> np.ndarray:
     """Decode `files` into one uint8 array (N, H, W, C), C = 1 or 3 (see `image_mode`)."""
     check_image_mode(image_mode)
     size, first, first_gray = None, "", None
+    example = {}                                            # gray / color → the first such file
     out = []
     for name, open_file in files:
         image = open_image(open_file, name)
         gray = image.mode in GRAY_MODES
+        example.setdefault(gray, name)
         if first_gray is None:
             first, first_gray = name, gray
         elif image_mode == "same" and gray != first_gray:
@@ -98,6 +101,9 @@ def decode_images(
         array = np.asarray(image, dtype=np.uint8)
         out.append(array[..., None] if array.ndim == 2 else array)
     channels = max(a.shape[-1] for a in out)  # auto: RGB as soon as one image is in color
+    if notes is not None and image_mode == "auto" and len(example) == 2:
+        notes.append(f"{len(out)} images mix grayscale ({example[True]}) and color ({example[False]}) files: all "
+                     "are read as RGB, gray replicated (--image-mode gray keeps one channel, same refuses a mix)")
     return np.stack([np.repeat(a, channels, axis=-1) if a.shape[-1] != channels else a for a in out])
 
 

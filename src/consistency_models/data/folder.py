@@ -68,5 +68,8 @@ def load_folder(
         else:
             labels, num_classes = subfolder_labels(root, names)
     files = [(str(root / name), partial(open, root / name, "rb")) for name in names]
-    images = decode_images(files, resolution, image_mode)
-    return ImageDataset.from_uint8(images, labels, num_classes, xflip, source=str(root))
+    notes: list[str] = []
+    images = decode_images(files, resolution, image_mode, notes)
+    dataset = ImageDataset.from_uint8(images, labels, num_classes, xflip, source=str(root))
+    dataset.notes = notes
+    return dataset

@@ -70,6 +70,14 @@ def write_error(exc: OSError, path: Path) -> Exception:
     return OSError(exc.errno, f"cannot write it: {reason}", str(path))
 
 
+def current_umask() -> int:
+    """The process's umask (read by setting and restoring it): temp files and folders, made private
+    by `tempfile`, get the permissions a plain `open` or `mkdir` would have given them."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, fsync: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` in one rename.
@@ -87,8 +95,7 @@ def atomic_path(path: str | os.PathLike, fsync: bool = False) -> Iterator[Path]:
         raise write_error(exc, path) from exc
     os.close(fd)
     tmp_path = Path(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
+    umask = current_umask()
     try:
         os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
         yield tmp_path

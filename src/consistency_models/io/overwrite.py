@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import InvalidInputError
-from .atomic import write_error
+from .atomic import current_umask, write_error
 
 
 def refuse_input_as_output(out: str | os.PathLike | None, argument: str,
@@ -67,6 +67,7 @@ def replaced_folder(path: str | os.PathLike, ours: str, argument: str = "out") -
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fresh = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+        os.chmod(fresh, 0o777 & ~current_umask())  # mkdtemp makes 0700; the output gets mkdir's usual mode
     except OSError as exc:  # the place cannot hold it: named as the user wrote it, not the temp folder
         raise write_error(exc, target) from exc
     try:

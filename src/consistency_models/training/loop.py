@@ -307,6 +307,8 @@ class Trainer:
         first_step = self.step
         if main and self.resume_note:  # said once the run holds its folder
             print(self.resume_note, file=sys.stderr)
+        for note in self.dataset.notes if main else ():
+            print(f"data: {cfg.data}: {note}", file=sys.stderr)
         if main:
             for folder in (self.out, self.out / "unet", self.out / "scheduler", self.out / "samples"):
                 remove_leftovers(folder)  # temp files of a killed write (checkpoints clean their own)
