@@ -1,7 +1,7 @@
 """Which consistency method, at my budget? Every method trained on digits for the same wall-clock
 time on this machine, then scored the same way.
 
-    python bench/methods.py --minutes 20                 # 7 methods x (20 min + ~1 min): ~2.5 h on 2 cores
+    python bench/methods.py --minutes 20                 # 8 methods x (20 min + ~1 min): ~2.8 h on 2 cores
     python bench/methods.py --minutes 3 --methods ict,sct --out bench-methods
 
 For each method: its small-budget recipe (RECIPES below: the shipped `digits-teacher` for the
@@ -47,6 +47,8 @@ RECIPES = {  # method → its small-budget settings (besides --steps)
     "sct": ["--method", "sct", "--batch-size", "64", "--lr", "5e-4"],
     "scd": ["--method", "scd", "--teacher", "digits-teacher", "--batch-size", "64", "--lr", "5e-4"],
     "meanflow": ["--method", "meanflow", "--batch-size", "64", "--lr", "5e-4"],
+    "tcm": ["--method", "tcm", "--teacher", "digits-teacher", "--init-from-teacher", "--batch-size", "64",
+            "--lr", "1e-4"],
 }
 PROBE_STEPS = 40
 

@@ -61,6 +61,22 @@ def train_one_and_two_processes(train_argv: list[str], tmp_path: Path) -> tuple[
     return tmp_path / "one", tmp_path / "two"
 
 
+def exported_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """The network weights a run folder exported (unet/*.safetensors)."""
+    from safetensors.torch import load_file
+
+    return load_file(str(next((folder / "unet").glob("*.safetensors"))))
+
+
+def assert_same_exports(one: Path, two: Path) -> None:
+    """Two run folders exported the same weights, up to the float rounding of a reduction over
+    processes (gradient all-reduce sums in another order)."""
+    a, b = exported_weights(one), exported_weights(two)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", f"slow: takes about a minute on 2 CPU cores; runs only with {SLOW_ENV}=1")
 

@@ -25,7 +25,7 @@ from consistency_models.schedule import SchedulerConfig
 from consistency_models.training.checkpoint import list_checkpoints
 from consistency_models.training.methods.meanflow import MeanFlowLoss
 
-from conftest import TORCHRUN, perturb_, train_one_and_two_processes
+from conftest import TORCHRUN, assert_same_exports, exported_weights, perturb_, train_one_and_two_processes
 
 
 class TanhField(nn.Module):
@@ -258,21 +258,16 @@ TOY = ["train", "--method", "meanflow", "--data", "toy:mog8", "--batch-size", "3
        "--save-every", "3", "--sample-every", "100"]
 
 
-def weights(folder) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(next((folder / "unet").glob("*.safetensors"))))
-
 
 def test_meanflow_resumes_bit_for_bit(tmp_path):
     assert main([*TOY, "--steps", "6", "--out", str(tmp_path / "a")]) == 0
-    whole = weights(tmp_path / "a")
+    whole = exported_weights(tmp_path / "a")
     assert any(k.startswith("extra_time_embeddings.") for k in whole)
     resumed = shutil.copytree(tmp_path / "a", tmp_path / "b")
     list_checkpoints(resumed)[-1][1].unlink()  # as if killed after the step-3 checkpoint
     shutil.rmtree(resumed / "unet")
     assert main([*TOY, "--steps", "6", "--out", str(resumed), "--resume"]) == 0
-    again = weights(resumed)
+    again = exported_weights(resumed)
     assert all(torch.equal(whole[k], again[k]) for k in whole)
     pipe = ConsistencyModelPipeline.from_pretrained(resumed)
     points = pipe(batch_size=5, output_type="np", generator=torch.Generator().manual_seed(0)).images
@@ -282,7 +277,4 @@ def test_meanflow_resumes_bit_for_bit(tmp_path):
 @pytest.mark.skipif(not TORCHRUN.is_file(), reason=f"torchrun is not installed next to {sys.executable}")
 def test_two_torchrun_processes_train_what_one_trains(tmp_path):
     train_one_and_two_processes([*TOY, "--steps", "6", "--save-every", "6"], tmp_path)
-    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+    assert_same_exports(tmp_path / "one", tmp_path / "two")

@@ -32,11 +32,11 @@ from consistency_models.training.methods import (
 
 
 def test_the_built_in_methods_and_their_declarations():
-    assert list(METHODS) == ["edm", "cd", "ct", "ict", "ect", "sct", "scd", "meanflow"]
+    assert list(METHODS) == ["edm", "cd", "ct", "ict", "ect", "sct", "scd", "meanflow", "tcm"]
     cfg = TrainConfig(method="sct", data="toy:mog8", out="r")
     assert {m.name: m.parametrization_of(cfg) for m in METHODS.values()} == {
         "edm": "edm", "cd": "consistency", "ct": "consistency", "ict": "consistency", "ect": "consistency",
-        "sct": "trigflow", "scd": "trigflow", "meanflow": "meanflow"}
+        "sct": "trigflow", "scd": "trigflow", "meanflow": "meanflow", "tcm": "consistency"}
     teacher = TrainConfig.from_settings(method="scd", data="toy:mog8", out="r", teacher="t")
     assert teacher.options.time_input == "t" and METHODS["scd"].parametrization_of(teacher) == "trigflow"
     copy = TrainConfig.from_settings(method="scd", data="toy:mog8", out="r", teacher="t", init_from_teacher=True)
@@ -44,12 +44,13 @@ def test_the_built_in_methods_and_their_declarations():
     assert {m.name for m in METHODS.values() if m.target_network} == {"cd", "ct"}
     assert {m.name: m.teacher for m in METHODS.values()} == {
         "edm": "unused", "cd": "required", "ct": "optional", "ict": "optional", "ect": "required",
-        "sct": "optional", "scd": "required", "meanflow": "unused"}
+        "sct": "optional", "scd": "required", "meanflow": "unused", "tcm": "optional"}
     assert not {f.name for f in dataclasses.fields(TrainConfig)} & method_options()  # no method's field in it
     assert method_options() == {"distance", "lpips_vgg", "lpips_lin", "num_scales", "target_mu", "solver", "s0", "s1", "mu0", "mu_form",
                                 "ect_stages", "p_mean", "p_std", "tangent_warmup", "tangent_c", "jvp", "jvp_precision",
                                 "time_input", "adaptive_weight", "time_mean", "time_std", "equal_times",
-                                "weight_power", "weight_c"}
+                                "weight_power", "weight_c", "dividing_sigma", "boundary_prob", "boundary_weight",
+                                "stage1_share", "stage2_lr"}
 
 
 @pytest.mark.parametrize("method, settings, expected", [
@@ -75,7 +76,7 @@ def test_recorded_grid_size(method, settings, expected):
     ("edm", {"teacher": "t"}, r"^teacher: --method edm uses no teacher"),
     ("ct", {"init_from_teacher": True}, r"^init_from_teacher: needs --teacher$"),
     ("ict", {"lpips_vgg": "vgg.pth", "lpips_lin": "lin.pth"}, r"^lpips_vgg/lpips_lin: given, but --distance is not lpips or lpips_standard$"),
-    ("nope", {}, r"^method: 'nope' is not allowed; use one of edm, cd, ct, ict, ect, sct, scd, meanflow$"),
+    ("nope", {}, r"^method: 'nope' is not allowed; use one of edm, cd, ct, ict, ect, sct, scd, meanflow, tcm$"),
     ("ct", {"num_scale": 18}, r"^num_scale: 18 is not a setting of cm train$"),
 ])
 def test_settings_a_method_does_not_read_are_refused(method, settings, message):
@@ -199,7 +200,7 @@ def test_recipe_sets_every_setting_and_options_override_it(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--data", "toy:mog8"], r"^method: give --method \(edm, cd, ct, ict, ect, sct, scd, meanflow\) or --recipe$"),
+    (["--data", "toy:mog8"], r"^method: give --method \(edm, cd, ct, ict, ect, sct, scd, meanflow, tcm\) or --recipe$"),
     (["--data", "toy:mog8", "--recipe", "nope"], r"^argument --recipe: invalid choice: 'nope'"),
 ])
 def test_recipe_errors_are_one_line(tmp_path, capsys, argv, message):

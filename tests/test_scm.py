@@ -22,7 +22,7 @@ from consistency_models.training.jvp import jvp
 from consistency_models.training.methods.scm import AdaptiveWeight, SCMLoss
 from consistency_models.trigflow import TrigFlow
 
-from conftest import TORCHRUN, perturb_, train_one_and_two_processes
+from conftest import TORCHRUN, assert_same_exports, exported_weights, perturb_, train_one_and_two_processes
 
 
 def networks():
@@ -189,11 +189,6 @@ TOY = ["train", "--data", "toy:mog8", "--batch-size", "32", "--no-progress", "--
        "100"]
 
 
-def weights(folder) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(next((folder / "unet").glob("*.safetensors"))))
-
 
 @pytest.fixture(scope="module")
 def toy_teacher(tmp_path_factory):
@@ -214,13 +209,13 @@ def method_options(method: str, teacher) -> list[str]:
 def test_scm_resumes_bit_for_bit_with_its_adaptive_weight(method, tmp_path, toy_teacher):
     options = method_options(method, toy_teacher)
     assert main([*TOY, *options, "--steps", "6", "--out", str(tmp_path / "a")]) == 0
-    whole = weights(tmp_path / "a")
+    whole = exported_weights(tmp_path / "a")
     resumed = shutil.copytree(tmp_path / "a", tmp_path / "b")
     assert [step for step, _ in list_checkpoints(resumed)] == [3, 6]
     list_checkpoints(resumed)[-1][1].unlink()  # as if killed after the step-3 checkpoint
     shutil.rmtree(resumed / "unet")
     assert main([*TOY, *options, "--steps", "6", "--out", str(resumed), "--resume"]) == 0
-    again = weights(resumed)
+    again = exported_weights(resumed)
     assert all(torch.equal(whole[k], again[k]) for k in whole)
     state = torch.load(list_checkpoints(resumed)[-1][1], weights_only=True)
     want = torch.load(list_checkpoints(tmp_path / "a")[-1][1], weights_only=True)
@@ -261,10 +256,7 @@ def test_two_torchrun_processes_train_what_one_trains(method, tmp_path, toy_teac
     one, two = train_one_and_two_processes(["train", *method_options(method, toy_teacher), "--data", "toy:mog8",
                                             "--steps", "8", "--batch-size", "32", "--save-every", "8",
                                             "--sample-every", "100", "--no-progress"], tmp_path)
-    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+    assert_same_exports(tmp_path / "one", tmp_path / "two")
     wa, wb = (torch.load(list_checkpoints(tmp_path / r)[-1][1], weights_only=True)["loss"]["weight"]
               for r in ("one", "two"))
     torch.testing.assert_close(wa["linear.weight"], wb["linear.weight"], rtol=1e-4, atol=1e-6)

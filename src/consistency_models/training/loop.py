@@ -67,10 +67,12 @@ def _comparable(settings: dict) -> dict:
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
-    """Linear warm-up to `lr` over `warmup_steps`, then constant."""
+    """Linear warm-up to `lr` over `warmup_steps`, then constant; times the method's own factor
+    for the step (1 but for methods with stages, e.g. TCM's second)."""
+    factor = get_method(cfg.method).lr_factor(cfg, step)
     if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    return cfg.lr
+        return cfg.lr * factor * (step + 1) / cfg.warmup_steps
+    return cfg.lr * factor
 
 
 class Trainer:

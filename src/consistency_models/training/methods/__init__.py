@@ -13,9 +13,10 @@ from .ect import ECTLoss
 from .scm import AdaptiveWeight, SCMLoss
 from . import sct, scd  # register the sCM methods
 from .meanflow import MeanFlowLoss
+from .tcm import TCMLoss
 
 __all__ = [
     "AdaptiveWeight", "CDLoss", "CTLoss", "ECTLoss", "EDMLoss", "ICTLoss", "METHODS", "Loss", "LossInputs", "MeanFlowLoss", "Method",
-    "PairLoss", "SCMLoss", "scd", "sct",
+    "PairLoss", "SCMLoss", "TCMLoss", "scd", "sct",
     "get_method", "method_options", "register", "unregister",
 ]

@@ -29,7 +29,8 @@ def s1_option(default: int | None, budget: BudgetDefault | None = None) -> Any:
 
 
 def p_mean_option(default: float) -> Any:
-    return setting(default, "mean of the log-sigma proposal tau ~ N(P_mean, P_std^2), t = arctan(e^tau/sigma_data)",
+    return setting(default, "mean of the log-sigma proposal ln sigma ~ N(P_mean, P_std^2) (sCM: t = arctan(sigma/sigma_data); "
+                            "TCM's stage 2: truncated to [t', sigma_max])",
                    check=FINITE)
 
 

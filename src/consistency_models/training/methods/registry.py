@@ -82,6 +82,10 @@ def fixed_grid(run: RunSettings) -> int:
     return DEFAULT_GRID
 
 
+def constant_lr(run: RunSettings, step: int) -> float:
+    return 1.0
+
+
 @dataclass(frozen=True)
 class Method:
     """One training method, as the rest of the package sees it."""
@@ -98,6 +102,7 @@ class Method:
     student_dropout: float | None = None                 # dropout of a student started from the teacher
                                                          # (None: the teacher's), unless --dropout is given
     grid_size: Callable[[RunSettings], int] = fixed_grid  # N of the sampling grid the export records
+    lr_factor: Callable[[RunSettings, int], float] = constant_lr  # --lr times this at a step (0-based)
 
     def __post_init__(self) -> None:
         if isinstance(self.parametrization, str) and self.parametrization not in KINDS:
