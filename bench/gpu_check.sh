@@ -80,7 +80,7 @@ stage sample 240 python bench/sample_speed.py --device "$device" "${sample_size[
 
 # -- 4. the newer methods' step against CT's (after the issue-20 figures, so that it cannot cost them) -----
 stage train_new 100 python bench/train_step.py --device "$device" "${train_size[@]}" --precision bfloat16 \
-  --methods ct,meanflow --modes eager
+  --methods ct,meanflow,tcm --modes eager
 
 # -- the table -----------------------------------------------------------------------------------------
 python - "$out" "${failed[@]}" <<'EOF' > "$table"

@@ -43,7 +43,7 @@ from consistency_models import ConsistencyFunction, Denoiser, preset
 from consistency_models.cli.allocator import keep_freed_memory
 from consistency_models.training.batch_rng import BatchRNG
 from consistency_models.training.fast_step import compiled
-from consistency_models.training.methods import AdaptiveWeight, CDLoss, CTLoss, MeanFlowLoss, SCMLoss
+from consistency_models.training.methods import AdaptiveWeight, CDLoss, CTLoss, MeanFlowLoss, SCMLoss, TCMLoss
 from consistency_models.training.optimizer import build_optimizer
 
 
@@ -62,7 +62,7 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
-METHODS = ("ct", "cd", "sct", "scd", "meanflow")
+METHODS = ("ct", "cd", "sct", "scd", "meanflow", "tcm")
 
 
 def build_loss(method: str, preset_name: str, device: torch.device, fast: bool = False):
@@ -77,6 +77,9 @@ def build_loss(method: str, preset_name: str, device: torch.device, fast: bool =
         teacher = wrap(copy.deepcopy(network).eval().requires_grad_(False)) if method == "scd" else None
         return network, SCMLoss(wrap(network), AdaptiveWeight().to(device), teacher, tangent_warmup=1000,
                                 time_input="t" if method == "sct" else "log_sigma")
+    if method == "tcm":  # stage 2: θ⁻ is the network itself (as ECT's); a frozen stage-1 copy below t′
+        return network, TCMLoss(ConsistencyFunction(wrap(network)), ConsistencyFunction(network), total_steps=1000,
+                                stage1_steps=0)
     target = copy.deepcopy(network).requires_grad_(False)
     student, target_fn = ConsistencyFunction(wrap(network)), ConsistencyFunction(wrap(target))
     if method == "ct":

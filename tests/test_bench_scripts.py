@@ -19,13 +19,14 @@ def run(script: str, *args: str) -> str:
 
 
 def test_train_step_prints_rates_and_the_bfloat16_ratio():
-    out = run("train_step.py", "--preset", "tiny16", "--batch-size", "2", "--repeats", "2", "--methods", "ct,meanflow",
+    out = run("train_step.py", "--preset", "tiny16", "--batch-size", "2", "--repeats", "2", "--methods", "ct,meanflow,tcm",
               "--matmul-size", "512")
     assert "freed memory kept" in out or "default allocator" in out
     assert re.search(r"^matmul float32 [\d.]+ GFLOP/s, bfloat16 [\d.]+ GFLOP/s \(512³\)$", out, re.M), out
     assert re.search(r"^ct\s+eager\s+float32\s+[\d.]+\s+[\d.]+\s+[\d.]+-[\d.]+\s+[\d.]+\s+\d+%\s+\d+$", out, re.M), out
     assert re.search(r"^ct eager: bfloat16 step is [\d.]+x the float32 one", out, re.M), out
     assert re.search(r"^meanflow eager float32: step [\d.]+x the ct step", out, re.M), out  # its two-time network
+    assert re.search(r"^tcm eager float32: step [\d.]+x the ct step", out, re.M), out
 
 
 def test_sample_speed_compares_with_diffusers():

@@ -222,3 +222,10 @@ def test_ict_s1_default_scales_with_the_budget(steps, s1):
     assert TrainConfig(method="ict", data="d", out="r", steps=steps).options.s1 == s1
     assert TrainConfig(method="ict", data="d", out="r", steps=steps, options={"s1": 50}).options.s1 == 50
     assert TrainConfig(method="ict", data="d", out="r", steps=2000, options={"s0": 5}).options.s1 == 80
+
+
+def test_ct_schedule_with_mu0_zero_has_no_ema_target():
+    """μ₀ = 0 (allowed by --mu0's check) is the limit μ(k) = 0 ^ (s0/(N−1)) = 0, not a math error."""
+    for k in (0, 50, 99):
+        n, mu = ct_curriculum(k, 100, 2, 150, 0.0)
+        assert mu == 0.0 == 0.0 ** (2 / (n - 1))

@@ -30,7 +30,7 @@ def ct_curriculum(
     inner = max(inner, 1)
     n = inner + 1
     denominator = inner if mu_form == "openai" else n
-    mu = math.exp(s0 * math.log(mu0) / denominator)
+    mu = math.exp(s0 * math.log(mu0) / denominator) if mu0 > 0 else 0.0   # μ₀ = 0: no EMA target (its limit)
     return n, mu
 
 
