@@ -3,10 +3,11 @@
 Writes the 8-Gaussian toy as a user's `.npz` (as bench/toy_defaults.py does), trains with `cm
 train` at one budget (2,000 steps, batch 256, lr 1e-3): iCT (the README's recipe), sCT from
 scratch, an EDM teacher, sCD from a fresh student (time input t, the default) and sCD started
-from that teacher (time input log_sigma, --init-from-teacher) — and scores 4,000 samples of each at 1 and 2 steps: the share
+from that teacher (time input log_sigma, --init-from-teacher), MeanFlow and TCM (both stages in one
+run) — and scores 4,000 samples of each at 1 and 2 steps: the share
 within 4 standard deviations of a mode and the sliced Wasserstein distance to held-out data.
 
-    python bench/toy_scm.py                     # ~5 minutes on 2 CPU cores
+    python bench/toy_scm.py                     # ~7 minutes on 2 CPU cores
     python bench/toy_scm.py --runs sct,ict
 """
 
@@ -31,6 +32,8 @@ RUNS = {  # name → (cm train options, the run it needs first)
     "teacher": (["--method", "edm"], None),
     "scd": (["--method", "scd", "--teacher", "{teacher}"], "teacher"),
     "scd-copy": (["--method", "scd", "--teacher", "{teacher}", "--init-from-teacher"], "teacher"),
+    "meanflow": (["--method", "meanflow"], None),
+    "tcm": (["--method", "tcm"], None),
 }
 
 
