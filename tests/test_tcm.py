@@ -165,3 +165,14 @@ def test_tcm_resumes_bit_for_bit_across_the_stage_switch_and_init_from_runs_stag
 def test_two_torchrun_processes_train_what_one_trains(tmp_path):
     train_one_and_two_processes([*TOY, "--steps", "4", "--save-every", "4"], tmp_path)
     assert_same_exports(tmp_path / "one", tmp_path / "two")
+
+
+def test_init_from_a_model_whose_network_takes_another_time_is_refused_in_one_line(tmp_path, capsys):
+    sct = ["train", "--method", "sct", "--data", "toy:mog8", "--batch-size", "8", "--steps", "1", "--no-progress"]
+    assert main([*sct, "--out", str(tmp_path / "sct")]) == 0
+    capsys.readouterr()
+    assert main([*TOY, "--steps", "1", "--init-from", str(tmp_path / "sct"), "--out", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(
+        f"cm: error: init_from: {tmp_path / 'sct'} holds an sCM (TrigFlow) model, whose network takes t as its time; "
+        "this run trains a consistency model"), err

@@ -42,6 +42,8 @@ class ModelKind:
     grid_search: str | None = None          # why `cm tune-timesteps` does not apply (None: it does)
     editing: str | None = None              # why zero-shot editing does not apply (None: it does)
     time_inputs: int = 1                    # time inputs of its network (MeanFlow's: t and t − r)
+    network_time: str = "log_sigma"         # what its network's time input measures: EDM's c_noise of σ,
+                                            # TrigFlow's "t" or MeanFlow's "flow_t" (--init-from must match)
 
 
 KINDS: Registry[ModelKind] = Registry("parametrization")

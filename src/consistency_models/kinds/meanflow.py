@@ -22,4 +22,5 @@ KIND = register(ModelKind(
     grid_search=WHY_NOT + ": give its flow times directly, e.g. --timesteps 1,0.5",
     editing=WHY_NOT + ", which has no denoiser f(x, σ) for Algorithm 4 to re-noise; interpolation applies",
     time_inputs=TIME_INPUTS,
+    network_time="flow_t",
 ))

@@ -17,6 +17,7 @@ KIND = register(ModelKind(
     sampler=TRIGFLOW_SAMPLER,
     scheduler_class=TRIGFLOW_SCHEDULER_CLASS,
     time_input="t",
+    network_time="t",
     grid_search=SEARCH,
 ))
 

@@ -97,7 +97,7 @@ class Trainer:
         teacher_network = self._load_teacher()
         self.parametrization = self.method.parametrization_of(cfg)
         self.network = build_network(cfg, self.dataset, teacher_network,
-                                     get_kind(self.parametrization).time_inputs).to(self.ctx.device)
+                                     get_kind(self.parametrization)).to(self.ctx.device)
         if teacher is None and teacher_network is not None:
             teacher = teacher_kind().wrapper(teacher_network, cfg.sigma_data, cfg.sigma_min)
         self.teacher = teacher

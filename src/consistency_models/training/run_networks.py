@@ -15,7 +15,7 @@ from torch import nn
 
 from ..errors import InvalidInputError
 from ..io.pipeline_folder import load_pipeline_folder
-from ..kinds import get_kind
+from ..kinds import ModelKind, get_kind
 from ..networks.mlp import MLP
 from ..networks.presets import MLP_PRESETS, PRESETS, preset
 from ..networks.unet import UNetModel
@@ -32,10 +32,15 @@ def default_preset(dataset: ImageDataset | PointDataset) -> str:
 
 
 def load_initial_network(path: str, dataset: ImageDataset | PointDataset, use_labels: bool,
-                         time_inputs: int = 1) -> nn.Module:
+                         kind: ModelKind) -> nn.Module:
     """The network of a pipeline folder to fine-tune; it must fit the data's shape and classes
-    and take the run's number of time inputs."""
-    network = load_pipeline_folder(path).network.float()
+    and take the time inputs of the run's model `kind` (their number and what they measure)."""
+    parts = load_pipeline_folder(path)
+    network, given = parts.network.float(), get_kind(parts.parametrization)
+    time_inputs = kind.time_inputs
+    if given.network_time != kind.network_time and network.config.time_inputs == time_inputs:
+        raise InvalidInputError(f"init_from: {path} holds {given.summary}, whose network takes {given.network_time} "
+                                f"as its time; this run trains {kind.summary}, whose network takes {kind.network_time}")
     if network.config.time_inputs != time_inputs:
         raise InvalidInputError(f"init_from: {path} holds a network with {network.config.time_inputs} time input(s); "
                                 f"this run trains one with {time_inputs}")
@@ -50,13 +55,14 @@ def load_initial_network(path: str, dataset: ImageDataset | PointDataset, use_la
     return network.train().requires_grad_(True)
 
 
-def build_network(cfg: TrainConfig, dataset: ImageDataset | PointDataset, teacher: nn.Module | None = None,
-                  time_inputs: int = 1) -> nn.Module:
-    """A fresh network for `dataset` taking `time_inputs` times (MeanFlow's two), a copy of the
-    teacher (`init_from_teacher`) or a saved one (`init_from`)."""
+def build_network(cfg: TrainConfig, dataset: ImageDataset | PointDataset, teacher: nn.Module | None,
+                  kind: ModelKind) -> nn.Module:
+    """A fresh network for `dataset` for the model `kind` (its number of time inputs: MeanFlow's
+    two), a copy of the teacher (`init_from_teacher`) or a saved one (`init_from`)."""
+    time_inputs = kind.time_inputs
     network = None
     if cfg.init_from:
-        network = load_initial_network(cfg.init_from, dataset, cfg.use_labels, time_inputs)
+        network = load_initial_network(cfg.init_from, dataset, cfg.use_labels, kind)
     elif teacher is not None and cfg.init_from_teacher:
         network = copy.deepcopy(teacher).requires_grad_(True)
     if network is not None:
