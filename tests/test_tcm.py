@@ -43,6 +43,19 @@ def test_the_truncated_proposal_is_the_inverse_cdf_of_the_truncated_lognormal():
     assert sigma[0] == pytest.approx(low) and sigma[-1] == pytest.approx(high)
 
 
+def test_a_range_far_in_the_upper_tail_keeps_its_spread():
+    """σ in [20, 80] with ln σ ~ N(−1.1, 0.5²): 8 to 11 standard deviations up, where Φ rounds to 1.
+    Checked with the survival function Q(z) = erfc(z/√2)/2 of the standard library."""
+    normal = torch.tensor([-3.0, -1.0, 0.0, 1.0, 3.0], dtype=torch.float64)
+    sigma = truncated_lognormal(normal, -1.1, 0.5, 20.0, 80.0)
+    q = lambda z: math.erfc(z / math.sqrt(2)) / 2
+    a, b = (math.log(20.0) + 1.1) / 0.5, (math.log(80.0) + 1.1) / 0.5
+    assert bool((sigma[1:] > sigma[:-1]).all()) and 20 <= sigma.min() and sigma.max() <= 80
+    for n, s in zip(normal.tolist(), sigma.tolist()):
+        z = (math.log(s) + 1.1) / 0.5
+        assert (q(a) - q(z)) / (q(a) - q(b)) == pytest.approx(NormalDist().cdf(n), rel=1e-9)
+
+
 def make_loss(stage1_steps: int = 0, boundary_prob: float = 0.4, dividing_sigma: float = 1.0):
     network = perturb_(MLP(MLPConfig(hidden=16, depth=2, emb_dim=8)), 0)
     wrap = get_kind("consistency").wrapper
@@ -134,6 +147,9 @@ def test_options_stage_shares_and_the_learning_rate(tmp_path):
     with pytest.raises(InvalidInputError, match=r"^dividing_sigma: 90\.0 must lie between --sigma-min 0\.002 "
                                                 r"and --sigma-max 80\.0$"):
         TrainConfig.from_settings(method="tcm", data="toy:mog8", out=str(tmp_path / "c"), dividing_sigma=90.0)
+    for settings in ({"stage1_share": 0.0}, {"steps": 1}, {"steps": 50, "stage1_share": 0.99}):
+        with pytest.raises(InvalidInputError, match=r"^stage1_share: .* without --init-from both stages need"):
+            TrainConfig.from_settings(method="tcm", data="toy:mog8", out=str(tmp_path / "e"), **settings)
     with pytest.raises(InvalidInputError, match=r"^boundary_prob: "):
         TrainConfig.from_settings(method="tcm", data="toy:mog8", out=str(tmp_path / "d"), boundary_prob=1.0)
 

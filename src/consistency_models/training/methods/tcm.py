@@ -14,9 +14,10 @@ and, for a share `boundary_prob` of the samples, t = t′ — the boundary sampl
 f_θ at t′ to f₁. Their loss is weighted `boundary_weight`: per sample, 1/(1 − p) for the others
 and w_b/p for the boundary ones, so the batch mean estimates L_cm + w_b·L_boundary as in NVIDIA's
 FastGen TCM (boundary probability 0.25, weight 0.1, t′ = 1 in EDM σ units for CIFAR-10). ECT's
-curriculum for r(t) starts again over stage 2 (FastGen recommends its finest gap from the start;
-on a 2-D toy from scratch that reached 34 % of one-step samples on the modes against 72 % with the
-restart, and from a trained stage 1 both gave 90 %; docs/tcm.md).
+curriculum for r(t) starts again over stage 2 (FastGen continues at its finest gap; on a 2-D toy
+from scratch that reached 34 % of one-step samples on the modes against 72 % with the restart,
+and from a trained stage 1 both gave 90 %; docs/tcm.md). In the restart's first ECT stage r = 0
+up to t ≈ 1.95, so there the boundary samples learn the clean x, not f₁ (docs/tcm.md).
 
 Without `--init-from`, one run does both stages: stage 1 for the first `stage1_share` of the steps,
 then f₁ is the network as it stands (not its EMA). With `--init-from` (a consistency model, e.g. an
@@ -73,17 +74,23 @@ class TCMOptions(ECTOptions):
         if not run.sigma_min < self.dividing_sigma < run.sigma_max:
             raise InvalidInputError(f"dividing_sigma: {self.dividing_sigma} must lie between --sigma-min "
                                     f"{run.sigma_min} and --sigma-max {run.sigma_max}")
+        first = round(self.stage1_share * run.steps)
+        if not run.init_from and not 1 <= first < run.steps:
+            raise InvalidInputError(f"stage1_share: {self.stage1_share} of {run.steps} steps gives stage 1 {first} "
+                                    "steps; without --init-from both stages need at least one step")
 
 
 def truncated_lognormal(normal: torch.Tensor, p_mean: float, p_std: float, low: float, high: float) -> torch.Tensor:
     """σ = exp(P_mean + P_std·n) conditioned on low ≤ σ ≤ high, from standard normal draws n: n is
     mapped through Φ to a uniform u, then to Φ⁻¹(Φ(a) + u·(Φ(b) − Φ(a))) with a, b the bounds of n
-    (the inverse CDF of the truncated normal; float64)."""
-    std = torch.distributions.Normal(torch.zeros((), dtype=torch.float64), torch.ones((), dtype=torch.float64))
+    (the inverse CDF of the truncated normal; float64; a range in the upper tail is drawn as the
+    mirror image of the lower one, where Φ does not round to 1)."""
     a, b = ((math.log(v) - p_mean) / p_std for v in (low, high))
-    lo, hi = std.cdf(torch.tensor(a, dtype=torch.float64)), std.cdf(torch.tensor(b, dtype=torch.float64))
-    u = std.cdf(normal.to(torch.float64))
-    n = std.icdf((lo + u * (hi - lo)).clamp(1e-300, 1 - 1e-16))
+    sign = -1.0 if a > 0 else 1.0           # an upper tail is drawn mirrored: Φ(a) would round to 1 there
+    a, b = sorted((sign * a, sign * b))
+    lo, hi = (math.erfc(-v / math.sqrt(2)) / 2 for v in (a, b))   # Φ through erfc: exact far in the tail
+    u = torch.special.erfc(-sign * normal.to(torch.float64) / math.sqrt(2)) / 2   # mirrored too: σ grows with n
+    n = sign * torch.special.ndtri(lo + u * (hi - lo))
     return torch.exp(p_mean + p_std * n).clamp(low, high)
 
 
