@@ -50,9 +50,7 @@ def load_zip(
         files = [(f"{path}:{name}", partial(archive.open, name)) for name in names]
         notes: list[str] = []
         images = decode_images(files, resolution, image_mode, notes)
-    dataset = ImageDataset.from_uint8(images, labels, None, xflip, source=str(path))
-    dataset.notes = notes
-    return dataset
+    return ImageDataset.from_uint8(images, labels, None, xflip, source=str(path), notes=notes)
 
 
 def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -96,11 +96,14 @@ class ImageDataset(InMemoryDataset):
         num_classes: int | None = None,
         xflip: bool = False,
         source: str = "",
+        notes: list[str] | None = None,       # lines about how the images were read (see `notes`)
     ) -> "ImageDataset":
         """uint8 NHWC images → x = v/127.5 − 1 in [−1, 1], NCHW."""
         x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         labels_t = None if labels is None else torch.from_numpy(np.asarray(labels, dtype=np.int64))
-        return cls(x, labels_t, num_classes, xflip, source)
+        dataset = cls(x, labels_t, num_classes, xflip, source)
+        dataset.notes = list(notes or [])
+        return dataset
 
     def augment(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Mirror each image of the batch left–right with probability 1/2 when `xflip` is set."""

@@ -70,6 +70,4 @@ def load_folder(
     files = [(str(root / name), partial(open, root / name, "rb")) for name in names]
     notes: list[str] = []
     images = decode_images(files, resolution, image_mode, notes)
-    dataset = ImageDataset.from_uint8(images, labels, num_classes, xflip, source=str(root))
-    dataset.notes = notes
-    return dataset
+    return ImageDataset.from_uint8(images, labels, num_classes, xflip, source=str(root), notes=notes)

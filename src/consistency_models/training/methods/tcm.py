@@ -64,6 +64,10 @@ class TCMOptions(ECTOptions):
     p_mean: float = p_mean_option(-1.1)
     p_std: float = p_std_option(2.0)
 
+    def stage1_steps(self, steps: int) -> int:
+        """Stage 1's steps of a run of `steps` (0: stage 2 only, from --init-from)."""
+        return round(self.stage1_share * steps)
+
     def complete(self, run: RunSettings) -> None:
         if self.stage1_share is None:
             self.stage1_share = 0.0 if run.init_from else 0.5
@@ -74,7 +78,7 @@ class TCMOptions(ECTOptions):
         if not run.sigma_min < self.dividing_sigma < run.sigma_max:
             raise InvalidInputError(f"dividing_sigma: {self.dividing_sigma} must lie between --sigma-min "
                                     f"{run.sigma_min} and --sigma-max {run.sigma_max}")
-        first = round(self.stage1_share * run.steps)
+        first = self.stage1_steps(run.steps)
         if not run.init_from and not 1 <= first < run.steps:
             raise InvalidInputError(f"stage1_share: {self.stage1_share} of {run.steps} steps gives stage 1 {first} "
                                     "steps; without --init-from both stages need at least one step")
@@ -173,20 +177,16 @@ class TCMLoss(Loss):
             self.frozen.network.load_state_dict(state["stage1_network"])
 
 
-def stage1_steps(run: RunSettings) -> int:
-    return round(run.options.stage1_share * run.steps)
-
-
 def lr_factor(run: RunSettings, step: int) -> float:
     """1 in stage 1, `stage2_lr` in stage 2 of a run that has both (with --init-from, --lr is stage 2's)."""
-    first = stage1_steps(run)
+    first = run.options.stage1_steps(run.steps)
     return run.options.stage2_lr if 0 < first <= step else 1.0
 
 
 def build_loss(inputs: LossInputs) -> TCMLoss:
     run, o = inputs.config, inputs.options
     return TCMLoss(inputs.wrap(inputs.student), inputs.wrap(inputs.network), total_steps=run.steps,
-                   stage1_steps=stage1_steps(run), num_stages=o.ect_stages,
+                   stage1_steps=o.stage1_steps(run.steps), num_stages=o.ect_stages,
                    dividing_sigma=o.dividing_sigma, boundary_prob=o.boundary_prob, boundary_weight=o.boundary_weight,
                    p_mean=o.p_mean, p_std=o.p_std, sigma_min=run.sigma_min, sigma_max=run.sigma_max)
 
