@@ -22,16 +22,33 @@ MMAP_THRESHOLD_MAX = 32 * 2**20  # glibc's upper limit on 64-bit systems
 NEVER_TRIM = -1                  # mallopt(3): "Setting M_TRIM_THRESHOLD to -1 disables trimming"
 
 
-def keep_freed_memory() -> bool:
-    """Apply the setting to this process; True where it took effect (glibc on Linux), False
-    elsewhere (other C libraries, macOS, Windows), where nothing is changed."""
+def _glibc() -> ctypes.CDLL | None:
+    """The C library where it is glibc on Linux, else None."""
     if not sys.platform.startswith("linux"):
-        return False
+        return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     except OSError:
-        return False
+        return None
     if not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, "mallopt"):  # glibc only (not musl)
+        return None
+    return libc
+
+
+def release_freed_memory() -> None:
+    """Hand the heap's free memory back to the system now (malloc_trim(3)), e.g. after an attempt
+    that ran out of memory: a kept heap would leave a smaller retry no address space under a cap."""
+    libc = _glibc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        libc.malloc_trim(0)
+
+
+def keep_freed_memory() -> bool:
+    """Apply the setting to this process; True where it took effect (glibc on Linux), False
+    elsewhere (other C libraries, macOS, Windows), where nothing is changed."""
+    libc = _glibc()
+    if libc is None:
         return False
     mallopt = libc.mallopt
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]

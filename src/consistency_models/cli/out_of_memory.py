@@ -13,6 +13,8 @@ from typing import Callable
 
 import torch
 
+from .allocator import release_freed_memory
+
 ALLOCATOR_MESSAGES = ("can't allocate memory", "not enough memory", "out of memory", "could not create a primitive")
 
 
@@ -35,5 +37,6 @@ def fitting_batch(attempt: Callable[[int], object], batch: int) -> int:
                 raise
         finally:
             gc.collect()
+            release_freed_memory()
         size //= 2
     return 0

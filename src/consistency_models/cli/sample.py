@@ -96,6 +96,8 @@ def run(args: argparse.Namespace) -> None:
     except Exception as exc:  # noqa: BLE001 — only running out of memory is turned into advice
         if not is_out_of_memory(exc):
             raise
+        result = None  # the search runs after this block: the error's traceback holds the failed batch's tensors
+    if result is None:
         raise InvalidInputError(too_large(args.batch_size, fitting_batch(attempt, args.batch_size), kind)) from None
     labels = result.class_labels.cpu().numpy() if result.class_labels is not None else None
     if not pipe.is_image_model:
