@@ -66,6 +66,79 @@ def test_loss_on_fixed_tensors_against_a_hand_computation(power, c):
     assert loss.shape == (4,) and want.min() > 1e-3
 
 
+class ClassTanhField(TanhField):
+    """TanhField plus a class embedding e[y] in the pre-activation; the null class (−1) adds nothing."""
+
+    def __init__(self, dim: int, seed: int, classes: int) -> None:
+        super().__init__(dim, seed)
+        gen = torch.Generator().manual_seed(seed + 1)
+        self.e = nn.Parameter(torch.randn(classes, dim, generator=gen, dtype=torch.float64))
+
+    def forward(self, z, times, class_labels=None):
+        W, b, c = (p.to(z.dtype) for p in (self.W, self.b, self.c))
+        e = self.e.to(z.dtype)[class_labels.clamp(min=0)] * (class_labels >= 0).to(z.dtype)[:, None]
+        return torch.tanh(z @ W + times[:, :1].to(z.dtype) * b + times[:, 1:].to(z.dtype) * c + e)
+
+
+def test_guided_loss_on_fixed_tensors_against_a_hand_computation():
+    """ω = 2.5: the target's velocity is ω·v + (1 − ω)·u(z, t, t | ∅) for labelled samples and v
+    for a sample dropped to the null class; the JVP runs along that velocity."""
+    net, omega = ClassTanhField(3, seed=1, classes=4), 2.5
+    gen = torch.Generator().manual_seed(2)
+    x, eps = torch.randn(4, 3, generator=gen), torch.randn(4, 3, generator=gen)
+    t = torch.tensor([0.9, 0.5, 0.3, 0.7], dtype=torch.float64)
+    r = torch.tensor([0.1, 0.5, 0.0, 0.65], dtype=torch.float64)
+    labels = torch.tensor([2, 0, -1, 3])                           # the third dropped to the null class
+    loss = MeanFlowLoss(net, weight_power=0.0, guidance=omega).loss_at(x, eps, r, t, labels)
+    W, b, cc, e = (p.detach().numpy() for p in (net.W, net.b, net.c, net.e))
+    X, E, T, R = x.double().numpy(), eps.double().numpy(), t.numpy()[:, None], r.numpy()[:, None]
+    z = (1 - T) * X + T * E
+    v = E - X
+    unconditional = np.tanh(z @ W + T * b)                          # u(z, t, t | ∅): gap 0, no class
+    guided = np.where(labels.numpy()[:, None] < 0, v, omega * v + (1 - omega) * unconditional)
+    emb = np.where(labels.numpy()[:, None] < 0, 0.0, e[labels.clamp(min=0).numpy()])
+    u = np.tanh(z @ W + T * b + (T - R) * cc + emb)
+    target = guided - (T - R) * (1 - u**2) * (guided @ W + b + cc)
+    np.testing.assert_allclose(loss.detach().numpy(), ((u - target) ** 2).sum(axis=1), rtol=2e-5)
+    plain = MeanFlowLoss(net, weight_power=0.0).loss_at(x, eps, r, t, labels)
+    assert (loss - plain).abs()[[0, 1, 3]].min() > 1e-3 and (loss - plain).abs()[2] < 1e-6
+
+
+def test_labels_are_dropped_to_the_null_class_and_guidance_needs_labels(tmp_path, capsys):
+    """A share class_dropout of the labels becomes −1, drawn from the batch's generator; the
+    networks embed −1 as zero; --guidance on an unconditional run is refused in one line."""
+    from consistency_models.training.batch_rng import BatchRNG
+
+    seen = []
+
+    class Spy(ClassTanhField):
+        def forward(self, z, times, class_labels=None):
+            seen.append(class_labels.clone())
+            return super().forward(z, times, class_labels)
+
+    loss = MeanFlowLoss(Spy(2, seed=0, classes=3), class_dropout=0.5, guidance=2.0)
+    x, labels = torch.zeros(400, 2), torch.arange(400) % 3
+    loss(x, labels, 0, BatchRNG(torch.Generator().manual_seed(0), 400, slice(0, 400), "cpu"))
+    student_labels = seen[-1]
+    dropped = student_labels == -1
+    assert 150 < int(dropped.sum()) < 250 and bool((student_labels[~dropped] == labels[~dropped]).all())
+    net = perturb_(MLP(MLPConfig(hidden=8, depth=1, emb_dim=8, num_classes=3, time_inputs=2)), 0)
+    times = torch.tensor([[0.5, 0.1]] * 2)
+    with torch.no_grad():
+        net.class_embedding.weight.fill_(5.0)
+        null = net(torch.zeros(2, 2), times, torch.tensor([-1, -1]))
+        labelled = net(torch.zeros(2, 2), times, torch.tensor([0, 2]))
+        net.class_embedding.weight.zero_()   # the null class is the labelled output with a zero embedding
+        torch.testing.assert_close(null, net(torch.zeros(2, 2), times, torch.tensor([0, 2])))
+    assert (null - labelled).abs().max() > 1e-3
+    points = tmp_path / "p.npz"
+    np.savez(points, np.random.default_rng(0).standard_normal((256, 2)).astype(np.float32))
+    assert main(["train", "--method", "meanflow", "--data", str(points), "--out", str(tmp_path / "r"), "--steps", "1",
+                 "--guidance", "2", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "guidance: --guidance and --class-dropout need class labels" in err, err
+
+
 def test_gradient_flows_through_the_student_only():
     """The target is stop-gradient: ∂L/∂θ = 2·w·(u − u_tgt)·∂u/∂θ, checked on the bias b."""
     net = TanhField(2, seed=3)

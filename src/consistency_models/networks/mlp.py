@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidInputError
-from .unet import MAX_TIME_INPUTS, TimestepEmbedding, embed_times, extra_time_embeddings
+from .unet import MAX_TIME_INPUTS, TimestepEmbedding, embed_classes, embed_times, extra_time_embeddings
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ class MLP(nn.Module):
         if self.class_embedding is not None:
             if class_labels is None:
                 raise InvalidInputError("class_labels: this model is class-conditional and needs one label per sample")
-            emb = emb + self.class_embedding(class_labels)
+            emb = emb + embed_classes(self.class_embedding, class_labels)
         elif class_labels is not None:
             raise InvalidInputError("class_labels: this model is unconditional and takes no class labels")
         h = self.proj_in(x)

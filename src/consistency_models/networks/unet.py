@@ -213,6 +213,17 @@ def embed_times(first: TimestepEmbedding, extra: nn.ModuleList, noise_labels: to
     return emb
 
 
+NULL_CLASS = -1   # the class label of "no class": classifier-free guidance's null condition
+
+
+def embed_classes(embedding: nn.Embedding, class_labels: torch.Tensor) -> torch.Tensor:
+    """The class embedding of each label; `NULL_CLASS` embeds as zero, the null condition a model
+    trained with dropped labels learns its unconditional output for (MeanFlow's guidance,
+    Geng et al. 2025, §4.2). Branch-free, so a compiled graph stays one graph."""
+    kept = (class_labels >= 0).unsqueeze(-1)
+    return embedding(class_labels.clamp(min=0)) * kept.to(embedding.weight.dtype)
+
+
 class ResBlock(nn.Module):
     """ADM residual block with optional 2× resampling and scale-shift or additive conditioning."""
 
@@ -432,7 +443,7 @@ class UNetModel(nn.Module):
         if self.class_embedding is not None:
             if class_labels is None:
                 raise ValueError("class_labels: this model is class-conditional and needs one label per sample")
-            emb = emb + self.class_embedding(class_labels)
+            emb = emb + embed_classes(self.class_embedding, class_labels)
         elif class_labels is not None:
             raise ValueError("class_labels: this model is unconditional and takes no class labels")
 
