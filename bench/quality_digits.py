@@ -1,4 +1,4 @@
-"""Sample quality of a digits consistency model (and its EDM teacher): one markdown table.
+"""Sample quality of a digits consistency model (and its diffusion teacher): one markdown table.
 
     python bench/quality_digits.py                                   # the embedded "digits" model and teacher
     python bench/quality_digits.py --model RUN/cd --teacher RUN/teacher --json quality.json
@@ -34,6 +34,7 @@ import torch
 from consistency_models import ConsistencyModelPipeline, InvalidInputError
 from consistency_models.data import load_dataset
 from consistency_models.io.atomic import write_json
+from consistency_models.kinds import KINDS
 from consistency_models.metrics import frechet_distance, gaussian_statistics
 from consistency_models.metrics.digits_classifier import DigitsClassifier, load_digits_classifier
 from consistency_models.parametrization import karras_sigmas
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="digits", help="consistency-model pipeline folder (default: embedded 'digits')")
     parser.add_argument("--teacher", default=None,
-                        help="EDM denoiser pipeline folder: adds Heun rows (default: 'digits-teacher' with the "
+                        help="diffusion model pipeline folder (EDM or TrigFlow): adds Heun rows (default: 'digits-teacher' with the "
                              "embedded model, 'none' to skip)")
     parser.add_argument("--search-sigmas", default="0.3,0.5,0.8,1.2,2.0",
                         help="intermediate σ values tried for the 2-step row (σ = [σ_max, s])")
@@ -216,7 +217,8 @@ def run(args: argparse.Namespace) -> int:
         args.teacher = "digits-teacher"
     if args.teacher == "none":
         args.teacher = None
-    teacher = None if args.teacher is None else load_pipeline(args.teacher, "--teacher", "edm")
+    teachers = tuple(kind.name for kind in KINDS.values() if kind.teacher)   # EDM or TrigFlow diffusion
+    teacher = None if args.teacher is None else load_pipeline(args.teacher, "--teacher", teachers)
     cfg = model.scheduler.config
     for s in search:
         if not cfg.sigma_min < s < cfg.sigma_max:

@@ -3,8 +3,9 @@
 Writes the 8-Gaussian toy as a user's `.npz` (as bench/toy_defaults.py does), trains with `cm
 train` at one budget (2,000 steps, batch 256, lr 1e-3): iCT (the README's recipe), sCT from
 scratch, an EDM teacher, sCD from a fresh student (time input t, the default) and sCD started
-from that teacher (time input log_sigma, --init-from-teacher), MeanFlow and TCM (both stages in one
-run) — and scores 4,000 samples of each at 1 and 2 steps: the share
+from that teacher (time input log_sigma, --init-from-teacher), a TrigFlow diffusion teacher
+(`--method edm --time-input t`) and sCD started from it as the paper runs it, MeanFlow and TCM
+(both stages in one run) — and scores 4,000 samples of each at 1 and 2 steps: the share
 within 4 standard deviations of a mode and the sliced Wasserstein distance to held-out data.
 
     python bench/toy_scm.py                     # ~7 minutes on 2 CPU cores
@@ -32,6 +33,8 @@ RUNS = {  # name → (cm train options, the run it needs first)
     "teacher": (["--method", "edm"], None),
     "scd": (["--method", "scd", "--teacher", "{teacher}"], "teacher"),
     "scd-copy": (["--method", "scd", "--teacher", "{teacher}", "--init-from-teacher"], "teacher"),
+    "teacher-t": (["--method", "edm", "--time-input", "t"], None),
+    "scd-t": (["--method", "scd", "--teacher", "{teacher-t}"], "teacher-t"),
     "meanflow": (["--method", "meanflow"], None),
     "tcm": (["--method", "tcm"], None),
 }
@@ -55,13 +58,15 @@ def main(argv: list[str] | None = None) -> int:
         np.savez(points, train.numpy().astype(np.float32))
         for name in names:
             options, _ = RUNS[name]
-            options = [o.format(teacher=Path(tmp) / "teacher") for o in options]
+            options = [o.replace("{teacher}", str(Path(tmp) / "teacher")).replace("{teacher-t}", str(Path(tmp) / "teacher-t"))
+                       for o in options]
             start = time.perf_counter()
             subprocess.run([sys.executable, "-m", "consistency_models", "train", "--data", str(points), "--out",
                             str(Path(tmp) / name), "--no-progress", *budget, *options], check=True, capture_output=True)
             minutes = (time.perf_counter() - start) / 60
-            if name == "teacher":
-                print(f"{name:10s} {'(an EDM teacher: sampled by Heun, not scored)':>46s} {minutes:5.1f}")
+            if name.startswith("teacher"):
+                form = "a TrigFlow" if name == "teacher-t" else "an EDM"
+                print(f"{name:10s} {f'({form} teacher: sampled by Heun, not scored)':>46s} {minutes:5.1f}")
                 continue
             s = score(Path(tmp) / name, reference)
             print(f"{name:10s} {s['on_mode_1']:14.3f} {s['sw_1']:7.4f} {s['on_mode_2']:14.3f} {s['sw_2']:7.4f} "

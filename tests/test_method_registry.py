@@ -33,13 +33,19 @@ from consistency_models.training.methods import (
 
 def test_the_built_in_methods_and_their_declarations():
     assert list(METHODS) == ["edm", "cd", "ct", "ict", "ect", "sct", "scd", "meanflow", "tcm"]
-    cfg = TrainConfig(method="sct", data="toy:mog8", out="r")
-    assert {m.name: m.parametrization_of(cfg) for m in METHODS.values()} == {
+    teacher = {"cd", "ect", "scd"}   # the shipped EDM teacher; its kind is read from its folder
+    configs = {m: TrainConfig(method=m, data="toy:mog8", out="r", teacher="digits-teacher" if m in teacher else None)
+               for m in METHODS}
+    assert {name: m.parametrization_of(configs[name]) for name, m in METHODS.items()} == {
         "edm": "edm", "cd": "consistency", "ct": "consistency", "ict": "consistency", "ect": "consistency",
         "sct": "trigflow", "scd": "trigflow", "meanflow": "meanflow", "tcm": "consistency"}
-    teacher = TrainConfig.from_settings(method="scd", data="toy:mog8", out="r", teacher="t")
+    trigflow = TrainConfig.from_settings(method="edm", data="toy:mog8", out="r", time_input="t")
+    assert METHODS["edm"].parametrization_of(trigflow) == "trigflow_diffusion"
+    teacher = TrainConfig.from_settings(method="scd", data="toy:mog8", out="r", teacher="digits-teacher")
     assert teacher.options.time_input == "t" and METHODS["scd"].parametrization_of(teacher) == "trigflow"
-    copy = TrainConfig.from_settings(method="scd", data="toy:mog8", out="r", teacher="t", init_from_teacher=True)
+    assert not teacher.init_from_teacher          # an EDM teacher: a fresh student
+    copy = TrainConfig.from_settings(method="scd", data="toy:mog8", out="r", teacher="digits-teacher",
+                                     init_from_teacher=True)
     assert copy.options.time_input == "log_sigma" and METHODS["scd"].parametrization_of(copy) == "trigflow_edm"
     assert {m.name for m in METHODS.values() if m.target_network} == {"cd", "ct"}
     assert {m.name: m.teacher for m in METHODS.values()} == {
@@ -50,7 +56,7 @@ def test_the_built_in_methods_and_their_declarations():
                                 "ect_stages", "p_mean", "p_std", "tangent_warmup", "tangent_c", "jvp", "jvp_precision",
                                 "time_input", "adaptive_weight", "time_mean", "time_std", "equal_times",
                                 "weight_power", "weight_c", "dividing_sigma", "boundary_prob", "boundary_weight",
-                                "stage1_share", "stage2_lr"}
+                                "stage1_share", "stage2_lr", "weight_bound", "guidance", "class_dropout"}
 
 
 @pytest.mark.parametrize("method, settings, expected", [
@@ -71,7 +77,7 @@ def test_recorded_grid_size(method, settings, expected):
 @pytest.mark.parametrize("method, settings, message", [
     ("ict", {"num_scales": 18}, r"^num_scales: 18 is not used by --method ict \(its own settings: distance, lpips_vgg, lpips_lin, s0, s1\)$"),
     ("ect", {"distance": "l2"}, r"^distance: 'l2' is not used by --method ect \(its own settings: ect_stages\)$"),
-    ("edm", {"s1": 150}, r"^s1: 150 is not used by --method edm \(its own settings: none\)$"),
+    ("edm", {"s1": 150}, r"^s1: 150 is not used by --method edm \(its own settings: time_input, p_mean, p_std\)$"),
     ("cd", {"mu0": 0.9, "teacher": "t"}, r"^mu0: 0.9 is not used by --method cd"),
     ("edm", {"teacher": "t"}, r"^teacher: --method edm uses no teacher"),
     ("ct", {"init_from_teacher": True}, r"^init_from_teacher: needs --teacher$"),
@@ -108,7 +114,9 @@ def test_help_shows_the_registry_defaults():
     assert helps["s1"].endswith("(default: ct 150, ict s0*2^d, d = min(7, steps//400 - 1): 160 at 2000 steps, "
                                 "1280 from 3200)")
     assert helps["num_scales"].endswith("(default: cd 40)")
-    assert helps["init_from_teacher"].endswith("(default: yes for cd, ct, ict, ect, sct when --teacher is given)")
+    assert helps["init_from_teacher"].endswith("(default: yes for cd, ct, ict, ect, sct when --teacher is given; "
+                                               "scd when the teacher is a TrigFlow diffusion model (its network "
+                                               "takes t))")
     assert [a for a in train._actions if a.dest == "method"][0].choices == tuple(METHODS)
 
 

@@ -242,7 +242,8 @@ def test_scd_from_a_teacher_exports_a_trigflow_folder(tmp_path, capsys, toy_teac
     assert "p_std: 0.0 is not allowed; use a number > 0" in capsys.readouterr().err
     assert main([*TOY, "--method", "scd", "--teacher", str(toy_teacher), "--steps", "3",
                  "--out", str(tmp_path / "w"), "--init-from-teacher", "--time-input", "t"]) == 2
-    assert "time_input: 't' does not fit a student started from the EDM teacher" in capsys.readouterr().err
+    assert "time_input: 't' does not fit a student started from the teacher (its network takes log_sigma)" in \
+        capsys.readouterr().err
     assert main([*TOY, "--method", "scd", "--teacher", str(toy_teacher), "--steps", "3",
                  "--out", str(tmp_path / "copy"), "--init-from-teacher"]) == 0
     assert ConsistencyModelPipeline.from_pretrained(tmp_path / "copy").parametrization == "trigflow_edm"

@@ -69,10 +69,10 @@ def cases(p: dict) -> dict[str, tuple[list[str], str]]:
     out = p["root"] / "out"
     return {
         "cd-without-teacher": (base(out, "cd"), r"^teacher: --method cd \(consistency distillation from --teacher\) needs --teacher"),
-        "ect-without-teacher": (base(out, "ect"), r"^teacher: --method ect \(easy consistency tuning of --teacher\) needs --teacher, an EDM denoiser folder$"),
+        "ect-without-teacher": (base(out, "ect"), r"^teacher: --method ect \(easy consistency tuning of --teacher\) needs --teacher, a diffusion model folder$"),
         "teacher-not-edm": ([*base(out, "cd"), "--teacher", str(p["consistency"])],
                             rf"^teacher: {re.escape(str(p['consistency']))} holds a consistency model; "
-                            r"the teacher must be an EDM denoiser"),
+                            r"the teacher must be a diffusion model"),
         "teacher-not-a-pipeline": ([*base(out, "cd"), "--teacher", str(p["not_a_pipeline"])],
                                    rf"missing file {re.escape(str(p['not_a_pipeline'] / 'model_index.json'))}$"),
         "data-missing": (base(out, data="nonexisting"), r"'nonexisting' is not a dataset \(no such file or folder\)"),

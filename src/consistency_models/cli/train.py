@@ -26,8 +26,9 @@ def _base_type(hint: object) -> object:
 
 def _default_text(f: Field) -> str:
     if f.name == "init_from_teacher":
-        starting = [m.name for m in METHODS.values() if m.init_from_teacher]
-        return f" (default: yes for {', '.join(starting)} when --teacher is given)"
+        starting = [m.name for m in METHODS.values() if m.init_from_teacher is True]
+        chosen = [f"{m.name} {m.init_from_teacher}" for m in METHODS.values() if callable(m.init_from_teacher)]
+        return f" (default: yes for {', '.join(starting)} when --teacher is given{''.join('; ' + c for c in chosen)})"
     if f.name in method_options():
         text = option_defaults_text(f.name)
         return f" (default: {text})" if text else ""

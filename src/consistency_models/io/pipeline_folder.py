@@ -23,6 +23,7 @@ from torch import nn
 from ..errors import InvalidInputError
 from ..kinds import (
     KINDS,
+    ModelKind,
     TRIGFLOW_SCHEDULER_CLASS,
     default_kind,
     get_kind,
@@ -137,6 +138,14 @@ def load_pipeline_folder(path_or_id: str | os.PathLike, variant: str | None = No
     """The parts of a pipeline folder, an embedded model's name or a Hub id (when online);
     `variant` picks `unet/diffusion_pytorch_model.<variant>.safetensors`."""
     folder = resolve_model_path(path_or_id)
+    kind = folder_kind(folder)
+    return PipelineParts(load_network(folder / "unet", variant), read_scheduler_config(folder / "scheduler"),
+                         kind.name)
+
+
+def folder_kind(path_or_id: str | os.PathLike) -> ModelKind:
+    """The kind of model a pipeline folder holds, from its model_index.json alone (no weights read)."""
+    folder = resolve_model_path(path_or_id)
     index = read_model_index(folder)
     scheduler_class = index["scheduler"][1]
     parametrization = index.get("_parametrization", kind_of_scheduler(scheduler_class).name)
@@ -148,8 +157,7 @@ def load_pipeline_folder(path_or_id: str | os.PathLike, variant: str | None = No
         allowed = " or ".join(repr(name) for name in kinds_of_scheduler(scheduler_class))
         raise InvalidInputError(f"model: {folder / MODEL_INDEX} pairs the {scheduler_class} scheduler with the "
                                 f"{parametrization!r} parametrization; {scheduler_class} goes with {allowed} only")
-    return PipelineParts(load_network(folder / "unet", variant), read_scheduler_config(folder / "scheduler"),
-                         parametrization)
+    return kind
 
 
 def save_pipeline_folder(path: str | os.PathLike, parts: PipelineParts, variant: str | None = None,

@@ -84,9 +84,14 @@ def time_inputs() -> tuple[str, ...]:
     return tuple(kind.time_input for kind in KINDS.values() if kind.time_input is not None)
 
 
-def teacher_kind() -> ModelKind:
-    """The kind of a distillation teacher (an EDM denoiser)."""
-    return next(kind for kind in KINDS.values() if kind.teacher)
+def teacher_kind(network_time: str = "log_sigma") -> ModelKind:
+    """The kind of a distillation teacher whose network takes `network_time`: the EDM denoiser
+    (log_sigma) or the TrigFlow diffusion model (t)."""
+    for kind in KINDS.values():
+        if kind.teacher and kind.network_time == network_time:
+            return kind
+    teachers = [f"{kind.network_time} ({kind.name})" for kind in KINDS.values() if kind.teacher]
+    raise InvalidInputError(f"time_input: {network_time!r} is not one of {', '.join(teachers)}")
 
 
 def openai_kinds() -> list[str]:

@@ -34,7 +34,7 @@ class TrainConfig(RunSettings):
         self.check()
         method = get_method(self.method)
         if self.init_from_teacher is None:  # before the options' run-dependent defaults, which may read it
-            self.init_from_teacher = bool(self.teacher) and method.init_from_teacher and not self.init_from
+            self.init_from_teacher = bool(self.teacher) and not self.init_from and method.starts_from_teacher(self)
         self.options = self._method_options(method)
         self.options.complete(self)
         self._check_teacher(method)

@@ -26,7 +26,7 @@ from ..distributed import DistributedContext, setup_distributed
 from ..errors import InvalidInputError
 from ..io.atomic import atomic_path, remove_leftovers, write_json
 from ..io.lock import hold_folder
-from ..kinds import get_kind, teacher_kind
+from ..kinds import ModelKind, get_kind, teacher_kind
 from ..parametrization import Preconditioned
 from ..pipeline import ConsistencyModelPipeline
 from .batch_rng import BatchRNG, local_rows
@@ -94,16 +94,18 @@ class Trainer:
         self.dataset = self._load_data()
         self.data_x, self.data_y = self.dataset.tensors()
         torch.manual_seed(cfg.seed)
-        teacher_network = self._load_teacher()
+        teacher_network, self.teacher_kind = self._load_teacher()
         self.parametrization = self.method.parametrization_of(cfg)
-        self.network = build_network(cfg, self.dataset, teacher_network,
-                                     get_kind(self.parametrization)).to(self.ctx.device)
+        self.network = build_network(cfg, self.dataset, teacher_network, get_kind(self.parametrization),
+                                     self.teacher_kind).to(self.ctx.device)
         if teacher is None and teacher_network is not None:
-            teacher = teacher_kind().wrapper(teacher_network, cfg.sigma_data, cfg.sigma_min)
+            teacher = self.teacher_kind.wrapper(teacher_network, cfg.sigma_data, cfg.sigma_min)
+        elif teacher is not None and self.teacher_kind is None:
+            self.teacher_kind = teacher_kind()   # a given denoiser D(x, σ): EDM's time
         self.teacher = teacher
         if self.method.teacher == "required" and teacher is None:
             raise InvalidInputError(f"teacher: --method {cfg.method} ({self.method.summary}) needs --teacher, "
-                                    "an EDM denoiser folder")
+                                    "a diffusion model folder")
         self.loss, self.target_network = self._build_loss()
         params = [p for p in self.network.parameters() if p.requires_grad] + self.loss.parameters()
         self.optimizer = build_optimizer(cfg.optimizer, params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -132,9 +134,9 @@ class Trainer:
             raise InvalidInputError(f"batch_size: {cfg.batch_size} is larger than the data set ({len(dataset)} items)")
         return dataset
 
-    def _load_teacher(self) -> nn.Module | None:
+    def _load_teacher(self) -> tuple[nn.Module | None, ModelKind | None]:
         if not self.cfg.teacher:
-            return None
+            return None, None
         try:
             return load_teacher(self.cfg.teacher, self.ctx.device)
         except InvalidInputError as exc:
@@ -156,7 +158,8 @@ class Trainer:
             teacher = type(teacher)(compiled(teacher.network), teacher.sigma_data, teacher.sigma_min)
         inputs = LossInputs(student=compiled(trained) if fast else trained, network=self.network,
                             target=compiled(target) if fast else target, teacher=teacher,
-                            config=self.cfg, device=self.ctx.device, distributed=self.ctx.enabled)
+                            config=self.cfg, device=self.ctx.device, distributed=self.ctx.enabled,
+                            teacher_kind=self.teacher_kind)
         return self.method.build_loss(inputs), target
 
     # -- checkpoints ------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 - `build_network`: the preset fitted to the data (channels, size, classes), the teacher's copy,
   or a saved pipeline's network (fine-tuning).
-- `load_teacher`: the network of an EDM denoiser folder (trained here with `--method edm`, or converted).
+- `load_teacher`: the network of a diffusion model folder (trained here with `--method edm`, or converted).
 """
 
 from __future__ import annotations
@@ -31,6 +31,15 @@ def default_preset(dataset: ImageDataset | PointDataset) -> str:
     return "tiny16" if dataset.shape[-1] <= 16 else "small32"
 
 
+def check_same_time(what: str, path: str, given: ModelKind, kind: ModelKind) -> None:
+    """A network to start from must take the time the run's kind gives it (log σ, TrigFlow's t …)."""
+    if given.network_time != kind.network_time:
+        hint = "; give --no-init-from-teacher for a fresh student" if what == "init_from_teacher" else ""
+        raise InvalidInputError(f"{what}: {path} holds {given.summary}, whose network takes {given.network_time} "
+                                f"as its time; this run trains {kind.summary}, whose network takes "
+                                f"{kind.network_time}{hint}")
+
+
 def load_initial_network(path: str, dataset: ImageDataset | PointDataset, use_labels: bool,
                          kind: ModelKind) -> nn.Module:
     """The network of a pipeline folder to fine-tune; it must fit the data's shape and classes
@@ -38,9 +47,8 @@ def load_initial_network(path: str, dataset: ImageDataset | PointDataset, use_la
     parts = load_pipeline_folder(path)
     network, given = parts.network.float(), get_kind(parts.parametrization)
     time_inputs = kind.time_inputs
-    if given.network_time != kind.network_time and network.config.time_inputs == time_inputs:
-        raise InvalidInputError(f"init_from: {path} holds {given.summary}, whose network takes {given.network_time} "
-                                f"as its time; this run trains {kind.summary}, whose network takes {kind.network_time}")
+    if network.config.time_inputs == time_inputs:
+        check_same_time("init_from", path, given, kind)
     if network.config.time_inputs != time_inputs:
         raise InvalidInputError(f"init_from: {path} holds a network with {network.config.time_inputs} time input(s); "
                                 f"this run trains one with {time_inputs}")
@@ -56,14 +64,16 @@ def load_initial_network(path: str, dataset: ImageDataset | PointDataset, use_la
 
 
 def build_network(cfg: TrainConfig, dataset: ImageDataset | PointDataset, teacher: nn.Module | None,
-                  kind: ModelKind) -> nn.Module:
+                  kind: ModelKind, teacher_kind: ModelKind | None = None) -> nn.Module:
     """A fresh network for `dataset` for the model `kind` (its number of time inputs: MeanFlow's
-    two), a copy of the teacher (`init_from_teacher`) or a saved one (`init_from`)."""
+    two), a copy of the teacher (`init_from_teacher`; of `teacher_kind`) or a saved one (`init_from`)."""
     time_inputs = kind.time_inputs
     network = None
     if cfg.init_from:
         network = load_initial_network(cfg.init_from, dataset, cfg.use_labels, kind)
     elif teacher is not None and cfg.init_from_teacher:
+        if teacher_kind is not None:
+            check_same_time("init_from_teacher", cfg.teacher, teacher_kind, kind)
         network = copy.deepcopy(teacher).requires_grad_(True)
     if network is not None:
         if cfg.dropout is not None:
@@ -100,12 +110,14 @@ def build_network(cfg: TrainConfig, dataset: ImageDataset | PointDataset, teache
         raise InvalidInputError(f"preset: {name!r} does not fit {height}-px data: {exc}") from None
 
 
-def load_teacher(path: str, device: torch.device) -> nn.Module:
-    """The network of an EDM denoiser folder, frozen, in eval mode."""
+def load_teacher(path: str, device: torch.device) -> tuple[nn.Module, ModelKind]:
+    """The network of a diffusion model folder (an EDM denoiser or a TrigFlow diffusion model),
+    frozen, in eval mode, and its kind."""
     parts = load_pipeline_folder(path)
-    if not get_kind(parts.parametrization).teacher:
+    kind = get_kind(parts.parametrization)
+    if not kind.teacher:
         raise InvalidInputError(
-            f"teacher: {path} holds a {parts.parametrization} model; the teacher must be an EDM denoiser "
-            "(trained with --method edm, or an OpenAI edm_* checkpoint converted with cm convert openai)"
+            f"teacher: {path} holds {kind.summary}; the teacher must be a diffusion model (trained with "
+            "--method edm, or an OpenAI edm_* checkpoint converted with cm convert openai)"
         )
-    return parts.network.to(device).eval().requires_grad_(False)
+    return parts.network.to(device).eval().requires_grad_(False), kind

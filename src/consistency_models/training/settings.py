@@ -153,7 +153,8 @@ class RunSettings:
     xflip: bool = setting(False, "random horizontal flips")
     image_mode: str = setting("auto", "channels of an image folder or zip that mixes gray and color files: auto (RGB "
                                       "unless all are gray), rgb, gray, or same (refuse a mix)", choices=IMAGE_MODES)
-    teacher: str | None = setting(None, "EDM denoiser folder (trained with --method edm, or converted)")
+    teacher: str | None = setting(None, "diffusion model folder: an EDM denoiser (--method edm, or a converted "
+                                        "edm_* checkpoint) or a TrigFlow one (--method edm --time-input t)")
     init_from_teacher: bool | None = setting(None, "start the student from the teacher's weights")
     init_from: str | None = setting(None, "start from this pipeline folder's network (fine-tuning; same shape "
                                           "and classes)")

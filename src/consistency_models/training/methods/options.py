@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...errors import InvalidInputError
+from ...io.pipeline_folder import folder_kind
+from ...trigflow import TIME_INPUTS
 from ..distances import DISTANCES
 from ..jvp import JVP_MODES
 from ..settings import FINITE, BudgetDefault, MethodOptions, RunSettings, integer_range, positive_number, setting
@@ -28,14 +30,30 @@ def s1_option(default: int | None, budget: BudgetDefault | None = None) -> Any:
                    budget=budget)
 
 
-def p_mean_option(default: float) -> Any:
+def p_mean_option(default: float | None, budget: BudgetDefault | None = None) -> Any:
     return setting(default, "mean of the log-sigma proposal ln sigma ~ N(P_mean, P_std^2) (sCM: t = arctan(sigma/sigma_data); "
                             "TCM's stage 2: truncated to [t', sigma_max])",
-                   check=FINITE)
+                   check=FINITE, budget=budget)
 
 
-def p_std_option(default: float) -> Any:
-    return setting(default, "std of the log-sigma proposal", check=positive_number("a number > 0"))
+def p_std_option(default: float | None, budget: BudgetDefault | None = None) -> Any:
+    return setting(default, "std of the log-sigma proposal", check=positive_number("a number > 0"), budget=budget)
+
+
+def time_input_option(default: str | None, budget: BudgetDefault | None = None) -> Any:
+    return setting(default, "the network's time input: log_sigma (EDM's c_noise = 250 ln sigma; in sCM's time "
+                            "250 ln(sigma_d tan t)) or t (TrigFlow's c_noise(t) = t, the sCM paper's). --method edm "
+                            "--time-input t trains a TrigFlow diffusion model, the teacher scd starts its student from",
+                   choices=TIME_INPUTS, budget=budget)
+
+
+def teacher_time(run: RunSettings) -> str:
+    """What the network of the run's --teacher takes as its time (read from its model_index.json)."""
+    try:
+        return folder_kind(run.teacher).network_time
+    except InvalidInputError as exc:
+        message = str(exc)
+        raise InvalidInputError(message if message.startswith("teacher:") else f"teacher: {message}") from None
 
 
 def jvp_option(default: str) -> Any:

@@ -18,11 +18,11 @@ import torch
 from torch import nn
 
 from ...registry import Registry
-from ...kinds import KINDS, get_kind
+from ...kinds import KINDS, ModelKind, get_kind
 from ...parametrization import Preconditioned
 from ..distances import Distance, get_distance
 from ..lpips import LPIPS
-from ..settings import MethodOptions, RunSettings
+from ..settings import BudgetDefault, MethodOptions, RunSettings
 from .options import LPIPS_DISTANCES, DistanceOptions
 
 if TYPE_CHECKING:
@@ -39,10 +39,11 @@ class LossInputs:
     student: nn.Module                  # the trained network as the optimizer sees it (DDP-wrapped when distributed)
     network: nn.Module                  # the same network, unwrapped (stop-gradient targets evaluate it)
     target: nn.Module | None            # the EMA target θ⁻ (methods with target_network=True), else None
-    teacher: Preconditioned | None      # the EDM denoiser D of distillation and tuning methods
+    teacher: Preconditioned | None      # the teacher's denoiser D (σ-space) of distillation and tuning methods
     config: RunSettings                 # the run's settings; the method's own in config.options
     device: torch.device
     distributed: bool = False           # torchrun: trainable parts of a loss are wrapped in DDP
+    teacher_kind: ModelKind | None = None  # the teacher's kind (EDM or TrigFlow diffusion): its network's time
 
     def trainable(self, module: nn.Module) -> nn.Module:
         """A loss's own trained module (e.g. sCM's w_φ) on the run's device; DDP-wrapped when
@@ -97,7 +98,8 @@ class Method:
     build_loss: Callable[[LossInputs], "Loss"]
     options: type[MethodOptions] = MethodOptions         # its own settings (none by default)
     teacher: str = "unused"                              # "required", "optional" (to start from) or "unused"
-    init_from_teacher: bool = False                      # start the student from the teacher by default
+    init_from_teacher: bool | BudgetDefault = False      # start the student from the teacher by default (or a
+                                                         # function of the run with its --help text: sCD's)
     target_network: bool = False                         # keeps an EMA target θ⁻ (saved in checkpoints)
     student_dropout: float | None = None                 # dropout of a student started from the teacher
                                                          # (None: the teacher's), unless --dropout is given
@@ -112,6 +114,10 @@ class Method:
             raise ValueError(f"options: {', '.join(sorted(shared))} are settings of every run, not of one method")
         if self.teacher not in TEACHER_USES:
             raise ValueError(f"teacher: {self.teacher!r} is not one of {', '.join(TEACHER_USES)}")
+
+    def starts_from_teacher(self, run: RunSettings) -> bool:
+        """Whether a run with a --teacher starts the student from it when --init-from-teacher is not given."""
+        return self.init_from_teacher(run) if callable(self.init_from_teacher) else self.init_from_teacher
 
     def parametrization_of(self, run: RunSettings) -> str:
         """The exported model's parametrization for this run."""

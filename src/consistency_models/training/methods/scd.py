@@ -1,9 +1,13 @@
-"""sCD: continuous-time consistency distillation (Lu & Song 2024, arXiv 2410.11081) of an EDM teacher."""
+"""sCD: continuous-time consistency distillation (Lu & Song 2024, arXiv 2410.11081) of a diffusion
+teacher: a TrigFlow diffusion model (`--method edm --time-input t`), which the student starts from
+as in the paper, or an EDM denoiser, from which a fresh student with time input t learns."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..settings import BudgetDefault
+from .options import teacher_time
 from .registry import LossInputs, Method, register
 from .scm import SCMLoss, SCMOptions, adaptive_weight_option
 from .sct import exported_parametrization, scm_loss
@@ -20,7 +24,7 @@ class SCDOptions(SCMOptions):
 
 
 def build_loss(inputs: LossInputs) -> SCMLoss:
-    # The teacher's raw network: in TrigFlow time an EDM denoiser is F = −F_edm (see trigflow.py).
+    # The teacher's raw network, read in TrigFlow time by its own time input (an EDM one: F = −F_edm).
     return scm_loss(inputs, inputs.teacher.network)
 
 
@@ -31,9 +35,10 @@ METHOD = register(Method(
     build_loss=build_loss,
     options=SCDOptions,
     teacher="required",
-    # A fresh student with the paper's time input t, not a copy of the teacher: this project's EDM
-    # teachers take 250·ln σ as time input, and a student started from one keeps it, which collapses
-    # under the JVP (2-D toy, 1-step on-mode 0 %, against 89 % for a fresh student; see trigflow.py).
-    # --init-from-teacher still starts from the teacher (time input log_sigma).
-    init_from_teacher=False,
+    # The student starts as the teacher when the teacher's network takes t (a TrigFlow diffusion
+    # model), as the paper's does. From an EDM teacher (time input 250·ln σ) a fresh student with
+    # input t: a copy keeps 250·ln σ, which collapses under the JVP (2-D toy, 1-step on-mode 0 %,
+    # against 89 % for a fresh student; see trigflow.py); --init-from-teacher still starts from it.
+    init_from_teacher=BudgetDefault(lambda run: teacher_time(run) == "t",
+                                    "when the teacher is a TrigFlow diffusion model (its network takes t)"),
 ))

@@ -31,11 +31,11 @@ import torch
 from torch import nn
 
 from ...errors import InvalidInputError
-from ...trigflow import TIME_INPUTS, TrigFlow
+from ...trigflow import TrigFlow
 from ..jvp import JVP_PRECISIONS, jvp
 from ..settings import MAX_STEPS, BudgetDefault, MethodOptions, RunSettings, integer_range, positive_number, setting
 from .loss import Loss, same_dropout, unwrap
-from .options import jvp_option, p_mean_option, p_std_option
+from .options import jvp_option, p_mean_option, p_std_option, teacher_time, time_input_option
 
 PAPER_WARMUP = 10_000   # H of the paper's runs (of 100k–400k steps)
 
@@ -46,8 +46,9 @@ def budget_warmup(run: RunSettings) -> int:
 
 
 def default_time_input(run: RunSettings) -> str:
-    """log_sigma for a student started from an EDM teacher (it keeps the teacher's time input), else t."""
-    return "log_sigma" if run.init_from_teacher else "t"
+    """A student started from a teacher keeps the teacher's time input (log_sigma from an EDM
+    teacher, t from a TrigFlow one); else t."""
+    return teacher_time(run) if run.init_from_teacher else "t"
 
 
 def adaptive_weight_option(default: bool):
@@ -66,30 +67,35 @@ class SCMOptions(MethodOptions):
                                          budget=BudgetDefault(budget_warmup, "steps/10, at most 10000"))
     tangent_c: float = setting(0.1, "tangent normalisation g/(|g| + c)", check=positive_number("a number > 0"))
     adaptive_weight: bool = adaptive_weight_option(True)
-    time_input: str | None = setting(None, "the network's time input: t (the paper's c_noise(t) = t) or log_sigma "
-                                           "(250 ln(sigma_d tan t), an EDM network's, kept by a student started "
-                                           "from an EDM teacher)", choices=TIME_INPUTS,
-                                     budget=BudgetDefault(default_time_input, "log_sigma from an EDM teacher, else t"))
+    time_input: str | None = time_input_option(None, BudgetDefault(default_time_input,
+                                                                   "the teacher's when started from it, else t"))
+    weight_bound: float = setting(0.0, "bound B of the learned weighting: w = B tanh(w_phi/B) (0: unbounded)",
+                                  check=(lambda v: math.isfinite(v) and v >= 0, "a number >= 0 (0: unbounded)"))
     jvp: str = jvp_option("exact")
     jvp_precision: str = setting("run", "precision of the tangent pass (teacher velocity, JVP): run (the run's "
                                         "--precision; softmax and GroupNorm in float32) or float32 (autocast off)",
                                  choices=JVP_PRECISIONS)
 
     def check(self, run: RunSettings) -> None:
-        if run.init_from_teacher and self.time_input != "log_sigma":
-            raise InvalidInputError(f"time_input: {self.time_input!r} does not fit a student started from the EDM "
-                                    "teacher (its network takes log_sigma); give --time-input log_sigma or "
-                                    "--no-init-from-teacher")
+        if run.init_from_teacher and self.time_input != teacher_time(run):
+            raise InvalidInputError(f"time_input: {self.time_input!r} does not fit a student started from the "
+                                    f"teacher (its network takes {teacher_time(run)}); give --time-input "
+                                    f"{teacher_time(run)} or --no-init-from-teacher")
+        if self.weight_bound and not self.adaptive_weight:
+            raise InvalidInputError(f"weight_bound: {self.weight_bound!r} bounds the learned weighting, which "
+                                    "is off; give --adaptive-weight or leave --weight-bound out")
 
 
 class AdaptiveWeight(nn.Module):
     """w_φ(t), the learned log-weight of sCM (its eq. 8, after EDM2's uncertainty weighting):
-    fixed Fourier features of c = ¼·ln(σ_d·tan t), then one linear layer, zero at the start."""
+    fixed Fourier features of c = ¼·ln(σ_d·tan t), then one linear layer, zero at the start;
+    with `bound` B > 0 the weight is B·tanh(w/B), within (−B, B) and w itself near 0."""
 
-    def __init__(self, sigma_data: float = 0.5, channels: int = 128, seed: int = 0) -> None:
+    def __init__(self, sigma_data: float = 0.5, channels: int = 128, seed: int = 0, bound: float = 0.0) -> None:
         super().__init__()
         gen = torch.Generator().manual_seed(seed)
         self.sigma_data = sigma_data
+        self.bound = float(bound)
         self.register_buffer("frequencies", torch.randn(channels, generator=gen))
         self.register_buffer("phases", torch.rand(channels, generator=gen))
         self.linear = nn.Linear(channels, 1)
@@ -99,7 +105,8 @@ class AdaptiveWeight(nn.Module):
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         c = (torch.log(self.sigma_data * torch.tan(t.double())) / 4).float()
         features = torch.cos(2 * math.pi * (c[:, None] * self.frequencies + self.phases)) * math.sqrt(2)
-        return self.linear(features).squeeze(-1)
+        w = self.linear(features).squeeze(-1)
+        return self.bound * torch.tanh(w / self.bound) if self.bound > 0 else w
 
 
 class SCMLoss(Loss):
@@ -109,7 +116,7 @@ class SCMLoss(Loss):
         self,
         student: nn.Module,                  # the raw network being trained (DDP-wrapped when distributed)
         weight: nn.Module | None,            # w_φ (DDP-wrapped when distributed); None: w = 0
-        teacher: nn.Module | None = None,    # the teacher's raw EDM network (sCD), else None (sCT)
+        teacher: nn.Module | None = None,    # the teacher's raw network (sCD), else None (sCT)
         sigma_data: float = 0.5,
         p_mean: float = SCMOptions.p_mean,
         p_std: float = SCMOptions.p_std,
@@ -118,13 +125,15 @@ class SCMLoss(Loss):
         jvp_mode: str = SCMOptions.jvp,      # "exact" (forward-mode AD) or "fd" (float64 finite difference)
         time_input: str = "t",               # the student's time input (see trigflow.py)
         jvp_precision: str = SCMOptions.jvp_precision,  # "run": the run's autocast; "float32": autocast off
+        teacher_time_input: str = "log_sigma",  # the teacher network's time input: an EDM denoiser's or
+                                                # a TrigFlow diffusion model's t
     ) -> None:
         if jvp_precision not in JVP_PRECISIONS:
             raise InvalidInputError(f"jvp_precision: {jvp_precision!r} is not one of {', '.join(JVP_PRECISIONS)}")
         self.student = TrigFlow(student, sigma_data, time_input)
         self.target = TrigFlow(unwrap(student), sigma_data, time_input)   # F_θ⁻: the same weights, no gradient
-        # the teacher is an EDM denoiser: in TrigFlow time F = −F_edm with its own time input
-        self.teacher = TrigFlow(teacher, sigma_data, "log_sigma") if teacher is not None else None
+        # an EDM teacher is F = −F_edm in TrigFlow time with its own time input (see trigflow.py)
+        self.teacher = TrigFlow(teacher, sigma_data, teacher_time_input) if teacher is not None else None
         self.weight = weight
         self.sigma_data, self.p_mean, self.p_std = sigma_data, p_mean, p_std
         self.tangent_warmup, self.tangent_c, self.jvp_mode = tangent_warmup, tangent_c, jvp_mode

@@ -14,10 +14,14 @@ def exported_parametrization(run: RunSettings) -> str:
 
 def scm_loss(inputs: LossInputs, teacher) -> SCMLoss:
     run, options = inputs.config, inputs.options
-    weight = inputs.trainable(AdaptiveWeight(run.sigma_data, seed=run.seed)) if options.adaptive_weight else None
+    weight = None
+    if options.adaptive_weight:
+        weight = inputs.trainable(AdaptiveWeight(run.sigma_data, seed=run.seed, bound=options.weight_bound))
+    teacher_time_input = inputs.teacher_kind.network_time if teacher is not None else "log_sigma"
     return SCMLoss(inputs.student, weight, teacher, sigma_data=run.sigma_data, p_mean=options.p_mean,
                    p_std=options.p_std, tangent_warmup=options.tangent_warmup, tangent_c=options.tangent_c,
-                   jvp_mode=options.jvp, time_input=options.time_input, jvp_precision=options.jvp_precision)
+                   jvp_mode=options.jvp, time_input=options.time_input, jvp_precision=options.jvp_precision,
+                   teacher_time_input=teacher_time_input)
 
 
 def build_loss(inputs: LossInputs) -> SCMLoss:
@@ -31,5 +35,5 @@ METHOD = register(Method(
     build_loss=build_loss,
     options=SCMOptions,
     teacher="optional",
-    init_from_teacher=True,      # --teacher: the student starts from it (and keeps its time input, log_sigma)
+    init_from_teacher=True,      # --teacher: the student starts from it (and keeps its time input)
 ))
