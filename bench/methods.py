@@ -5,8 +5,9 @@ time on this machine, then scored the same way.
     python bench/methods.py --minutes 3 --methods ict,sct --out bench-methods
 
 For each method: its small-budget recipe (RECIPES below: the shipped `digits-teacher` for the
-distillation and tuning methods), a short probe run that measures its seconds per step, then
-`cm train --steps S` with S = budget / seconds per step. Then 1,000 class-conditional samples
+distillation and tuning methods but scd), a short probe run that measures its seconds per step, then
+`cm train --steps S` with S = budget / seconds per step (scd distils the TrigFlow teacher
+`digits-teacher-trigflow`, its student a copy of it as in the sCM paper). Then 1,000 class-conditional samples
 (100 per digit) at 1 and 2 steps, scored as bench/quality_digits.py scores them (label accuracy
 of the shipped classifier; Fréchet distance of its features to the 300 held-out digits), and the
 one-step sampling rate. Writes OUT/methods.md (the table), OUT/methods.png (per method: the loss
@@ -45,7 +46,7 @@ RECIPES = {  # method → its small-budget settings (besides --steps)
     "ict": ["--recipe", "digits-ict"],
     "ect": ["--method", "ect", "--teacher", "digits-teacher", "--batch-size", "64", "--lr", "1e-4"],
     "sct": ["--method", "sct", "--batch-size", "64", "--lr", "5e-4"],
-    "scd": ["--method", "scd", "--teacher", "digits-teacher", "--batch-size", "64", "--lr", "5e-4"],
+    "scd": ["--method", "scd", "--teacher", "digits-teacher-trigflow", "--batch-size", "64", "--lr", "1e-4"],
     "meanflow": ["--method", "meanflow", "--batch-size", "64", "--lr", "5e-4"],
     "tcm": ["--method", "tcm", "--teacher", "digits-teacher", "--init-from-teacher", "--batch-size", "64",
             "--lr", "1e-4"],

@@ -39,10 +39,11 @@ def test_one_step_samples_show_the_asked_digit(pipe):
     assert accuracy >= 0.9
 
 
-def test_teacher_samples_with_heun(pipe):
-    teacher = ConsistencyModelPipeline.from_pretrained("digits-teacher")
+@pytest.mark.parametrize("name, kind", [("digits-teacher", "edm"), ("digits-teacher-trigflow", "trigflow_diffusion")])
+def test_teachers_sample_with_heun(name, kind):
+    teacher = ConsistencyModelPipeline.from_pretrained(name)
     teacher.set_progress_bar_config(disable=True)
-    assert teacher.parametrization == "edm"
+    assert teacher.parametrization == kind
     labels = torch.arange(20) % 10
     out = teacher(batch_size=20, class_labels=labels, num_inference_steps=10,
                   generator=torch.Generator().manual_seed(0), output_type="pt")

@@ -146,7 +146,9 @@ def test_scd_starts_its_student_as_the_trigflow_teacher_and_reads_its_velocity_a
     cfg = TrainConfig.from_settings(method="scd", teacher=str(teacher), data=str(points), out=str(tmp_path / "s"),
                                     steps=2, batch_size=64, progress=False)
     assert cfg.init_from_teacher and cfg.options.time_input == "t"
+    assert cfg.options.adaptive_weight and cfg.options.weight_bound == 1.0   # on, bounded (README, sCD)
     trainer = Trainer(cfg)
+    assert trainer.loss.weight.bound == 1.0
     assert trainer.parametrization == "trigflow"
     teacher_net = ConsistencyModelPipeline.from_pretrained(teacher).unet
     for name, value in teacher_net.state_dict().items():

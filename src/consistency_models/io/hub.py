@@ -12,6 +12,7 @@ from ..errors import InvalidInputError
 EMBEDDED = {
     "digits": "digits",                  # the default model: a consistency model of 16-px digits
     "digits-teacher": "digits-teacher",  # its EDM teacher (a diffusion denoiser)
+    "digits-teacher-trigflow": "digits-teacher-trigflow",  # a TrigFlow diffusion teacher (time input t): sCD's
     "digits-color": "digits-color",      # RGB digits of random hue (fine-tuned from the above): for colorization
 }
 DEFAULT_MODEL = "digits"

@@ -6,21 +6,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..settings import BudgetDefault
+from ..settings import BudgetDefault, RunSettings
 from .options import teacher_time
 from .registry import LossInputs, Method, register
-from .scm import SCMLoss, SCMOptions, adaptive_weight_option
+from .scm import SCMLoss, SCMOptions, adaptive_weight_option, weight_bound_option
 from .sct import exported_parametrization, scm_loss
+
+
+def copies_a_trigflow_teacher(run: RunSettings) -> bool:
+    return bool(run.init_from_teacher) and teacher_time(run) == "t"
 
 
 @dataclass
 class SCDOptions(SCMOptions):
-    """sCD's settings: sCT's, without the adaptive weight by default. With the teacher's
-    (noise-free) velocity the error at t near π/2 gets tiny, w(t) grows to ~7.5 there (e^w ≈ 1800)
-    and starves the middle t — measured on the 2-D toy, 1-step on-mode 35 % with it, 89 % without
-    (bench/toy_scm.py; docs/benchmarks.md)."""
+    """sCD's settings: sCT's, with the learned weighting bounded (B = 1) and on only for a student
+    that starts as a TrigFlow teacher. With the teacher's (noise-free) velocity the error at t near
+    π/2 gets tiny and an unbounded w(t) grows to ~7.5 there (e^w ≈ 1800), starving the middle t
+    (2-D toy, 1-step on-mode 35 % with it, 89 % without). Bounded at 1 it helps the copy of a
+    TrigFlow teacher on digits and is even on the toy; a fresh student from an EDM teacher does
+    better without it (toy: 91.5/90.1/83.4 % off, 84.4/87.3/82.5 % bounded; README, sCD section)."""
 
-    adaptive_weight: bool = adaptive_weight_option(False)
+    adaptive_weight: bool | None = adaptive_weight_option(
+        None, BudgetDefault(copies_a_trigflow_teacher, "on for a copy of a TrigFlow teacher, else off"))
+    weight_bound: float | None = weight_bound_option(
+        None, BudgetDefault(lambda run: 1.0 if run.options.adaptive_weight else 0.0, "1 when the weighting is on"))
 
 
 def build_loss(inputs: LossInputs) -> SCMLoss:

@@ -51,8 +51,13 @@ def default_time_input(run: RunSettings) -> str:
     return teacher_time(run) if run.init_from_teacher else "t"
 
 
-def adaptive_weight_option(default: bool):
-    return setting(default, "learn the weighting w(t) jointly (L = e^w/D |.|^2 - w)")
+def adaptive_weight_option(default: bool | None, budget: BudgetDefault | None = None):
+    return setting(default, "learn the weighting w(t) jointly (L = e^w/D |.|^2 - w)", budget=budget)
+
+
+def weight_bound_option(default: float | None, budget: BudgetDefault | None = None):
+    return setting(default, "bound B of the learned weighting: w = B tanh(w_phi/B) (0: unbounded)",
+                   check=(lambda v: math.isfinite(v) and v >= 0, "a number >= 0 (0: unbounded)"), budget=budget)
 
 
 @dataclass
@@ -69,8 +74,7 @@ class SCMOptions(MethodOptions):
     adaptive_weight: bool = adaptive_weight_option(True)
     time_input: str | None = time_input_option(None, BudgetDefault(default_time_input,
                                                                    "the teacher's when started from it, else t"))
-    weight_bound: float = setting(0.0, "bound B of the learned weighting: w = B tanh(w_phi/B) (0: unbounded)",
-                                  check=(lambda v: math.isfinite(v) and v >= 0, "a number >= 0 (0: unbounded)"))
+    weight_bound: float = weight_bound_option(0.0)
     jvp: str = jvp_option("exact")
     jvp_precision: str = setting("run", "precision of the tangent pass (teacher velocity, JVP): run (the run's "
                                         "--precision; softmax and GroupNorm in float32) or float32 (autocast off)",
