@@ -289,7 +289,8 @@ def heun_schedule(levels: NoiseLevels, config: SchedulerConfig) -> list[float]:
     if levels.timesteps is None and levels.sigmas is None:
         steps = 18 if levels.steps is None else levels.steps
         if not isinstance(steps, int) or steps < 2:
-            raise InvalidInputError(f"num_inference_steps: {steps!r} must be at least 2 for a diffusion model (Heun's method on a Karras grid)")
+            raise InvalidInputError(f"num_inference_steps: {steps!r} must be at least 2 for a diffusion model "
+                                    "(Heun's method on a Karras grid)")
         return karras_sigmas(steps, config.sigma_min, config.sigma_max, config.rho).tolist() + [0.0]
     schedule = levels.resolve(config)
     schedule[-1] = 0.0

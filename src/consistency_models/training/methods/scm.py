@@ -81,10 +81,11 @@ class SCMOptions(MethodOptions):
                                  choices=JVP_PRECISIONS)
 
     def check(self, run: RunSettings) -> None:
-        if run.init_from_teacher and self.time_input != teacher_time(run):
+        taken = teacher_time(run) if run.init_from_teacher else None   # read once from the teacher's folder
+        if taken is not None and self.time_input != taken:
             raise InvalidInputError(f"time_input: {self.time_input!r} does not fit a student started from the "
-                                    f"teacher (its network takes {teacher_time(run)}); give --time-input "
-                                    f"{teacher_time(run)} or --no-init-from-teacher")
+                                    f"teacher (its network takes {taken}); give --time-input {taken} or "
+                                    "--no-init-from-teacher")
         if self.weight_bound and not self.adaptive_weight:
             raise InvalidInputError(f"weight_bound: {self.weight_bound!r} bounds the learned weighting, which "
                                     "is off; give --adaptive-weight or leave --weight-bound out")
