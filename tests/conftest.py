@@ -48,16 +48,26 @@ torch.set_num_threads(int(os.environ.get("CM_TEST_THREADS", "1")))
 
 def train_one_and_two_processes(train_argv: list[str], tmp_path: Path) -> tuple[Path, Path]:
     """`cm train` (argv after `-m consistency_models`) once as one process into tmp_path/one and once
-    as two real torchrun processes (gloo, CPU) into tmp_path/two; both must succeed."""
+    as two real torchrun processes (gloo, CPU) into tmp_path/two, started together (each process
+    has one thread; their start-ups overlap); both must succeed."""
     import subprocess
 
     env = child_env(CUDA_VISIBLE_DEVICES="")
     argv = ["-m", "consistency_models", *train_argv, "--device", "cpu"]
-    one = subprocess.run([sys.executable, *argv, "--out", str(tmp_path / "one")], env=env, capture_output=True,
-                         text=True, timeout=300)
-    two = subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node", "2", *argv, "--out",
-                          str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
-    assert one.returncode == 0 and two.returncode == 0, (one.stderr[-2000:], two.stderr[-2000:])
+    commands = {"one": [sys.executable, *argv, "--out", str(tmp_path / "one")],
+                "two": [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", *argv, "--out", str(tmp_path / "two")]}
+    procs = {name: subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name, cmd in commands.items()}
+    errors = {}
+    try:
+        for name, proc in procs.items():
+            errors[name] = proc.communicate(timeout=300)[1]
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert all(proc.returncode == 0 for proc in procs.values()), {n: e[-2000:] for n, e in errors.items()}
     return tmp_path / "one", tmp_path / "two"
 
 
