@@ -50,25 +50,36 @@ def train_one_and_two_processes(train_argv: list[str], tmp_path: Path) -> tuple[
     """`cm train` (argv after `-m consistency_models`) once as one process into tmp_path/one and once
     as two real torchrun processes (gloo, CPU) into tmp_path/two, started together (each process
     has one thread; their start-ups overlap); both must succeed."""
-    import subprocess
-
-    env = child_env(CUDA_VISIBLE_DEVICES="")
     argv = ["-m", "consistency_models", *train_argv, "--device", "cpu"]
-    commands = {"one": [sys.executable, *argv, "--out", str(tmp_path / "one")],
-                "two": [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", *argv, "--out", str(tmp_path / "two")]}
-    procs = {name: subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    results = run_together({"one": [sys.executable, *argv, "--out", str(tmp_path / "one")],
+                            "two": [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", *argv,
+                                    "--out", str(tmp_path / "two")]},
+                           env=child_env(CUDA_VISIBLE_DEVICES=""), timeout=300)
+    assert all(code == 0 for code, _, _ in results.values()), {n: err[-2000:] for n, (_, _, err) in results.items()}
+    return tmp_path / "one", tmp_path / "two"
+
+
+def run_together(commands: dict[str, list[str]], env: dict[str, str], timeout: float,
+                 cwd: Path | None = None) -> dict[str, tuple[int, str, str]]:
+    """Start every command at once and wait for all, `timeout` seconds from the start for the
+    lot: name → (exit code, stdout, stderr). Any still running when waiting fails is killed."""
+    import subprocess
+    import time
+
+    started = time.monotonic()
+    procs = {name: subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
              for name, cmd in commands.items()}
-    errors = {}
+    results = {}
     try:
         for name, proc in procs.items():
-            errors[name] = proc.communicate(timeout=300)[1]
+            out, err = proc.communicate(timeout=max(1.0, timeout - (time.monotonic() - started)))
+            results[name] = (proc.returncode, out, err)
     finally:
         for proc in procs.values():
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    assert all(proc.returncode == 0 for proc in procs.values()), {n: e[-2000:] for n, e in errors.items()}
-    return tmp_path / "one", tmp_path / "two"
+    return results
 
 
 def exported_weights(folder: Path) -> dict[str, torch.Tensor]:

@@ -8,7 +8,6 @@ process with the same global batch, up to the order of floating-point sums.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import textwrap
 import time
@@ -18,7 +17,7 @@ import pytest
 import torch
 
 from consistency_models.training.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint
-from conftest import TORCHRUN, child_env
+from conftest import TORCHRUN, child_env, run_together
 
 STEPS, BATCH = 20, 64
 ENV = child_env(CUDA_VISIBLE_DEVICES="")
@@ -89,24 +88,13 @@ def runs(tmp_path_factory):
         "one": [sys.executable, *train_argv(paths["one"])],
     }
     started = time.monotonic()
-    procs = {name: subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
-                                    cwd=root)
-             for name, cmd in commands.items()}
-    outputs = {}
-    try:
-        for name, proc in procs.items():
-            outputs[name] = proc.communicate(timeout=max(1.0, 60 - (time.monotonic() - started)))
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    results = run_together(commands, env=ENV, timeout=60, cwd=root)
     elapsed = time.monotonic() - started
-    for name, proc in procs.items():
-        assert proc.returncode == 0, f"{name} exited {proc.returncode}:\n{outputs[name][1][-4000:]}"
-        assert "Traceback" not in outputs[name][1], outputs[name][1]
+    for name, (code, _, err) in results.items():
+        assert code == 0, f"{name} exited {code}:\n{err[-4000:]}"
+        assert "Traceback" not in err, err
     assert elapsed < 60, f"took {elapsed:.0f} s"
-    return paths, outputs
+    return paths, {name: (out, err) for name, (_, out, err) in results.items()}
 
 
 def test_every_rank_holds_the_same_state(runs):
