@@ -46,6 +46,16 @@ def child_env(**overrides: str) -> dict[str, str]:
 torch.set_num_threads(int(os.environ.get("CM_TEST_THREADS", "1")))
 
 
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto` (pyproject's addopts): one worker process per usable core, at most 4. Each test
+    runs on one thread, so a single process leaves the other cores idle; test files stay whole on
+    one worker (`--dist loadfile`: the README's commands run in order). Beyond 4 the longest file
+    (the README's commands, about 2.5 minutes) is the floor, and every worker builds the session's
+    fixtures again."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(4, cores))
+
+
 def train_one_and_two_processes(train_argv: list[str], tmp_path: Path) -> tuple[Path, Path]:
     """`cm train` (argv after `-m consistency_models`) once as one process into tmp_path/one and once
     as two real torchrun processes (gloo, CPU) into tmp_path/two, started together (each process
