@@ -68,7 +68,8 @@ print(f"{name}; torch {torch.__version__}, CUDA {torch.version.cuda}")
 EOF
 
 # -- 1. the tests that need CUDA (on a CPU: the same tests, skipped where they need a GPU) -----------
-stage tests "$test_limit" python -m pytest -q -p no:cacheprovider -k "cuda or float16_inference" \
+# in one process (`-o addopts=-ra` drops pyproject's `-n auto`: one GPU, and pytest-xdist may be absent)
+stage tests "$test_limit" python -m pytest -q -p no:cacheprovider -o addopts=-ra -k "cuda or float16_inference" \
   tests/test_attention_jvp.py tests/test_fast_step.py tests/test_optimizer.py tests/test_fast_paths.py \
   tests/test_diffusers_own_tests.py
 # -- 2. the training step ----------------------------------------------------------------------------
@@ -83,49 +84,7 @@ stage train_new 100 python bench/train_step.py --device "$device" "${train_size[
   --methods ct,meanflow,tcm --modes eager
 
 # -- the table -----------------------------------------------------------------------------------------
-python - "$out" "${failed[@]}" <<'EOF' > "$table"
-import json, re, sys
-from pathlib import Path
-
-out, failed = Path(sys.argv[1]), sys.argv[2:]
-def read(name):
-    path = out / f"{name}.txt"
-    return path.read_text() if path.exists() else ""
-
-print(f"GPU check, {read('device').strip()}\n")
-tests = re.findall(r"^=+ (.*(?:passed|failed|error).*) =+$|^(\d+ (?:passed|failed).*)$", read("tests"), re.M)
-print("tests: " + ("; ".join(a or b for a, b in tests) or "no summary (see tests.txt)"))
-train = read("train")
-matmul = re.search(r"^matmul .*$", train, re.M)
-print("\n| training step | img/s | s/step | of matmul | +MiB |\n|---|---|---|---|---|")
-for line in train.splitlines():
-    fields = line.split()
-    if len(fields) == 9 and fields[0] in ("ct", "cd", "sct", "scd") and fields[1] in ("eager", "fast"):
-        print(f"| {' '.join(fields[:3])} | {fields[3]} | {fields[4]} | {fields[7]} | {fields[8]} |")
-for line in read("train_new").splitlines():
-    fields = line.split()
-    if len(fields) == 9 and fields[0] == "meanflow" and fields[1] in ("eager", "fast"):
-        print(f"| {' '.join(fields[:3])} | {fields[3]} | {fields[4]} | {fields[7]} | {fields[8]} |")
-print(f"\n{matmul.group(0) if matmul else 'no matmul line (see train.txt)'}")
-for line in (train + read("train_new")).splitlines():
-    if re.match(r"^(sct|scd|meanflow) \w+ \w+: step|^\w+ \w+: the fast step", line):
-        print(f"- {line}")
-print("\n| sampling | steps | path | img/s | × diffusers, same dtype | × diffusers compiled | PSNR dB | 1st call s |"
-      "\n|---|---|---|---|---|---|---|---|")
-def num(value, fmt):
-    return "-" if value is None else format(value, fmt)
-try:
-    rows = json.loads((out / "sample.json").read_text())
-except (OSError, ValueError):
-    rows = []
-for row in rows:
-    print(f"| {row['preset']}:{row['batch']} | {row['steps']} | {row['path']} | {row['img_s']:.0f} | "
-          f"{num(row['vs_diffusers_dtype'], '.2f')} | {num(row['vs_diffusers_compiled'], '.2f')} | "
-          f"{num(row['psnr'], '.1f')} | {num(row['warmup_s'], '.0f')} |")
-if not rows:
-    print("| no rows (see sample.txt) | | | | | | | |")
-print("\nfailed stages: " + (", ".join(failed) if failed else "none"))
-EOF
+python bench/gpu_check_table.py "$out" "${failed[@]}" > "$table"
 cat "$table"
 echo "gpu_check: $((SECONDS - started))s in all; table in $table"
 [ ${#failed[@]} -eq 0 ]

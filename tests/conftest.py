@@ -46,6 +46,7 @@ def child_env(**overrides: str) -> dict[str, str]:
 torch.set_num_threads(int(os.environ.get("CM_TEST_THREADS", "1")))
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: without it (`-p no:xdist`) not an error
 def pytest_xdist_auto_num_workers(config) -> int:
     """`-n auto` (pyproject's addopts): one worker process per usable core, at most 4. Each test
     runs on one thread, so a single process leaves the other cores idle; test files stay whole on

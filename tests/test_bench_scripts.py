@@ -18,7 +18,7 @@ def run(script: str, *args: str) -> str:
     return result.stdout
 
 
-def test_train_step_prints_rates_and_the_bfloat16_ratio():
+def test_train_step_prints_rates_and_the_bfloat16_ratio(tmp_path):
     out = run("train_step.py", "--preset", "tiny16", "--batch-size", "2", "--repeats", "2", "--methods", "ct,meanflow,tcm",
               "--matmul-size", "512")
     assert "freed memory kept" in out or "default allocator" in out
@@ -27,6 +27,15 @@ def test_train_step_prints_rates_and_the_bfloat16_ratio():
     assert re.search(r"^ct eager: bfloat16 step is [\d.]+x the float32 one", out, re.M), out
     assert re.search(r"^meanflow eager float32: step [\d.]+x the ct step", out, re.M), out  # its two-time network
     assert re.search(r"^tcm eager float32: step [\d.]+x the ct step", out, re.M), out
+    # bench/gpu_check.sh's table takes this output as its train_new stage: every method's row and ratio
+    (tmp_path / "train_new.txt").write_text(out)
+    table = subprocess.run([sys.executable, str(BENCH / "gpu_check_table.py"), str(tmp_path), "sample (exit 124)"],
+                           capture_output=True, text=True, check=True).stdout
+    rows = [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| ") and "eager" in line]
+    assert rows == [f"| {m} eager {p}" for m in ("meanflow", "tcm") for p in ("float32", "bfloat16")], table
+    assert re.search(r"^- tcm eager float32: step [\d.]+x the ct step", table, re.M), table
+    assert "no matmul line (see train.txt)" in table and "| no rows (see sample.txt) |" in table
+    assert table.rstrip().endswith("failed stages: sample (exit 124)"), table
 
 
 def test_sample_speed_compares_with_diffusers():
