@@ -170,7 +170,8 @@ class RunSettings:
                                       check=(lambda v: math.isfinite(v) and v >= 0, "a norm >= 0 (0: off)"))
     accumulation: int = setting(1, "micro-batches per optimizer step", check=POSITIVE_INTEGER)
     ema_rates: tuple[float, ...] = setting(help="EMA rates of the weights, e.g. 0.999,0.9999 (the first is "
-                                                "exported)", default_factory=lambda: (0.999,),
+                                                "exported); at step n each is at most (1 + n)/(10 + n), "
+                                                "so 0.999 takes effect from step 8,990", default_factory=lambda: (0.999,),
                                            check=(lambda v: all(0 <= r < 1 for r in v), "rates in [0, 1)"))
     precision: str = setting("float32", "autocast dtype of the forward", choices=PRECISIONS)
     dropout: float | None = setting(None, "override the preset's dropout",
