@@ -57,7 +57,7 @@ else
   train_size=(--preset imagenet64 --batch-size 64 --repeats 5 --modes eager,fast)
   sample_size=(--presets imagenet64:64,lsun256:8 --repeats 3)
   sample_paths=diffusers-fp16,diffusers-fp16+compile,fp32,default-fp16,fp16+graph,fp16+compile+graph,bf16+compile+graph
-  test_limit=120
+  test_limit=150  # the fp32 width-128 attention test compiles three tile configurations
 fi
 
 python - "$device" <<'EOF' | tee "$out/device.txt"

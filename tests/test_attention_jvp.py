@@ -150,6 +150,52 @@ def test_triton_kernel_reads_strided_inputs_as_the_unet_passes_them(interpreted_
         interpreted_kernel.attention_jvp_triton(*strided[:5], strided[5].double())
 
 
+@pytest.mark.parametrize("tiles", [(64, 64, 3), (64, 64, 2), (64, 32, 2), (64, 32, 1)])
+def test_every_tile_configuration_equals_the_float64_references(interpreted_kernel, tiles):
+    """The configurations the kernel steps down to where the first does not fit the GPU's shared
+    memory (the interpreter takes BLOCK_M and BLOCK_N as a GPU does; it has no pipeline stages)."""
+    assert tiles in interpreted_kernel.TILES
+    x = inputs((2, 2, 100, 24))  # 100 keys: a ragged last block of 64 and of 32
+    out, tangent = interpreted_kernel.attention_jvp_triton(*(t.float() for t in x), tiles=tiles)
+    ref_out, ref_tangent = reference_ad(*x)
+    assert (out.double() - ref_out).abs().max() < 1e-5 * ref_out.abs().max()
+    assert (tangent.double() - ref_tangent).abs().max() < 1e-5 * ref_tangent.abs().max()
+    assert (tangent.double() - central_difference(*x)).abs().max() < 1e-5 * ref_tangent.abs().max()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_wide_float32_heads_on_cuda_take_the_first_tiles_that_fit():
+    """float32 heads of width 128 need 352 KiB of shared memory in the first configuration (more
+    than an H100's 227 KiB; bench/triton_shared_memory.py): the kernel steps down, and is right."""
+    from consistency_models.networks import attention_triton
+
+    x = inputs((2, 2, 300, 128))
+    on_gpu = [t.to("cuda", torch.float32) for t in x]
+    with pytest.raises(attention_triton.TilesDoNotFit, match=r"no tile configuration of \[\(64, 64, 3\)\] fits the "
+                                                            r"shared memory of cuda:0 for float32 heads of width 128"):
+        attention_triton.attention_jvp_triton(*on_gpu, tiles=(64, 64, 3))
+    out, tangent = attention_jvp(*on_gpu, backend="triton")
+    ref_out, ref_tangent = attention_jvp_torch(*(t.cuda() for t in x))
+    assert attention_triton._fitting_tiles[(out.device, torch.float32, 128)] >= 1
+    assert (out.double() - ref_out).abs().max() < 1e-4 * ref_out.abs().max()
+    assert (tangent.double() - ref_tangent).abs().max() < 1e-4 * ref_tangent.abs().max()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_float32_heads_of_width_256_on_cuda_take_the_pytorch_pass_under_auto():
+    """float32 heads wider than 128 need 256 KiB of shared memory at the least (more than an H100's
+    227 KiB; compiling the first configuration takes minutes): "auto" goes to the PyTorch pass at
+    once, and is right; bfloat16 heads of 256 stay on the kernel."""
+    from consistency_models.networks.attention import _triton_fits
+
+    x = [t.to("cuda", torch.float32) for t in inputs((1, 2, 70, 256))]
+    assert not _triton_fits(*x) and _triton_fits(*(t.to(torch.bfloat16) for t in x))
+    out, tangent = attention_jvp(*x)
+    ref_out, ref_tangent = reference_ad(*(t.double() for t in x))
+    assert (out.double() - ref_out).abs().max() < 1e-5 * ref_out.abs().max()
+    assert (tangent.double() - ref_tangent).abs().max() < 1e-5 * ref_tangent.abs().max()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.float16, 4e-3), (torch.bfloat16, 3e-2)])
 def test_triton_kernel_on_cuda_equals_the_float64_reference(dtype, tol):

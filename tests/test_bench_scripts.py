@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
@@ -36,6 +38,14 @@ def test_train_step_prints_rates_and_the_bfloat16_ratio(tmp_path):
     assert re.search(r"^- tcm eager float32: step [\d.]+x the ct step", table, re.M), table
     assert "no matmul line (see train.txt)" in table and "| no rows (see sample.txt) |" in table
     assert table.rstrip().endswith("failed stages: sample (exit 124)"), table
+
+
+def test_triton_shared_memory_compiles_a_tile_configuration_ahead_of_time():
+    """Compiled for sm_90 by the installed Triton with its own ptxas: no GPU needed."""
+    pytest.importorskip("triton")
+    out = run("triton_shared_memory.py", "--dtypes", "float16", "--widths", "16", "--tiles", "0")
+    row = re.search(r"^float16\s+16\s+\(64, 64, 3\)\s+([\d.]+)\s+H100, A100, RTX 4090$", out, re.M)
+    assert row and 0 < float(row.group(1)) < 99, out
 
 
 def test_sample_speed_compares_with_diffusers():

@@ -42,11 +42,18 @@ def attention_jvp(
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(O, Ȯ) in q's dtype. `backend`: "triton" (the fused kernel; CUDA tensors, or CPU tensors
-    under TRITON_INTERPRET=1), "torch" (blocked matmuls) or "auto" (Triton on CUDA when installed)."""
+    under TRITON_INTERPRET=1), "torch" (blocked matmuls) or "auto" (Triton on CUDA when installed,
+    and the PyTorch pass where none of the kernel's tile configurations fits the device's shared
+    memory, e.g. float32 heads of width 128 on a GPU with 99 KiB per block)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend: {backend!r} is not one of {', '.join(BACKENDS)}")
-    if backend == "auto":
-        backend = "triton" if _triton_fits(q, k, v, dq, dk, dv) else "torch"
+    if backend == "auto" and _triton_fits(q, k, v, dq, dk, dv):
+        from .attention_triton import TilesDoNotFit, attention_jvp_triton
+
+        try:
+            return attention_jvp_triton(q, k, v, dq, dk, dv)
+        except TilesDoNotFit:  # found once per device, dtype and head width; then not tried again
+            return attention_jvp_torch(q, k, v, dq, dk, dv)
     if backend == "triton":
         from .attention_triton import attention_jvp_triton
 
@@ -56,10 +63,11 @@ def attention_jvp(
 
 def _triton_fits(*tensors: torch.Tensor) -> bool:
     """The kernel's case: CUDA tensors of one shape (self-attention) and one dtype it takes, head
-    width ≤ 256, Triton installed; anything else takes the PyTorch pass."""
+    width ≤ 256 (≤ 128 in float32: wider needs 256 KiB of shared memory at the least, more than
+    an H100 has; docs/benchmarks.md), Triton installed; anything else takes the PyTorch pass."""
     q = tensors[0]
     if (q.device.type != "cuda" or q.dtype not in (torch.float32, torch.float16, torch.bfloat16)
-            or q.dim() != 4 or q.shape[-1] > 256
+            or q.dim() != 4 or q.shape[-1] > (128 if q.dtype == torch.float32 else 256)
             or any(t.dtype != q.dtype or t.shape != q.shape or t.device != q.device for t in tensors)):
         return False
     from .attention_triton import triton_available

@@ -26,11 +26,20 @@ import torch
 try:
     import triton
     import triton.language as tl
+    from triton.runtime.errors import OutOfResources
 except ImportError:  # pragma: no cover - depends on the installation
     triton = None
 
-BLOCK_M = 64   # queries per program
-BLOCK_N = 64   # keys per step of the inner loop
+# Tile configurations (queries per program BLOCK_M, keys per step of the inner loop BLOCK_N,
+# software-pipelining stages), fastest first; each needs less shared memory than the one before.
+# The first needs more than some GPUs have for some inputs (float32 heads of width 64: 192 KiB,
+# an A100 has 163 KiB; width 128: 352 KiB, an H100 has 227 KiB): the kernel takes the first
+# configuration that fits the device (`bench/triton_shared_memory.py` prints each one's need).
+TILES: tuple[tuple[int, int, int], ...] = ((64, 64, 3), (64, 64, 2), (64, 32, 2), (64, 32, 1))
+
+
+class TilesDoNotFit(RuntimeError):
+    """No configuration in TILES fits the device's shared memory for these inputs."""
 
 
 def triton_available() -> bool:
@@ -97,11 +106,20 @@ if triton is not None:
         tl.store(DOut + out_offsets, do.to(DOut.dtype.element_ty), mask=mask_q)
 
 
+# (device, dtype, BLOCK_D) → the index in TILES of the first configuration that fitted there.
+_fitting_tiles: dict[tuple[torch.device, torch.dtype, int], int] = {}
+
+
 def attention_jvp_triton(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor,
+    tiles: tuple[int, int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(O, Ȯ) of (B, H, N, d) tensors of one dtype (float32, float16 or bfloat16), by the kernel."""
+    """(O, Ȯ) of (B, H, N, d) tensors of one dtype (float32, float16 or bfloat16), by the kernel.
+
+    `tiles`: one (BLOCK_M, BLOCK_N, stages) to use; by default the first of TILES that fits the
+    device's shared memory (found once per device, dtype and head width: a configuration that
+    does not fit is refused by Triton before it launches). TilesDoNotFit when none does."""
     if triton is None:
         raise RuntimeError("attention_jvp_triton: Triton is not installed (it comes with PyTorch's CUDA builds)")
     inputs = [q, k, v, dq, dk, dv]
@@ -117,12 +135,25 @@ def attention_jvp_triton(
     dout = torch.empty_like(out)
     block_d = max(16, triton.next_power_of_2(d))
     precision = "ieee" if q.dtype == torch.float32 else "tf32"  # "tf32" is the default, unused below float32
-    grid = (triton.cdiv(n, BLOCK_M), batch * heads)
-    _attention_jvp_kernel[grid](
-        *inputs, out, dout, *inputs[0].stride(), heads, n, d, d ** -0.5,
-        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=block_d, PRECISION=precision,
-    )
-    return out, dout
+    key = (q.device, q.dtype, block_d)
+    candidates = [tiles] if tiles is not None else TILES[_fitting_tiles.get(key, 0):]
+    for block_m, block_n, stages in candidates:
+        grid = (triton.cdiv(n, block_m), batch * heads)
+        try:
+            _attention_jvp_kernel[grid](
+                *inputs, out, dout, *inputs[0].stride(), heads, n, d, d ** -0.5,
+                BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, PRECISION=precision, num_stages=stages,
+            )
+        except OutOfResources:
+            continue
+        if tiles is None:
+            _fitting_tiles[key] = TILES.index((block_m, block_n, stages))
+        return out, dout
+    if tiles is None:
+        _fitting_tiles[key] = len(TILES)
+    tried = [tiles] if tiles is not None else list(TILES)
+    raise TilesDoNotFit(f"attention_jvp_triton: no tile configuration of {tried} fits the shared memory of "
+                        f"{q.device} for {str(q.dtype).removeprefix('torch.')} heads of width {d}")
 
 
-__all__ = ["attention_jvp_triton", "triton_available"]
+__all__ = ["TILES", "TilesDoNotFit", "attention_jvp_triton", "triton_available"]
