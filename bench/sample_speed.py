@@ -258,7 +258,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--paths", help="comma list of paths (see the module docstring)")
     parser.add_argument("--compile", action="store_true", help="add the torch.compile paths")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
-    parser.add_argument("--json", type=Path, help="also write the result rows to this JSON file")
+    parser.add_argument("--json", type=Path, help="also write the result rows to this JSON file (after every case)")
     parser.add_argument("--default-allocator", action="store_true",
                         help="leave glibc malloc as it is (default: keep freed memory, as `cm` does; both sides alike)")
     args = parser.parse_args(argv)
@@ -329,11 +329,13 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"other processes used {share:.0%} of the CPUs meanwhile"
                           + (": the ratios are unreliable" if share > 0.1 else ""))
                 all_rows += rows
+                if args.json:  # after every case: a run stopped by a time limit keeps what it measured
+                    partial = args.json.with_name(args.json.name + ".tmp")
+                    partial.write_text(json.dumps(all_rows, indent=1))
+                    partial.replace(args.json)
             del samplers
             if kind == "cuda":
                 torch.cuda.empty_cache()
-    if args.json:
-        args.json.write_text(json.dumps(all_rows, indent=1))
     return 0
 
 

@@ -244,18 +244,20 @@ def main() -> None:
                 print(f"{method} {mode}: bfloat16 step is {statistics.median(ratios):.2f}x the float32 one "
                       f"(median over rounds, {min(ratios):.2f}-{max(ratios):.2f})")
         print(f"{method}: {flops / 1e9:.2f} GFLOP per step")
-    for (method, mode, precision), seconds in seconds_of.items():
-        ct = ("ct", mode, precision)
-        if method != "ct" and ct in seconds_of:
-            line = f"{method} {mode} {precision}: step {seconds / seconds_of[ct]:.2f}x the ct step"
-            if memory_of[method, mode, precision] and memory_of[ct]:
-                line += f", peak memory {memory_of[method, mode, precision] / memory_of[ct]:.2f}x"
-            print(line + " (same preset and batch; medians)")
-    if modes == ["eager", "fast"]:
-        for (method, mode, precision), seconds in seconds_of.items():
-            if mode == "fast":
-                print(f"{method} {precision}: the fast step is {seconds_of[method, 'eager', precision] / seconds:.2f}x "
-                      "as fast as the eager one")
+        # Each method's ratios as soon as it is measured: a run stopped by a time limit keeps them.
+        for mode in modes:
+            for precision in precisions:
+                seconds, ct = seconds_of[method, mode, precision], ("ct", mode, precision)
+                if method != "ct" and ct in seconds_of:
+                    line = f"{method} {mode} {precision}: step {seconds / seconds_of[ct]:.2f}x the ct step"
+                    if memory_of[method, mode, precision] and memory_of[ct]:
+                        line += f", peak memory {memory_of[method, mode, precision] / memory_of[ct]:.2f}x"
+                    print(line + " (same preset and batch; medians)", flush=True)
+        if modes == ["eager", "fast"]:
+            for precision in precisions:
+                print(f"{method} {precision}: the fast step is "
+                      f"{seconds_of[method, 'eager', precision] / seconds_of[method, 'fast', precision]:.2f}x "
+                      "as fast as the eager one", flush=True)
 
 
 if __name__ == "__main__":

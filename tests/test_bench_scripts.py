@@ -3,6 +3,7 @@ this machine is too noisy to assert speed)."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -48,9 +49,12 @@ def test_triton_shared_memory_compiles_a_tile_configuration_ahead_of_time():
     assert row and 0 < float(row.group(1)) < 99, out
 
 
-def test_sample_speed_compares_with_diffusers():
+def test_sample_speed_compares_with_diffusers(tmp_path):
     out = run("sample_speed.py", "--presets", "test:2", "--steps", "1", "--repeats", "1",
-              "--paths", "diffusers-fp32,fp32,bf16+fast,default-fp32")
+              "--paths", "diffusers-fp32,fp32,bf16+fast,default-fp32", "--json", str(tmp_path / "rows.json"))
+    written = json.loads((tmp_path / "rows.json").read_text())
+    assert [row["path"] for row in written] == ["diffusers-fp32", "fp32", "bf16+fast", "default-fp32"], written
+    assert not (tmp_path / "rows.json.tmp").exists()
     rows = {line.split()[0]: line.split() for line in out.splitlines()
             if line.startswith(("diffusers-", "fp32", "bf16", "default-"))}
     assert set(rows) == {"diffusers-fp32", "fp32", "bf16+fast", "default-fp32"}, out
