@@ -223,9 +223,16 @@ def main() -> None:
     memory_of: dict[tuple[str, str], float | None] = {}
     print(f"{'step':<6} {'mode':<6} {'precision':<10} {'img/s':>9} {'s/step':>8} {'min-max':>13} {'GFLOP/s':>9} "
           f"{'of matmul':>10} {'+MiB':>7}")
-    for method in methods:
-        flops = count_flops(method, args.preset, args.batch_size, device, precisions[0])
-        for mode in modes:
+    flops_of: dict[str, float] = {}
+    # Every method in the first mode (eager: quick), then every method in the next (fast: each
+    # compiles first); each row and ratio printed as soon as measured, so a run stopped by a time
+    # limit keeps all it measured.
+    for mode in modes:
+        for method in methods:
+            if method not in flops_of:
+                flops_of[method] = count_flops(method, args.preset, args.batch_size, device, precisions[0])
+                print(f"{method}: {flops_of[method] / 1e9:.2f} GFLOP per step")
+            flops = flops_of[method]
             times, memory = time_steps(method, args.preset, args.batch_size, device, precisions, args.repeats,
                                        fast=mode == "fast")
             if device.type != "cuda" and mode == "eager":
@@ -243,9 +250,6 @@ def main() -> None:
                 ratios = [a / b for a, b in zip(times["float32"], times["bfloat16"])]
                 print(f"{method} {mode}: bfloat16 step is {statistics.median(ratios):.2f}x the float32 one "
                       f"(median over rounds, {min(ratios):.2f}-{max(ratios):.2f})")
-        print(f"{method}: {flops / 1e9:.2f} GFLOP per step")
-        # Each method's ratios as soon as it is measured: a run stopped by a time limit keeps them.
-        for mode in modes:
             for precision in precisions:
                 seconds, ct = seconds_of[method, mode, precision], ("ct", mode, precision)
                 if method != "ct" and ct in seconds_of:
@@ -253,12 +257,9 @@ def main() -> None:
                     if memory_of[method, mode, precision] and memory_of[ct]:
                         line += f", peak memory {memory_of[method, mode, precision] / memory_of[ct]:.2f}x"
                     print(line + " (same preset and batch; medians)", flush=True)
-        if modes == ["eager", "fast"]:
-            for precision in precisions:
-                print(f"{method} {precision}: the fast step is "
-                      f"{seconds_of[method, 'eager', precision] / seconds_of[method, 'fast', precision]:.2f}x "
-                      "as fast as the eager one", flush=True)
-
+                if mode == "fast" and (method, "eager", precision) in seconds_of:
+                    print(f"{method} {precision}: the fast step is "
+                          f"{seconds_of[method, 'eager', precision] / seconds:.2f}x as fast as the eager one", flush=True)
 
 if __name__ == "__main__":
     main()
