@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check: on one GPU, in one run of about 7 minutes,
+# The GPU check: on one GPU, in one run of at most 7 minutes ($GPU_CHECK_BUDGET seconds, 420 by default),
 #   1. the tests that need CUDA (the attention-JVP kernel, the fast training step against the
 #      plain one over 50 steps, fused RAdam, CUDA-graph sampling, float16 pipelines);
 #   2. bench/train_step.py: CT, sCT and sCD at imagenet64, batch 64, bfloat16, eager and fast;
@@ -24,11 +24,21 @@ mkdir -p "$out"
 table="$out/gpu_check.md"
 failed=()
 started=$SECONDS
+# The whole script ends within this many seconds (the table included), whatever the stages take:
+# a stage's limit is cut to what is left, and a stage with under 30 s left is skipped.
+budget=${GPU_CHECK_BUDGET:-420}
 
 stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, output to $out/NAME.txt and the screen
   local name=$1 limit=$2
   shift 2
   local begin=$SECONDS
+  local left=$((budget - 10 - (SECONDS - started)))
+  if [ "$left" -lt 30 ]; then
+    echo "== $name: skipped, ${left}s left of the ${budget}s budget" | tee "$out/$name.txt"
+    failed+=("$name (skipped: out of time)")
+    return
+  fi
+  [ "$left" -lt "$limit" ] && limit=$left
   echo "== $name (at most ${limit}s): $*"
   timeout --signal=INT --kill-after=10 "$limit" "$@" 2>&1 | tee "$out/$name.txt"
   local rc=${PIPESTATUS[0]}
