@@ -32,7 +32,7 @@ stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, output to $ou
   local name=$1 limit=$2
   shift 2
   local begin=$SECONDS
-  local left=$((budget - 10 - (SECONDS - started)))
+  local left=$((budget - 20 - (SECONDS - started)))  # 20 s: timeout's --kill-after and the table
   if [ "$left" -lt 30 ]; then
     echo "== $name: skipped, ${left}s left of the ${budget}s budget" | tee "$out/$name.txt"
     failed+=("$name (skipped: out of time)")
@@ -67,7 +67,7 @@ else
   train_size=(--preset imagenet64 --batch-size 64 --repeats 5 --modes eager,fast)
   sample_size=(--presets imagenet64:64,lsun256:8 --repeats 3)
   sample_paths=diffusers-fp16,diffusers-fp16+compile,fp32,default-fp16,fp16+graph,fp16+compile+graph,bf16+compile+graph
-  test_limit=150  # the fp32 width-128 attention test compiles three tile configurations
+  test_limit=150  # the fp32 width-128 attention test compiles up to three tile configurations
 fi
 
 python - "$device" <<'EOF' | tee "$out/device.txt"
@@ -86,6 +86,7 @@ stage tests "$test_limit" python -m pytest -q -p no:cacheprovider -o addopts=-ra
 stage train 210 python bench/train_step.py --device "$device" "${train_size[@]}" --precision bfloat16 \
   --methods ct,sct,scd
 # -- 3. sampling against diffusers -------------------------------------------------------------------
+rm -f "$out/sample.json"  # a stage stopped early must not show an earlier run's rows
 stage sample 240 python bench/sample_speed.py --device "$device" "${sample_size[@]}" --steps 1,2 \
   --json "$out/sample.json" --paths "$sample_paths"
 

@@ -35,14 +35,21 @@ def compile_shared(dtype: str, width: int, tiles: tuple[int, int, int], arch: in
     from consistency_models.networks.attention_triton import _attention_jvp_kernel
 
     block_m, block_n, stages = tiles
-    signature = {name: f"*{DTYPES[dtype]}" for name in ("Q", "K", "V", "DQ", "DK", "DV", "Out", "DOut")}
+    pointers = ("Q", "K", "V", "DQ", "DK", "DV", "Out", "DOut")
+    signature = {name: f"*{DTYPES[dtype]}" for name in pointers}
     signature |= {name: "i32" for name in ("stride_b", "stride_h", "stride_n", "stride_d", "heads", "n", "d")}
     signature["scale"] = "fp32"
-    constants = {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_D": width,
+    # As a launch on the UNet's tensors specialises it: the last stride is 1 (a constant), the
+    # pointers, the other strides, N and d are multiples of 16. Without this the compiler cannot
+    # vectorise 2-byte loads and pipelines them differently: bfloat16 needs under half the shared
+    # memory it takes at run time.
+    constants = {"stride_d": 1, "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_D": width,
                  "PRECISION": "ieee" if dtype == "float32" else "tf32"}
     signature |= {name: "constexpr" for name in constants}
+    aligned = (*pointers, "stride_b", "stride_h", "stride_n", "n", "d")
     source = ASTSource(fn=_attention_jvp_kernel, signature=signature,
-                       constexprs={(list(signature).index(name),): value for name, value in constants.items()})
+                       constexprs={(list(signature).index(name),): value for name, value in constants.items()},
+                       attrs={(list(signature).index(name),): [["tt.divisibility", 16]] for name in aligned})
     kernel = triton_compile(source, target=GPUTarget("cuda", arch, 32), options={"num_stages": stages})
     return kernel.metadata.shared
 

@@ -46,13 +46,17 @@ def child_env(**overrides: str) -> dict[str, str]:
 torch.set_num_threads(int(os.environ.get("CM_TEST_THREADS", "1")))
 
 
-@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: without it (`-p no:xdist`) not an error
+# A hook of pytest-xdist; optional, so that conftest still loads without the plugin (pyproject's
+# addopts name -n, so a run without pytest-xdist also needs `-o addopts=-ra`).
+@pytest.hookimpl(optionalhook=True)
 def pytest_xdist_auto_num_workers(config) -> int:
-    """`-n auto` (pyproject's addopts): one worker process per usable core, at most 4. Each test
-    runs on one thread, so a single process leaves the other cores idle; test files stay whole on
-    one worker (`--dist loadfile`: the README's commands run in order). Beyond 4 the longest file
-    (the README's commands, about 2.5 minutes) is the floor, and every worker builds the session's
-    fixtures again."""
+    """`-n auto` (pyproject's addopts): PYTEST_XDIST_AUTO_NUM_WORKERS when set, else one worker
+    process per usable core, at most 4. Each test runs on one thread, so a single process leaves
+    the other cores idle; test files stay whole on one worker (`--dist loadfile`: the README's
+    commands run in order). Beyond 4 the longest file (the README's commands, about 2.5 minutes)
+    is the floor, and every worker builds the session's fixtures again."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return int(os.environ["PYTEST_XDIST_AUTO_NUM_WORKERS"])
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(4, cores))
 

@@ -169,6 +169,9 @@ def test_wide_float32_heads_on_cuda_take_the_first_tiles_that_fit():
     than an H100's 227 KiB; bench/triton_shared_memory.py): the kernel steps down, and is right."""
     from consistency_models.networks import attention_triton
 
+    optin = getattr(torch.cuda.get_device_properties(0), "shared_memory_per_block_optin", 0)
+    if optin < 128 * 1024:  # the smallest configuration needs 128 KiB: none fits (an RTX 4090 has 99)
+        pytest.skip(f"this GPU has {optin / 1024:.0f} KiB of shared memory per block")
     x = inputs((2, 2, 300, 128))
     on_gpu = [t.to("cuda", torch.float32) for t in x]
     with pytest.raises(attention_triton.TilesDoNotFit, match=r"no tile configuration of \[\(64, 64, 3\)\] fits the "

@@ -107,6 +107,9 @@ if triton is not None:
 
 
 # (device, dtype, BLOCK_D) → the index in TILES of the first configuration that fitted there.
+# Triton also specialises the kernel on the inputs' alignment (a last stride of 1, multiples of
+# 16), which changes its shared memory; a call laid out otherwise starts from the cached index and
+# may step further down (len(TILES): none fitted; "auto" then takes the PyTorch pass).
 _fitting_tiles: dict[tuple[torch.device, torch.dtype, int], int] = {}
 
 
