@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch._dynamo
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 from conftest import build_unet
 
 from consistency_models import (
@@ -28,7 +29,7 @@ from consistency_models.networks.winograd import (
     winograd_weight,
 )
 from consistency_models.fast_paths import CUDAGraphSampler, draw_step_noise, replay_noise
-from consistency_models.sampling import sample_consistency
+from consistency_models.sampling import sample_consistency, sigma_levels
 from consistency_models.schedule import resolve_sigmas
 
 # Wide enough (128/256 channels) for Winograd and channels_last to engage, small enough for CPU tests.
@@ -316,3 +317,42 @@ def test_from_pretrained_turns_the_fast_kernels_on(tmp_path):
     plain = ConsistencyModelPipeline.from_pretrained(tmp_path / "wide", fast_kernels=False)
     assert not plain.fast_paths.fast_kernels and not plain.unet.channels_last
     assert ConsistencyModelPipeline.from_pretrained(tmp_path / "wide", dtype=torch.bfloat16).unet.channels_last
+
+
+class HostReads(TorchDispatchMode):
+    """Counts the ops that read a tensor's value back to the host (`.item()`, `float(t)`, `if t:`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default):
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_the_loop_a_cuda_graph_captures_reads_nothing_back_from_the_device(steps):
+    """Inside `torch.cuda.graph` a host read raises ("operation not permitted when stream is
+    capturing"): the sampling loop CUDAGraphSampler captures — model, clamp, re-noising, the step
+    report without a callback — must not read a value back. Counted here on the CPU, where the same
+    ops dispatch; a σ reported as float(σ) at every step broke capture once."""
+    pipe = make_pipe(UNetConfig(image_size=16, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                                attention_resolutions=(8,), num_head_channels=16, num_classes=10))
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 80
+    sigmas = [80.0, 0.002] if steps == 1 else [80.0, 0.8, 0.002]
+    noise = draw_step_noise(x.shape, steps, torch.Generator().manual_seed(1), x.device)
+    labels = torch.tensor([1, 2])
+    levels = sigma_levels(sigmas, x.device)
+    replay = None if noise is None else replay_noise(noise)  # as CUDAGraphSampler builds it (one step: no noise)
+    with HostReads() as reads:
+        out = sample_consistency(pipe.denoiser, x, levels, class_labels=labels, noise_sampler=replay)
+    assert reads.count == 0
+    ticks = []
+    with HostReads() as reads:  # a callback is outside the graph: there σ may be read
+        sample_consistency(pipe.denoiser, x, levels, class_labels=labels,
+                           noise_sampler=None if noise is None else replay_noise(noise),
+                           callback=lambda i, sigma, x_i: ticks.append(sigma))
+    assert reads.count == steps and ticks == pytest.approx(sigmas[:steps])
+    assert torch.isfinite(out).all()

@@ -100,11 +100,13 @@ def step_noise(like: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor
 Level = float | torch.Tensor   # a noise level: a number, a 0-d tensor or one per sample (B,)
 
 
-def report_step(i: int, sigma: float, x: torch.Tensor, callback: Callable[[int, float, torch.Tensor], None] | None,
+def report_step(i: int, sigma: Level, x: torch.Tensor, callback: Callable[[int, float, torch.Tensor], None] | None,
                 progress: Callable[[int], object] | None) -> None:
-    """After step i of a sampling loop: the user's callback(i, σ_i, x), then one tick of the progress bar."""
+    """After step i of a sampling loop: the user's callback(i, σ_i, x), then one tick of the progress bar.
+    σ is read back as a float only for a callback: a CUDA graph captures the loop without one, and
+    inside a capture no value may be read back to the host."""
     if callback is not None:
-        callback(i, sigma, x)
+        callback(i, float(sigma), x)
     if progress is not None:
         progress(1)
 
@@ -139,7 +141,8 @@ class TrigFlowRenoising(Renoising):
         return True
 
     def __call__(self, x0: torch.Tensor, sigma_next: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return x0 + sigma_next.to(x0.dtype) * z if float(sigma_next) > 0 else x0
+        # At σ_next = 0 this adds 0·z: x0 exactly, without reading σ back to the host.
+        return x0 + sigma_next.to(x0.dtype) * z
 
 
 @torch.no_grad()
@@ -184,7 +187,7 @@ def sample_consistency(
             x = renoising(x0, levels[i + 1], step_noise(x0, levels[i], levels[i + 1], generator, noise_sampler))
         else:
             x = x0
-        report_step(i, float(levels[i]), x, callback, progress)
+        report_step(i, levels[i], x, callback, progress)
     return x
 
 
