@@ -3,8 +3,8 @@
 #   1. the tests that need CUDA (the attention-JVP kernel, the fast training step against the
 #      plain one over 50 steps, fused RAdam, CUDA-graph sampling, float16 pipelines);
 #   2. bench/train_step.py: CT, sCT and sCD at imagenet64, batch 64, bfloat16, eager and fast;
-#   3. bench/sample_speed.py --compile: imagenet64 at batch 64, then lsun256 at batch 8, against
-#      diffusers eager and compiled;
+#   3. bench/sample_speed.py: imagenet64 at batch 64 against diffusers eager and compiled;
+#   4. the MeanFlow and TCM steps against CT's (eager); 5. sampling at lsun256, batch 8;
 # and writes the figures as a short table to $OUT/gpu_check.md (./gpu-check/ without $OUT), the
 # benches' whole output beside it. Copy the table, with the date and the GPU, into
 # docs/benchmarks.md.
@@ -62,11 +62,15 @@ if [ -n "${GPU_CHECK_SMALL:-}" ]; then  # toy sizes: checks the script, not the 
   train_size=(--preset tiny16 --batch-size 4 --repeats 2 --modes eager --matmul-size 256)  # no compile: minutes on a CPU
   sample_size=(--presets test:4 --repeats 1)
   sample_paths=diffusers-bf16,diffusers-bf16+compile,fp32,default-bf16,bf16+compile
+  large_size=(--presets test:2 --repeats 1)
+  large_paths=fp32,default-bf16
   test_limit=300
 else
   train_size=(--preset imagenet64 --batch-size 64 --repeats 5 --modes eager,fast)
-  sample_size=(--presets imagenet64:64,lsun256:8 --repeats 3)
+  sample_size=(--presets imagenet64:64 --repeats 3)
   sample_paths=diffusers-fp16,diffusers-fp16+compile,fp32,default-fp16,fp16+graph,fp16+compile+graph,bf16+compile+graph
+  large_size=(--presets lsun256:8 --repeats 3)
+  large_paths=$sample_paths
   test_limit=150  # the fp32 width-128 attention test compiles up to three tile configurations
 fi
 
@@ -85,14 +89,18 @@ stage tests "$test_limit" python -m pytest -q -p no:cacheprovider -o addopts=-ra
 # -- 2. the training step ----------------------------------------------------------------------------
 stage train 210 python bench/train_step.py --device "$device" "${train_size[@]}" --precision bfloat16 \
   --methods ct,sct,scd
-# -- 3. sampling against diffusers -------------------------------------------------------------------
-rm -f "$out/sample.json"  # a stage stopped early must not show an earlier run's rows
+# -- 3. sampling against diffusers at imagenet64 (the issue's figures) --------------------------------
+rm -f "$out"/sample*.json  # a stage stopped early must not show an earlier run's rows
 stage sample 240 python bench/sample_speed.py --device "$device" "${sample_size[@]}" --steps 1,2 \
   --json "$out/sample.json" --paths "$sample_paths"
 
 # -- 4. the newer methods' step against CT's (after the issue-20 figures, so that it cannot cost them) -----
 stage train_new 100 python bench/train_step.py --device "$device" "${train_size[@]}" --precision bfloat16 \
   --methods ct,meanflow,tcm --modes eager
+
+# -- 5. sampling at lsun256 (last: its compiles are the longest, its figures not the issue's targets) --
+stage sample_large 200 python bench/sample_speed.py --device "$device" "${large_size[@]}" --steps 1,2 \
+  --json "$out/sample_large.json" --paths "$large_paths"
 
 # -- the table -----------------------------------------------------------------------------------------
 python bench/gpu_check_table.py "$out" "${failed[@]}" > "$table"

@@ -3,9 +3,10 @@
     python bench/gpu_check_table.py OUT [FAILED_STAGE ...]
 
 OUT holds what the stages wrote: device.txt, tests.txt (pytest's summary), train.txt (CT, sCT,
-sCD), train_new.txt (CT, MeanFlow, TCM; both from bench/train_step.py) and sample.json (from
-bench/sample_speed.py --json). A missing file gives a row that says so, not an error: the table
-is written even when a stage failed, and the failed stages are listed under it.
+sCD), train_new.txt (CT, MeanFlow, TCM; both from bench/train_step.py), sample.json and
+sample_large.json (from bench/sample_speed.py --json). A missing file gives a row that says so,
+not an error: the table is written even when a stage failed, and the failed stages are listed
+under it.
 """
 
 from __future__ import annotations
@@ -51,10 +52,12 @@ def table(out: Path, failed: list[str]) -> str:
     lines += [f"- {line}" for stage in TRAIN_METHODS for line in read(out, stage).splitlines() if RATIO_LINE.match(line)]
     lines += ["", "| sampling | steps | path | img/s | × diffusers, same dtype | × diffusers compiled | PSNR dB | 1st call s |",
               "|---|---|---|---|---|---|---|---|"]
-    try:
-        rows = json.loads((out / "sample.json").read_text())
-    except (OSError, ValueError):
-        rows = []
+    rows = []
+    for name in ("sample.json", "sample_large.json"):  # imagenet64, then lsun256 (stages 3 and 5)
+        try:
+            rows += json.loads((out / name).read_text())
+        except (OSError, ValueError):
+            pass
     for row in rows:
         lines.append(f"| {row['preset']}:{row['batch']} | {row['steps']} | {row['path']} | {row['img_s']:.0f} | "
                      f"{number(row['vs_diffusers_dtype'], '.2f')} | {number(row['vs_diffusers_compiled'], '.2f')} | "
