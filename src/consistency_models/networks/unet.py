@@ -133,9 +133,9 @@ def group_norm_fp32(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
     anyway, saving the two casts (each a full pass over the activations): the CPU kernel
     takes the low-precision x with float32 weights (mean, variance and affine in float32),
     the CUDA kernel accumulates and applies the affine in float32 (`acc_type`) with weights
-    of x's dtype. Elsewhere, under torch.compile (which fuses the casts) and under forward-mode AD
-    (the CPU kernel's tangent would come out float32 for a bfloat16 output), x is cast to float32
-    and back.
+    of x's dtype. Elsewhere, under torch.compile (which fuses the casts), under CUDA autocast
+    and under forward-mode AD (the CPU kernel's tangent would come out float32 for a bfloat16
+    output), x is cast to float32 and back.
     """
     weight, bias = norm.weight, norm.bias
     if x.dtype == torch.float64:  # a float64 network (finite-difference references) stays float64
@@ -145,7 +145,10 @@ def group_norm_fp32(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
             weight = weight.float() if weight is not None else None
             bias = bias.float() if bias is not None else None
             return F.group_norm(x, norm.num_groups, weight, bias, norm.eps)
-        if x.device.type == "cuda":
+        if x.device.type == "cuda" and not torch.is_autocast_enabled("cuda"):
+            # Under CUDA autocast group_norm is a float32 op: γ, β rounded to x's dtype would be
+            # cast back up and the output come out float32; the float32 path below is what
+            # torch.compile computes there (the fast training step), with an output in x's dtype.
             weight = weight.to(x.dtype) if weight is not None else None
             bias = bias.to(x.dtype) if bias is not None else None
             return F.group_norm(x, norm.num_groups, weight, bias, norm.eps)
