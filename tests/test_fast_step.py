@@ -75,3 +75,30 @@ def test_compile_defaults_to_cuda_only_and_the_wrappers_unwrap():
     assert COMPILE_OPTIONS == {"fallback_random": True}
     network = torch.nn.Linear(2, 2)
     assert unwrap(torch.compile(network)) is network and unwrap(network) is network
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_compiled_dropout_in_a_conv_network_draws_the_eager_masks(device):
+    """The fast step relies on this (`fallback_random`, module docstring): from the same RNG state
+    the compiled network draws the masks eager PyTorch draws — in a 4-D conv network too, where
+    inductor may lay activations out otherwise (channels_last on CUDA) and a mask drawn over
+    another memory order would land on other elements. A different mask at p = 0.5 changes the
+    output by O(1); the same one by float32 rounding."""
+    from consistency_models.training.fast_step import compiled
+
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(
+        torch.nn.Conv2d(8, 32, 3, padding=1), torch.nn.GroupNorm(8, 32), torch.nn.SiLU(), torch.nn.Dropout(0.5),
+        torch.nn.Conv2d(32, 8, 3, padding=1)).to(device)
+    x = torch.randn(4, 8, 16, 16, device=device)
+    fast = compiled(network)
+    outputs = []
+    for run in (network, fast, network, fast):
+        torch.manual_seed(1)  # seeds the CUDA generators too
+        outputs.append(run(x))
+    eager, compiled_out = outputs[0], outputs[1]
+    assert (eager - outputs[2]).abs().max() == 0  # eager itself repeats from the same state
+    scale = eager.abs().max()
+    assert (compiled_out - eager).abs().max() <= 1e-4 * scale, (compiled_out - eager).abs().max() / scale
+    torch.manual_seed(2)
+    assert (network(x) - eager).abs().max() > 0.1 * scale  # another state: other masks, visibly
