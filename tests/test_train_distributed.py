@@ -144,3 +144,25 @@ def test_only_rank_0_prints_the_summary(runs):
     _, outputs = runs
     stdout = outputs["two"][0]
     assert stdout.count("trained ict for 20 steps") == 1, stdout
+
+
+def test_each_process_takes_the_gpu_of_its_local_rank():
+    """The device rule under torchrun, checked without GPUs: "cuda" is the LOCAL_RANK's GPU, which
+    must exist; a GPU named by index must be that one (ranks on one GPU fail in NCCL). One
+    process keeps any GPU it names (check_device has checked that it exists)."""
+    from consistency_models.distributed import rank_device
+    from consistency_models.errors import InvalidInputError
+
+    cuda = torch.device("cuda")
+    assert rank_device(cuda, local_rank=1, world_size=2, gpus=2) == torch.device("cuda", 1)
+    assert rank_device(cuda, local_rank=0, world_size=1, gpus=1) == torch.device("cuda", 0)
+    assert rank_device(torch.device("cuda", 1), local_rank=0, world_size=1, gpus=2) == torch.device("cuda", 1)
+    assert rank_device(torch.device("cuda", 1), local_rank=1, world_size=2, gpus=2) == torch.device("cuda", 1)
+    assert rank_device(torch.device("cpu"), local_rank=3, world_size=4, gpus=0) == torch.device("cpu")
+    with pytest.raises(InvalidInputError, match=r"^device: 'cuda' for the process of LOCAL_RANK 1, but this machine "
+                                                r"has 1 GPU\(s\); start at most 1 per machine \(torchrun "
+                                                r"--nproc_per_node 1\) or use --device cpu$"):
+        rank_device(cuda, local_rank=1, world_size=2, gpus=1)
+    with pytest.raises(InvalidInputError, match=r"^device: 'cuda:0' under torchrun: each process takes the GPU of "
+                                                r"its LOCAL_RANK \(this one cuda:1\); use --device cuda$"):
+        rank_device(torch.device("cuda", 0), local_rank=1, world_size=2, gpus=2)

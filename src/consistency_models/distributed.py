@@ -56,6 +56,25 @@ def check_device(name: str | torch.device) -> torch.device:
     return dev
 
 
+def rank_device(dev: torch.device, local_rank: int, world_size: int, gpus: int) -> torch.device:
+    """This process's device: "cuda" means the GPU of its LOCAL_RANK, which must exist; under
+    torchrun (world_size > 1) a GPU named by index must be that one too — ranks sharing a GPU make
+    NCCL fail at the first collective ("Duplicate GPU detected")."""
+    if dev.type != "cuda":
+        return dev
+    if dev.index is None:
+        if local_rank >= gpus:
+            raise InvalidInputError(
+                f"device: 'cuda' for the process of LOCAL_RANK {local_rank}, but this machine has {gpus} GPU(s); "
+                f"start at most {gpus} per machine (torchrun --nproc_per_node {gpus}) or use --device cpu")
+        return torch.device("cuda", local_rank)
+    if world_size > 1 and dev.index != local_rank:
+        raise InvalidInputError(
+            f"device: {str(dev)!r} under torchrun: each process takes the GPU of its LOCAL_RANK "
+            f"(this one cuda:{local_rank}); use --device cuda")
+    return dev
+
+
 def setup_distributed(device: str | torch.device | None = None) -> DistributedContext:
     """Join the torchrun process group when WORLD_SIZE > 1; pick this process's device."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -64,9 +83,8 @@ def setup_distributed(device: str | torch.device | None = None) -> DistributedCo
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = check_device(device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", local_rank)
     if dev.type == "cuda":
+        dev = rank_device(dev, local_rank, world_size, torch.cuda.device_count())
         torch.cuda.set_device(dev)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")

@@ -9,6 +9,7 @@ import types
 import typing
 from dataclasses import MISSING, Field, fields
 
+from ..distributed import teardown_distributed
 from ..errors import InvalidInputError
 from ..training import Trainer, TrainConfig
 from ..training.config import option_defaults_text, option_fields
@@ -110,7 +111,10 @@ def run(args: argparse.Namespace) -> None:
     recipe = getattr(args, "recipe", None)
     if recipe is None and "method" not in options:
         raise InvalidInputError(f"method: give --method ({', '.join(METHODS)}) or --recipe")
-    trainer = Trainer(TrainConfig.from_recipe(recipe, **options) if recipe else TrainConfig.from_settings(**options))
-    out = trainer.run()
+    try:
+        trainer = Trainer(TrainConfig.from_recipe(recipe, **options) if recipe else TrainConfig.from_settings(**options))
+        out = trainer.run()
+    finally:  # leave torchrun's process group (NCCL warns at exit otherwise); nothing without one
+        teardown_distributed()
     if trainer.ctx.is_main:
         print(f"trained {trainer.cfg.method} for {trainer.cfg.steps} steps; model in {out} (cm sample --model {out})")
