@@ -48,6 +48,7 @@ from consistency_models import (
     preset,
 )
 from consistency_models.cli.allocator import keep_freed_memory
+from consistency_models.io.atomic import atomic_path
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_PRESETS = {"cpu": "imagenet64:4,test:32", "cuda": "imagenet64:64,lsun256:8"}
@@ -330,9 +331,8 @@ def main(argv: list[str] | None = None) -> int:
                           + (": the ratios are unreliable" if share > 0.1 else ""))
                 all_rows += rows
                 if args.json:  # after every case: a run stopped by a time limit keeps what it measured
-                    partial = args.json.with_name(args.json.name + ".tmp")
-                    partial.write_text(json.dumps(all_rows, indent=1))
-                    partial.replace(args.json)
+                    with atomic_path(args.json) as partial:
+                        partial.write_text(json.dumps(all_rows, indent=1))
             del samplers
             if kind == "cuda":
                 torch.cuda.empty_cache()

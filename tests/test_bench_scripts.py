@@ -54,7 +54,7 @@ def test_sample_speed_compares_with_diffusers(tmp_path):
               "--paths", "diffusers-fp32,fp32,bf16+fast,default-fp32", "--json", str(tmp_path / "rows.json"))
     written = json.loads((tmp_path / "rows.json").read_text())
     assert [row["path"] for row in written] == ["diffusers-fp32", "fp32", "bf16+fast", "default-fp32"], written
-    assert not (tmp_path / "rows.json.tmp").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["rows.json"]  # no temporary file left beside it
     rows = {line.split()[0]: line.split() for line in out.splitlines()
             if line.startswith(("diffusers-", "fp32", "bf16", "default-"))}
     assert set(rows) == {"diffusers-fp32", "fp32", "bf16+fast", "default-fp32"}, out

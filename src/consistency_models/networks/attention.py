@@ -47,17 +47,17 @@ def attention_jvp(
     memory, e.g. float32 heads of width 128 on a GPU with 99 KiB per block)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend: {backend!r} is not one of {', '.join(BACKENDS)}")
-    if backend == "auto" and _triton_fits(q, k, v, dq, dk, dv):
+    auto = backend == "auto"
+    if auto:
+        backend = "triton" if _triton_fits(q, k, v, dq, dk, dv) else "torch"
+    if backend == "triton":
         from .attention_triton import TilesDoNotFit, attention_jvp_triton
 
         try:
             return attention_jvp_triton(q, k, v, dq, dk, dv)
         except TilesDoNotFit:  # found once per device, dtype and head width; then not tried again
-            return attention_jvp_torch(q, k, v, dq, dk, dv)
-    if backend == "triton":
-        from .attention_triton import attention_jvp_triton
-
-        return attention_jvp_triton(q, k, v, dq, dk, dv)
+            if not auto:
+                raise
     return attention_jvp_torch(q, k, v, dq, dk, dv)
 
 
