@@ -24,6 +24,7 @@ from consistency_models import (
 from consistency_models.networks.unet import group_norm_fp32, upsample_nearest_2x
 from consistency_models.networks.winograd import (
     Conv3x3,
+    amx_convolves,
     winograd_conv3x3,
     winograd_pays_off,
     winograd_weight,
@@ -100,6 +101,23 @@ def test_winograd_pays_off_only_on_wide_even_cpu_inputs():
     assert not winograd_pays_off(torch.zeros(1, 64, 8, 8), narrow)
     assert not winograd_pays_off(torch.zeros(1, 128, 7, 8), wide)  # odd size
     assert not winograd_pays_off(torch.zeros(1, 128, 512, 512), wide)  # tiles far beyond the cache budget
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_winograd_leaves_bfloat16_to_onednn_where_the_cpu_has_amx(monkeypatch, amx):
+    """With AMX tiles oneDNN's direct bfloat16 convolution is the faster one; without, Winograd
+    still pays in bfloat16; float32 never uses AMX, so the rule leaves it alone."""
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_amx_fp16_supported", lambda: False)
+    amx_convolves.cache_clear()
+    try:
+        wide = torch.zeros(128, 128, 3, 3)
+        assert amx_convolves(torch.bfloat16) is amx
+        assert winograd_pays_off(torch.zeros(1, 128, 8, 8, dtype=torch.bfloat16), wide) is not amx
+        assert winograd_pays_off(torch.zeros(1, 128, 8, 8, dtype=torch.float16), wide)
+        assert winograd_pays_off(torch.zeros(1, 128, 8, 8), wide)
+    finally:
+        amx_convolves.cache_clear()
 
 
 def test_conv3x3_keeps_the_conv2d_state_dict_and_refreshes_its_cache():
