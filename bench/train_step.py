@@ -8,7 +8,9 @@ rate each training step achieves, so efficiency can be followed over time:
 
 FLOPs are counted with torch.utils.flop_counter on one step (forward + backward + target and
 teacher forwards); the rate is FLOPs / median step time. The step is the whole optimizer step
-of `cm train`: loss, backward, RAdam (as built by the trainer, in its rectified phase), EMA.
+of `cm train`: loss, backward, RAdam (as built by the trainer, in its rectified phase), EMA,
+with the network in the memory layout the trainer gives it (channels_last for wide networks on
+the CPU, training/run_networks.use_training_layout).
 
 Modes: "eager" (plain PyTorch) and "fast" (the networks compiled as `cm train --compile` does,
 training/fast_step.py; timed after its first, compiling step). Each step's rate is printed as a
@@ -45,6 +47,7 @@ from consistency_models.training.batch_rng import BatchRNG
 from consistency_models.training.fast_step import compiled
 from consistency_models.training.methods import AdaptiveWeight, CDLoss, CTLoss, MeanFlowLoss, SCMLoss, TCMLoss
 from consistency_models.training.optimizer import build_optimizer
+from consistency_models.training.run_networks import use_training_layout
 
 
 def matmul_rate(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
@@ -69,7 +72,8 @@ def build_loss(method: str, preset_name: str, device: torch.device, fast: bool =
     """The network (random weights in every layer, as a trained one, see sample_speed.random_unet)
     and the method's loss with a target copy (and, for CD, a teacher copy); with `fast`, the loss
     gets compiled networks as the trainer's fast step gives it (training/loop.py)."""
-    network = random_unet(preset_name, time_inputs=2 if method == "meanflow" else 1).to(device).train()
+    network = use_training_layout(random_unet(preset_name, time_inputs=2 if method == "meanflow" else 1)
+                                  .to(device).train())
     wrap = compiled if fast else (lambda module: module)
     if method == "meanflow":  # u⁻ is the network itself, with two time inputs (t, t − r)
         return network, MeanFlowLoss(wrap(network))

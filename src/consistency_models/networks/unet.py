@@ -430,11 +430,16 @@ class UNetModel(nn.Module):
         for module in self.modules():
             if isinstance(module, Conv3x3):
                 module.winograd = enabled
-        narrowest = self.config.model_channels * min(self.config.channel_mult)
-        on_cpu = self.conv_in.weight.device.type == "cpu"
-        self.channels_last = enabled and on_cpu and narrowest >= CHANNELS_LAST_MIN_WIDTH
+        self.channels_last = enabled and self.channels_last_pays_off()
         self.to(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         return self
+
+    def channels_last_pays_off(self) -> bool:
+        """Whether channels_last is the faster layout where the weights are now: on CPU for networks
+        at least `CHANNELS_LAST_MIN_WIDTH` channels wide at every level (oneDNN's convolutions,
+        forward and backward, run best on it; 1.6× in bfloat16 with AMX); never on CUDA."""
+        narrowest = self.config.model_channels * min(self.config.channel_mult)
+        return self.conv_in.weight.device.type == "cpu" and narrowest >= CHANNELS_LAST_MIN_WIDTH
 
     def forward(
         self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor | None = None

@@ -37,7 +37,7 @@ from .interrupts import StopRequests, TrainingInterrupted, stop_requests
 from .ema import EMA
 from .export import export_run, run_parts
 from .methods import Loss, LossInputs, get_method
-from .run_networks import build_network, load_teacher
+from .run_networks import build_network, load_teacher, use_training_layout
 from .optimizer import build_optimizer
 from .preview import preview
 from .run_folder import CONFIG_NAME, check_run_folder
@@ -96,8 +96,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         teacher_network, self.teacher_kind = self._load_teacher()
         self.parametrization = self.method.parametrization_of(cfg)
-        self.network = build_network(cfg, self.dataset, teacher_network, get_kind(self.parametrization),
-                                     self.teacher_kind).to(self.ctx.device)
+        self.network = use_training_layout(build_network(cfg, self.dataset, teacher_network,
+                                                         get_kind(self.parametrization),
+                                                         self.teacher_kind).to(self.ctx.device))
         if teacher is None and teacher_network is not None:
             teacher = self.teacher_kind.wrapper(teacher_network, cfg.sigma_data, cfg.sigma_min)
         elif teacher is not None and self.teacher_kind is None:
@@ -138,7 +139,8 @@ class Trainer:
         if not self.cfg.teacher:
             return None, None
         try:
-            return load_teacher(self.cfg.teacher, self.ctx.device)
+            network, kind = load_teacher(self.cfg.teacher, self.ctx.device)
+            return use_training_layout(network), kind
         except InvalidInputError as exc:
             message = str(exc)
             raise InvalidInputError(message if message.startswith("teacher:") else f"teacher: {message}") from None

@@ -63,6 +63,18 @@ def load_initial_network(path: str, dataset: ImageDataset | PointDataset, use_la
     return network.train().requires_grad_(True)
 
 
+def use_training_layout(network: nn.Module) -> nn.Module:
+    """The network (in place) in the memory layout its training step runs fastest in, where it is
+    now: channels_last for wide UNets on CPU (the imagenet64 CT step 1.15× faster in bfloat16,
+    1.04× in float32 on a 2-core AMX CPU; convolutions' weight and input gradients gain most),
+    unchanged otherwise. The values are the same; only the strides (and so oneDNN's summation
+    order, ~1e-6) change."""
+    pays_off = getattr(network, "channels_last_pays_off", None)
+    if pays_off is not None and pays_off():
+        network.to(memory_format=torch.channels_last)
+    return network
+
+
 def build_network(cfg: TrainConfig, dataset: ImageDataset | PointDataset, teacher: nn.Module | None,
                   kind: ModelKind, teacher_kind: ModelKind | None = None) -> nn.Module:
     """A fresh network for `dataset` for the model `kind` (its number of time inputs: MeanFlow's
