@@ -45,7 +45,15 @@ from consistency_models import ConsistencyFunction, Denoiser, preset
 from consistency_models.cli.allocator import keep_freed_memory
 from consistency_models.training.batch_rng import BatchRNG
 from consistency_models.training.fast_step import compiled
-from consistency_models.training.methods import AdaptiveWeight, CDLoss, CTLoss, MeanFlowLoss, SCMLoss, TCMLoss
+from consistency_models.training.methods import (
+    AdaptiveWeight,
+    CDLoss,
+    CTLoss,
+    MeanFlowLoss,
+    SCMLoss,
+    TCMLoss,
+    get_method,
+)
 from consistency_models.training.optimizer import build_optimizer
 from consistency_models.training.run_networks import use_training_layout
 
@@ -73,7 +81,7 @@ def build_loss(method: str, preset_name: str, device: torch.device, fast: bool =
     and the method's loss with a target copy (and, for CD, a teacher copy); with `fast`, the loss
     gets compiled networks as the trainer's fast step gives it (training/loop.py)."""
     network = use_training_layout(random_unet(preset_name, time_inputs=2 if method == "meanflow" else 1)
-                                  .to(device).train())
+                                  .to(device).train(), jvp=get_method(method).takes_jvp)
     wrap = compiled if fast else (lambda module: module)
     if method == "meanflow":  # u⁻ is the network itself, with two time inputs (t, t − r)
         return network, MeanFlowLoss(wrap(network))

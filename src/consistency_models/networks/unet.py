@@ -135,9 +135,13 @@ def group_norm_fp32(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
     the CUDA kernel accumulates and applies the affine in float32 (`acc_type`) with weights
     of x's dtype. Elsewhere, under torch.compile (which fuses the casts), under CUDA autocast
     and under forward-mode AD (the CPU kernel's tangent would come out float32 for a bfloat16
-    output), x is cast to float32 and back.
+    output), x is cast to float32 and back. Under forward-mode AD x is made contiguous first:
+    group_norm's tangent formula views it as (N, groups, −1), which a channels_last x (the
+    training layout of wide networks on CPU) cannot give.
     """
     weight, bias = norm.weight, norm.bias
+    if in_forward_mode():
+        x = x.contiguous()
     if x.dtype == torch.float64:  # a float64 network (finite-difference references) stays float64
         return F.group_norm(x, norm.num_groups, weight, bias, norm.eps)
     if x.dtype != torch.float32 and not torch.compiler.is_compiling() and not in_forward_mode():

@@ -98,7 +98,8 @@ class Trainer:
         self.parametrization = self.method.parametrization_of(cfg)
         self.network = use_training_layout(build_network(cfg, self.dataset, teacher_network,
                                                          get_kind(self.parametrization),
-                                                         self.teacher_kind).to(self.ctx.device))
+                                                         self.teacher_kind).to(self.ctx.device),
+                                           jvp=self.method.takes_jvp)
         if teacher is None and teacher_network is not None:
             teacher = self.teacher_kind.wrapper(teacher_network, cfg.sigma_data, cfg.sigma_min)
         elif teacher is not None and self.teacher_kind is None:
@@ -140,7 +141,7 @@ class Trainer:
             return None, None
         try:
             network, kind = load_teacher(self.cfg.teacher, self.ctx.device)
-            return use_training_layout(network), kind
+            return use_training_layout(network, jvp=self.method.takes_jvp), kind
         except InvalidInputError as exc:
             message = str(exc)
             raise InvalidInputError(message if message.startswith("teacher:") else f"teacher: {message}") from None

@@ -115,6 +115,11 @@ class Method:
         if self.teacher not in TEACHER_USES:
             raise ValueError(f"teacher: {self.teacher!r} is not one of {', '.join(TEACHER_USES)}")
 
+    @property
+    def takes_jvp(self) -> bool:
+        """Whether the loss takes a JVP of the network (forward-mode AD): the methods with a --jvp option."""
+        return "jvp" in self.options.names()
+
     def starts_from_teacher(self, run: RunSettings) -> bool:
         """Whether a run with a --teacher starts the student from it when --init-from-teacher is not given."""
         return self.init_from_teacher(run) if callable(self.init_from_teacher) else self.init_from_teacher
