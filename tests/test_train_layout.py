@@ -24,7 +24,7 @@ from consistency_models.training.batch_rng import BatchRNG
 from consistency_models.training.checkpoint import list_checkpoints, load_checkpoint
 from consistency_models.training.methods import AdaptiveWeight, CTLoss, SCMLoss, get_method
 from consistency_models.training.run_networks import use_training_layout
-from conftest import TORCHRUN, assert_same_exports, exported_weights, train_one_and_two_processes
+from conftest import TORCHRUN, assert_same_exports, exported_weights, perturb_, train_one_and_two_processes
 
 CL = torch.channels_last
 
@@ -36,10 +36,7 @@ def wide_unet(seed: int = 0, width: int = 128) -> UNetModel:
     net = UNetModel(UNetConfig(image_size=16, in_channels=1, out_channels=1, model_channels=width,
                                channel_mult=(1,), num_res_blocks=1, attention_resolutions=(16,),
                                num_head_channels=64, num_classes=None))
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-    return net
+    return perturb_(net, seed, std=0.02)
 
 
 def is_channels_last(net: torch.nn.Module) -> bool:

@@ -139,8 +139,9 @@ def attention_jvp_triton(
     block_d = max(16, triton.next_power_of_2(d))
     precision = "ieee" if q.dtype == torch.float32 else "tf32"  # "tf32" is the default, unused below float32
     key = (q.device, q.dtype, block_d)
-    candidates = [tiles] if tiles is not None else TILES[_fitting_tiles.get(key, 0):]
-    for block_m, block_n, stages in candidates:
+    start = _fitting_tiles.get(key, 0)
+    candidates = [tiles] if tiles is not None else TILES[start:]
+    for offset, (block_m, block_n, stages) in enumerate(candidates):
         grid = (triton.cdiv(n, block_m), batch * heads)
         try:
             _attention_jvp_kernel[grid](
@@ -150,7 +151,7 @@ def attention_jvp_triton(
         except OutOfResources:
             continue
         if tiles is None:
-            _fitting_tiles[key] = TILES.index((block_m, block_n, stages))
+            _fitting_tiles[key] = start + offset
         return out, dout
     if tiles is None:
         _fitting_tiles[key] = len(TILES)

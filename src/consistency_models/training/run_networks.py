@@ -67,9 +67,9 @@ def use_training_layout(network: nn.Module, jvp: bool = False) -> nn.Module:
     """The network (in place) in the memory layout its training step runs fastest in, where it is
     now: channels_last for wide UNets on CPU (the imagenet64 CT step 1.15× faster in bfloat16,
     1.04× in float32 on a 2-core AMX CPU; convolutions' weight and input gradients gain most),
-    unless the loss takes a JVP of it (`jvp`: the sCT step measured 3–6 % slower in channels_last in
-    float32 and no faster in bfloat16), unchanged otherwise. The values are the same; only the strides (and so
-    oneDNN's summation order, ~1e-6) change."""
+    unless the loss takes a JVP of it (`jvp`: the sCT step measured 3–6 % slower in channels_last
+    in float32 and no faster in bfloat16), unchanged otherwise. The values are the same; only the
+    strides (and so oneDNN's summation order, ~1e-6) change."""
     pays_off = getattr(network, "channels_last_pays_off", None)
     if not jvp and pays_off is not None and pays_off():
         network.to(memory_format=torch.channels_last)
