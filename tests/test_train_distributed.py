@@ -166,3 +166,42 @@ def test_each_process_takes_the_gpu_of_its_local_rank():
     with pytest.raises(InvalidInputError, match=r"^device: 'cuda:0' under torchrun: each process takes the GPU of "
                                                 r"its LOCAL_RANK \(this one cuda:1\); use --device cuda$"):
         rank_device(torch.device("cuda", 0), local_rank=1, world_size=2, gpus=2)
+
+
+def test_each_rank_draws_its_own_dropout_masks_and_resumes_them_bit_for_bit(tmp_path):
+    """With dropout, rank 1 draws masks of its own (not rank 0's: a stream seeded from (seed, rank)),
+    every rank's random state is saved in the checkpoint, and a two-process run killed after a
+    checkpoint and resumed ends with the same bits as the run that went through."""
+    import shutil
+
+    dropout = ["--dropout", "0.2", "--save-every", "10", "--keep", "5"]
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    code, _, err = run_together({"full": torchrun(*train_argv(full), *dropout)}, env=ENV, timeout=60,
+                                cwd=tmp_path)["full"]
+    assert code == 0, err[-4000:]
+    ten, twenty = (load_checkpoint(checkpoint_path(full, step)) for step in (10, 20))
+    states = ten["rng_ranks"]
+    assert len(states) == 2
+    assert torch.equal(states[0]["torch"], ten["rng"]["torch"])   # rank 0's is the one "rng" holds
+    assert not torch.equal(states[0]["torch"], states[1]["torch"])
+
+    shutil.copytree(full, resumed)
+    checkpoint_path(resumed, 20).unlink()  # as if killed between the step-10 and step-20 checkpoints
+    code, _, err = run_together({"resumed": torchrun(*train_argv(resumed), *dropout, "--resume")}, env=ENV,
+                                timeout=60, cwd=tmp_path)["resumed"]
+    assert code == 0, err[-4000:]
+    assert "resume: continuing from step 10 of 20" in err and "dropout masks differ" not in err, err[-2000:]
+    again = load_checkpoint(checkpoint_path(resumed, 20))
+    for key in ("network", "ema", "optimizer", "rng_ranks"):
+        assert_close_states(again[key], twenty[key], key, atol=0, exact=True)
+
+    # One process resuming the two's checkpoint takes rank 0's state and says that masks change.
+    single = tmp_path / "single"
+    shutil.copytree(full, single)
+    checkpoint_path(single, 20).unlink()
+    code, _, err = run_together({"single": [sys.executable, *train_argv(single), *dropout, "--resume"]}, env=ENV,
+                                timeout=60, cwd=tmp_path)["single"]
+    assert code == 0, err[-4000:]
+    assert ("the checkpoint holds the random states of 2 process(es), this run has 1: the dropout masks differ "
+            "from an uninterrupted run's") in err, err[-2000:]
+    assert "rng_ranks" not in load_checkpoint(checkpoint_path(single, 20))

@@ -30,6 +30,14 @@ class DistributedContext:
         if self.enabled:
             dist.barrier()
 
+    def gather(self, value: object) -> list:
+        """Every process's `value` (picklable), in rank order, on every process; [value] for one."""
+        if not self.enabled:
+            return [value]
+        values: list = [None] * self.world_size
+        dist.all_gather_object(values, value)
+        return values
+
     def mean(self, value: torch.Tensor) -> torch.Tensor:
         """The mean of `value` over all processes (for logging)."""
         if not self.enabled:

@@ -17,6 +17,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -50,6 +51,13 @@ class TrainingDiverged(RuntimeError):
 def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
     """A generator for one purpose (`stream`) at one step, the same on every process."""
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 16 + stream)
+
+
+def rank_seed(seed: int, rank: int, step: int) -> int:
+    """The seed of rank `rank`'s global RNG (dropout's) from `step` on, for ranks ≥ 1: a stream of
+    its own (numpy's SeedSequence of (seed, rank, step)), so no two ranks draw the same masks.
+    Rank 0 keeps the stream of `torch.manual_seed(seed)`, the one a single process draws."""
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1, np.uint64)[0])
 
 
 def epoch_order(num_items: int, seed: int, epoch: int) -> torch.Tensor:
@@ -117,6 +125,8 @@ class Trainer:
         self.saved_step: int | None = None   # the step of this process's newest checkpoint
         self.resume_note = ""                 # where --resume continues, said when the run starts
         self.rows = local_rows(cfg.batch_size // cfg.accumulation, self.ctx.rank, self.ctx.world_size)
+        if self.ctx.rank > 0:  # after everything the ranks build alike: its own dropout stream
+            torch.manual_seed(rank_seed(cfg.seed, self.ctx.rank, 0))
         if cfg.resume:
             self._resume()
 
@@ -166,7 +176,9 @@ class Trainer:
         return self.method.build_loss(inputs), target
 
     # -- checkpoints ------------------------------------------------------------------------
-    def state_dict(self) -> dict:
+    def state_dict(self, rng_ranks: list[dict] | None = None) -> dict:
+        """What a checkpoint holds; `rng_ranks`: every rank's random state (`save` gathers them)
+        when several processes train, saved beside rank 0's ("rng")."""
         state = {
             "config": self.cfg.to_dict(),
             "step": self.step,
@@ -175,6 +187,8 @@ class Trainer:
             "rng": capture_rng_state(),
             "scaler": self.scaler.state_dict(),
         }
+        if rng_ranks is not None:
+            state["rng_ranks"] = rng_ranks
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
         if self.target_network is not None:
@@ -205,9 +219,25 @@ class Trainer:
             self.target_network.load_state_dict(state["target"])
         if "loss" in state:
             self.loss.load_state_dict(state["loss"])
-        restore_rng_state(state["rng"])
         self.step = self.saved_step = int(state["step"])  # metrics.jsonl is cut back to it when run() holds the lock
         self.resume_note = f"resume: continuing from step {self.step} of {self.cfg.steps} ({path})"
+        self._restore_rng(state)
+
+    def _restore_rng(self, state: dict) -> None:
+        """Each rank takes back its own random state; where the checkpoint holds none for it (it was
+        written by another number of processes), rank 0 takes the saved rank 0's and the others
+        start new streams at this step."""
+        rank, world_size = self.ctx.rank, self.ctx.world_size
+        saved = state.get("rng_ranks", [state["rng"]])
+        if len(saved) == world_size:
+            restore_rng_state(saved[rank])
+            return
+        if rank == 0:
+            restore_rng_state(state["rng"])
+        else:
+            torch.manual_seed(rank_seed(self.cfg.seed, rank, self.step))
+        self.resume_note += (f"; the checkpoint holds the random states of {len(saved)} process(es), this run has "
+                             f"{world_size}: the dropout masks differ from an uninterrupted run's")
 
     def _truncate_metrics(self) -> None:
         """Drop log lines written after the step the run continues from (all of them for a run that
@@ -239,8 +269,9 @@ class Trainer:
         """
         if not all(bool(torch.isfinite(p).all()) for p in self.network.parameters()):
             raise TrainingDiverged(self._diverged("the weights became non-finite"))
+        rng_ranks = self.ctx.gather(capture_rng_state()) if self.ctx.enabled else None
         if self.ctx.is_main:
-            save_checkpoint(self.out, self.step, self.state_dict(), keep=self.cfg.keep)
+            save_checkpoint(self.out, self.step, self.state_dict(rng_ranks), keep=self.cfg.keep)
             export_run(self.out, self.exported())
         self.saved_step = self.step
         self.ctx.barrier()
