@@ -180,27 +180,27 @@ def test_extractor_mismatch_is_an_error(tmp_path, test_stats):
         evaluate(test_stats, test_stats, "digits", metrics=("fid", "fd"))
 
 
-def test_bad_sources_are_one_line_errors_naming_the_path(tmp_path, extractor):
+def test_bad_sources_are_one_line_errors_naming_the_argument_and_the_path(tmp_path, extractor):
     def check(source, pattern):
         with raises(pattern) as error:
             compute_statistics(source, extractor, progress=False)
         one_line(error)
 
-    check(tmp_path / "missing", r"^path: '.*missing' is not a set of images \(no such file or folder\); use a folder")
+    check(tmp_path / "missing", r"^source: '.*missing' is not a set of images \(no such file or folder\); use a folder")
     (tmp_path / "empty").mkdir()
-    check(tmp_path / "empty", r"^path: the folder .*empty holds no PNG/JPEG images$")
+    check(tmp_path / "empty", r"^source: the folder .*empty holds no PNG/JPEG images$")
     (tmp_path / "notes.txt").write_text("x")
-    check(tmp_path / "notes.txt", r"^path: '.*notes\.txt' is not a set of images \(not a folder or \.npz\)")
+    check(tmp_path / "notes.txt", r"^source: '.*notes\.txt' is not a set of images \(not a folder or \.npz\)")
     np.savez(tmp_path / "k.npz", images=np.zeros((2, 16, 16, 1), dtype=np.uint8))
-    check(tmp_path / "k.npz", r"^path: .*k\.npz has no arr_0 \(found images\)$")
+    check(tmp_path / "k.npz", r"^source: .*k\.npz has no arr_0 \(found images\)$")
     np.savez(tmp_path / "f.npz", np.zeros((2, 16, 16, 1), dtype=np.float32))
-    check(tmp_path / "f.npz", r"^path: .*f\.npz arr_0 is float32 \(2, 16, 16, 1\); need uint8")
+    check(tmp_path / "f.npz", r"^source: .*f\.npz arr_0 is float32 \(2, 16, 16, 1\); need uint8")
     (tmp_path / "x.npz").write_bytes(b"nope")
-    check(tmp_path / "x.npz", r"^path: .*x\.npz is not a readable \.npz file")
+    check(tmp_path / "x.npz", r"^source: .*x\.npz is not a readable \.npz file")
     np.savez(tmp_path / "s.npz", mu=np.zeros(128), sigma=np.zeros((128, 7)))
-    check(tmp_path / "s.npz", r"^path: .*s\.npz has mu \(128,\) and sigma \(128, 7\); need \(D,\) and \(D, D\)$")
+    check(tmp_path / "s.npz", r"^source: .*s\.npz has mu \(128,\) and sigma \(128, 7\); need \(D,\) and \(D, D\)$")
     np.savez(tmp_path / "v.npz", format="consistency-models/set-statistics/9", mu=np.zeros(2), sigma=np.eye(2))
-    check(tmp_path / "v.npz", r"^path: .*v\.npz has format 'consistency-models/set-statistics/9'; this version reads")
+    check(tmp_path / "v.npz", r"^source: .*v\.npz has format 'consistency-models/set-statistics/9'; this version reads")
     write_pngs(tmp_path / "one", np.zeros((1, 1, 16, 16), dtype=np.uint8))
     check(tmp_path / "one", r"^source: .*one holds 1 image; statistics need at least 2$")
     check(np.zeros((4, 16, 16, 1), dtype=np.uint8), r"^images: uint8 array of shape \(4, 16, 16, 1\); need uint8 \(N, C")
@@ -226,7 +226,7 @@ def test_folder_chunks_keep_the_first_images_size_and_channels(tmp_path, monkeyp
     assert images.shape == (5, 1, 16, 16)
 
     Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(tmp_path / "mixed" / "0005.png")
-    with raises(r"^path: .*0005\.png is 8×8 but .*0000\.png is 16×16; give a resolution"):
+    with raises(r"^source: .*0005\.png is 8×8 but .*0000\.png is 16×16; give a resolution"):
         compute_statistics(tmp_path / "mixed", "digits", progress=False)
 
 

@@ -114,7 +114,7 @@ def test_help_shows_the_registry_defaults():
     assert helps["s1"].endswith("(default: ct 150, ict s0*2^d, d = min(7, steps//400 - 1): 160 at 2000 steps, "
                                 "1280 from 3200)")
     assert helps["num_scales"].endswith("(default: cd 40)")
-    assert helps["init_from_teacher"].endswith("(default: yes for cd, ct, ict, ect, sct when --teacher is given; "
+    assert helps["init_from_teacher"].endswith("(default: yes for cd, ct, ict, ect, sct, tcm when --teacher is given; "
                                                "scd when the teacher is a TrigFlow diffusion model (its network "
                                                "takes t))")
     assert [a for a in train._actions if a.dest == "method"][0].choices == tuple(METHODS)

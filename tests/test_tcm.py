@@ -142,7 +142,7 @@ def test_options_stage_shares_and_the_learning_rate(tmp_path):
     assert both.options.stage1_share == 0.5
     assert [learning_rate(both, s) for s in (0, 49, 50, 99)] == [1e-3, 1e-3, 5e-4, 5e-4]
     only2 = TrainConfig(method="tcm", data="toy:mog8", out=str(tmp_path / "b"), steps=100, lr=1e-3,
-                        init_from=str(tmp_path))
+                        init_from="digits")   # an embedded consistency model
     assert only2.options.stage1_share == 0.0 and learning_rate(only2, 0) == 1e-3
     with pytest.raises(InvalidInputError, match=r"^dividing_sigma: 90\.0 must lie between --sigma-min 0\.002 "
                                                 r"and --sigma-max 80\.0$"):

@@ -188,8 +188,8 @@ def test_cm_sample_with_trigflow_times(trigflow_pipe, tmp_path, capsys):
 def test_grid_indices_must_be_integers_for_consistency_models(pipeline_dir, tmp_path, capsys):
     assert main(["sample", "--model", str(pipeline_dir), "--timesteps", "22.5,0",
                  "--out", str(tmp_path / "x.png")]) == 2
-    assert "must be grid indices (integers, e.g. 22,0); times such as 1.1 are for TrigFlow models" in \
-        capsys.readouterr().err
+    assert ("must be grid indices (integers, e.g. 22,0); times such as 1.1 are for sCM (TrigFlow consistency) "
+            "and MeanFlow models") in capsys.readouterr().err
 
 
 def test_editing_runs_on_a_trigflow_model(trigflow_pipe):

@@ -213,8 +213,9 @@ def edit(
         x0 = pipe.denoiser(x, sigma, labels).clamp(-1, 1)  # OpenAI clips before the replacement
         return x0 if replacement is None else replacement(x0, known)
 
-    return pipe.sampler.run(projected, known + sigmas[0] * noise, sigmas, config, class_labels=labels,
-                            generator=generator)
+    with pipe.progress_bar(len(sigmas) - 1, "editing") as bar:
+        return pipe.sampler.run(projected, known + sigmas[0] * noise, sigmas, config, class_labels=labels,
+                                generator=generator, progress=bar.update)
 
 
 # -- the edits -----------------------------------------------------------------------------------

@@ -6,3 +6,13 @@ class InvalidInputError(ValueError):
 
     The CLI turns it into `cm: error: <message>` and exit code 2, without a traceback.
     """
+
+
+def about(argument: str, exc: InvalidInputError, loader: str = "model") -> InvalidInputError:
+    """`exc` of a loader, said of the argument the user gave its input with: "model: no such folder
+    'x'" becomes "teacher: no such folder 'x'" (`loader`: the name the loader gives its input); a
+    message naming another argument gets `argument` in front."""
+    message = str(exc)
+    if message.startswith(f"{argument}:"):
+        return InvalidInputError(message)
+    return InvalidInputError(f"{argument}: {message.removeprefix(f'{loader}: ')}")

@@ -85,8 +85,8 @@ class ConsistencyModelPipeline:
     ) -> None:
         scheduler_class = type(scheduler).__name__ if scheduler is not None else SCHEDULER_CLASS
         trigflow_scheduler = scheduler_class == TRIGFLOW_SCHEDULER_CLASS
-        if parametrization is None:
-            parametrization = kind_of_scheduler(scheduler_class).name
+        if parametrization is None:  # the kind the scheduler was read with (a copy of a pipeline), else its class's
+            parametrization = getattr(scheduler, "parametrization", None) or kind_of_scheduler(scheduler_class).name
         self.kind = get_kind(parametrization)
         self.unet = unet.eval()  # inference only: dropout off
         self.scheduler = scheduler or CMStochasticIterativeScheduler()
@@ -119,7 +119,9 @@ class ConsistencyModelPipeline:
     # -- loading and saving -------------------------------------------------------------
     @classmethod
     def from_parts(cls, parts: PipelineParts) -> "ConsistencyModelPipeline":
-        return cls(parts.network, CMStochasticIterativeScheduler(parts.scheduler_config), parts.parametrization)
+        scheduler = CMStochasticIterativeScheduler(parts.scheduler_config)
+        scheduler.parametrization = parts.parametrization
+        return cls(parts.network, scheduler, parts.parametrization)
 
     @classmethod
     def from_pretrained(
@@ -232,6 +234,11 @@ class ConsistencyModelPipeline:
 
     def set_progress_bar_config(self, **kwargs: Any) -> None:
         self.progress_bar_config.update(kwargs)
+
+    def progress_bar(self, steps: int, desc: str) -> tqdm:
+        """The bar of one call of `steps` sampling steps (none for one step), as configured by
+        `set_progress_bar_config`."""
+        return tqdm(total=steps, **{"disable": steps <= 1, "desc": desc, "leave": False, **self.progress_bar_config})
 
     @contextmanager
     def progress_bar_off(self) -> Iterator[None]:
@@ -358,8 +365,7 @@ class ConsistencyModelPipeline:
                 t = self.sampler.timestep(sigma, self.sampling_config)
                 callback(i, torch.tensor(t, dtype=torch.float64, device=sample.device), sample)
 
-        bar_config = {"disable": len(schedule) <= 2, "desc": "sampling", "leave": False, **self.progress_bar_config}
-        with tqdm(total=len(schedule) - 1, **bar_config) as bar:
+        with self.progress_bar(len(schedule) - 1, "sampling") as bar:
             return self.fast_paths.sample(self.sampler, self.denoiser, self.unet, x, schedule, self.sampling_config,
                                           class_labels=labels, generator=generator,
                                           callback=None if callback is None else user_callback,

@@ -123,7 +123,7 @@ def sigmas_from_timesteps(
     """diffusers-style descending grid indices (index 0 = σ_max) → evaluation σs + [σ_min]."""
     if any(isinstance(t, bool) or not float(t).is_integer() for t in timesteps):
         raise InvalidInputError(f"timesteps: {list(timesteps)} must be grid indices (integers, e.g. 22,0); "
-                                "times such as 1.1 are for TrigFlow models")
+                                "times such as 1.1 are for sCM (TrigFlow consistency) and MeanFlow models")
     timesteps = [int(t) for t in timesteps]
     if not timesteps:
         raise InvalidInputError("timesteps: give at least one grid index")

@@ -76,6 +76,9 @@ class CMStochasticIterativeScheduler:
         self.num_inference_steps: int | None = None
         self.custom_timesteps = False
         self._step_index: int | None = None
+        # The model kind of the pipeline folder it was read with (not a config entry): so that
+        # `type(pipe)(**pipe.components)` is the same kind of pipeline, and save_config writes its scheduler.
+        self.parametrization: str | None = None
 
     # -- persistence --------------------------------------------------------------------
     @classmethod
@@ -95,7 +98,7 @@ class CMStochasticIterativeScheduler:
 
     def save_config(self, save_directory: str | os.PathLike) -> None:
         """Write `save_directory/scheduler_config.json` (created if needed), as diffusers does."""
-        write_scheduler_config(save_directory, self.config)
+        write_scheduler_config(save_directory, self.config, self.parametrization or "consistency")
 
     save_pretrained = save_config
 

@@ -110,8 +110,9 @@ def add_noise_levels(parser: argparse.ArgumentParser, steps_help: str) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--steps", type=positive_int, default=None, help=steps_help)
     group.add_argument("--timesteps", type=number_list, default=None,
-                       help="descending grid indices, e.g. 22,0 (index 0 = sigma_max); for a TrigFlow model "
-                            "descending times t in (0, pi/2), e.g. 1.56454,1.1")
+                       help="descending grid indices, e.g. 22,0 (index 0 = sigma_max); for an sCM (TrigFlow "
+                            "consistency) model descending times t in (0, pi/2), e.g. 1.56454,1.1; for a MeanFlow "
+                            "model descending flow times from 1 to 0, e.g. 1,0.5")
     group.add_argument("--sigmas", type=float_list, default=None,
                        help="descending noise levels to evaluate at, e.g. 80,1.38 (sigma_min is appended)")
 

@@ -10,7 +10,7 @@ import torch
 from ..distributed import setup_distributed, teardown_distributed
 from ..errors import InvalidInputError
 from ..evaluation.generation import DEFAULT_COMPUTE_BATCH, generate_samples, shard_folder
-from ..io.hub import DEFAULT_MODEL
+from ..io.hub import DEFAULT_MODEL, EMBEDDED
 from ..io.images import FOLDER_IMAGE, output_kind, save_images, save_points, to_uint8
 from ..io.overwrite import refuse_existing, refuse_input_as_output, replaced_folder
 from ..pipeline import ConsistencyModelPipeline
@@ -34,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Generate images with one-step or multistep consistency sampling (Algorithm 1).",
                        formatter_class=DefaultsHelpFormatter)
     p.add_argument("--model", default=DEFAULT_MODEL,
-                   help="embedded model name (digits, digits-teacher, digits-color), pipeline folder (diffusers "
+                   help=f"embedded model name ({', '.join(EMBEDDED)}), pipeline folder (diffusers "
                         "format) or Hugging Face Hub id such as openai/diffusers-cd_imagenet64_l2")
     p.add_argument("--out", required=True,
                    help="samples.png (a grid), DIR/ (one PNG per image) or samples.npz (arr_0: uint8 NHWC, arr_1: labels)")

@@ -295,6 +295,9 @@ def generate_samples(
         raise InvalidInputError(f"compute_batch: {compute_batch!r} must be an integer from 1 to 65536")
     if not pipe.is_image_model:
         raise InvalidInputError("model: sharded generation writes images; this model makes points")
+    pipe.noise_schedule(levels)  # bad noise levels or labels are refused before a file is made
+    if class_labels is not None:
+        pipe.prepare_class_labels(1, class_labels, None)
     context = context or DistributedContext()
     folder = shard_folder(path)
     settings = {"seed": seed, "class_labels": class_labels, **levels.as_dict(), "compute_batch": compute_batch,

@@ -44,6 +44,8 @@ class ModelKind:
     time_inputs: int = 1                    # time inputs of its network (MeanFlow's: t and t − r)
     network_time: str = "log_sigma"         # what its network's time input measures: EDM's c_noise of σ,
                                             # TrigFlow's "t" or MeanFlow's "flow_t" (--init-from must match)
+    uses_sigmas: bool = True                # its settings include the noise levels' σ range, σ_data and ρ
+                                            # (MeanFlow: no, its times run from 0 to 1)
 
 
 KINDS: Registry[ModelKind] = Registry("parametrization")

@@ -23,4 +23,5 @@ KIND = register(ModelKind(
     editing=WHY_NOT + ", which has no denoiser f(x, σ) for Algorithm 4 to re-noise; interpolation applies",
     time_inputs=TIME_INPUTS,
     network_time="flow_t",
+    uses_sigmas=False,
 ))

@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.archives import read_npz
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, about
 from ..io.atomic import atomic_path, write_json
 from .features import DigitsFeatures, FeatureExtractor, InceptionFeatures, feature_extractor
 from .frechet import RunningStatistics, frechet_distance
@@ -195,6 +195,15 @@ def save_statistics(stats: SetStatistics, path: str | os.PathLike) -> None:
 
 
 def _compute(source: Source, extractor: _Extractor, progress: bool, argument: str) -> SetStatistics:
+    try:
+        return _compute_set(source, extractor, progress, argument)
+    except InvalidInputError as exc:  # a file that is no image set: named as the argument it was given as
+        if str(exc).startswith("path: "):
+            raise about(argument, exc, "path") from None
+        raise
+
+
+def _compute_set(source: Source, extractor: _Extractor, progress: bool, argument: str) -> SetStatistics:
     if isinstance(source, SetStatistics):
         return _check_extractor(source, extractor, argument)
     if not isinstance(source, (np.ndarray, torch.Tensor)):

@@ -15,12 +15,14 @@ from dataclasses import Field, MISSING, dataclass, fields
 from typing import Any
 
 from ..errors import InvalidInputError
+from ..kinds import get_kind
 from .methods import METHODS, get_method, method_options
 from .methods.options import MethodOptions
 from .methods.registry import Method
 from .settings import RunSettings, setting
 
 GENERAL = tuple(f.name for f in fields(RunSettings) if f.name != "options")
+SIGMA_SETTINGS = ("sigma_min", "sigma_max", "sigma_data", "rho")  # the noise levels' settings
 
 
 @dataclass
@@ -38,6 +40,18 @@ class TrainConfig(RunSettings):
         self.options = self._method_options(method)
         self.options.complete(self)
         self._check_teacher(method)
+        self._check_sigmas(method)
+
+    def _check_sigmas(self, method: Method) -> None:
+        """A model kind without noise levels σ (MeanFlow's times run from 0 to 1) refuses σ settings
+        other than their defaults instead of recording values that change nothing."""
+        kind = get_kind(method.parametrization_of(self))
+        if kind.uses_sigmas:
+            return
+        for f in fields(RunSettings):
+            if f.name in SIGMA_SETTINGS and getattr(self, f.name) != f.default:
+                raise InvalidInputError(f"{f.name}: {getattr(self, f.name)!r} is not used by --method {self.method} "
+                                        f"({kind.summary} has no noise levels sigma: its times run from 0 to 1)")
 
     def _method_options(self, method: Method) -> MethodOptions:
         """The method's options class filled with what was given (a dict or an instance of it)."""
@@ -53,8 +67,17 @@ class TrainConfig(RunSettings):
                 if name not in method_options():
                     raise InvalidInputError(f"{name}: {value!r} is not a setting of cm train")
                 raise InvalidInputError(f"{name}: {value!r} is not used by --method {self.method} (its own "
-                                        f"settings: {', '.join(own) or 'none'})")
+                                        f"settings: {', '.join(own) or 'none'}){self._recipe_hint(name)}")
         return method.options(**{name: value for name, value in given.items() if name in own})
+
+    def _recipe_hint(self, name: str) -> str:
+        """Where a setting the user did not give comes from: the recipe's, for another method."""
+        from .recipes import get_recipe
+
+        recipe = self.extra.get("recipe")
+        if recipe is None or name not in get_recipe(recipe).settings:
+            return ""
+        return f"; it comes from --recipe {recipe}, a recipe for --method {get_recipe(recipe).settings.get('method')}"
 
     def _check_teacher(self, method: Method) -> None:
         if method.teacher == "unused" and (self.teacher or self.init_from_teacher):
@@ -62,6 +85,9 @@ class TrainConfig(RunSettings):
                                     "network use --init-from")
         if self.init_from_teacher and not self.teacher:
             raise InvalidInputError("init_from_teacher: needs --teacher")
+        if method.teacher == "optional" and self.teacher and not self.init_from_teacher:
+            raise InvalidInputError(f"teacher: --method {self.method} uses a teacher only to start the student from "
+                                    "it; with --no-init-from-teacher or --init-from, drop --teacher")
         if self.init_from and self.init_from_teacher:
             raise InvalidInputError("init_from: give --init-from or --init-from-teacher, not both")
         if self.init_from_teacher and self.dropout is None and method.student_dropout is not None:

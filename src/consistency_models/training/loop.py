@@ -24,10 +24,10 @@ from tqdm.auto import tqdm
 
 from ..data import load_dataset
 from ..distributed import DistributedContext, setup_distributed
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, about
 from ..io.atomic import atomic_path, remove_leftovers, write_json
 from ..io.lock import hold_folder
-from ..kinds import ModelKind, get_kind, teacher_kind
+from ..kinds import get_kind, teacher_kind
 from ..parametrization import Preconditioned
 from ..pipeline import ConsistencyModelPipeline
 from .batch_rng import BatchRNG, local_rows
@@ -38,7 +38,7 @@ from .interrupts import StopRequests, TrainingInterrupted, stop_requests
 from .ema import EMA
 from .export import export_run, run_parts
 from .methods import Loss, LossInputs, get_method
-from .run_networks import build_network, load_teacher, use_training_layout
+from .run_networks import LoadedTeacher, build_network, load_teacher, use_training_layout
 from .optimizer import build_optimizer
 from .preview import preview
 from .run_folder import CONFIG_NAME, check_run_folder
@@ -102,14 +102,15 @@ class Trainer:
         self.dataset = self._load_data()
         self.data_x, self.data_y = self.dataset.tensors()
         torch.manual_seed(cfg.seed)
-        teacher_network, self.teacher_kind = self._load_teacher()
+        loaded = self._load_teacher()
+        teacher_network, self.teacher_kind = (loaded.network, loaded.kind) if loaded else (None, None)
         self.parametrization = self.method.parametrization_of(cfg)
         self.network = use_training_layout(build_network(cfg, self.dataset, teacher_network,
-                                                         get_kind(self.parametrization),
-                                                         self.teacher_kind).to(self.ctx.device),
+                                                         get_kind(self.parametrization), self.teacher_kind,
+                                                         loaded.sigma_data if loaded else None).to(self.ctx.device),
                                            jvp=self.method.takes_jvp)
-        if teacher is None and teacher_network is not None:
-            teacher = self.teacher_kind.wrapper(teacher_network, cfg.sigma_data, cfg.sigma_min)
+        if teacher is None and loaded is not None:  # the teacher in its own preconditioning (its folder's σ_data)
+            teacher = self.teacher_kind.wrapper(teacher_network, loaded.sigma_data, loaded.sigma_min)
         elif teacher is not None and self.teacher_kind is None:
             self.teacher_kind = teacher_kind()   # a given denoiser D(x, σ): EDM's time
         self.teacher = teacher
@@ -146,15 +147,14 @@ class Trainer:
             raise InvalidInputError(f"batch_size: {cfg.batch_size} is larger than the data set ({len(dataset)} items)")
         return dataset
 
-    def _load_teacher(self) -> tuple[nn.Module | None, ModelKind | None]:
+    def _load_teacher(self) -> LoadedTeacher | None:
         if not self.cfg.teacher:
-            return None, None
+            return None
         try:
-            network, kind = load_teacher(self.cfg.teacher, self.ctx.device)
-            return use_training_layout(network, jvp=self.method.takes_jvp), kind
+            loaded = load_teacher(self.cfg.teacher, self.ctx.device, self.dataset, self.cfg.use_labels)
+            return loaded._replace(network=use_training_layout(loaded.network, jvp=self.method.takes_jvp))
         except InvalidInputError as exc:
-            message = str(exc)
-            raise InvalidInputError(message if message.startswith("teacher:") else f"teacher: {message}") from None
+            raise about("teacher", exc) from None
 
     def _build_loss(self) -> tuple[Loss, nn.Module | None]:
         """The method's loss, and its EMA target network θ⁻ when it keeps one. With the fast step

@@ -8,18 +8,19 @@
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import nn
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, about
 from ..io.pipeline_folder import load_pipeline_folder
 from ..kinds import ModelKind, get_kind
 from ..networks.mlp import MLP
 from ..networks.presets import MLP_PRESETS, PRESETS, preset
 from ..networks.unet import UNetModel
 from .config import TrainConfig
+from .methods import get_method
 
 if TYPE_CHECKING:
     from ..data import ImageDataset, PointDataset
@@ -31,20 +32,47 @@ def default_preset(dataset: ImageDataset | PointDataset) -> str:
     return "tiny16" if dataset.shape[-1] <= 16 else "small32"
 
 
-def check_same_time(what: str, path: str, given: ModelKind, kind: ModelKind) -> None:
+def check_same_time(what: str, path: str, given: ModelKind, kind: ModelKind, hint: str = "") -> None:
     """A network to start from must take the time the run's kind gives it (log σ, TrigFlow's t …)."""
     if given.network_time != kind.network_time:
-        hint = "; give --no-init-from-teacher for a fresh student" if what == "init_from_teacher" else ""
         raise InvalidInputError(f"{what}: {path} holds {given.summary}, whose network takes {given.network_time} "
                                 f"as its time; this run trains {kind.summary}, whose network takes "
                                 f"{kind.network_time}{hint}")
 
 
+def check_fits_data(what: str, path: str, network: nn.Module, dataset: ImageDataset | PointDataset,
+                    use_labels: bool) -> None:
+    """A saved network (to start from, or a teacher) must make samples of the data's shape and take
+    the run's class labels (none for an unconditional run)."""
+    got, wanted = network.config.sample_shape, tuple(dataset.shape)
+    if got != wanted:
+        raise InvalidInputError(f"{what}: {path} makes samples of shape {got}, but the data has {wanted}")
+    classes, takes = dataset.num_classes if use_labels else None, network.config.num_classes
+    if takes != classes:
+        def labels(n: int | None) -> str:
+            return f"{n} class labels" if n else "no class labels"
+
+        hint = "; give --unconditional to train without labels" if takes is None else ""
+        raise InvalidInputError(f"{what}: {path} takes {labels(takes)}, but this run has {labels(classes)}{hint}")
+
+
+def check_same_sigma_data(what: str, path: str, saved: float, run: float) -> None:
+    """A student started from a saved network keeps its preconditioning: the run's σ_data must be
+    the one that network was trained with."""
+    if saved != run:
+        raise InvalidInputError(f"sigma_data: {run} for this run, but {what} {path} was trained with sigma_data "
+                                f"{saved}; give --sigma-data {saved}")
+
+
 def load_initial_network(path: str, dataset: ImageDataset | PointDataset, use_labels: bool,
-                         kind: ModelKind) -> nn.Module:
-    """The network of a pipeline folder to fine-tune; it must fit the data's shape and classes
-    and take the time inputs of the run's model `kind` (their number and what they measure)."""
-    parts = load_pipeline_folder(path)
+                         kind: ModelKind, sigma_data: float | None = None) -> nn.Module:
+    """The network of a pipeline folder to fine-tune; it must fit the data's shape and classes,
+    take the time inputs of the run's model `kind` (their number and what they measure) and, where
+    the kind has a σ_data (`sigma_data`: the run's), have been trained with the same."""
+    try:
+        parts = load_pipeline_folder(path)
+    except InvalidInputError as exc:
+        raise about("init_from", exc) from None
     network, given = parts.network.float(), get_kind(parts.parametrization)
     time_inputs = kind.time_inputs
     if network.config.time_inputs == time_inputs:
@@ -52,14 +80,9 @@ def load_initial_network(path: str, dataset: ImageDataset | PointDataset, use_la
     if network.config.time_inputs != time_inputs:
         raise InvalidInputError(f"init_from: {path} holds a network with {network.config.time_inputs} time input(s); "
                                 f"this run trains one with {time_inputs}")
-    got, wanted = network.config.sample_shape, tuple(dataset.shape)
-    if got != wanted:
-        raise InvalidInputError(f"init_from: {path} makes samples of shape {got}, but the data has {wanted}")
-    classes = dataset.num_classes if use_labels else None
-    if network.config.num_classes != classes:
-        raise InvalidInputError(
-            f"init_from: {path} has num_classes={network.config.num_classes}, but the run needs {classes}"
-        )
+    check_fits_data("init_from", path, network, dataset, use_labels)
+    if sigma_data is not None:
+        check_same_sigma_data("--init-from", path, parts.scheduler_config.sigma_data, sigma_data)
     return network.train().requires_grad_(True)
 
 
@@ -77,16 +100,23 @@ def use_training_layout(network: nn.Module, jvp: bool = False) -> nn.Module:
 
 
 def build_network(cfg: TrainConfig, dataset: ImageDataset | PointDataset, teacher: nn.Module | None,
-                  kind: ModelKind, teacher_kind: ModelKind | None = None) -> nn.Module:
+                  kind: ModelKind, teacher_kind: ModelKind | None = None,
+                  teacher_sigma_data: float | None = None) -> nn.Module:
     """A fresh network for `dataset` for the model `kind` (its number of time inputs: MeanFlow's
-    two), a copy of the teacher (`init_from_teacher`; of `teacher_kind`) or a saved one (`init_from`)."""
+    two), a copy of the teacher (`init_from_teacher`; of `teacher_kind`, trained with
+    `teacher_sigma_data`) or a saved one (`init_from`)."""
     time_inputs = kind.time_inputs
     network = None
     if cfg.init_from:
-        network = load_initial_network(cfg.init_from, dataset, cfg.use_labels, kind)
+        network = load_initial_network(cfg.init_from, dataset, cfg.use_labels, kind,
+                                       cfg.sigma_data if kind.uses_sigmas else None)
     elif teacher is not None and cfg.init_from_teacher:
         if teacher_kind is not None:
-            check_same_time("init_from_teacher", cfg.teacher, teacher_kind, kind)
+            hint = ("; give --no-init-from-teacher for a fresh student" if get_method(cfg.method).teacher == "required"
+                    else "; drop --teacher for a fresh student")
+            check_same_time("init_from_teacher", cfg.teacher, teacher_kind, kind, hint)
+        if teacher_sigma_data is not None and kind.uses_sigmas:
+            check_same_sigma_data("the teacher", cfg.teacher, teacher_sigma_data, cfg.sigma_data)
         network = copy.deepcopy(teacher).requires_grad_(True)
     if network is not None:
         if cfg.dropout is not None:
@@ -123,14 +153,28 @@ def build_network(cfg: TrainConfig, dataset: ImageDataset | PointDataset, teache
         raise InvalidInputError(f"preset: {name!r} does not fit {height}-px data: {exc}") from None
 
 
-def load_teacher(path: str, device: torch.device) -> tuple[nn.Module, ModelKind]:
+class LoadedTeacher(NamedTuple):
+    network: nn.Module      # frozen, in eval mode
+    kind: ModelKind         # an EDM denoiser or a TrigFlow diffusion model
+    sigma_data: float       # its own preconditioning's, from its folder
+    sigma_min: float
+
+
+def load_teacher(path: str, device: torch.device, dataset: ImageDataset | PointDataset,
+                 use_labels: bool) -> LoadedTeacher:
     """The network of a diffusion model folder (an EDM denoiser or a TrigFlow diffusion model),
-    frozen, in eval mode, and its kind."""
-    parts = load_pipeline_folder(path)
+    frozen, in eval mode, with its kind and σ settings; it must fit the data's shape and classes."""
+    try:
+        parts = load_pipeline_folder(path)
+    except InvalidInputError as exc:
+        raise about("teacher", exc) from None
     kind = get_kind(parts.parametrization)
     if not kind.teacher:
         raise InvalidInputError(
             f"teacher: {path} holds {kind.summary}; the teacher must be a diffusion model (trained with "
             "--method edm, or an OpenAI edm_* checkpoint converted with cm convert openai)"
         )
-    return parts.network.to(device).eval().requires_grad_(False), kind
+    check_fits_data("teacher", path, parts.network, dataset, use_labels)
+    config = parts.scheduler_config
+    return LoadedTeacher(parts.network.to(device).eval().requires_grad_(False), kind, config.sigma_data,
+                         config.sigma_min)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ...errors import InvalidInputError
+from ...errors import InvalidInputError, about
 from ...io.pipeline_folder import folder_kind
 from ...trigflow import TIME_INPUTS
 from ..distances import DISTANCES
@@ -52,8 +52,7 @@ def teacher_time(run: RunSettings) -> str:
     try:
         return folder_kind(run.teacher).network_time
     except InvalidInputError as exc:
-        message = str(exc)
-        raise InvalidInputError(message if message.startswith("teacher:") else f"teacher: {message}") from None
+        raise about("teacher", exc) from None
 
 
 def jvp_option(default: str) -> Any:

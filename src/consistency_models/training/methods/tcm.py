@@ -34,7 +34,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ...errors import InvalidInputError
+from ...errors import InvalidInputError, about
+from ...io.pipeline_folder import folder_kind
 from ...parametrization import SIGMA_MAX, SIGMA_MIN, Preconditioned, append_dims
 from ..curricula import ect_r, ect_stage
 from ..distances import pseudo_huber
@@ -82,6 +83,24 @@ class TCMOptions(ECTOptions):
         if not run.init_from and not 1 <= first < run.steps:
             raise InvalidInputError(f"stage1_share: {self.stage1_share} of {run.steps} steps gives stage 1 {first} "
                                     "steps; without --init-from both stages need at least one step")
+        if run.init_from and first == 0 and self.stage2_lr != TCMOptions.stage2_lr:
+            raise InvalidInputError(f"stage2_lr: {self.stage2_lr} is not used: with --init-from (and no stage 1) the "
+                                    "run is stage 2 alone and trains at --lr")
+        if run.init_from and first == 0:
+            check_stage1_model(run.init_from)
+
+
+def check_stage1_model(path: str) -> None:
+    """Stage 2 alone starts from (and anchors to) a consistency model: --init-from may not hold a
+    diffusion model (its time input is checked when the network is loaded)."""
+    try:
+        kind = folder_kind(path)
+    except InvalidInputError as exc:
+        raise about("init_from", exc) from None
+    if kind.teacher:
+        raise InvalidInputError(f"init_from: {path} holds {kind.summary}; stage 2 of --method tcm starts from its "
+                                "stage 1, a consistency model; to start stage 1 from a diffusion model give it as "
+                                "--teacher")
 
 
 def truncated_lognormal(normal: torch.Tensor, p_mean: float, p_std: float, low: float, high: float) -> torch.Tensor:
@@ -199,6 +218,7 @@ METHOD = register(Method(
     build_loss=build_loss,
     options=TCMOptions,
     teacher="optional",
+    init_from_teacher=True,      # --teacher: stage 1 starts from it, as ECT's does
     lr_factor=lr_factor,
 ))
 

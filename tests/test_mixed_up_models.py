@@ -1,0 +1,139 @@
+"""Models given where they do not fit, as a new user mixes them up: a teacher of other data, a
+teacher with another σ_data, a diffusion model as TCM's stage 1, σ settings for MeanFlow, a bad
+`--num` command followed by the corrected one, and copies of pipelines of every kind.
+
+Each refusal is one line `cm: error: ...` with exit code 2, and a refused run creates nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from consistency_models import ConsistencyModelPipeline
+from consistency_models.cli import main
+from consistency_models.errors import InvalidInputError
+from consistency_models.training import Trainer, TrainConfig
+
+TOY = ["--data", "toy:mog8", "--steps", "2", "--batch-size", "8", "--no-progress"]
+
+
+def refused(argv: list[str], capsys, out: Path | None = None) -> str:
+    """The one-line error of a refused `cm` command (and no --out folder left behind)."""
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("cm: error: ") and "Traceback" not in err, err
+    if out is not None:
+        assert not out.exists(), f"{out} was created by a refused run"
+    return err.removeprefix("cm: error: ").strip()
+
+
+@pytest.fixture(scope="module")
+def teacher_sd1(tmp_path_factory) -> Path:
+    """An EDM teacher of the toy data, trained with σ_data = 1 (one step: only its settings matter)."""
+    out = tmp_path_factory.mktemp("teachers") / "edm-sd1"
+    assert main(["train", "--method", "edm", "--sigma-data", "1.0", *TOY, "--out", str(out)]) == 0
+    return out
+
+
+def test_a_teacher_of_other_data_is_refused_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert refused(["train", "--method", "cd", "--teacher", "digits-teacher", *TOY, "--out", str(out)],
+                   capsys, out) == "teacher: digits-teacher makes samples of shape (1, 16, 16), but the data has (2,)"
+    digits = ["--data", "digits", "--steps", "1", "--batch-size", "8", "--no-progress", "--out", str(out)]
+    assert refused(["train", "--method", "cd", "--teacher", "digits-teacher", "--unconditional", *digits],
+                   capsys, out) == "teacher: digits-teacher takes 10 class labels, but this run has no class labels"
+    assert refused(["train", "--method", "scd", "--teacher", "digits-teacher-trigflow", "--unconditional", *digits],
+                   capsys, out).startswith("teacher: digits-teacher-trigflow takes 10 class labels")
+    assert refused(["train", "--method", "cd", "--teacher", str(tmp_path / "nowhere"), *TOY, "--out", str(out)],
+                   capsys, out).startswith(f"teacher: no such folder '{tmp_path / 'nowhere'}'")
+    assert refused(["train", "--method", "ict", "--init-from", str(tmp_path / "nowhere"), *TOY, "--out", str(out)],
+                   capsys, out).startswith(f"init_from: no such folder '{tmp_path / 'nowhere'}'")
+
+
+def test_the_teacher_keeps_its_own_sigma_data(tmp_path, capsys, teacher_sd1):
+    out = tmp_path / "run"
+    assert refused(["train", "--method", "cd", "--teacher", str(teacher_sd1), *TOY, "--out", str(out)], capsys, out) \
+        == f"sigma_data: 0.5 for this run, but the teacher {teacher_sd1} was trained with sigma_data 1.0; give " \
+           "--sigma-data 1.0"
+    assert refused(["train", "--method", "ict", "--init-from", str(teacher_sd1), *TOY, "--out", str(out)],
+                   capsys, out).startswith(f"sigma_data: 0.5 for this run, but --init-from {teacher_sd1} was trained "
+                                           "with sigma_data 1.0")
+    # A fresh student of σ_data 0.5 distils it in its own preconditioning (σ_data 1, read from its folder).
+    cfg = TrainConfig.from_settings(method="cd", data="toy:mog8", out=str(out), teacher=str(teacher_sd1),
+                                    init_from_teacher=False, steps=1, batch_size=8, progress=False)
+    trainer = Trainer(cfg)
+    assert (trainer.teacher.sigma_data, trainer.loss.student.sigma_data) == (1.0, 0.5)
+    same = TrainConfig.from_settings(method="cd", data="toy:mog8", out=str(tmp_path / "b"), teacher=str(teacher_sd1),
+                                     sigma_data=1.0, steps=1, batch_size=8, progress=False)
+    assert Trainer(same).teacher.sigma_data == 1.0
+
+
+def test_tcm_takes_a_teacher_to_start_from_and_a_consistency_model_as_stage_1(tmp_path, capsys, teacher_sd1):
+    out = tmp_path / "run"
+    assert refused(["train", "--method", "tcm", "--init-from", "digits-teacher", *TOY, "--out", str(out)],
+                   capsys, out).startswith("init_from: digits-teacher holds a diffusion (EDM) model; stage 2 of "
+                                           "--method tcm starts from its stage 1, a consistency model")
+    assert refused(["train", "--method", "tcm", "--init-from", "digits", "--stage2-lr", "0.1", *TOY, "--out",
+                    str(out)], capsys, out).startswith("stage2_lr: 0.1 is not used: with --init-from")
+    assert refused(["train", "--method", "tcm", "--teacher", str(teacher_sd1), "--no-init-from-teacher", *TOY,
+                    "--out", str(out)], capsys, out).startswith("teacher: --method tcm uses a teacher only to start")
+    cfg = TrainConfig.from_settings(method="tcm", data="toy:mog8", out=str(out), teacher=str(teacher_sd1))
+    assert cfg.init_from_teacher  # as ECT: stage 1 starts from the teacher
+    with pytest.raises(InvalidInputError, match=r"^init_from_teacher: .* drop --teacher for a fresh student$"):
+        Trainer(TrainConfig.from_settings(method="tcm", data="digits", out=str(out), steps=2,
+                                          teacher="digits-teacher-trigflow"))
+
+
+def test_meanflow_refuses_sigma_settings_and_a_recipe_of_another_method_says_so(tmp_path, capsys):
+    out = tmp_path / "run"
+    for option, value in (("--sigma-max", "40"), ("--sigma-data", "1.0"), ("--rho", "3")):
+        err = refused(["train", "--method", "meanflow", option, value, *TOY, "--out", str(out)], capsys, out)
+        assert err.startswith(f"{option[2:].replace('-', '_')}: ") and "is not used by --method meanflow" in err
+    assert refused(["train", "--recipe", "toy-ict", "--method", "meanflow", *TOY, "--out", str(out)], capsys, out) \
+        .endswith("; it comes from --recipe toy-ict, a recipe for --method ict")
+
+
+def test_a_refused_num_command_leaves_nothing_that_blocks_the_corrected_one(tmp_path, capsys):
+    out = tmp_path / "n.npz"
+    shards = out.with_name("n.npz.shards")
+    assert refused(["sample", "--model", "digits", "--num", "4", "--class-labels", "12", "--out", str(out)],
+                   capsys).startswith("class_labels: 12 must be integers in [0, 9]")
+    assert refused(["sample", "--model", "digits", "--num", "4", "--timesteps", "1.5,1", "--out", str(out)],
+                   capsys).startswith("timesteps: ")
+    assert not shards.exists() and not out.exists()
+    assert main(["sample", "--model", "digits", "--num", "4", "--timesteps", "17,0", "--out", str(out)]) == 0
+    assert out.is_file() and not shards.exists()
+
+
+def test_a_copy_of_a_pipeline_is_the_same_kind_and_makes_the_same_images(tmp_path):
+    meanflow = tmp_path / "mf"
+    assert main(["train", "--method", "meanflow", *TOY, "--out", str(meanflow)]) == 0
+    for model in ("digits", "digits-teacher", "digits-teacher-trigflow", str(meanflow)):
+        pipe = ConsistencyModelPipeline.from_pretrained(model)
+        copy = type(pipe)(**pipe.components)
+        assert copy.kind is pipe.kind, model
+        a, b = (p(batch_size=2, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np")
+                .images for p in (pipe, copy))
+        assert (a == b).all(), model
+        pipe.scheduler.save_config(tmp_path / "scheduler")   # the scheduler writes its kind's class
+        written = (tmp_path / "scheduler" / "scheduler_config.json").read_text()
+        assert f'"_class_name": "{pipe.kind.scheduler_class}"' in written, (model, written)
+
+
+def test_editing_shows_a_progress_bar(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.full((16, 16), 128, dtype=np.uint8)).save(tmp_path / "image.png")
+    mask = np.zeros((16, 16), dtype=np.uint8)
+    mask[4:12, 4:12] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    capsys.readouterr()
+    assert main(["edit", "inpaint", "--image", str(tmp_path / "image.png"), "--mask", str(tmp_path / "mask.png"),
+                 "--out", str(tmp_path / "out.png")]) == 0
+    assert re.search(r"editing: +\d+%\|.*\| \d+/39 ", capsys.readouterr().err)   # 39 steps of the grid
