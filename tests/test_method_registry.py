@@ -97,7 +97,9 @@ def test_a_teacher_starts_ct_and_ict_by_default_and_cd_on_request():
     assert cd.init_from_teacher is True and cd.dropout == 0.0  # OpenAI's CD: the teacher's weights, dropout 0
     assert TrainConfig.from_settings(method="cd", data="d", out="r", teacher="t", dropout=0.1).dropout == 0.1
     assert TrainConfig.from_settings(method="cd", data="d", out="r", teacher="t", init_from_teacher=False).dropout is None
-    assert TrainConfig.from_settings(method="ect", data="d", out="r", teacher="t", init_from="m").init_from_teacher is False
+    with pytest.raises(InvalidInputError, match=r"^teacher: --method ect uses a teacher only to start the student "
+                                                r"from it, and this run does not; start from it \(without "):
+        TrainConfig.from_settings(method="ect", data="d", out="r", teacher="t", init_from="m")  # it would go unused
 
 
 def test_an_unused_option_on_the_command_line_is_one_line(tmp_path, capsys):

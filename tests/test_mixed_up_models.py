@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from consistency_models import ConsistencyModelPipeline
+from consistency_models import CMStochasticIterativeScheduler, ConsistencyModelPipeline
 from consistency_models.cli import main
 from consistency_models.errors import InvalidInputError
 from consistency_models.training import Trainer, TrainConfig
@@ -34,9 +34,10 @@ def refused(argv: list[str], capsys, out: Path | None = None) -> str:
 
 @pytest.fixture(scope="module")
 def teacher_sd1(tmp_path_factory) -> Path:
-    """An EDM teacher of the toy data, trained with σ_data = 1 (one step: only its settings matter)."""
+    """An EDM teacher of the toy data, trained with σ_data = 1 and σ_min = 0.01 (two steps: only its
+    settings matter)."""
     out = tmp_path_factory.mktemp("teachers") / "edm-sd1"
-    assert main(["train", "--method", "edm", "--sigma-data", "1.0", *TOY, "--out", str(out)]) == 0
+    assert main(["train", "--method", "edm", "--sigma-data", "1.0", "--sigma-min", "0.01", *TOY, "--out", str(out)]) == 0
     return out
 
 
@@ -67,7 +68,12 @@ def test_the_teacher_keeps_its_own_sigma_data(tmp_path, capsys, teacher_sd1):
     cfg = TrainConfig.from_settings(method="cd", data="toy:mog8", out=str(out), teacher=str(teacher_sd1),
                                     init_from_teacher=False, steps=1, batch_size=8, progress=False)
     trainer = Trainer(cfg)
-    assert (trainer.teacher.sigma_data, trainer.loss.student.sigma_data) == (1.0, 0.5)
+    assert (trainer.teacher.sigma_data, trainer.teacher.sigma_min) == (1.0, 0.01)
+    assert trainer.loss.teacher is trainer.teacher and trainer.loss.student.sigma_data == 0.5
+    # sCD reads the teacher in the run's TrigFlow time: a fresh student too needs the teacher's σ_data.
+    assert refused(["train", "--method", "scd", "--teacher", str(teacher_sd1), *TOY, "--out", str(out)],
+                   capsys, out).startswith(f"sigma_data: 0.5 for this run, but the teacher {teacher_sd1} was trained "
+                                           "with sigma_data 1.0; sCD reads it in the run's TrigFlow time")
     same = TrainConfig.from_settings(method="cd", data="toy:mog8", out=str(tmp_path / "b"), teacher=str(teacher_sd1),
                                      sigma_data=1.0, steps=1, batch_size=8, progress=False)
     assert Trainer(same).teacher.sigma_data == 1.0
@@ -82,11 +88,28 @@ def test_tcm_takes_a_teacher_to_start_from_and_a_consistency_model_as_stage_1(tm
                     str(out)], capsys, out).startswith("stage2_lr: 0.1 is not used: with --init-from")
     assert refused(["train", "--method", "tcm", "--teacher", str(teacher_sd1), "--no-init-from-teacher", *TOY,
                     "--out", str(out)], capsys, out).startswith("teacher: --method tcm uses a teacher only to start")
+    assert refused(["train", "--method", "ect", "--teacher", "digits-teacher", "--no-init-from-teacher", *TOY,
+                    "--out", str(out)], capsys, out).startswith("teacher: --method ect uses a teacher only to start "
+                                                                "the student from it, and this run does not")
     cfg = TrainConfig.from_settings(method="tcm", data="toy:mog8", out=str(out), teacher=str(teacher_sd1))
     assert cfg.init_from_teacher  # as ECT: stage 1 starts from the teacher
     with pytest.raises(InvalidInputError, match=r"^init_from_teacher: .* drop --teacher for a fresh student$"):
         Trainer(TrainConfig.from_settings(method="tcm", data="digits", out=str(out), steps=2,
                                           teacher="digits-teacher-trigflow"))
+
+
+def test_runs_saved_with_settings_now_refused_still_load(tmp_path):
+    """Older versions recorded settings that changed nothing and are now refused: a saved config
+    holding them loads with them reset, so the run resumes with the command without them."""
+    saved = TrainConfig(method="meanflow", data="toy:mog8", out=str(tmp_path / "a")).to_dict()
+    saved.update(sigma_data=1.0, rho=3.0)
+    assert (TrainConfig.from_dict(saved).sigma_data, TrainConfig.from_dict(saved).rho) == (0.5, 7.0)
+    saved = TrainConfig(method="tcm", data="toy:mog8", out=str(tmp_path / "b"), init_from="digits").to_dict()
+    saved.update(stage2_lr=0.1)
+    assert TrainConfig.from_dict(saved).options.stage2_lr == 0.5
+    saved.update(init_from=None, stage1_share=0.5, teacher="digits-teacher", init_from_teacher=False)
+    loaded = TrainConfig.from_dict(saved)
+    assert (loaded.teacher, loaded.init_from_teacher, loaded.options.stage2_lr) == (None, False, 0.1)
 
 
 def test_meanflow_refuses_sigma_settings_and_a_recipe_of_another_method_says_so(tmp_path, capsys):
@@ -96,6 +119,8 @@ def test_meanflow_refuses_sigma_settings_and_a_recipe_of_another_method_says_so(
         assert err.startswith(f"{option[2:].replace('-', '_')}: ") and "is not used by --method meanflow" in err
     assert refused(["train", "--recipe", "toy-ict", "--method", "meanflow", *TOY, "--out", str(out)], capsys, out) \
         .endswith("; it comes from --recipe toy-ict, a recipe for --method ict")
+    assert not refused(["train", "--recipe", "toy-ict", "--method", "meanflow", "--s1", "100", *TOY, "--out",
+                        str(out)], capsys, out).endswith("a recipe for --method ict")   # given, not the recipe's
 
 
 def test_a_refused_num_command_leaves_nothing_that_blocks_the_corrected_one(tmp_path, capsys):
@@ -123,11 +148,24 @@ def test_a_copy_of_a_pipeline_is_the_same_kind_and_makes_the_same_images(tmp_pat
         pipe.scheduler.save_config(tmp_path / "scheduler")   # the scheduler writes its kind's class
         written = (tmp_path / "scheduler" / "scheduler_config.json").read_text()
         assert f'"_class_name": "{pipe.kind.scheduler_class}"' in written, (model, written)
+    # Built with an explicit kind, or sharing another pipeline's scheduler: the copy keeps the kind,
+    # and the given scheduler keeps its own.
+    teacher = ConsistencyModelPipeline.from_pretrained("digits-teacher-trigflow")
+    scheduler = CMStochasticIterativeScheduler(teacher.sampling_config)
+    built = ConsistencyModelPipeline(teacher.unet, scheduler, parametrization="trigflow_diffusion")
+    assert type(built)(**built.components).kind.name == "trigflow_diffusion"
+    assert getattr(scheduler, "parametrization", None) is None
+    digits = ConsistencyModelPipeline.from_pretrained("digits")
+    shared = ConsistencyModelPipeline(digits.unet, teacher.scheduler, parametrization="consistency")
+    assert type(shared)(**shared.components).kind.name == "consistency"
+    assert teacher.scheduler.parametrization == "trigflow_diffusion"
 
 
 def test_editing_shows_a_progress_bar(tmp_path, capsys):
     import numpy as np
     from PIL import Image
+
+    from consistency_models.editing import inpaint
 
     Image.fromarray(np.full((16, 16), 128, dtype=np.uint8)).save(tmp_path / "image.png")
     mask = np.zeros((16, 16), dtype=np.uint8)
@@ -137,3 +175,9 @@ def test_editing_shows_a_progress_bar(tmp_path, capsys):
     assert main(["edit", "inpaint", "--image", str(tmp_path / "image.png"), "--mask", str(tmp_path / "mask.png"),
                  "--out", str(tmp_path / "out.png")]) == 0
     assert re.search(r"editing: +\d+%\|.*\| \d+/39 ", capsys.readouterr().err)   # 39 steps of the grid
+    pipe = ConsistencyModelPipeline.from_pretrained("digits")
+    pipe.set_progress_bar_config(mininterval=0, leave=True)   # every step drawn, the last line kept
+    image = torch.zeros(1, 1, 16, 16)
+    inpaint(pipe, image, torch.ones(1, 16, 16), generator=torch.Generator().manual_seed(0))
+    err = capsys.readouterr().err
+    assert "editing: 100%" in err and "| 39/39 [" in err, err[-300:]

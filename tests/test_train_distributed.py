@@ -202,6 +202,6 @@ def test_each_rank_draws_its_own_dropout_masks_and_resumes_them_bit_for_bit(tmp_
     code, _, err = run_together({"single": [sys.executable, *train_argv(single), *dropout, "--resume"]}, env=ENV,
                                 timeout=60, cwd=tmp_path)["single"]
     assert code == 0, err[-4000:]
-    assert ("the checkpoint holds the random states of 2 process(es), this run has 1: the dropout masks differ "
-            "from an uninterrupted run's") in err, err[-2000:]
+    assert ("the checkpoint holds the random states of 2 processes, this run has 1 process(es): the dropout masks "
+            "differ from an uninterrupted run's") in err, err[-2000:]
     assert "rng_ranks" not in load_checkpoint(checkpoint_path(single, 20))

@@ -13,6 +13,7 @@ the folder format (`io/pipeline_folder.py`).
 
 from __future__ import annotations
 
+import copy
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -83,13 +84,19 @@ class ConsistencyModelPipeline:
         scheduler: CMStochasticIterativeScheduler | None = None,
         parametrization: str | None = None,  # a kind (kinds/); default: the scheduler's ("trigflow" for an SCMScheduler)
     ) -> None:
-        scheduler_class = type(scheduler).__name__ if scheduler is not None else SCHEDULER_CLASS
+        scheduler = scheduler or CMStochasticIterativeScheduler()
+        scheduler_class = type(scheduler).__name__
         trigflow_scheduler = scheduler_class == TRIGFLOW_SCHEDULER_CLASS
-        if parametrization is None:  # the kind the scheduler was read with (a copy of a pipeline), else its class's
-            parametrization = getattr(scheduler, "parametrization", None) or kind_of_scheduler(scheduler_class).name
+        # The kind the scheduler carries (it was read with a pipeline folder, or is a pipeline's), else its class's.
+        carried = getattr(scheduler, "parametrization", None) or kind_of_scheduler(scheduler_class).name
+        if parametrization is None:
+            parametrization = carried
         self.kind = get_kind(parametrization)
+        if carried != parametrization:  # a copy that carries this pipeline's kind (the given scheduler is left as is)
+            scheduler = copy.copy(scheduler)
+            scheduler.parametrization = parametrization
         self.unet = unet.eval()  # inference only: dropout off
-        self.scheduler = scheduler or CMStochasticIterativeScheduler()
+        self.scheduler = scheduler
         self.parametrization = parametrization
         if trigflow_scheduler:
             cfg = trigflow_settings(dict(self.scheduler.config))

@@ -67,15 +67,15 @@ class TrainConfig(RunSettings):
                 if name not in method_options():
                     raise InvalidInputError(f"{name}: {value!r} is not a setting of cm train")
                 raise InvalidInputError(f"{name}: {value!r} is not used by --method {self.method} (its own "
-                                        f"settings: {', '.join(own) or 'none'}){self._recipe_hint(name)}")
+                                        f"settings: {', '.join(own) or 'none'}){self._recipe_hint(name, value)}")
         return method.options(**{name: value for name, value in given.items() if name in own})
 
-    def _recipe_hint(self, name: str) -> str:
-        """Where a setting the user did not give comes from: the recipe's, for another method."""
+    def _recipe_hint(self, name: str, value: Any) -> str:
+        """Where a setting comes from when it is the --recipe's value (a recipe for another method)."""
         from .recipes import get_recipe
 
         recipe = self.extra.get("recipe")
-        if recipe is None or name not in get_recipe(recipe).settings:
+        if recipe is None or get_recipe(recipe).settings.get(name, MISSING) != value:
             return ""
         return f"; it comes from --recipe {recipe}, a recipe for --method {get_recipe(recipe).settings.get('method')}"
 
@@ -85,9 +85,11 @@ class TrainConfig(RunSettings):
                                     "network use --init-from")
         if self.init_from_teacher and not self.teacher:
             raise InvalidInputError("init_from_teacher: needs --teacher")
-        if method.teacher == "optional" and self.teacher and not self.init_from_teacher:
+        if self.teacher and not method.teacher_in_loss and not self.init_from_teacher:
+            way = "drop --teacher, or start from it" if method.teacher == "optional" else \
+                "start from it (without --no-init-from-teacher and --init-from)"
             raise InvalidInputError(f"teacher: --method {self.method} uses a teacher only to start the student from "
-                                    "it; with --no-init-from-teacher or --init-from, drop --teacher")
+                                    f"it, and this run does not; {way}")
         if self.init_from and self.init_from_teacher:
             raise InvalidInputError("init_from: give --init-from or --init-from-teacher, not both")
         if self.init_from_teacher and self.dropout is None and method.student_dropout is not None:
@@ -117,9 +119,18 @@ class TrainConfig(RunSettings):
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
         """The config of a saved run (`to_dict`). Settings of other methods, which older versions
-        saved with their global defaults, are dropped."""
-        own = get_method(data.get("method", "")).options.names()
-        return cls.from_settings(**{k: v for k, v in data.items() if k in GENERAL or k in own})
+        saved with their global defaults, are dropped, and so are settings older versions recorded
+        where they changed nothing (now refused): σ settings of a kind without σ, a teacher that
+        was not started from, and what the method's options declare (`MethodOptions.saved`)."""
+        method = get_method(data.get("method", ""))
+        own = method.options.names()
+        data = method.options.saved({k: v for k, v in data.items() if k in GENERAL or k in own})
+        kind = method.parametrization
+        if isinstance(kind, str) and not get_kind(kind).uses_sigmas:
+            data = {k: v for k, v in data.items() if k not in SIGMA_SETTINGS}
+        if data.get("teacher") and not method.teacher_in_loss and data.get("init_from_teacher") is False:
+            data["teacher"] = None
+        return cls.from_settings(**data)
 
     # Settings that may change between a run and its resumption.
     RESUMABLE = ("resume", "out", "progress", "log_every", "save_every", "sample_every", "keep", "device",

@@ -236,8 +236,10 @@ class Trainer:
             restore_rng_state(state["rng"])
         else:
             torch.manual_seed(rank_seed(self.cfg.seed, rank, self.step))
-        self.resume_note += (f"; the checkpoint holds the random states of {len(saved)} process(es), this run has "
-                             f"{world_size}: the dropout masks differ from an uninterrupted run's")
+        held = "the random state of one process (rank 0's)" if len(saved) == 1 else \
+            f"the random states of {len(saved)} processes"
+        self.resume_note += (f"; the checkpoint holds {held}, this run has {world_size} process(es): the dropout "
+                             "masks differ from an uninterrupted run's")
 
     def _truncate_metrics(self) -> None:
         """Drop log lines written after the step the run continues from (all of them for a run that

@@ -112,8 +112,9 @@ def build_network(cfg: TrainConfig, dataset: ImageDataset | PointDataset, teache
                                        cfg.sigma_data if kind.uses_sigmas else None)
     elif teacher is not None and cfg.init_from_teacher:
         if teacher_kind is not None:
-            hint = ("; give --no-init-from-teacher for a fresh student" if get_method(cfg.method).teacher == "required"
-                    else "; drop --teacher for a fresh student")
+            method = get_method(cfg.method)
+            hint = ("; give --no-init-from-teacher for a fresh student" if method.teacher_in_loss
+                    else "; drop --teacher for a fresh student" if method.teacher == "optional" else "")
             check_same_time("init_from_teacher", cfg.teacher, teacher_kind, kind, hint)
         if teacher_sigma_data is not None and kind.uses_sigmas:
             check_same_sigma_data("the teacher", cfg.teacher, teacher_sigma_data, cfg.sigma_data)

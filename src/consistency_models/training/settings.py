@@ -129,6 +129,12 @@ class MethodOptions:
         """Checks across settings (e.g. an option that needs another); none by default."""
 
     @classmethod
+    def saved(cls, settings: dict[str, Any]) -> dict[str, Any]:
+        """A saved run's flat settings as this version reads them: a value an older version recorded
+        where it changed nothing, and now refuses, goes back to its default. None by default."""
+        return settings
+
+    @classmethod
     def names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
 

@@ -82,6 +82,7 @@ METHOD = register(Method(
     options=CTOptions,
     teacher="optional",
     init_from_teacher=True,
+    teacher_in_loss=False,
     target_network=True,
     grid_size=grid_size,
 ))

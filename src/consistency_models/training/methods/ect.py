@@ -78,4 +78,5 @@ METHOD = register(Method(
     options=ECTOptions,
     teacher="required",
     init_from_teacher=True,
+    teacher_in_loss=False,
 ))

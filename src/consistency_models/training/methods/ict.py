@@ -79,5 +79,6 @@ METHOD = register(Method(
     options=ICTOptions,
     teacher="optional",
     init_from_teacher=True,
+    teacher_in_loss=False,
     grid_size=lambda run: ict_curriculum(run.steps, run.steps, run.options.s0, run.options.s1),
 ))

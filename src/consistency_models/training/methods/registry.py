@@ -100,6 +100,8 @@ class Method:
     teacher: str = "unused"                              # "required", "optional" (to start from) or "unused"
     init_from_teacher: bool | BudgetDefault = False      # start the student from the teacher by default (or a
                                                          # function of the run with its --help text: sCD's)
+    teacher_in_loss: bool = True                         # the loss reads the teacher (False: it is only the
+                                                         # network to start from: a run that does not is refused)
     target_network: bool = False                         # keeps an EMA target θ⁻ (saved in checkpoints)
     student_dropout: float | None = None                 # dropout of a student started from the teacher
                                                          # (None: the teacher's), unless --dropout is given

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ...errors import InvalidInputError
 from ..settings import BudgetDefault, RunSettings
 from .options import teacher_time
 from .registry import LossInputs, Method, register
@@ -34,7 +35,14 @@ class SCDOptions(SCMOptions):
 
 def build_loss(inputs: LossInputs) -> SCMLoss:
     # The teacher's raw network, read in TrigFlow time by its own time input (an EDM one: F = −F_edm).
-    return scm_loss(inputs, inputs.teacher.network)
+    # That time (t = arctan(σ/σ_d)) and the network's input scaling are the run's σ_d's: a teacher
+    # trained with another σ_data would be misread, so it is refused.
+    run, teacher = inputs.config, inputs.teacher
+    if teacher.sigma_data != run.sigma_data:
+        raise InvalidInputError(f"sigma_data: {run.sigma_data} for this run, but the teacher {run.teacher} was trained "
+                                f"with sigma_data {teacher.sigma_data}; sCD reads it in the run's TrigFlow time, give "
+                                f"--sigma-data {teacher.sigma_data}")
+    return scm_loss(inputs, teacher.network)
 
 
 METHOD = register(Method(

@@ -36,4 +36,5 @@ METHOD = register(Method(
     options=SCMOptions,
     teacher="optional",
     init_from_teacher=True,      # --teacher: the student starts from it (and keeps its time input)
+    teacher_in_loss=False,
 ))

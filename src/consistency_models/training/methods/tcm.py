@@ -74,6 +74,14 @@ class TCMOptions(ECTOptions):
             self.stage1_share = 0.0 if run.init_from else 0.5
         super().complete(run)
 
+    @classmethod
+    def saved(cls, settings: dict) -> dict:
+        """Runs saved before --stage2-lr was refused where stage 2 runs alone kept the value given."""
+        settings = super().saved(settings)
+        if settings.get("init_from") and not settings.get("stage1_share"):
+            settings = {**settings, "stage2_lr": cls.stage2_lr}
+        return settings
+
     def check(self, run: RunSettings) -> None:
         super().check(run)
         if not run.sigma_min < self.dividing_sigma < run.sigma_max:
@@ -219,6 +227,7 @@ METHOD = register(Method(
     options=TCMOptions,
     teacher="optional",
     init_from_teacher=True,      # --teacher: stage 1 starts from it, as ECT's does
+    teacher_in_loss=False,
     lr_factor=lr_factor,
 ))
 
