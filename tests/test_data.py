@@ -226,7 +226,7 @@ def test_folder_flat_jpeg_grayscale_and_channels(tmp_path):
 def test_folder_resolution_center_crops_and_resizes(tmp_path):
     save(tmp_path / "a.png", rgb(1, (12, 8)))   # 12 wide, 8 high
     save(tmp_path / "b.png", rgb(2, (4, 4)))
-    with raises(r"^path: .*b\.png is 4×4 but .*a\.png is 12×8; give a resolution") as exc:
+    with raises(r"^path: .*b\.png is 4×4 but .*a\.png is 12×8; the images must have one size") as exc:
         load_dataset(tmp_path)
     one_line(exc)
     ds = load_dataset(tmp_path, resolution=8)
@@ -261,7 +261,7 @@ def test_folder_errors(tmp_path):
     save(tmp_path / "mixed" / "top.png", rgb(1))
     save(tmp_path / "mixed" / "cls" / "a.png", rgb(2))
     with raises(r"^path: .*top\.png is not in a class subfolder of .*mixed; put every image in one, "
-                r"or pass use_labels=False$"):
+                r"or train without labels \(--unconditional; use_labels=False\)$"):
         load_dataset(tmp_path / "mixed")
     assert len(load_dataset(tmp_path / "mixed", use_labels=False)) == 2
 

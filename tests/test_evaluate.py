@@ -226,7 +226,7 @@ def test_folder_chunks_keep_the_first_images_size_and_channels(tmp_path, monkeyp
     assert images.shape == (5, 1, 16, 16)
 
     Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(tmp_path / "mixed" / "0005.png")
-    with raises(r"^source: .*0005\.png is 8×8 but .*0000\.png is 16×16; give a resolution"):
+    with raises(r"^source: .*0005\.png is 8×8 but .*0000\.png is 16×16; the images must have one size"):
         compute_statistics(tmp_path / "mixed", "digits", progress=False)
 
 

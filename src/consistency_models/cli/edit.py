@@ -15,7 +15,7 @@ from PIL import Image
 
 from .. import editing
 from ..errors import InvalidInputError
-from ..io.hub import COLOR_MODEL, DEFAULT_MODEL
+from ..io.hub import COLOR_MODEL, DEFAULT_MODEL, is_embedded
 from ..io.images import make_grid, output_kind, read_image, save_png, to_uint8
 from ..io.overwrite import refuse_existing, refuse_input_as_output
 from ..pipeline import ConsistencyModelPipeline
@@ -112,7 +112,10 @@ def run(args: argparse.Namespace) -> None:
     if output_kind(args.out) != "grid":
         raise InvalidInputError(f"out: {args.out!r} must be a .png file")
     refuse_existing(args.out, args.overwrite)
-    refuse_input_as_output(args.out, "out", {name: getattr(args, name, None) for name in ("model", "image", "mask")})
+    inputs = {name: getattr(args, name, None) for name in ("model", "image", "mask")}
+    if is_embedded(inputs["model"]):  # inside the package: no output can be it
+        inputs["model"] = None
+    refuse_input_as_output(args.out, "out", inputs)
     spec = EDITS[args.edit]
     pipe = ConsistencyModelPipeline.from_pretrained(args.model, device=device(args.device))
     if not pipe.is_image_model:

@@ -6,7 +6,8 @@ import argparse
 
 from ..errors import InvalidInputError
 from ..io.overwrite import refuse_existing, refuse_input_as_output
-from ..metrics.scores import METRICS, compute_statistics, evaluate, format_table, save_statistics, write_results_json
+from ..metrics.scores import (METRICS, compute_statistics, evaluate, format_table, save_statistics,
+                              statistics_file, write_results_json)
 from .arguments import DefaultsHelpFormatter, positive_int, seed
 from .features import add_feature_arguments, extractor
 
@@ -37,12 +38,14 @@ def run(args: argparse.Namespace) -> None:
     inputs = {"samples": args.samples, "ref": args.ref}
     refuse_input_as_output(args.save_stats, "save_stats", inputs)
     refuse_input_as_output(args.json, "json", inputs)
+    if args.save_stats is not None and not str(args.save_stats).lower().endswith(".npz"):
+        raise InvalidInputError(f"save_stats: {args.save_stats!r} must end in .npz for a statistics file")
     refuse_existing(args.save_stats, args.overwrite, "save_stats")
     refuse_existing(args.json, args.overwrite, "json")
-    features = extractor(args)
+    features = extractor(args, build=not only_statistics(args))
     samples = args.samples
     if args.save_stats is not None:
-        samples = compute_statistics(args.samples, features)
+        samples = compute_statistics(args.samples, features, argument="samples")
         save_statistics(samples, args.save_stats)
         print(f"wrote the {args.features} statistics of {samples.count} images to {args.save_stats}")
     if args.ref is None:
@@ -54,3 +57,9 @@ def run(args: argparse.Namespace) -> None:
     if args.json is not None:
         write_results_json(results, args.json)
         print(f"wrote {args.json}")
+
+
+def only_statistics(args: argparse.Namespace) -> bool:
+    """Both sets are statistics files (μ, Σ and no images): FID needs no feature network then."""
+    return args.save_stats is None and args.ref is not None and statistics_file(args.samples) \
+        and statistics_file(args.ref)

@@ -17,7 +17,11 @@ def add_feature_arguments(p: argparse.ArgumentParser) -> None:
     add_device(p)
 
 
-def extractor(args: argparse.Namespace) -> FeatureExtractor:
+def extractor(args: argparse.Namespace, build: bool = True) -> FeatureExtractor | str:
+    """The --features network, built on --device; with `build=False` only its name (the metrics
+    build it if a set needs features, which statistics files do not)."""
     if args.inception_weights is not None and args.features != "inception":
         raise InvalidInputError("inception_weights: given, but --features is not inception")
+    if not build:
+        return args.features
     return feature_extractor(args.features, inception_weights=args.inception_weights, device=device(args.device))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import InvalidInputError, about
+
 from ..networks.presets import PRESETS
 from ..pipeline import create_model_folder
 from .arguments import DefaultsHelpFormatter, positive_int, seed
@@ -22,6 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    create_model_folder(args.out_dir, args.preset, unconditional=args.unconditional, num_train_timesteps=args.grid,
-                        seed=args.seed)
+    try:
+        create_model_folder(args.out_dir, args.preset, unconditional=args.unconditional, num_train_timesteps=args.grid,
+                            seed=args.seed)
+    except InvalidInputError as exc:  # the grid's size is the library's num_train_timesteps
+        raise about("grid", exc, "num_train_timesteps") if str(exc).startswith("num_train_timesteps:") else exc from None
     print(f"wrote an untrained '{args.preset}' model to {args.out_dir}")

@@ -10,7 +10,7 @@ import torch
 from ..distributed import setup_distributed, teardown_distributed
 from ..errors import InvalidInputError
 from ..evaluation.generation import DEFAULT_COMPUTE_BATCH, generate_samples, shard_folder
-from ..io.hub import DEFAULT_MODEL, EMBEDDED
+from ..io.hub import DEFAULT_MODEL, EMBEDDED, is_embedded
 from ..io.images import FOLDER_IMAGE, output_kind, save_images, save_points, to_uint8
 from ..io.overwrite import refuse_existing, refuse_input_as_output, replaced_folder
 from ..pipeline import ConsistencyModelPipeline
@@ -79,7 +79,7 @@ def sampling_pipeline(args: argparse.Namespace, dev: torch.device) -> Consistenc
 
 def run(args: argparse.Namespace) -> None:
     kind = output_kind(args.out)  # refuse a bad output path before any work
-    refuse_input_as_output(args.out, "out", {"model": args.model})
+    refuse_input_as_output(args.out, "out", {"model": None if is_embedded(args.model) else args.model})
     if args.num is not None:
         if not shard_folder(args.out).is_dir():  # else a killed run may have left its merged file: decided there
             refuse_existing(args.out, args.overwrite)

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> None:
     if args.num > MAX_IMAGES:
         raise InvalidInputError(f"num: {args.num} must be a number of images from 2 to {MAX_IMAGES}")
     features = extractor(args)
-    reference = compute_statistics(args.ref, features)
+    reference = compute_statistics(args.ref, features, argument="ref")
     result = tune_timesteps(pipe, features, (torch.as_tensor(reference.mu), torch.as_tensor(reference.sigma)),
                             num=args.num, batch_size=args.batch_size, seed=args.seed,
                             class_labels=args.class_label, lo=args.lo, hi=args.hi)

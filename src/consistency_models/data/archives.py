@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from functools import partial
 from pathlib import Path
 
@@ -44,13 +45,28 @@ def load_zip(
         names = sorted(n for n in archive.namelist() if not n.endswith("/") and is_image_name(n))
         if not names:
             raise InvalidInputError(f"path: the zip {path} holds no PNG/JPEG images")
-        labels = None
-        if use_labels and "dataset.json" in archive.namelist():
-            labels = labels_from_json(archive.read("dataset.json"), names, f"{path}:dataset.json")
+        labels, notes = None, []
+        top = zip_top_folder(names)  # `zip -r data.zip data/` puts everything, dataset.json too, in data/
+        meta = next((m for m in ("dataset.json", f"{top}dataset.json") if m in archive.namelist()), None)
+        if use_labels and meta is not None:
+            relative = [name.removeprefix(top) if meta != "dataset.json" else name for name in names]
+            try:
+                text = archive.read(meta)
+            except (zipfile.BadZipFile, zlib.error, RuntimeError) as exc:  # damaged, or encrypted
+                raise InvalidInputError(f"path: {path}:{meta} cannot be read ({exc})") from None
+            labels = labels_from_json(text, relative, f"{path}:{meta}")
+        if use_labels and labels is None:
+            notes.append("no labels (a dataset.json with \"labels\" at the top of the zip or of its one folder; "
+                         "subfolders are not classes in a zip): the run is unconditional")
         files = [(f"{path}:{name}", partial(archive.open, name)) for name in names]
-        notes: list[str] = []
         images = decode_images(files, resolution, image_mode, notes)
     return ImageDataset.from_uint8(images, labels, None, xflip, source=str(path), notes=notes)
+
+
+def zip_top_folder(names: list[str]) -> str:
+    """'data/' when every name lies in one top-level folder, else ''."""
+    first = names[0].split("/", 1)[0] + "/"
+    return first if "/" in names[0] and all(name.startswith(first) for name in names) else ""
 
 
 def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -12,11 +12,14 @@ square and resized to resolution × resolution with Lanczos (as EDM's `dataset_t
 from __future__ import annotations
 
 import json
+import zipfile
+import zlib
 from collections.abc import Callable, Sequence
 from typing import IO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
 
 from ..errors import InvalidInputError
 
@@ -49,14 +52,31 @@ def center_crop_resize(image: Image.Image, resolution: int, resample: int = Imag
 
 
 def open_image(open_file: Callable[[], IO[bytes]], name: str) -> Image.Image:
-    """Open and fully decode one image; an unreadable file is an InvalidInputError naming it."""
+    """Open and fully decode one image; an unreadable file (or a damaged or encrypted zip member,
+    or one too large to decode) is an InvalidInputError naming it."""
     try:
         with open_file() as f:
             image = Image.open(f)
             image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise InvalidInputError(f"path: {name} is too large to decode ({str(exc).splitlines()[0]})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, zipfile.BadZipFile, zlib.error) as exc:
         raise InvalidInputError(f"path: {name} is not a readable PNG/JPEG image ({type(exc).__name__})") from None
-    return image
+    except RuntimeError as exc:  # zipfile: an encrypted member
+        raise InvalidInputError(f"path: {name} cannot be read ({exc})") from None
+    return eight_bits(image)
+
+
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+def eight_bits(image: Image.Image) -> Image.Image:
+    """A 16-bit grayscale image scaled to 8 bits (v·255/65535, rounded): Pillow's convert("L")
+    clips such values at 255 instead of scaling them."""
+    if image.mode not in SIXTEEN_BIT_MODES:
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    return Image.fromarray(np.rint(values * (255 / 65535)).astype(np.uint8), mode="L")
 
 
 def check_image_mode(image_mode: str) -> str:
@@ -76,7 +96,9 @@ def decode_images(
     size, first, first_gray = None, "", None
     example = {}                                            # gray / color → the first such file
     out = []
-    for name, open_file in files:
+    # A bar on a terminal (tqdm's disable=None) for sets that take a while to decode.
+    for name, open_file in tqdm(files, desc="decoding images", unit="img", disable=None if len(files) > 1000 else True,
+                                leave=False, dynamic_ncols=True):
         image = open_image(open_file, name)
         gray = image.mode in GRAY_MODES
         example.setdefault(gray, name)
@@ -95,8 +117,8 @@ def decode_images(
             size = image.size
         elif image.size != size:
             raise InvalidInputError(
-                f"path: {name} is {image.size[0]}×{image.size[1]} but {first} is {size[0]}×{size[1]}; "
-                "give a resolution to center-crop and resize all images"
+                f"path: {name} is {image.size[0]}×{image.size[1]} but {first} is {size[0]}×{size[1]}; the images "
+                "must have one size (cm train --resolution N center-crops and resizes them)"
             )
         array = np.asarray(image, dtype=np.uint8)
         out.append(array[..., None] if array.ndim == 2 else array)

@@ -21,10 +21,18 @@ from .decode import check_resolution, decode_images, is_image_name, labels_from_
 
 
 def list_images(root: Path) -> list[str]:
-    """Image files under `root`, as sorted '/'-separated relative paths."""
+    """Image files under `root`, as sorted '/'-separated relative paths; symlinked folders are
+    followed (a class folder may be a link), each real folder once (a link cycle ends)."""
     names = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+    seen = {os.path.realpath(root)}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        kept = []
+        for d in dirnames:
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if not d.startswith(".") and real not in seen:
+                seen.add(real)
+                kept.append(d)
+        dirnames[:] = kept
         rel = Path(dirpath).relative_to(root)
         names += [(rel / f).as_posix() for f in filenames if is_image_name(f)]
     return sorted(names)
@@ -38,7 +46,7 @@ def subfolder_labels(root: Path, names: list[str]) -> tuple[np.ndarray | None, i
     if top:
         raise InvalidInputError(
             f"path: {root / top[0]} is not in a class subfolder of {root}; "
-            "put every image in one, or pass use_labels=False"
+            "put every image in one, or train without labels (--unconditional; use_labels=False)"
         )
     classes = sorted({name.split("/", 1)[0] for name in names})
     index = {c: i for i, c in enumerate(classes)}

@@ -88,6 +88,8 @@ def search_range(pipe: ConsistencyModelPipeline, lo: int = 1, hi: int | None = N
     if pipe.kind.grid_search is not None:
         raise InvalidInputError(f"model: the timestep search is over the grid of consistency models; this is "
                                 f"{pipe.kind.grid_search}")
+    if not pipe.is_image_model:
+        raise InvalidInputError("model: the timestep search scores images by their features; this model makes points")
     n = pipe.sampling_config.num_train_timesteps
     hi = n - 2 if hi is None else hi
     if not 1 <= lo <= hi <= n - 2:

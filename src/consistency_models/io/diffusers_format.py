@@ -13,6 +13,7 @@ import json
 import os
 import pickle
 import re
+import warnings
 from dataclasses import fields
 from pathlib import Path
 
@@ -172,7 +173,9 @@ def load_weights(path: Path, raw: bool = False) -> dict[str, torch.Tensor]:
     try:
         if path.suffix == ".safetensors":
             return load_file(str(path))
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on odd pickles: the refusal below is the one line said
+            warnings.simplefilter("ignore")
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
         if found:
@@ -182,8 +185,9 @@ def load_weights(path: Path, raw: bool = False) -> dict[str, torch.Tensor]:
             ) from None
         raise InvalidInputError(f"weights: corrupt or unreadable weights file {path}: not a tensor checkpoint") from None
     except Exception as exc:  # torch.load and safetensors raise many types for junk files
-        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-        raise InvalidInputError(f"weights: corrupt or unreadable weights file {path}: {reason}") from None
+        reason = str(exc).splitlines()[0][:160] if str(exc) else ""
+        raise InvalidInputError(f"weights: corrupt or unreadable weights file {path}: not a PyTorch or safetensors "
+                                f"checkpoint ({type(exc).__name__}{': ' + reason if reason else ''})") from None
     if raw:
         return loaded
     if not isinstance(loaded, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in loaded.items()):

@@ -22,10 +22,16 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _PATTERNS = ["model_index.json", "unet/config.json", "unet/*.safetensors", "scheduler/*.json"]
 
 
+def is_embedded(name: str | os.PathLike | None) -> bool:
+    """Whether `name` means an embedded model: its name, unless a pipeline folder of that name is
+    here (a folder of one's own samples called `digits/` does not hide the embedded model)."""
+    return name is not None and str(name) in EMBEDDED and not (Path(name) / "model_index.json").is_file()
+
+
 def resolve_model_path(name: str | os.PathLike) -> Path:
     """An embedded model name ("digits"), a local folder, or an `owner/name` Hub id (fetched when online)."""
     path = Path(name)
-    if str(name) in EMBEDDED and not path.exists():
+    if is_embedded(name):
         folder = Path(__file__).resolve().parent.parent / "weights" / EMBEDDED[str(name)]
         if not (folder / "model_index.json").is_file():
             raise InvalidInputError(f"model: the embedded model {name!r} is missing from this installation ({folder})")

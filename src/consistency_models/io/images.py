@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, about
 from .atomic import atomic_path, write_error
 
 
@@ -50,7 +50,10 @@ def read_image(
         raise InvalidInputError(f"{argument}: no such file {str(path)!r}")
     if channels not in (1, 3):
         raise InvalidInputError(f"{argument}: images with {channels} channels cannot be read from PNG/JPEG files")
-    image = open_image(lambda: open(path, "rb"), str(path))
+    try:
+        image = open_image(lambda: open(path, "rb"), str(path))
+    except InvalidInputError as exc:  # named as the argument the file was given with
+        raise about(argument, exc, "path") from None
     image = image.convert("L" if channels == 1 else "RGB")
     if image.size != (size, size):
         if not resize:
@@ -81,6 +84,10 @@ def output_kind(out: str | os.PathLike) -> str:
     if text.endswith(("/", os.sep)) or path.is_dir():
         kind = "dir"
         parent = path.parent if not path.is_dir() else path
+        here = Path.cwd().resolve()
+        if path.resolve() == here or path.resolve() in here.parents:  # replaced as a whole: never the working folder
+            raise InvalidInputError(f"out: {text!r} is the current folder or one above it; a folder of PNGs is "
+                                    "written as a whole, give a new one such as samples/")
     elif path.suffix.lower() == ".png":
         kind, parent = "grid", path.parent
     elif path.suffix.lower() == ".npz":

@@ -133,7 +133,8 @@ def load_openai_unet(path: str | os.PathLike, config: UNetConfig | str) -> UNetM
     cfg = preset(config) if isinstance(config, str) else config
     path = Path(path)
     if not path.is_file():
-        raise InvalidInputError(f"checkpoint: no such file {path}")
+        raise InvalidInputError(f"checkpoint: {path} is not a regular file (a folder or a device); give the .pt file"
+                                if path.exists() else f"checkpoint: no such file {path}")
     state = load_weights(path)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise InvalidInputError(f"checkpoint: {path} does not hold a plain state dict of tensors")

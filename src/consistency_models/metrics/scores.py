@@ -222,7 +222,7 @@ def _compute_set(source: Source, extractor: _Extractor, progress: bool, argument
     return _extract(open_image_set(source), extractor.get(), progress, argument)
 
 
-def _statistics_file(source: Source) -> bool:
+def statistics_file(source: Source) -> bool:
     """A path to a statistics .npz with no images in it (nothing to extract)."""
     if isinstance(source, (SetStatistics, np.ndarray, torch.Tensor)):
         return False
@@ -241,9 +241,10 @@ def compute_statistics(
     source: Source,                            # images (see `sample_sets`), a statistics file or SetStatistics
     extractor: FeatureExtractor | str,         # or its name: then built with `feature_extractor(name)` if needed
     progress: bool = True,                     # a progress bar over the images
+    argument: str = "source",                  # what errors call the source (a caller's own argument name)
 ) -> SetStatistics:
     """Features, logits and Gaussian (μ, Σ) of a set of images; a statistics source is loaded and checked."""
-    return _compute(source, _Extractor(extractor), progress, "source")
+    return _compute(source, _Extractor(extractor), progress, argument)
 
 
 def _check_metrics(metrics: Sequence[str]) -> tuple[str, ...]:
@@ -273,7 +274,7 @@ def evaluate(
     chosen = _check_metrics(metrics)
     ex = _Extractor(extractor)
     real = None
-    if _statistics_file(reference):  # cheap to load: a bad one is refused before the samples' features are made
+    if statistics_file(reference):  # cheap to load: a bad one is refused before the samples' features are made
         real = _compute(reference, ex, progress, "reference")
     fake = _compute(samples, ex, progress, "samples")
     if real is None:

@@ -142,7 +142,7 @@ class Trainer:
             dataset = load_dataset(cfg.data, resolution=cfg.resolution, use_labels=cfg.use_labels, xflip=cfg.xflip,
                                    image_mode=cfg.image_mode)
         except InvalidInputError as exc:
-            raise InvalidInputError(f"data: {exc}") from None
+            raise about("data", exc, "path") from None
         if len(dataset) < cfg.batch_size:
             raise InvalidInputError(f"batch_size: {cfg.batch_size} is larger than the data set ({len(dataset)} items)")
         return dataset

@@ -1,0 +1,139 @@
+"""Inputs a new user brings that the loaders used to take wrongly or refuse badly: symlinked class
+folders, 16-bit PNGs, damaged zips, zips made with `zip -r`, `--out .`, a folder named like an
+embedded model, statistics files without a feature network, and a few messages that named the
+wrong argument. Refusals are one line `cm: error: ...`, exit code 2."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from consistency_models.cli import main
+from consistency_models.data import load_dataset
+from consistency_models.errors import InvalidInputError
+
+
+def one_line(argv: list[str], capsys) -> str:
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("cm: error: ") and "Traceback" not in err, err
+    return err.removeprefix("cm: error: ").strip()
+
+
+def png(path: Path, value: int = 0, size: int = 8) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size, size, 3), value, dtype=np.uint8)).save(path)
+
+
+def test_a_symlinked_class_folder_is_a_class_and_a_link_cycle_ends(tmp_path):
+    png(tmp_path / "ds" / "a" / "0.png")
+    for i in range(3):
+        png(tmp_path / "elsewhere" / f"{i}.png", 100)
+    os.symlink(tmp_path / "elsewhere", tmp_path / "ds" / "b")
+    os.symlink(tmp_path / "ds", tmp_path / "ds" / "a" / "loop")   # back to the top: not walked again
+    data = load_dataset(tmp_path / "ds")
+    assert len(data) == 4 and data.num_classes == 2
+    assert sorted(data.labels.tolist()) == [0, 1, 1, 1]
+
+
+def test_16_bit_grayscale_pngs_are_scaled_to_8_bits(tmp_path):
+    ramp = np.linspace(0, 65535, 256).reshape(16, 16).astype(np.uint16)
+    for i in range(2):
+        Image.fromarray(ramp).save(tmp_path / f"{i}.png")
+    assert Image.open(tmp_path / "0.png").mode == "I;16"
+    x = load_dataset(tmp_path).x                       # [-1, 1] from uint8 v: v / 127.5 - 1
+    expected = np.rint(ramp * (255 / 65535)) / 127.5 - 1
+    np.testing.assert_allclose(x[0, 0].numpy(), expected, atol=1e-6)
+
+
+def test_a_damaged_zip_member_is_one_line_naming_it(tmp_path, capsys):
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(buffer, "PNG")
+    with zipfile.ZipFile(tmp_path / "c.zip", "w") as archive:
+        for i in range(4):
+            archive.writestr(f"{i}.png", buffer.getvalue())
+    data = bytearray((tmp_path / "c.zip").read_bytes())
+    data[60] ^= 0xFF                                   # inside the first member's bytes: its CRC fails
+    (tmp_path / "c.zip").write_bytes(bytes(data))
+    err = one_line(["train", "--method", "ict", "--data", str(tmp_path / "c.zip"), "--out", str(tmp_path / "run"),
+                    "--steps", "1", "--batch-size", "2", "--no-progress"], capsys)
+    assert err == f"data: {tmp_path / 'c.zip'}:0.png is not a readable PNG/JPEG image (BadZipFile)"
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_zip_made_with_zip_r_keeps_its_labels_and_an_unlabelled_zip_says_so(tmp_path):
+    for i in range(4):
+        png(tmp_path / "data" / "imgs" / f"{i}.png", 40 * i)
+    (tmp_path / "data" / "dataset.json").write_text(json.dumps({"labels": [[f"imgs/{i}.png", i % 2] for i in range(4)]}))
+    with zipfile.ZipFile(tmp_path / "d.zip", "w") as archive:   # as `zip -r d.zip data/` writes it
+        for path in sorted((tmp_path / "data").rglob("*")):
+            archive.write(path, path.relative_to(tmp_path).as_posix())
+    labelled = load_dataset(tmp_path / "d.zip")
+    assert labelled.num_classes == 2 and labelled.labels.tolist() == [0, 1, 0, 1] and labelled.notes == []
+    with zipfile.ZipFile(tmp_path / "n.zip", "w") as archive:
+        for i in range(4):
+            archive.write(tmp_path / "data" / "imgs" / f"{i}.png", f"cls{i % 2}/{i}.png")
+    unlabelled = load_dataset(tmp_path / "n.zip")
+    assert unlabelled.num_classes is None and unlabelled.notes[0].startswith("no labels (a dataset.json")
+
+
+def test_sample_into_the_working_folder_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for out in (".", "./", ".."):
+        assert one_line(["sample", "--out", out, "--batch-size", "2"], capsys).startswith(
+            f"out: '{out}' is the current folder or one above it")
+
+
+def test_a_folder_named_like_an_embedded_model_does_not_hide_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["sample", "--out", "digits/", "--batch-size", "2"]) == 0     # the README's DIR/ form
+    assert main(["sample", "--out", "grid.png", "--batch-size", "2"]) == 0    # --model digits: still embedded
+    assert main(["sample", "--out", "digits/", "--batch-size", "2", "--overwrite"]) == 0
+    assert sorted(p.name for p in (tmp_path / "digits").iterdir()) == ["000000.png", "000001.png"]
+
+
+def test_fid_of_two_statistics_files_needs_no_feature_network(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CM_INCEPTION_WEIGHTS", str(tmp_path / "absent.pth"))   # building Inception would fail
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(50, 2048))
+    np.savez(tmp_path / "s.npz", mu=a.mean(0), sigma=np.cov(a, rowvar=False))
+    capsys.readouterr()
+    assert main(["eval", "--samples", str(tmp_path / "s.npz"), "--ref", str(tmp_path / "s.npz"), "--metrics", "fid"]) == 0
+    fid = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("FID"))
+    assert abs(float(fid.split()[-1])) < 1e-6
+    assert one_line(["eval", "--samples", "digits:test", "--features", "digits", "--save-stats", str(tmp_path)],
+                    capsys) == f"save_stats: '{tmp_path}' must end in .npz for a statistics file"
+
+
+def test_messages_name_the_argument(tmp_path, capsys):
+    assert one_line(["new", str(tmp_path / "m"), "--grid", "1"], capsys) == \
+        "grid: 1 is not allowed; use an integer from 2 to 1000000"
+    assert one_line(["convert", "openai", str(tmp_path), str(tmp_path / "out")], capsys).startswith(
+        f"checkpoint: {tmp_path} is not a regular file")
+    (tmp_path / "k.pt").write_bytes(pickle.dumps(int, protocol=4))       # a pickle, no tensors
+    err = one_line(["convert", "openai", str(tmp_path / "k.pt"), str(tmp_path / "out")], capsys)
+    assert err.startswith("weights: ")
+    (tmp_path / "t.pt").write_text("hello\n")
+    assert "not a PyTorch or safetensors checkpoint" in one_line(
+        ["convert", "openai", str(tmp_path / "t.pt"), str(tmp_path / "out")], capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_timestep_search_refuses_a_model_of_points_before_any_work(tmp_path):
+    from consistency_models import ConsistencyModelPipeline
+    from consistency_models.evaluation.timestep_search import search_range
+
+    assert main(["train", "--method", "ict", "--data", "toy:mog8", "--out", str(tmp_path / "p"), "--steps", "1",
+                 "--batch-size", "8", "--no-progress"]) == 0
+    with pytest.raises(InvalidInputError, match=r"^model: the timestep search scores images by their features; "
+                                                r"this model makes points$"):
+        search_range(ConsistencyModelPipeline.from_pretrained(tmp_path / "p"))
