@@ -137,3 +137,36 @@ def test_the_timestep_search_refuses_a_model_of_points_before_any_work(tmp_path)
     with pytest.raises(InvalidInputError, match=r"^model: the timestep search scores images by their features; "
                                                 r"this model makes points$"):
         search_range(ConsistencyModelPipeline.from_pretrained(tmp_path / "p"))
+
+
+@pytest.mark.parametrize("given, message", [
+    ({"steps": 2.5}, "steps: 2.5 is not allowed; use an integer"),
+    ({"steps": True}, "steps: True is not allowed; use an integer"),
+    ({"seed": 1.5}, "seed: 1.5 is not allowed; use an integer"),
+    ({"rho": "7"}, "rho: '7' is not allowed; use a number"),
+    ({"s0": 10.5}, "s0: 10.5 is not allowed; use an integer"),          # a method option
+    ({"use_labels": "no"}, "use_labels: 'no' is not allowed; use true or false"),
+    ({"ema_rates": 0.999}, "ema_rates: 0.999 is not allowed; use a list of numbers"),
+    ({"ema_rates": ()}, "ema_rates: () is not allowed; use one or more rates in [0, 1)"),
+    ({"sigma_max": 0.001}, "sigma_max: 0.001 is not allowed; use a number > sigma_min (0.002)"),
+    ({"sigma_min": float("nan")}, "sigma_min: nan is not allowed; use a number > 0"),
+    ({"sigma_data": float("inf")}, "sigma_data: inf is not allowed; use a number > 0"),
+    ({"rho": 0}, "rho: 0 is not allowed; use a number > 0"),
+    ({"options": [1, 2]}, "options: a list is not allowed; use a dict of the method's settings"),
+])
+def test_training_settings_of_another_type_or_range_are_refused_when_made(tmp_path, given, message):
+    """They used to train (some the whole run) and fail at the export, or end in a traceback."""
+    from consistency_models.training import TrainConfig
+
+    with pytest.raises(InvalidInputError) as error:
+        TrainConfig.from_settings(**{"method": "ict", "data": "toy:mog8", "out": str(tmp_path / "run"), "steps": 2,
+                                     "batch_size": 8, **given})
+    assert str(error.value) == message
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_path_stands_for_a_string_setting(tmp_path):
+    from consistency_models.training import TrainConfig
+
+    cfg = TrainConfig(method="ict", data="toy:mog8", out=tmp_path / "run", steps=2, batch_size=8)
+    assert cfg.out == str(tmp_path / "run")

@@ -56,6 +56,9 @@ class TrainConfig(RunSettings):
     def _method_options(self, method: Method) -> MethodOptions:
         """The method's options class filled with what was given (a dict or an instance of it)."""
         given = self.options
+        if not isinstance(given, (dict, MethodOptions)):
+            raise InvalidInputError(f"options: a {type(given).__name__} is not allowed; use a dict of --method "
+                                    f"{self.method}'s settings or a {method.options.__name__}")
         if isinstance(given, MethodOptions):
             if type(given) is not method.options:
                 raise InvalidInputError(f"options: a {type(given).__name__} is not --method {self.method}'s "
@@ -104,7 +107,13 @@ class TrainConfig(RunSettings):
         """A config from flat settings: those that are not shared go to the method's options."""
         general = {k: v for k, v in settings.items() if k in GENERAL}
         options = {k: v for k, v in settings.items() if k not in GENERAL and k != "options"}
-        return cls(**general, options={**settings.get("options", {}), **options})
+        given = settings.get("options", {})
+        if isinstance(given, MethodOptions):
+            given = given.to_dict()
+        if not isinstance(given, dict):
+            raise InvalidInputError(f"options: a {type(given).__name__} is not allowed; use a dict of the method's "
+                                    "settings")
+        return cls(**general, options={**given, **options})
 
     @classmethod
     def from_recipe(cls, name: str, **settings: Any) -> "TrainConfig":

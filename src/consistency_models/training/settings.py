@@ -12,7 +12,11 @@ settings by type without importing the config that reads their registry.
 
 from __future__ import annotations
 
+import functools
 import math
+import os
+import types
+import typing
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from typing import Any, Callable, Sequence
 
@@ -71,8 +75,60 @@ def choices_of(f: Field) -> Sequence[str] | None:
     return choices() if callable(choices) else choices
 
 
+@functools.cache
+def _field_types(cls: type) -> dict[str, tuple[type, ...]]:
+    """Each field's allowed types (the members of its annotation other than None); {} where the
+    annotations cannot be resolved."""
+    try:
+        hints = typing.get_type_hints(cls)
+    except (NameError, TypeError):
+        return {}
+    allowed = {}
+    for name, hint in hints.items():
+        members = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        allowed[name] = tuple(m for m in members if m is not type(None))
+    return allowed
+
+
+_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "a dict",
+               tuple: "a list of numbers"}
+
+
+def _of_type(value: Any, kind: Any) -> bool:
+    """Whether `value` may stand for a `kind` setting (an int for a float; a list for a tuple of numbers)."""
+    origin = typing.get_origin(kind) or kind
+    if origin is bool:
+        return isinstance(value, bool)
+    if origin is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin is tuple:
+        return isinstance(value, (tuple, list)) and all(_of_type(v, float) for v in value)
+    if origin in (str, dict):
+        return isinstance(value, origin)
+    return True  # other annotations (an options class, …) are checked where they are used
+
+
+def check_types(settings: Any) -> None:
+    """Each given value has its field's type (a path may stand for a string, as `out=Path(...)`)."""
+    allowed = _field_types(type(settings))
+    for f in fields(settings):
+        value, kinds = getattr(settings, f.name), allowed.get(f.name, ())
+        if value is None or not kinds:
+            continue
+        if str in kinds and isinstance(value, os.PathLike):
+            value = os.fspath(value)
+            setattr(settings, f.name, value)
+        if not any(_of_type(value, kind) for kind in kinds):
+            words = " or ".join(dict.fromkeys(_TYPE_WORDS.get(typing.get_origin(k) or k, "a value of its kind")
+                                              for k in kinds))
+            raise InvalidInputError(f"{f.name}: {value!r} is not allowed; use {words}")
+
+
 def check_fields(settings: Any) -> None:
-    """Every field's own check (choices or `check`) on its value; None passes (not given)."""
+    """Every field's type, then its own check (choices or `check`) on its value; None passes (not given)."""
+    check_types(settings)
     for f in fields(settings):
         value = getattr(settings, f.name)
         if value is None:
@@ -178,7 +234,8 @@ class RunSettings:
     ema_rates: tuple[float, ...] = setting(help="EMA rates of the weights, e.g. 0.999,0.9999 (the first is "
                                                 "exported); at step n each is at most (1 + n)/(10 + n), "
                                                 "so 0.999 takes effect from step 8,990", default_factory=lambda: (0.999,),
-                                           check=(lambda v: all(0 <= r < 1 for r in v), "rates in [0, 1)"))
+                                           check=(lambda v: len(v) > 0 and all(0 <= r < 1 for r in v),
+                                                  "one or more rates in [0, 1)"))
     precision: str = setting("float32", "autocast dtype of the forward", choices=PRECISIONS)
     dropout: float | None = setting(None, "override the preset's dropout",
                                     check=(lambda v: 0 <= v < 1, "a probability in [0, 1)"))
@@ -186,10 +243,11 @@ class RunSettings:
                                          "CPU no); the first step then compiles, minutes on a CPU")
     seed: int = setting(0, "seed of the weights, the data order and every noise draw",
                         check=(lambda v: 0 <= v < 2**32, "an integer from 0 to 4294967295"))
-    sigma_min: float = setting(0.002, "sigma_min (epsilon) of the noise levels")
-    sigma_max: float = setting(80.0, "sigma_max (T) of the noise levels")
-    sigma_data: float = setting(0.5, "sigma_data of the preconditioning")
-    rho: float = setting(7.0, "rho of the Karras grid")
+    sigma_min: float = setting(0.002, "sigma_min (epsilon) of the noise levels", check=positive_number("a number > 0"))
+    sigma_max: float = setting(80.0, "sigma_max (T) of the noise levels",
+                               check=positive_number("a number > sigma_min"))
+    sigma_data: float = setting(0.5, "sigma_data of the preconditioning", check=positive_number("a number > 0"))
+    rho: float = setting(7.0, "rho of the Karras grid", check=positive_number("a number > 0"))
     # bookkeeping
     log_every: int = setting(50, "steps between lines of metrics.jsonl", check=POSITIVE_INTEGER)
     save_every: int = setting(1000, "steps between checkpoints", check=POSITIVE_INTEGER)
@@ -206,8 +264,11 @@ class RunSettings:
 
     def check(self) -> None:
         """Each field's own check, then the ones across fields."""
-        self.ema_rates = tuple(float(r) for r in self.ema_rates)
         check_fields(self)
+        self.ema_rates = tuple(float(r) for r in self.ema_rates)
+        if not self.sigma_max > self.sigma_min:
+            raise InvalidInputError(f"sigma_max: {self.sigma_max!r} is not allowed; use a number > sigma_min "
+                                    f"({self.sigma_min})")
         if self.batch_size % self.accumulation:
             raise InvalidInputError(f"accumulation: {self.accumulation!r} is not allowed; use a positive divisor "
                                     "of batch_size")
