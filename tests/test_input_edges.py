@@ -9,6 +9,7 @@ import io
 import json
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
 
@@ -170,3 +171,38 @@ def test_a_path_stands_for_a_string_setting(tmp_path):
 
     cfg = TrainConfig(method="ict", data="toy:mog8", out=tmp_path / "run", steps=2, batch_size=8)
     assert cfg.out == str(tmp_path / "run")
+
+
+def test_save_pretrained_into_a_file_or_nowhere_and_a_diffusers_unet_are_one_line(tmp_path, monkeypatch):
+    from diffusers import UNet2DModel
+
+    from consistency_models import ConsistencyModelPipeline
+
+    pipe = ConsistencyModelPipeline.from_pretrained("digits")
+    (tmp_path / "file.txt").write_text("mine")
+    with pytest.raises(InvalidInputError, match=r"^path: .*file\.txt is a file; give a folder"):
+        pipe.save_pretrained(tmp_path / "file.txt")
+    assert (tmp_path / "file.txt").read_text() == "mine"
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InvalidInputError, match=r"^path: '' is empty"):
+        pipe.save_pretrained("")
+    with pytest.raises(InvalidInputError, match=r"^variant: '\.\./x' is not allowed"):
+        pipe.save_pretrained(tmp_path / "out", variant="../x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
+    unet = UNet2DModel(sample_size=8, block_out_channels=(32, 32), norm_num_groups=8,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+    with pytest.raises(InvalidInputError, match=r"^unet: a UNet2DModel is not a network of this package; save it"):
+        ConsistencyModelPipeline(unet)
+
+
+@pytest.mark.parametrize("given, message", [
+    ({"timesteps": 9}, "timesteps: 9 is not allowed; give a list"),
+    ({"sigmas": 80.0}, "sigmas: 80.0 is not allowed; give a list"),
+    ({"num_inference_steps": True}, "num_inference_steps: True is not allowed; use a positive integer"),
+    ({"num_inference_steps": 2.0}, "num_inference_steps: 2.0 is not allowed; use a positive integer"),
+])
+def test_scalar_noise_levels_are_one_line(given, message):
+    from consistency_models import ConsistencyModelPipeline
+
+    with pytest.raises(InvalidInputError, match="^" + re.escape(message)):
+        ConsistencyModelPipeline.from_pretrained("digits")(batch_size=1, output_type="np", **given)

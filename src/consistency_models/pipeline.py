@@ -84,6 +84,10 @@ class ConsistencyModelPipeline:
         scheduler: CMStochasticIterativeScheduler | None = None,
         parametrization: str | None = None,  # a kind (kinds/); default: the scheduler's ("trigflow" for an SCMScheduler)
     ) -> None:
+        if not hasattr(getattr(unet, "config", None), "sample_shape"):  # e.g. diffusers' UNet2DModel
+            raise InvalidInputError(f"unet: a {type(unet).__name__} is not a network of this package; save it with its "
+                                    "pipeline's save_pretrained and load that folder with "
+                                    "ConsistencyModelPipeline.from_pretrained, which reads diffusers' weights")
         scheduler = scheduler or CMStochasticIterativeScheduler()
         scheduler_class = type(scheduler).__name__
         trigflow_scheduler = scheduler_class == TRIGFLOW_SCHEDULER_CLASS

@@ -182,6 +182,13 @@ class NoiseLevels:
     def __post_init__(self) -> None:
         if self.timesteps is not None and self.sigmas is not None:
             raise InvalidInputError("timesteps/sigmas: give one of them, not both")
+        for name, value in (("timesteps", self.timesteps), ("sigmas", self.sigmas)):
+            if value is not None and (isinstance(value, (str, bytes)) or not hasattr(value, "__iter__")
+                                      or getattr(value, "ndim", 1) != 1):
+                raise InvalidInputError(f"{name}: {value!r} is not allowed; give a list, e.g. [22, 0] or [80.0, 1.0]")
+        steps = self.steps
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, numbers.Integral)):
+            raise InvalidInputError(f"num_inference_steps: {steps!r} is not allowed; use a positive integer")
         if self.timesteps is not None:
             object.__setattr__(self, "timesteps", tuple(self.timesteps))
             object.__setattr__(self, "steps", None)

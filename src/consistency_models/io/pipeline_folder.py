@@ -166,9 +166,16 @@ def save_pipeline_folder(path: str | os.PathLike, parts: PipelineParts, variant:
     atomically); `variant` names the weights file as diffusers does (…/diffusion_pytorch_model.fp16.safetensors),
     `safe_serialization=False` writes them as diffusers does then: a torch.save state dict (….bin)."""
     weights_suffix(safe_serialization)  # a one-line error before anything is written
+    if not str(path).strip():
+        raise InvalidInputError("path: '' is empty; give the folder to write")
     folder = Path(path)
     if not folder.parent.is_dir():
         raise InvalidInputError(f"path: the folder {folder.parent} does not exist")
+    if folder.exists() and not folder.is_dir():
+        raise InvalidInputError(f"path: {folder} is a file; give a folder to write the pipeline into")
+    if variant is not None and (not isinstance(variant, str) or not variant or "/" in variant or "\\" in variant
+                                or variant.startswith(".")):
+        raise InvalidInputError(f"variant: {variant!r} is not allowed; use a name such as fp16")
     folder.mkdir(exist_ok=True)
     save_network(parts.network, folder / "unet", variant, safe_serialization)
     write_scheduler_config(folder / "scheduler", parts.scheduler_config, parts.parametrization)
