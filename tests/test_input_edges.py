@@ -206,3 +206,22 @@ def test_scalar_noise_levels_are_one_line(given, message):
 
     with pytest.raises(InvalidInputError, match="^" + re.escape(message)):
         ConsistencyModelPipeline.from_pretrained("digits")(batch_size=1, output_type="np", **given)
+
+
+def test_an_out_below_a_file_says_it_is_a_file(tmp_path, capsys):
+    (tmp_path / "afile.txt").write_text("mine")
+    assert one_line(["train", "--method", "ict", "--data", "toy:mog8", "--out", str(tmp_path / "afile.txt" / "sub"),
+                     "--steps", "1"], capsys) == f"out: {tmp_path / 'afile.txt'} is a file, not a folder"
+
+
+def test_a_compiled_run_says_that_its_first_step_compiles(tmp_path, capsys, monkeypatch):
+    from consistency_models.training import loop
+
+    monkeypatch.setattr(loop, "compiled", lambda module: module)   # the message, not inductor's minutes
+    capsys.readouterr()
+    assert main(["train", "--method", "ict", "--data", "toy:mog8", "--out", str(tmp_path / "run"), "--steps", "1",
+                 "--batch-size", "8", "--no-progress", "--compile"]) == 0
+    assert "compile: the first step compiles the networks" in capsys.readouterr().err
+    assert main(["train", "--method", "ict", "--data", "toy:mog8", "--out", str(tmp_path / "plain"), "--steps", "1",
+                 "--batch-size", "8", "--no-progress"]) == 0
+    assert "compile:" not in capsys.readouterr().err

@@ -350,6 +350,9 @@ class Trainer:
             print(self.resume_note, file=sys.stderr)
         for note in self.dataset.notes if main else ():
             print(f"data: {cfg.data}: {note}", file=sys.stderr)
+        if main and first_step < cfg.steps and compiles(cfg, self.ctx.device):  # else a silent bar at 0 for minutes
+            print("compile: the first step compiles the networks (torch.compile; minutes on a CPU, less on a GPU)",
+                  file=sys.stderr)
         if main:
             for folder in (self.out, self.out / "unet", self.out / "scheduler", self.out / "samples"):
                 remove_leftovers(folder)  # temp files of a killed write (checkpoints clean their own)

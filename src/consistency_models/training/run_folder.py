@@ -25,7 +25,8 @@ def check_run_folder(out: Path, resume: bool, inputs: dict[str, str | None]) -> 
     if str(out) in ("", "."):
         raise InvalidInputError(f"out: {str(out)!r} is not a run folder name; give a new folder, e.g. --out my-run")
     if not out.parent.is_dir():
-        raise InvalidInputError(f"out: the folder {out.parent} does not exist")
+        raise InvalidInputError(f"out: {out.parent} is a file, not a folder" if out.parent.exists()
+                                else f"out: the folder {out.parent} does not exist")
     if out.exists() and not out.is_dir():
         raise InvalidInputError(f"out: {out} is a file; give a folder")
     refuse_input_as_output(out, "out", inputs)
