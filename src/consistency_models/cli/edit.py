@@ -112,10 +112,9 @@ def run(args: argparse.Namespace) -> None:
     if output_kind(args.out) != "grid":
         raise InvalidInputError(f"out: {args.out!r} must be a .png file")
     refuse_existing(args.out, args.overwrite)
-    inputs = {name: getattr(args, name, None) for name in ("model", "image", "mask")}
-    if is_embedded(inputs["model"]):  # inside the package: no output can be it
-        inputs["model"] = None
-    refuse_input_as_output(args.out, "out", inputs)
+    model = None if is_embedded(args.model) else args.model  # an embedded model lies in the package: no output is it
+    refuse_input_as_output(args.out, "out", {"model": model, "image": getattr(args, "image", None),
+                                             "mask": getattr(args, "mask", None)})
     spec = EDITS[args.edit]
     pipe = ConsistencyModelPipeline.from_pretrained(args.model, device=device(args.device))
     if not pipe.is_image_model:

@@ -57,8 +57,8 @@ class TrainConfig(RunSettings):
         """The method's options class filled with what was given (a dict or an instance of it)."""
         given = self.options
         if not isinstance(given, (dict, MethodOptions)):
-            raise InvalidInputError(f"options: a {type(given).__name__} is not allowed; use a dict of --method "
-                                    f"{self.method}'s settings or a {method.options.__name__}")
+            raise InvalidInputError(f"options: a {type(given).__name__} is not allowed; use a dict of the method's "
+                                    "settings")
         if isinstance(given, MethodOptions):
             if type(given) is not method.options:
                 raise InvalidInputError(f"options: a {type(given).__name__} is not --method {self.method}'s "
@@ -110,10 +110,8 @@ class TrainConfig(RunSettings):
         given = settings.get("options", {})
         if isinstance(given, MethodOptions):
             given = given.to_dict()
-        if not isinstance(given, dict):
-            raise InvalidInputError(f"options: a {type(given).__name__} is not allowed; use a dict of the method's "
-                                    "settings")
-        return cls(**general, options={**given, **options})
+        # Anything else than a dict goes to the constructor as it is, which refuses it in one line.
+        return cls(**general, options={**given, **options} if isinstance(given, dict) else given)
 
     @classmethod
     def from_recipe(cls, name: str, **settings: Any) -> "TrainConfig":

@@ -91,10 +91,10 @@ class TCMOptions(ECTOptions):
         if not run.init_from and not 1 <= first < run.steps:
             raise InvalidInputError(f"stage1_share: {self.stage1_share} of {run.steps} steps gives stage 1 {first} "
                                     "steps; without --init-from both stages need at least one step")
-        if run.init_from and first == 0 and self.stage2_lr != TCMOptions.stage2_lr:
-            raise InvalidInputError(f"stage2_lr: {self.stage2_lr} is not used: with --init-from (and no stage 1) the "
-                                    "run is stage 2 alone and trains at --lr")
-        if run.init_from and first == 0:
+        if run.init_from and first == 0:  # stage 2 alone
+            if self.stage2_lr != TCMOptions.stage2_lr:
+                raise InvalidInputError(f"stage2_lr: {self.stage2_lr} is not used: with --init-from (and no stage 1) "
+                                        "the run is stage 2 alone and trains at --lr")
             check_stage1_model(run.init_from)
 
 
