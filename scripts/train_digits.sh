@@ -27,7 +27,9 @@ root = Path(sys.argv[1])
 dest = Path(__import__("consistency_models").__file__).parent / "weights"
 for run, name in ((root / "cd", "digits"), (root / "teacher", "digits-teacher"),
                   (root / "teacher-trigflow", "digits-teacher-trigflow")):
+    # save_pretrained refuses the package's own folder: written beside the run, then moved in
+    ConsistencyModelPipeline.from_pretrained(run).to(dtype=torch.float16).save_pretrained(root / f"ship-{name}")
     shutil.rmtree(dest / name, ignore_errors=True)
-    ConsistencyModelPipeline.from_pretrained(run).to(dtype=torch.float16).save_pretrained(dest / name)
+    shutil.move(root / f"ship-{name}", dest / name)
     print("wrote", dest / name)
 PY

@@ -48,7 +48,9 @@ import shutil, sys, torch
 from pathlib import Path
 from consistency_models import ConsistencyModelPipeline
 root, dest = Path(sys.argv[1]), Path(sys.argv[2])
+# save_pretrained refuses the package's own folder: written beside the run, then moved in
+ConsistencyModelPipeline.from_pretrained(root / "cd").to(dtype=torch.float16).save_pretrained(root / "ship-digits-color")
 shutil.rmtree(dest / "digits-color", ignore_errors=True)
-ConsistencyModelPipeline.from_pretrained(root / "cd").to(dtype=torch.float16).save_pretrained(dest / "digits-color")
+shutil.move(root / "ship-digits-color", dest / "digits-color")
 print("wrote", dest / "digits-color")
 PY

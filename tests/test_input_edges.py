@@ -225,3 +225,106 @@ def test_a_compiled_run_says_that_its_first_step_compiles(tmp_path, capsys, monk
     assert main(["train", "--method", "ict", "--data", "toy:mog8", "--out", str(tmp_path / "plain"), "--steps", "1",
                  "--batch-size", "8", "--no-progress"]) == 0
     assert "compile:" not in capsys.readouterr().err
+
+
+def test_numpy_integers_count_as_integers():
+    """np.int64 comes out of arrays (a batch size from a config array); a bool or a float does not count."""
+    from consistency_models import ConsistencyModelPipeline
+
+    pipe = ConsistencyModelPipeline.from_pretrained("digits")
+    given = pipe(batch_size=np.int64(2), num_inference_steps=np.int64(2), callback_steps=np.int32(1),
+                 class_labels=3, generator=__import__("torch").Generator().manual_seed(0), output_type="pt").images
+    same = pipe(batch_size=2, num_inference_steps=2, class_labels=3,
+                generator=__import__("torch").Generator().manual_seed(0), output_type="pt").images
+    assert given.shape == (2, 1, 16, 16) and given.equal(same)
+    for bad in (True, 2.0, np.float64(2)):
+        with pytest.raises(InvalidInputError, match="^batch_size: .* must be an integer"):
+            pipe(batch_size=bad)
+
+
+def test_a_preset_beside_a_copied_network_is_refused_and_resume_knows_the_datas_preset(tmp_path, capsys):
+    run = ["train", "--method", "ict", "--data", "toy:mog8", "--steps", "2", "--batch-size", "8", "--no-progress"]
+    assert main([*run, "--out", str(tmp_path / "a")]) == 0            # no --preset: the data's, mlp2d
+    assert one_line([*run, "--out", str(tmp_path / "b"), "--init-from", str(tmp_path / "a"), "--preset", "wide"],
+                    capsys) == (f"preset: 'wide' is not used: the network is copied from --init-from "
+                                f"{tmp_path / 'a'}, architecture included; drop --preset")
+    assert not (tmp_path / "b").exists()
+    capsys.readouterr()
+    assert main([*run, "--out", str(tmp_path / "a"), "--preset", "mlp2d", "--resume"]) == 0   # was "preset=None (now 'mlp2d')"
+    assert "resume: continuing from step 2 of 2" in capsys.readouterr().err
+    assert one_line([*run, "--out", str(tmp_path / "a"), "--preset", "tiny16", "--resume"], capsys) == (
+        "preset: 'tiny16' is not a point-data preset; use one of mlp2d")
+
+
+def test_tensorboard_without_its_package_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name.startswith("torch.utils.tensorboard"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    assert one_line(["train", "--method", "ict", "--data", "toy:mog8", "--out", str(tmp_path / "run"), "--steps", "1",
+                     "--tensorboard"], capsys) == "tensorboard: the tensorboard package is not installed; pip install tensorboard"
+    assert not (tmp_path / "run").exists()
+
+
+def test_float16_training_on_the_cpu_says_it_is_slow(tmp_path, capsys):
+    capsys.readouterr()
+    assert main(["train", "--method", "ict", "--data", "toy:mog8", "--out", str(tmp_path / "run"), "--steps", "1",
+                 "--batch-size", "8", "--no-progress", "--precision", "float16"]) == 0
+    assert "precision: float16 autocast has no fast CPU kernels" in capsys.readouterr().err
+
+
+def test_sample_compile_says_that_its_first_batch_compiles(tmp_path, capsys, monkeypatch):
+    from consistency_models.fast_paths import FastPaths
+
+    monkeypatch.setattr(FastPaths, "set_compile", lambda self, enabled, **options: None)   # the message, not inductor
+    capsys.readouterr()
+    assert main(["sample", "--out", str(tmp_path / "g.png"), "--batch-size", "1", "--compile"]) == 0
+    assert "compile: the first batch compiles the network" in capsys.readouterr().err
+
+
+def test_save_pretrained_refuses_the_packages_shipped_models(tmp_path):
+    from consistency_models import ConsistencyModelPipeline
+    from consistency_models.io.hub import embedded_root
+
+    shipped = embedded_root() / "digits" / "unet" / "diffusion_pytorch_model.safetensors"
+    before = shipped.stat().st_mtime_ns
+    pipe = ConsistencyModelPipeline.from_pretrained("digits")
+    for target in (embedded_root() / "digits", embedded_root() / "new-one"):
+        with pytest.raises(InvalidInputError, match=r"^path: .* is inside the package's shipped models"):
+            pipe.save_pretrained(target)
+    assert shipped.stat().st_mtime_ns == before and not (embedded_root() / "new-one").exists()
+
+
+def test_from_pretrained_takes_diffusers_loading_options(tmp_path):
+    """use_safetensors, device_map, low_cpu_mem_usage, unet=/scheduler= and the Hub's download options,
+    as in diffusers' from_pretrained (they were TypeErrors)."""
+    import torch
+
+    from consistency_models import CMStochasticIterativeScheduler, ConsistencyModelPipeline
+
+    base = ConsistencyModelPipeline.from_pretrained("digits")
+    base.save_pretrained(tmp_path / "bin", safe_serialization=False)
+    from_bin = ConsistencyModelPipeline.from_pretrained(tmp_path / "bin", use_safetensors=False, device_map="balanced",
+                                                        low_cpu_mem_usage=False, local_files_only=True, revision="main")
+    assert all(a.equal(b) for a, b in zip(from_bin.unet.state_dict().values(), base.unet.state_dict().values()))
+    with pytest.raises(InvalidInputError, match=r"^use_safetensors: True asks for diffusion_pytorch_model\.safetensors, "
+                                                r"which .* does not have \(found: diffusion_pytorch_model\.bin\)"):
+        ConsistencyModelPipeline.from_pretrained(tmp_path / "bin", use_safetensors=True)
+    with pytest.raises(InvalidInputError, match=r"^device_map: give device='cpu' or device_map='cpu', not both"):
+        ConsistencyModelPipeline.from_pretrained("digits", device="cpu", device_map="cpu")
+    with pytest.raises(InvalidInputError, match=r"^device_map: \{'unet': 0\} is not allowed; this pipeline has one"):
+        ConsistencyModelPipeline.from_pretrained("digits", device_map={"unet": 0})
+    with pytest.raises(TypeError, match="unexpected keyword argument 'resume'"):
+        ConsistencyModelPipeline.from_pretrained("digits", resume=True)
+    scheduler = CMStochasticIterativeScheduler(num_train_timesteps=18)
+    swapped = ConsistencyModelPipeline.from_pretrained("digits", scheduler=scheduler, unet=base.unet)
+    assert swapped.scheduler is scheduler and swapped.unet is base.unet
+    assert swapped.noise_schedule(swapped_levels := __import__("consistency_models").schedule.NoiseLevels.of(2, None, None)) \
+        == ConsistencyModelPipeline(base.unet, scheduler).noise_schedule(swapped_levels)
+    assert torch.device("cpu") == next(from_bin.unet.parameters()).device

@@ -191,7 +191,7 @@ def test_recipe_sets_every_setting_and_options_override_it(tmp_path, capsys):
                                   lpips_lin="l", lr=1e-5)
     options = cfg.options
     assert (cfg.method, cfg.preset, options.num_scales, options.target_mu, options.distance, cfg.batch_size, cfg.lr) == (
-        "cd", "imagenet64", 40, 0.95, "lpips", 2048, 1e-5)
+        "cd", None, 40, 0.95, "lpips", 2048, 1e-5)   # the recipe's preset names the teacher's network, copied
     assert cfg.ema_rates == (0.999, 0.9999, 0.9999432189950708) and cfg.dropout == 0.0 and cfg.init_from_teacher
     assert cfg.grad_clip == 0.0 and cfg.precision == "float16" and cfg.extra == {"recipe": "openai-cd-imagenet64-lpips"}
     for name, recipe in RECIPES.items():  # every recipe is a valid config once the user's parts are given

@@ -34,7 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .errors import InvalidInputError
+from .errors import InvalidInputError, is_integer
 from .pipeline import ConsistencyModelPipeline
 from .sampling import Generator, randn
 from .schedule import NoiseLevels, SchedulerConfig
@@ -282,11 +282,11 @@ def colorize(
 def check_factor(factor: int, size: int) -> int:
     """A super-resolution factor must be an integer ≥ 2 that divides the image size."""
     allowed = [f for f in range(2, size + 1) if size % f == 0]
-    if isinstance(factor, bool) or not isinstance(factor, int) or factor not in allowed:
+    if not is_integer(factor) or factor not in allowed:
         raise InvalidInputError(
             f"factor: {factor!r} must divide the model's image size {size}; use one of {', '.join(map(str, allowed))}"
         )
-    return factor
+    return int(factor)
 
 
 def super_resolve(
@@ -389,8 +389,9 @@ def interpolate(
     z0, z1 are unit-variance noise of the model's sample shape; every frame uses the same class
     label (given, or drawn once). Returns (num, C, H, W) in [0, 1].
     """
-    if isinstance(num, bool) or not isinstance(num, int) or not 2 <= num <= MAX_FRAMES:
+    if not is_integer(num) or not 2 <= num <= MAX_FRAMES:
         raise InvalidInputError(f"num: {num!r} must be an integer from 2 to {MAX_FRAMES} (the two ends included)")
+    num = int(num)
     shape = (1, *pipe.sample_shape)
     ends = []
     for name, z in (("z0", z0), ("z1", z1)):

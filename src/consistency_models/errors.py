@@ -1,4 +1,6 @@
-"""The one exception type for bad user input."""
+"""The one exception type for bad user input, and the integer test its checks share."""
+
+import numbers
 
 
 class InvalidInputError(ValueError):
@@ -16,3 +18,8 @@ def about(argument: str, exc: InvalidInputError, loader: str = "model") -> Inval
     if message.startswith(f"{argument}:"):
         return InvalidInputError(message)
     return InvalidInputError(f"{argument}: {message.removeprefix(f'{loader}: ')}")
+
+
+def is_integer(value: object) -> bool:
+    """True for a Python or NumPy integer (np.int64 from an array counts), False for a bool or a float."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)

@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .errors import InvalidInputError
+from .errors import InvalidInputError, is_integer
 from .parametrization import SIGMA_DATA, SIGMA_MIN
 
 TIME_INPUTS = 2   # the network's time inputs: t and t − r
@@ -40,8 +40,9 @@ def check_flow_times(times: Sequence[float]) -> list[float]:
 
 def default_flow_times(steps: int) -> list[float]:
     """The times of `steps`-step sampling: 1, (n−1)/n, …, 1/n (the paper's 2-step: 1, 0.5)."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 1000:
+    if not is_integer(steps) or not 1 <= steps <= 1000:
         raise InvalidInputError(f"num_inference_steps: {steps!r} must be an integer from 1 to 1000")
+    steps = int(steps)
     return [(steps - i) / steps for i in range(steps)]
 
 

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .errors import InvalidInputError
+from .errors import InvalidInputError, is_integer
 from .fast_paths import FastPaths
 from .io.images import pil_image, to_uint8
 from .io.pipeline_folder import (
@@ -65,6 +65,22 @@ def _dtype_argument(dtype: torch.dtype | dict | None, torch_dtype: torch.dtype |
     if chosen is not None and not isinstance(chosen, torch.dtype):
         raise InvalidInputError(f"dtype: {chosen!r} is not a torch dtype (e.g. torch.float16)")
     return chosen
+
+
+def _device_argument(device: str | torch.device | None,
+                     device_map: str | torch.device | None) -> str | torch.device | None:
+    """`device`, or diffusers' `device_map` for a one-network pipeline: a device, or "balanced"/"auto"
+    (the GPU when there is one, else the CPU)."""
+    if device_map is None:
+        return device
+    if device is not None:
+        raise InvalidInputError(f"device_map: give device={device!r} or device_map={device_map!r}, not both")
+    if device_map in ("balanced", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if isinstance(device_map, (str, torch.device)):
+        return device_map
+    raise InvalidInputError(f"device_map: {device_map!r} is not allowed; this pipeline has one network: give a device "
+                            "such as 'cuda' or 'cpu', or 'balanced'")
 
 
 class ConsistencyModelPipeline:
@@ -144,16 +160,33 @@ class ConsistencyModelPipeline:
         dtype: torch.dtype | dict[str, torch.dtype] | None = None,
         variant: str | None = None,
         fast_kernels: bool = True,
+        use_safetensors: bool | None = None,
+        device_map: str | torch.device | None = None,
+        unet: torch.nn.Module | None = None,
+        scheduler: CMStochasticIterativeScheduler | None = None,
+        low_cpu_mem_usage: bool = True,
+        **download: Any,
     ) -> "ConsistencyModelPipeline":
         """Load a diffusers pipeline folder, an embedded model by name, or a Hub id when online.
 
-        `dtype` as diffusers (a dtype or {"unet": …, "default": …}; `torch_dtype` is its older
-        name, kept); `variant` loads `unet/diffusion_pytorch_model.<variant>.safetensors`. The
-        fast kernels are on (`enable_fast_kernels`: Winograd and channels_last for wide networks
-        on CPU, agreeing with the plain float32 path to ~1e-6); `fast_kernels=False` turns them off."""
+        As diffusers' `from_pretrained`: `dtype` (a dtype or {"unet": …, "default": …};
+        `torch_dtype` is its older name, kept); `variant` loads
+        `unet/diffusion_pytorch_model.<variant>.safetensors`; `use_safetensors` (None: .safetensors,
+        else .bin; True/False: only that format); `unet=` / `scheduler=` replace a component (a
+        given unet: the folder's weights are not read); `device_map` a device ("cuda", "cpu") or
+        "balanced"/"auto" (the one GPU when there is one, else the CPU: this pipeline has one
+        network); `low_cpu_mem_usage` is accepted and changes nothing (weights load once, into the
+        network); `revision`, `cache_dir`, `token`, `local_files_only`, `force_download`, `proxies`
+        go to huggingface_hub for a Hub id. The fast kernels are on (`enable_fast_kernels`:
+        Winograd and channels_last for wide networks on CPU, agreeing with the plain float32 path
+        to ~1e-6); `fast_kernels=False` turns them off."""
         chosen = _dtype_argument(dtype, torch_dtype)
-        pipe = cls.from_parts(load_pipeline_folder(path_or_id, variant)).to(device=device, dtype=chosen)
-        return pipe.enable_fast_kernels(fast_kernels)
+        device = _device_argument(device, device_map)
+        if not isinstance(low_cpu_mem_usage, bool):
+            raise InvalidInputError(f"low_cpu_mem_usage: {low_cpu_mem_usage!r} is not allowed; use True or False")
+        parts = load_pipeline_folder(path_or_id, variant, use_safetensors, unet, **download)
+        pipe = cls.from_parts(parts) if scheduler is None else cls(parts.network, scheduler, parts.parametrization)
+        return pipe.to(device=device, dtype=chosen).enable_fast_kernels(fast_kernels)
 
     @classmethod
     def from_preset(
@@ -313,19 +346,21 @@ class ConsistencyModelPipeline:
         """The σs this model samples at for `levels` (its sampler's default when nothing is given)."""
         return self.sampler.schedule(levels, self.sampling_config)
 
-    def _check_call(self, batch_size: int, generator: Generator, output_type: str, callback_steps: int = 1) -> None:
-        if isinstance(callback_steps, bool) or not isinstance(callback_steps, int) or callback_steps < 1:
+    def _check_call(self, batch_size: int, generator: Generator, output_type: str, callback_steps: int = 1) -> int:
+        """Refuse bad call arguments in one line; returns batch_size as a Python int."""
+        if not is_integer(callback_steps) or callback_steps < 1:
             raise InvalidInputError(f"callback_steps: {callback_steps!r} must be a positive integer")
         if output_type not in OUTPUT_TYPES:
             raise InvalidInputError(f"output_type: {output_type!r} is not one of {', '.join(OUTPUT_TYPES)}")
         if output_type == "pil" and not self.is_image_model:
             raise InvalidInputError("output_type: 'pil' needs an image model; this model makes points, use 'np' or 'pt'")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH:
+        if not is_integer(batch_size) or not 1 <= batch_size <= MAX_BATCH:
             raise InvalidInputError(f"batch_size: {batch_size!r} must be an integer from 1 to {MAX_BATCH}")
         if isinstance(generator, (list, tuple)) and len(generator) != batch_size:
             raise InvalidInputError(
                 f"generator: got a list of {len(generator)} generators for batch_size={batch_size}; give one per sample"
             )
+        return int(batch_size)
 
     # -- sampling -----------------------------------------------------------------------
     @torch.no_grad()
@@ -350,7 +385,8 @@ class ConsistencyModelPipeline:
         (`parametrization="edm"`, e.g. a teacher) samples with the deterministic Heun sampler
         on the N-point Karras grid ending at σ = 0 (default N = 18, 2N − 1 evaluations).
         """
-        self._check_call(batch_size, generator, output_type, callback_steps)
+        batch_size = self._check_call(batch_size, generator, output_type, callback_steps)
+        callback_steps = int(callback_steps)
         schedule = self.noise_schedule(NoiseLevels.of(num_inference_steps, timesteps, sigmas))
         noise = self.prepare_latents(batch_size, latents, generator)
         labels = self.prepare_class_labels(batch_size, class_labels, generator)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
@@ -64,12 +65,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def sampling_pipeline(args: argparse.Namespace, dev: torch.device) -> ConsistencyModelPipeline:
-    """The model in the asked precision, with the asked fast paths."""
+def sampling_pipeline(args: argparse.Namespace, dev: torch.device, main: bool = True) -> ConsistencyModelPipeline:
+    """The model in the asked precision, with the asked fast paths (`main`: the process that speaks)."""
     pipe = ConsistencyModelPipeline.from_pretrained(args.model, torch_dtype=DTYPES[args.dtype], device=dev)
     pipe.enable_fast_kernels(args.fast_kernels)
     if args.compile:
         pipe.compile()
+        if main:
+            print("compile: the first batch compiles the network (torch.compile; a minute or more on a CPU)",
+                  file=sys.stderr)
     if args.cuda_graph:
         if dev.type != "cuda":
             raise InvalidInputError(f"cuda_graph: needs --device cuda, not {dev}")
@@ -131,7 +135,7 @@ def run_many(args: argparse.Namespace) -> None:
     device(args.device)
     context = setup_distributed(args.device)
     try:
-        pipe = sampling_pipeline(args, context.device)
+        pipe = sampling_pipeline(args, context.device, context.is_main)
         out = generate_samples(pipe, args.num, args.out, batch_size=args.batch_size, seed=args.seed,
                                class_labels=None if args.class_labels is None else args.class_labels[0],
                                levels=noise_levels(args), compute_batch=args.compute_batch, context=context,

@@ -254,13 +254,22 @@ def stale_weights(folder: Path, variant: str | None, written: str) -> list[Path]
     return sorted(p for p in folder.iterdir() if p.name != written and pattern.fullmatch(p.name) and p.is_file())
 
 
-def load_network(folder: str | os.PathLike, variant: str | None = None) -> torch.nn.Module:
-    """The network of a `unet/` folder (config.json + weights, or the weights of `variant`)."""
+def load_network(folder: str | os.PathLike, variant: str | None = None,
+                 use_safetensors: bool | None = None) -> torch.nn.Module:
+    """The network of a `unet/` folder (config.json + weights, or the weights of `variant`).
+    `use_safetensors` as diffusers: None reads .safetensors, else .bin; True only .safetensors;
+    False only .bin."""
+    if use_safetensors is not None and not isinstance(use_safetensors, bool):
+        raise InvalidInputError(f"use_safetensors: {use_safetensors!r} is not allowed; use True, False or None")
     folder = Path(folder)
     model = network_from_config(read_json(folder / CONFIG_NAME, "unet config"), str(folder / CONFIG_NAME))
-    weights = folder / weights_name(variant)
-    if not weights.is_file() and (folder / weights_name(variant, ".bin")).is_file():
+    weights = folder / weights_name(variant, ".bin" if use_safetensors is False else ".safetensors")
+    if use_safetensors is None and not weights.is_file() and (folder / weights_name(variant, ".bin")).is_file():
         weights = folder / weights_name(variant, ".bin")
+    if use_safetensors is not None and not weights.is_file():
+        found = sorted(p.name for p in folder.glob("diffusion_pytorch_model*")) or ["none"]
+        raise InvalidInputError(f"use_safetensors: {use_safetensors} asks for {weights.name}, which {folder} does not "
+                                f"have (found: {', '.join(found)})")
     if not weights.is_file() and variant:
         found = sorted(p.name for p in folder.glob("diffusion_pytorch_model*")) or ["none"]
         raise InvalidInputError(f"variant: there are no weights of variant={variant!r} in {folder} "

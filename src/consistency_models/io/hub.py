@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 from ..errors import InvalidInputError
 
@@ -28,11 +29,34 @@ def is_embedded(name: str | os.PathLike | None) -> bool:
     return name is not None and str(name) in EMBEDDED and not (Path(name) / "model_index.json").is_file()
 
 
-def resolve_model_path(name: str | os.PathLike) -> Path:
-    """An embedded model name ("digits"), a local folder, or an `owner/name` Hub id (fetched when online)."""
+def embedded_root() -> Path:
+    """The package folder that holds the embedded models."""
+    return Path(__file__).resolve().parent.parent / "weights"
+
+
+def refuse_embedded_folder(argument: str, path: str | os.PathLike) -> None:
+    """Writing into the package's shipped models would change them for every later run: refused."""
+    root = embedded_root()
+    if Path(path).resolve().is_relative_to(root):
+        raise InvalidInputError(f"{argument}: {path} is inside the package's shipped models ({root}); "
+                                "write to a folder of your own")
+
+
+# huggingface_hub.snapshot_download's options that diffusers' from_pretrained passes on.
+DOWNLOAD_OPTIONS = ("revision", "cache_dir", "token", "local_files_only", "force_download", "proxies")
+
+
+def resolve_model_path(name: str | os.PathLike, **download: Any) -> Path:
+    """An embedded model name ("digits"), a local folder, or an `owner/name` Hub id (fetched when
+    online; `download`: `DOWNLOAD_OPTIONS` for huggingface_hub, e.g. revision="main",
+    local_files_only=True; a local folder or embedded model reads none of them)."""
+    unknown = sorted(set(download) - set(DOWNLOAD_OPTIONS))
+    if unknown:
+        raise TypeError(f"from_pretrained() got an unexpected keyword argument {unknown[0]!r} "
+                        f"(download options: {', '.join(DOWNLOAD_OPTIONS)})")
     path = Path(name)
     if is_embedded(name):
-        folder = Path(__file__).resolve().parent.parent / "weights" / EMBEDDED[str(name)]
+        folder = embedded_root() / EMBEDDED[str(name)]
         if not (folder / "model_index.json").is_file():
             raise InvalidInputError(f"model: the embedded model {name!r} is missing from this installation ({folder})")
         return folder
@@ -51,10 +75,11 @@ def resolve_model_path(name: str | os.PathLike) -> Path:
             "pip install 'consistency-models[hub]', or pass a local folder"
         ) from None
     offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    options = {**download, "local_files_only": bool(download.get("local_files_only")) or offline}
     try:
-        folder = Path(snapshot_download(text, allow_patterns=_PATTERNS, local_files_only=offline))
+        folder = Path(snapshot_download(text, allow_patterns=_PATTERNS, **options))
         if not any((folder / "unet").glob("*.safetensors")):  # older repos carry only the .bin
-            folder = Path(snapshot_download(text, allow_patterns=[*_PATTERNS, "unet/*.bin"], local_files_only=offline))
+            folder = Path(snapshot_download(text, allow_patterns=[*_PATTERNS, "unet/*.bin"], **options))
         return folder
     except Exception as exc:  # network, auth, offline mode, missing repo: all end the same way
         reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__

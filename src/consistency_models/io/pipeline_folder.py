@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -33,7 +34,7 @@ from ..kinds import (
 from ..schedule import SchedulerConfig
 from .atomic import write_json
 from .diffusers_format import DIFFUSERS_VERSION, load_network, read_json, save_network, weights_suffix
-from .hub import resolve_model_path
+from .hub import refuse_embedded_folder, resolve_model_path
 
 MODEL_INDEX = "model_index.json"
 TRIGFLOW_PREDICTION = "trigflow"  # the only prediction_type of diffusers' SCMScheduler
@@ -134,13 +135,18 @@ def write_model_index(folder: Path, parametrization: str) -> None:
     write_json(folder / MODEL_INDEX, index)
 
 
-def load_pipeline_folder(path_or_id: str | os.PathLike, variant: str | None = None) -> PipelineParts:
-    """The parts of a pipeline folder, an embedded model's name or a Hub id (when online);
-    `variant` picks `unet/diffusion_pytorch_model.<variant>.safetensors`."""
-    folder = resolve_model_path(path_or_id)
+def load_pipeline_folder(path_or_id: str | os.PathLike, variant: str | None = None,
+                         use_safetensors: bool | None = None, network: nn.Module | None = None,
+                         **download: Any) -> PipelineParts:
+    """The parts of a pipeline folder, an embedded model's name or a Hub id (when online; `download`:
+    huggingface_hub's options, `hub.DOWNLOAD_OPTIONS`); `variant` picks
+    `unet/diffusion_pytorch_model.<variant>.safetensors`, `use_safetensors` the format
+    (`load_network`); a given `network` is taken instead of the folder's (no weights read)."""
+    folder = resolve_model_path(path_or_id, **download)
     kind = folder_kind(folder)
-    return PipelineParts(load_network(folder / "unet", variant), read_scheduler_config(folder / "scheduler"),
-                         kind.name)
+    if network is None:
+        network = load_network(folder / "unet", variant, use_safetensors)
+    return PipelineParts(network, read_scheduler_config(folder / "scheduler"), kind.name)
 
 
 def folder_kind(path_or_id: str | os.PathLike) -> ModelKind:
@@ -176,6 +182,7 @@ def save_pipeline_folder(path: str | os.PathLike, parts: PipelineParts, variant:
     if variant is not None and (not isinstance(variant, str) or not variant or "/" in variant or "\\" in variant
                                 or variant.startswith(".")):
         raise InvalidInputError(f"variant: {variant!r} is not allowed; use a name such as fp16")
+    refuse_embedded_folder("path", folder)
     folder.mkdir(exist_ok=True)
     save_network(parts.network, folder / "unet", variant, safe_serialization)
     write_scheduler_config(folder / "scheduler", parts.scheduler_config, parts.parametrization)

@@ -95,6 +95,12 @@ class TrainConfig(RunSettings):
                                     f"it, and this run does not; {way}")
         if self.init_from and self.init_from_teacher:
             raise InvalidInputError("init_from: give --init-from or --init-from-teacher, not both")
+        if self.preset and (self.init_from or self.init_from_teacher) and self._recipe_hint("preset", self.preset):
+            self.preset = None  # a recipe's network, named for the record: the teacher's is the one copied
+        if self.preset and (self.init_from or self.init_from_teacher):
+            source = f"--init-from {self.init_from}" if self.init_from else f"the teacher {self.teacher}"
+            raise InvalidInputError(f"preset: {self.preset!r} is not used: the network is copied from {source}, "
+                                    "architecture included; drop --preset")
         if self.init_from_teacher and self.dropout is None and method.student_dropout is not None:
             self.dropout = method.student_dropout
 
@@ -137,6 +143,8 @@ class TrainConfig(RunSettings):
             data = {k: v for k, v in data.items() if k not in SIGMA_SETTINGS}
         if data.get("teacher") and not method.teacher_in_loss and data.get("init_from_teacher") is False:
             data["teacher"] = None
+        if data.get("init_from") or data.get("init_from_teacher"):
+            data["preset"] = None
         return cls.from_settings(**data)
 
     # Settings that may change between a run and its resumption.

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data import load_dataset
+from ..data import ImageDataset, PointDataset, load_dataset
 from ..distributed import DistributedContext, setup_distributed
 from ..errors import InvalidInputError, about
 from ..io.atomic import atomic_path, remove_leftovers, write_json
@@ -38,7 +38,7 @@ from .interrupts import StopRequests, TrainingInterrupted, stop_requests
 from .ema import EMA
 from .export import export_run, run_parts
 from .methods import Loss, LossInputs, get_method
-from .run_networks import LoadedTeacher, build_network, load_teacher, use_training_layout
+from .run_networks import LoadedTeacher, build_network, default_preset, load_teacher, use_training_layout
 from .optimizer import build_optimizer
 from .preview import preview
 from .run_folder import CONFIG_NAME, check_run_folder
@@ -65,13 +65,25 @@ def epoch_order(num_items: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(num_items, generator=step_generator(seed, epoch, 15))
 
 
-def _comparable(settings: dict) -> dict:
-    """Settings with data/teacher paths resolved, so the same run given another way compares equal."""
+def _comparable(settings: dict, dataset: ImageDataset | PointDataset) -> dict:
+    """Settings with data/teacher paths resolved and the preset the data chooses written out, so the
+    same run given another way compares equal."""
     out = dict(settings)
+    if not (out.get("preset") or out.get("init_from") or out.get("init_from_teacher")):
+        out["preset"] = default_preset(dataset)
     for key in ("data", "teacher"):
         if out.get(key) and Path(out[key]).exists():
             out[key] = str(Path(out[key]).resolve())
     return out
+
+
+def summary_writer_class() -> type:
+    """TensorBoard's writer (`--tensorboard`), or a one-line refusal when its package is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise InvalidInputError("tensorboard: the tensorboard package is not installed; pip install tensorboard") from None
+    return SummaryWriter
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
@@ -98,6 +110,8 @@ class Trainer:
         self.method = get_method(cfg.method)
         self.ctx = ctx or setup_distributed(cfg.device)
         self.out = Path(cfg.out)
+        if cfg.tensorboard:
+            summary_writer_class()  # refused before anything is written
         self._check_run_folder()
         self.dataset = self._load_data()
         self.data_x, self.data_y = self.dataset.tensors()
@@ -204,8 +218,8 @@ class Trainer:
                                 "before its first); training starts from step 0")
             return
         state = load_checkpoint(path)
-        saved = _comparable(TrainConfig.from_dict(state["config"]).to_dict())
-        now = _comparable(self.cfg.to_dict())
+        saved = _comparable(TrainConfig.from_dict(state["config"]).to_dict(), self.dataset)
+        now = _comparable(self.cfg.to_dict(), self.dataset)
         changed = [k for k in now if k not in TrainConfig.RESUMABLE and saved.get(k) != now[k]]
         if changed:
             details = ", ".join(f"{k}={saved.get(k)!r} (now {now[k]!r})" for k in changed[:4])
@@ -353,6 +367,9 @@ class Trainer:
         if main and first_step < cfg.steps and compiles(cfg, self.ctx.device):  # else a silent bar at 0 for minutes
             print("compile: the first step compiles the networks (torch.compile; minutes on a CPU, less on a GPU)",
                   file=sys.stderr)
+        if main and first_step < cfg.steps and cfg.precision == "float16" and self.ctx.device.type == "cpu":
+            print("precision: float16 autocast has no fast CPU kernels (a digits step here: 8x the float32 time); "
+                  "bfloat16 is the CPU's fast half precision", file=sys.stderr)
         if main:
             for folder in (self.out, self.out / "unet", self.out / "scheduler", self.out / "samples"):
                 remove_leftovers(folder)  # temp files of a killed write (checkpoints clean their own)
@@ -424,11 +441,7 @@ class Trainer:
                     writer.add_scalar(key, value, record["step"])
 
     def _tensorboard(self):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise InvalidInputError("tensorboard: the tensorboard package is not installed; pip install tensorboard") from None
-        return SummaryWriter(str(self.out / "tensorboard"))
+        return summary_writer_class()(str(self.out / "tensorboard"))
 
 
 def train(cfg: TrainConfig) -> Path:

@@ -208,7 +208,8 @@ class RunSettings:
                              "first-level subfolder), an EDM .zip, an ADM .npz (uint8 images) or an .npz of float "
                              "points (arr_0: (N, D), arr_1: optional labels)")
     out: str = setting(help="run folder (created; must be new unless --resume); also a pipeline folder")
-    preset: str | None = setting(None, "network preset (default: from the data: tiny16, small32, mlp2d)")
+    preset: str | None = setting(None, "network preset (default: from the data: tiny16, small32, mlp2d; a "
+                                       "network copied with --init-from or from the teacher keeps its own)")
     resolution: int | None = setting(None, "resize images to this size", check=POSITIVE_INTEGER)
     use_labels: bool = setting(True, "class-conditional when the data has labels",
                                aliases={"--unconditional": False})
