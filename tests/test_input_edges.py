@@ -232,10 +232,12 @@ def test_numpy_integers_count_as_integers():
     from consistency_models import ConsistencyModelPipeline
 
     pipe = ConsistencyModelPipeline.from_pretrained("digits")
+    import torch
+
     given = pipe(batch_size=np.int64(2), num_inference_steps=np.int64(2), callback_steps=np.int32(1),
-                 class_labels=3, generator=__import__("torch").Generator().manual_seed(0), output_type="pt").images
-    same = pipe(batch_size=2, num_inference_steps=2, class_labels=3,
-                generator=__import__("torch").Generator().manual_seed(0), output_type="pt").images
+                 class_labels=3, generator=torch.Generator().manual_seed(0), output_type="pt").images
+    same = pipe(batch_size=2, num_inference_steps=2, class_labels=3, generator=torch.Generator().manual_seed(0),
+                output_type="pt").images
     assert given.shape == (2, 1, 16, 16) and given.equal(same)
     for bad in (True, 2.0, np.float64(2)):
         with pytest.raises(InvalidInputError, match="^batch_size: .* must be an integer"):
@@ -250,7 +252,8 @@ def test_a_preset_beside_a_copied_network_is_refused_and_resume_knows_the_datas_
                                 f"{tmp_path / 'a'}, architecture included; drop --preset")
     assert not (tmp_path / "b").exists()
     capsys.readouterr()
-    assert main([*run, "--out", str(tmp_path / "a"), "--preset", "mlp2d", "--resume"]) == 0   # was "preset=None (now 'mlp2d')"
+    # It said "other settings: preset=None (now 'mlp2d')":
+    assert main([*run, "--out", str(tmp_path / "a"), "--preset", "mlp2d", "--resume"]) == 0
     assert "resume: continuing from step 2 of 2" in capsys.readouterr().err
     assert one_line([*run, "--out", str(tmp_path / "a"), "--preset", "tiny16", "--resume"], capsys) == (
         "preset: 'tiny16' is not a point-data preset; use one of mlp2d")
@@ -307,6 +310,7 @@ def test_from_pretrained_takes_diffusers_loading_options(tmp_path):
     import torch
 
     from consistency_models import CMStochasticIterativeScheduler, ConsistencyModelPipeline
+    from consistency_models.schedule import NoiseLevels
 
     base = ConsistencyModelPipeline.from_pretrained("digits")
     base.save_pretrained(tmp_path / "bin", safe_serialization=False)
@@ -322,9 +326,10 @@ def test_from_pretrained_takes_diffusers_loading_options(tmp_path):
         ConsistencyModelPipeline.from_pretrained("digits", device_map={"unet": 0})
     with pytest.raises(TypeError, match="unexpected keyword argument 'resume'"):
         ConsistencyModelPipeline.from_pretrained("digits", resume=True)
-    scheduler = CMStochasticIterativeScheduler(num_train_timesteps=18)
+    scheduler = CMStochasticIterativeScheduler(num_train_timesteps=40)
     swapped = ConsistencyModelPipeline.from_pretrained("digits", scheduler=scheduler, unet=base.unet)
     assert swapped.scheduler is scheduler and swapped.unet is base.unet
-    assert swapped.noise_schedule(swapped_levels := __import__("consistency_models").schedule.NoiseLevels.of(2, None, None)) \
-        == ConsistencyModelPipeline(base.unet, scheduler).noise_schedule(swapped_levels)
+    two = NoiseLevels.of(2, None, None)
+    assert swapped.noise_schedule(two) == ConsistencyModelPipeline(base.unet, scheduler).noise_schedule(two)
+    assert swapped.noise_schedule(two) != base.noise_schedule(two)     # 40 grid points, not the folder's 18
     assert torch.device("cpu") == next(from_bin.unet.parameters()).device
