@@ -61,7 +61,7 @@ def test_draw_shapes_and_ranges():
 def test_local_rows():
     assert local_rows(8, 0, 1) == slice(0, 8)
     assert [local_rows(8, r, 4) for r in range(4)] == [slice(0, 2), slice(2, 4), slice(4, 6), slice(6, 8)]
-    with pytest.raises(ValueError, match="global batch 10 must be divisible by the number of processes 4"):
+    with pytest.raises(ValueError, match="a batch of 10 \\(per micro-batch\\) does not split over 4 processes"):
         local_rows(10, 0, 4)
     with pytest.raises(ValueError, match="batch_size"):
         local_rows(3, 1, 2)

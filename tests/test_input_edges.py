@@ -333,3 +333,17 @@ def test_from_pretrained_takes_diffusers_loading_options(tmp_path):
     assert swapped.noise_schedule(two) == ConsistencyModelPipeline(base.unet, scheduler).noise_schedule(two)
     assert swapped.noise_schedule(two) != base.noise_schedule(two)     # 40 grid points, not the folder's 18
     assert torch.device("cpu") == next(from_bin.unet.parameters()).device
+
+
+def test_a_batch_that_does_not_split_over_the_processes_is_one_line_before_anything_is_written(tmp_path):
+    """Under torchrun it was a ValueError traceback on every rank (a context of 2 processes; the
+    check comes before any collective call)."""
+    from consistency_models.distributed import DistributedContext
+    from consistency_models.training import TrainConfig
+    from consistency_models.training.loop import Trainer
+
+    cfg = TrainConfig(method="ict", data="toy:mog8", out=str(tmp_path / "run"), steps=1, batch_size=7)
+    with pytest.raises(InvalidInputError, match=r"^batch_size: a batch of 7 \(per micro-batch\) does not split over "
+                                                r"2 processes; use a multiple of 2$"):
+        Trainer(cfg, DistributedContext(rank=1, world_size=2))
+    assert not (tmp_path / "run").exists()

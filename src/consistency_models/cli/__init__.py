@@ -75,6 +75,12 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def _say(line: str) -> None:
+    """One line to stderr in one write: under torchrun every rank's line stays whole."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
     func: Callable[[argparse.Namespace], None] = args.func
@@ -84,25 +90,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         func(args)
     except InvalidInputError as exc:
-        print(f"cm: error: {exc}", file=sys.stderr)
+        _say(f"cm: error: {exc}")
         return 2
     except TrainingDiverged as exc:
-        print(f"cm: training stopped: {exc}", file=sys.stderr)
+        _say(f"cm: training stopped: {exc}")
         return 1
     except KeyboardInterrupt as exc:  # Ctrl-C; cm train's TrainingInterrupted says what it saved
-        print(f"cm: interrupted: {exc}" if str(exc) else "cm: interrupted", file=sys.stderr)
+        _say(f"cm: interrupted: {exc}" if str(exc) else "cm: interrupted")
         return getattr(exc, "exit_code", 130)
     except Image.DecompressionBombError as exc:  # a crafted or huge image file
-        print(f"cm: error: image: {str(exc).splitlines()[0]}", file=sys.stderr)
+        _say(f"cm: error: image: {str(exc).splitlines()[0]}")
         return 2
     except (MemoryError, RuntimeError) as exc:  # torch.OutOfMemoryError is a RuntimeError
         if not is_out_of_memory(exc):
             raise
-        print("cm: error: out of memory; use a smaller --batch-size (or --num)", file=sys.stderr)
+        _say("cm: error: out of memory; use a smaller --batch-size (or --num)")
         return 1
     except OSError as exc:  # a full disk, a folder that cannot be written, ...
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"cm: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        _say(f"cm: error: {where}{exc.strerror or exc}")
         return 1
     return 0
 

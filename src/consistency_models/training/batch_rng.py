@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import InvalidInputError
 
 class BatchRNG:
     """Draws (global_batch, ...) numbers from `generator` and returns rows [start, stop)."""
@@ -45,9 +46,8 @@ class BatchRNG:
 def local_rows(global_batch: int, rank: int, world_size: int) -> slice:
     """The rows of the global batch that process `rank` of `world_size` works on."""
     if global_batch % world_size:
-        raise ValueError(
-            f"batch_size: the global batch {global_batch} must be divisible by the number of processes {world_size}"
-        )
+        raise InvalidInputError(f"batch_size: a batch of {global_batch} (per micro-batch) does not split over "
+                                f"{world_size} processes; use a multiple of {world_size}")
     per = global_batch // world_size
     return slice(rank * per, (rank + 1) * per)
 

@@ -110,6 +110,7 @@ class Trainer:
         self.method = get_method(cfg.method)
         self.ctx = ctx or setup_distributed(cfg.device)
         self.out = Path(cfg.out)
+        self.rows = local_rows(cfg.batch_size // cfg.accumulation, self.ctx.rank, self.ctx.world_size)
         if cfg.tensorboard:
             summary_writer_class()  # refused before anything is written
         self._check_run_folder()
@@ -139,7 +140,6 @@ class Trainer:
         self.step = 0
         self.saved_step: int | None = None   # the step of this process's newest checkpoint
         self.resume_note = ""                 # where --resume continues, said when the run starts
-        self.rows = local_rows(cfg.batch_size // cfg.accumulation, self.ctx.rank, self.ctx.world_size)
         if self.ctx.rank > 0:  # after everything the ranks build alike: its own dropout stream
             torch.manual_seed(rank_seed(cfg.seed, self.ctx.rank, 0))
         if cfg.resume:
