@@ -223,3 +223,42 @@ def test_a_pipeline_with_diffusers_scheduler_saves_our_config(our_pipe, ref_pipe
     mixed.save_pretrained(tmp_path / "m")
     saved = json.loads((tmp_path / "m" / "scheduler" / "scheduler_config.json").read_text())
     assert set(saved) == {"_class_name", *SchedulerConfig.FIELDS}
+
+
+def test_assigning_the_scheduler_or_the_unet_changes_sampling_as_in_diffusers(diffusers_pipeline_dir):
+    """`pipe.scheduler = Scheduler.from_config(pipe.scheduler.config, ...)` is diffusers' way to
+    change sampling settings; it was silently ignored here (the settings were read once)."""
+    ours = ConsistencyModelPipeline.from_pretrained(diffusers_pipeline_dir)
+    theirs = DiffusersPipeline.from_pretrained(diffusers_pipeline_dir)
+    for p in (ours, theirs):
+        p.set_progress_bar_config(disable=True)
+    before = ours(batch_size=2, class_labels=LABELS, num_inference_steps=2, generator=gen(), output_type="np").images
+    ours.scheduler = CMStochasticIterativeScheduler.from_config(ours.scheduler.config, num_train_timesteps=12)
+    theirs.scheduler = DiffusersScheduler.from_config(theirs.scheduler.config, num_train_timesteps=12)
+    expected = theirs(batch_size=2, class_labels=LABELS, num_inference_steps=2, generator=gen(), output_type="np").images
+    got = ours(batch_size=2, class_labels=LABELS, num_inference_steps=2, generator=gen(), output_type="np").images
+    np.testing.assert_allclose(got, expected, **TOL)
+    assert np.abs(got - before).max() > 0.05
+
+    ours.scheduler = DiffusersScheduler.from_config(theirs.scheduler.config)   # their class, as in the constructor
+    np.testing.assert_allclose(ours(batch_size=2, class_labels=LABELS, num_inference_steps=2, generator=gen(),
+                                    output_type="np").images, expected, **TOL)
+    other = ConsistencyModelPipeline.from_preset("test", seed=1).unet
+    ours.unet = other
+    fresh = ConsistencyModelPipeline(other, ours.scheduler)
+    fresh.set_progress_bar_config(disable=True)
+    torch.testing.assert_close(ours(batch_size=2, class_labels=LABELS, generator=gen(), output_type="pt").images,
+                               fresh(batch_size=2, class_labels=LABELS, generator=gen(), output_type="pt").images,
+                               rtol=0, atol=0)
+
+
+def test_a_scheduler_made_for_other_models_is_refused_and_a_swap_keeps_the_kind():
+    from diffusers import SCMScheduler
+
+    digits = ConsistencyModelPipeline.from_pretrained("digits")
+    with pytest.raises(InvalidInputError, match=r"^scheduler: a SCMScheduler does not sample this pipeline's model "
+                                                r"\(a consistency model"):
+        digits.scheduler = SCMScheduler()
+    teacher = ConsistencyModelPipeline.from_pretrained("digits-teacher")      # an EDM model, same scheduler class
+    teacher.scheduler = CMStochasticIterativeScheduler.from_config(teacher.scheduler.config)   # carries no kind
+    assert teacher.parametrization == "edm" and teacher.scheduler.parametrization == "edm"

@@ -33,7 +33,7 @@ from .io.pipeline_folder import (
     save_pipeline_folder,
     trigflow_settings,
 )
-from .kinds import SCHEDULER_CLASS, get_kind, kind_of_scheduler
+from .kinds import SCHEDULER_CLASS, get_kind, kind_of_scheduler, kinds_of_scheduler
 from .networks import UNetModel, preset
 from .outputs import BaseOutput
 from .parametrization import Preconditioned
@@ -83,6 +83,18 @@ def _device_argument(device: str | torch.device | None,
                             "such as 'cuda' or 'cpu', or 'balanced'")
 
 
+def _carried_kind(scheduler: Any) -> str:
+    """The kind a scheduler carries (it was read with a pipeline folder, or is a pipeline's), else its class's."""
+    return getattr(scheduler, "parametrization", None) or kind_of_scheduler(type(scheduler).__name__).name
+
+
+def _check_network(unet: torch.nn.Module) -> None:
+    if not hasattr(getattr(unet, "config", None), "sample_shape"):  # e.g. diffusers' UNet2DModel
+        raise InvalidInputError(f"unet: a {type(unet).__name__} is not a network of this package; save it with its "
+                                "pipeline's save_pretrained and load that folder with "
+                                "ConsistencyModelPipeline.from_pretrained, which reads diffusers' weights")
+
+
 class ConsistencyModelPipeline:
     """One-step and multistep sampling from a consistency model (or an EDM denoiser).
 
@@ -100,33 +112,58 @@ class ConsistencyModelPipeline:
         scheduler: CMStochasticIterativeScheduler | None = None,
         parametrization: str | None = None,  # a kind (kinds/); default: the scheduler's ("trigflow" for an SCMScheduler)
     ) -> None:
-        if not hasattr(getattr(unet, "config", None), "sample_shape"):  # e.g. diffusers' UNet2DModel
-            raise InvalidInputError(f"unet: a {type(unet).__name__} is not a network of this package; save it with its "
-                                    "pipeline's save_pretrained and load that folder with "
-                                    "ConsistencyModelPipeline.from_pretrained, which reads diffusers' weights")
+        _check_network(unet)
         scheduler = scheduler or CMStochasticIterativeScheduler()
-        scheduler_class = type(scheduler).__name__
-        trigflow_scheduler = scheduler_class == TRIGFLOW_SCHEDULER_CLASS
-        # The kind the scheduler carries (it was read with a pipeline folder, or is a pipeline's), else its class's.
-        carried = getattr(scheduler, "parametrization", None) or kind_of_scheduler(scheduler_class).name
-        if parametrization is None:
-            parametrization = carried
-        self.kind = get_kind(parametrization)
-        if carried != parametrization:  # a copy that carries this pipeline's kind (the given scheduler is left as is)
-            scheduler = copy.copy(scheduler)
-            scheduler.parametrization = parametrization
-        self.unet = unet.eval()  # inference only: dropout off
-        self.scheduler = scheduler
-        self.parametrization = parametrization
-        if trigflow_scheduler:
-            cfg = trigflow_settings(dict(self.scheduler.config))
-        else:
-            cfg = SchedulerConfig.from_dict(self.scheduler.config)
-        self._sampling_config = cfg
-        self.denoiser: Preconditioned = self.kind.wrapper(unet, cfg.sigma_data, cfg.sigma_min)
-        self.sampler = self.kind.sampler
         self.fast_paths = FastPaths()
         self.progress_bar_config: dict[str, Any] = {}
+        self._unet = unet.eval()  # inference only: dropout off
+        self._use(scheduler, parametrization or _carried_kind(scheduler))
+
+    def _use(self, scheduler: CMStochasticIterativeScheduler, parametrization: str) -> None:
+        """Sample `self._unet` as a model of kind `parametrization` with `scheduler`'s settings."""
+        self.kind = get_kind(parametrization)
+        if _carried_kind(scheduler) != parametrization:
+            scheduler = copy.copy(scheduler)   # a copy that carries this pipeline's kind (the given one is left as is)
+            scheduler.parametrization = parametrization
+        self._scheduler = scheduler
+        self.parametrization = parametrization
+        if type(scheduler).__name__ == TRIGFLOW_SCHEDULER_CLASS:
+            cfg = trigflow_settings(dict(scheduler.config))
+        else:
+            cfg = SchedulerConfig.from_dict(scheduler.config)
+        self._sampling_config = cfg
+        self.denoiser: Preconditioned = self.kind.wrapper(self._unet, cfg.sigma_data, cfg.sigma_min)
+        self.sampler = self.kind.sampler
+        self.fast_paths.reset()
+
+    @property
+    def unet(self) -> torch.nn.Module:
+        return self._unet
+
+    @unet.setter
+    def unet(self, unet: torch.nn.Module) -> None:
+        """`pipe.unet = network`, as in diffusers: sampling uses it from the next call on."""
+        _check_network(unet)
+        self._unet = unet.eval()
+        if self.fast_paths.fast_kernels:
+            self.fast_paths.set_fast_kernels(unet)
+        self._use(self._scheduler, self.parametrization)
+
+    @property
+    def scheduler(self) -> CMStochasticIterativeScheduler:
+        return self._scheduler
+
+    @scheduler.setter
+    def scheduler(self, scheduler: CMStochasticIterativeScheduler) -> None:
+        """`pipe.scheduler = Scheduler.from_config(pipe.scheduler.config, …)`, as in diffusers:
+        sampling follows the new scheduler's settings from the next call on. The model stays what it
+        is (a `from_config` copy carries no kind); a scheduler of a class made for other models is
+        refused."""
+        name = type(scheduler).__name__
+        if self.parametrization not in kinds_of_scheduler(name):
+            raise InvalidInputError(f"scheduler: a {name} does not sample this pipeline's model ({self.kind.summary}); "
+                                    f"give a {self.kind.scheduler_class}")
+        self._use(scheduler, self.parametrization)
 
     @property
     def model(self) -> Preconditioned:
