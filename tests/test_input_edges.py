@@ -347,3 +347,14 @@ def test_a_batch_that_does_not_split_over_the_processes_is_one_line_before_anyth
                                                 r"2 processes; use a multiple of 2$"):
         Trainer(cfg, DistributedContext(rank=1, world_size=2))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_very_large_image_loads_without_pillows_two_line_warning(tmp_path, recwarn):
+    """89-179 Mpixel: Pillow warns in two lines (DecompressionBombWarning) and decodes; such data is
+    asked for, so it loads quietly (past 179 Mpixel it is one line, test_adversarial.py)."""
+    from consistency_models.data.decode import open_image
+
+    big = tmp_path / "big.png"
+    Image.new("1", (10000, 9500)).save(big)   # 95 M pixels, a few kB on disk
+    assert open_image(lambda: open(big, "rb"), str(big)).size == (10000, 9500)
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]

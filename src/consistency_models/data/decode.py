@@ -12,6 +12,7 @@ square and resized to resolution × resolution with Lanczos (as EDM's `dataset_t
 from __future__ import annotations
 
 import json
+import warnings
 import zipfile
 import zlib
 from collections.abc import Callable, Sequence
@@ -55,7 +56,10 @@ def open_image(open_file: Callable[[], IO[bytes]], name: str) -> Image.Image:
     """Open and fully decode one image; an unreadable file (or a damaged or encrypted zip member,
     or one too large to decode) is an InvalidInputError naming it."""
     try:
-        with open_file() as f:
+        # Pillow warns (two lines) about 89-179 Mpixel images and refuses larger ones: a photo that
+        # large is data asked for, decoded once and resized; only the refusal is said, in one line.
+        with open_file() as f, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(f)
             image.load()
     except Image.DecompressionBombError as exc:
