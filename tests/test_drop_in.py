@@ -20,7 +20,7 @@ from diffusers import CMStochasticIterativeScheduler as DiffusersScheduler
 from diffusers import ConsistencyModelPipeline as DiffusersPipeline
 
 from consistency_models import CMStochasticIterativeScheduler, ConsistencyModelPipeline, InvalidInputError
-from consistency_models.schedule import SchedulerConfig
+from consistency_models.schedule import NoiseLevels, SchedulerConfig
 from consistency_models.scheduler import CMStochasticIterativeSchedulerOutput
 
 TOL = dict(rtol=0, atol=1e-5)
@@ -256,9 +256,42 @@ def test_a_scheduler_made_for_other_models_is_refused_and_a_swap_keeps_the_kind(
     from diffusers import SCMScheduler
 
     digits = ConsistencyModelPipeline.from_pretrained("digits")
-    with pytest.raises(InvalidInputError, match=r"^scheduler: a SCMScheduler does not sample this pipeline's model "
+    with pytest.raises(InvalidInputError, match=r"^scheduler: SCMScheduler does not sample this pipeline's model "
                                                 r"\(a consistency model"):
         digits.scheduler = SCMScheduler()
+    with pytest.raises(InvalidInputError, match=r"^scheduler: SCMScheduler does not sample"):
+        ConsistencyModelPipeline.from_pretrained("digits", scheduler=SCMScheduler())
     teacher = ConsistencyModelPipeline.from_pretrained("digits-teacher")      # an EDM model, same scheduler class
     teacher.scheduler = CMStochasticIterativeScheduler.from_config(teacher.scheduler.config)   # carries no kind
     assert teacher.parametrization == "edm" and teacher.scheduler.parametrization == "edm"
+    # A TrigFlow model's pipeline holds this package's scheduler (its folder names SCMScheduler): both are taken.
+    trig = ConsistencyModelPipeline.from_pretrained("digits-teacher-trigflow")
+    levels = trig.noise_schedule(NoiseLevels.of(4, None, None))
+    trig.scheduler = trig.scheduler
+    trig.scheduler = CMStochasticIterativeScheduler.from_config(trig.scheduler.config)
+    assert trig.parametrization == "trigflow_diffusion" and trig.noise_schedule(NoiseLevels.of(4, None, None)) == levels
+
+
+def test_a_compiled_unet_assigned_saves_as_the_plain_network(tmp_path):
+    """diffusers' compile idiom, `pipe.unet = torch.compile(pipe.unet)`: the folder must load again."""
+    pipe = ConsistencyModelPipeline.from_pretrained("digits")
+    plain = pipe.unet
+    pipe.unet = torch.compile(plain)
+    pipe.save_pretrained(tmp_path / "c")
+    again = ConsistencyModelPipeline.from_pretrained(tmp_path / "c")
+    assert all(a.equal(b) for a, b in zip(again.unet.state_dict().values(), plain.state_dict().values()))
+
+
+def test_the_fast_kernel_setting_survives_a_network_without_them():
+    from consistency_models.networks import MLP_PRESETS
+    from consistency_models.networks.mlp import MLP
+
+    pipe = ConsistencyModelPipeline.from_pretrained("digits")
+    unet = pipe.unet
+    pipe.enable_fast_kernels(False)
+    assert not pipe.fast_paths.fast_kernels
+    pipe.enable_fast_kernels(True)
+    pipe.unet = MLP(MLP_PRESETS["mlp2d"])          # has none
+    assert not pipe.fast_paths.fast_kernels
+    pipe.unet = unet
+    assert pipe.fast_paths.fast_kernels

@@ -227,9 +227,12 @@ def test_a_compiled_run_says_that_its_first_step_compiles(tmp_path, capsys, monk
     assert "compile:" not in capsys.readouterr().err
 
 
-def test_numpy_integers_count_as_integers():
+def test_numpy_integers_count_as_integers(tmp_path):
     """np.int64 comes out of arrays (a batch size from a config array); a bool or a float does not count."""
     from consistency_models import ConsistencyModelPipeline
+    from consistency_models.evaluation.generation import generate_samples
+    from consistency_models.schedule import NoiseLevels
+    from consistency_models.trigflow import default_times
 
     pipe = ConsistencyModelPipeline.from_pretrained("digits")
     import torch
@@ -242,6 +245,14 @@ def test_numpy_integers_count_as_integers():
     for bad in (True, 2.0, np.float64(2)):
         with pytest.raises(InvalidInputError, match="^batch_size: .* must be an integer"):
             pipe(batch_size=bad)
+    for name in ("digits-teacher", "digits-teacher-trigflow"):   # Heun's steps (EDM, TrigFlow diffusion)
+        other = ConsistencyModelPipeline.from_pretrained(name)
+        assert other.noise_schedule(NoiseLevels.of(np.int64(3), None, None)) == \
+            other.noise_schedule(NoiseLevels.of(3, None, None))
+    assert default_times(np.int64(2)) == default_times(2)                  # sCM's times
+    out = generate_samples(pipe, np.int64(3), tmp_path / "s.npz", batch_size=np.int64(2), compute_batch=np.int32(2),
+                           progress=False)
+    assert np.load(out)["arr_0"].shape == (3, 16, 16, 1)
 
 
 def test_a_preset_beside_a_copied_network_is_refused_and_resume_knows_the_datas_preset(tmp_path, capsys):
@@ -291,48 +302,91 @@ def test_sample_compile_says_that_its_first_batch_compiles(tmp_path, capsys, mon
     assert "compile: the first batch compiles the network" in capsys.readouterr().err
 
 
-def test_save_pretrained_refuses_the_packages_shipped_models(tmp_path):
-    from consistency_models import ConsistencyModelPipeline
-    from consistency_models.io.hub import embedded_root
+def test_save_pretrained_refuses_the_packages_shipped_models(tmp_path, monkeypatch, capsys):
+    """Saving into them would change the shipped models for every later run. (On a copy of the
+    folder: a broken refusal must not overwrite the real weights.)"""
+    import shutil
 
-    shipped = embedded_root() / "digits" / "unet" / "diffusion_pytorch_model.safetensors"
-    before = shipped.stat().st_mtime_ns
+    from consistency_models import ConsistencyModelPipeline
+    from consistency_models.io import hub
+
+    root = tmp_path / "weights"
+    shutil.copytree(hub.embedded_root() / "digits", root / "digits")
+    monkeypatch.setattr(hub, "embedded_root", lambda: root)
+    shipped = root / "digits" / "unet" / "diffusion_pytorch_model.safetensors"
+    before = shipped.read_bytes()
     pipe = ConsistencyModelPipeline.from_pretrained("digits")
-    for target in (embedded_root() / "digits", embedded_root() / "new-one"):
+    for target in (root / "digits", root / "new-one"):
         with pytest.raises(InvalidInputError, match=r"^path: .* is inside the package's shipped models"):
             pipe.save_pretrained(target)
-    assert shipped.stat().st_mtime_ns == before and not (embedded_root() / "new-one").exists()
+    assert shipped.read_bytes() == before and not (root / "new-one").exists()
+    assert one_line(["train", "--method", "ict", "--data", "toy:mog8", "--out", str(root / "mine"), "--steps", "1"],
+                    capsys).startswith(f"out: {root / 'mine'} is inside the package's shipped models")
+    assert one_line(["new", str(root / "mine")], capsys).startswith(f"out_dir: {root / 'mine'} is inside the package's")
+    assert not (root / "mine").exists()
 
 
-def test_from_pretrained_takes_diffusers_loading_options(tmp_path):
+def test_from_pretrained_takes_diffusers_loading_options(tmp_path, monkeypatch):
     """use_safetensors, device_map, low_cpu_mem_usage, unet=/scheduler= and the Hub's download options,
-    as in diffusers' from_pretrained (they were TypeErrors)."""
+    as in diffusers' from_pretrained (they were TypeErrors). The Hub's download is huggingface_hub's
+    own function, replaced by one that serves a folder written here and records what it was asked."""
+    import shutil
+
+    import huggingface_hub
     import torch
 
     from consistency_models import CMStochasticIterativeScheduler, ConsistencyModelPipeline
     from consistency_models.schedule import NoiseLevels
 
     base = ConsistencyModelPipeline.from_pretrained("digits")
-    base.save_pretrained(tmp_path / "bin", safe_serialization=False)
-    from_bin = ConsistencyModelPipeline.from_pretrained(tmp_path / "bin", use_safetensors=False, device_map="balanced",
-                                                        low_cpu_mem_usage=False, local_files_only=True, revision="main")
+    base.save_pretrained(tmp_path / "both")
+    base.save_pretrained(tmp_path / "both", safe_serialization=False)    # removes the .safetensors: put it back
+    base.save_pretrained(tmp_path / "st")
+    (tmp_path / "both" / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(
+        (tmp_path / "st" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes())
+    asked = []
+
+    def snapshot_download(repo_id, allow_patterns, **options):
+        asked.append((repo_id, sorted(allow_patterns), options))
+        served = tmp_path / f"served{len(asked)}"
+        shutil.copytree(tmp_path / "both", served)
+        for weights in (served / "unet").iterdir():   # only the files the patterns name come down
+            if weights.suffix in (".bin", ".safetensors") and f"unet/*{weights.suffix}" not in allow_patterns:
+                weights.unlink()
+        return str(served)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    from_bin = ConsistencyModelPipeline.from_pretrained("owner/cm", use_safetensors=False, device_map="cpu",
+                                                        low_cpu_mem_usage=False, revision="v1", token="t")
+    assert asked[-1] == ("owner/cm", ["model_index.json", "scheduler/*.json", "unet/*.bin", "unet/config.json"],
+                         {"revision": "v1", "token": "t", "local_files_only": False})
+    assert sorted(p.name for p in (tmp_path / f"served{len(asked)}" / "unet").iterdir()) == [
+        "config.json", "diffusion_pytorch_model.bin"]
     assert all(a.equal(b) for a, b in zip(from_bin.unet.state_dict().values(), base.unet.state_dict().values()))
+    ConsistencyModelPipeline.from_pretrained("owner/cm", local_files_only=True, cache_dir=str(tmp_path / "c"))
+    assert asked[-1][1] == ["model_index.json", "scheduler/*.json", "unet/*.safetensors", "unet/config.json"]
+    assert asked[-1][2] == {"cache_dir": str(tmp_path / "c"), "local_files_only": True}
+    balanced = ConsistencyModelPipeline.from_pretrained("digits", device_map="balanced")
+    assert next(balanced.unet.parameters()).device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+
     with pytest.raises(InvalidInputError, match=r"^use_safetensors: True asks for diffusion_pytorch_model\.safetensors, "
                                                 r"which .* does not have \(found: diffusion_pytorch_model\.bin\)"):
-        ConsistencyModelPipeline.from_pretrained(tmp_path / "bin", use_safetensors=True)
+        ConsistencyModelPipeline.from_pretrained(tmp_path / f"served{len(asked) - 1}", use_safetensors=True)
     with pytest.raises(InvalidInputError, match=r"^device_map: give device='cpu' or device_map='cpu', not both"):
         ConsistencyModelPipeline.from_pretrained("digits", device="cpu", device_map="cpu")
     with pytest.raises(InvalidInputError, match=r"^device_map: \{'unet': 0\} is not allowed; this pipeline has one"):
         ConsistencyModelPipeline.from_pretrained("digits", device_map={"unet": 0})
     with pytest.raises(TypeError, match="unexpected keyword argument 'resume'"):
         ConsistencyModelPipeline.from_pretrained("digits", resume=True)
+    with pytest.raises(InvalidInputError, match=r"^unet: a given unet is used as it is"):
+        ConsistencyModelPipeline.from_pretrained("digits", unet=base.unet, dtype=torch.float16)
+    assert base.dtype == torch.float32
     scheduler = CMStochasticIterativeScheduler(num_train_timesteps=40)
     swapped = ConsistencyModelPipeline.from_pretrained("digits", scheduler=scheduler, unet=base.unet)
     assert swapped.scheduler is scheduler and swapped.unet is base.unet
     two = NoiseLevels.of(2, None, None)
     assert swapped.noise_schedule(two) == ConsistencyModelPipeline(base.unet, scheduler).noise_schedule(two)
     assert swapped.noise_schedule(two) != base.noise_schedule(two)     # 40 grid points, not the folder's 18
-    assert torch.device("cpu") == next(from_bin.unet.parameters()).device
 
 
 def test_a_batch_that_does_not_split_over_the_processes_is_one_line_before_anything_is_written(tmp_path):
@@ -343,9 +397,12 @@ def test_a_batch_that_does_not_split_over_the_processes_is_one_line_before_anyth
     from consistency_models.training.loop import Trainer
 
     cfg = TrainConfig(method="ict", data="toy:mog8", out=str(tmp_path / "run"), steps=1, batch_size=7)
-    with pytest.raises(InvalidInputError, match=r"^batch_size: a batch of 7 \(per micro-batch\) does not split over "
-                                                r"2 processes; use a multiple of 2$"):
+    with pytest.raises(InvalidInputError, match=r"^batch_size: 7 does not split into 2 processes; use a multiple of 2$"):
         Trainer(cfg, DistributedContext(rank=1, world_size=2))
+    cfg = TrainConfig(method="ict", data="toy:mog8", out=str(tmp_path / "run"), steps=1, batch_size=12, accumulation=2)
+    with pytest.raises(InvalidInputError, match=r"^batch_size: 12 does not split into --accumulation 2 micro-batches "
+                                                r"over 4 processes; use a multiple of 8$"):
+        Trainer(cfg, DistributedContext(rank=1, world_size=4))
     assert not (tmp_path / "run").exists()
 
 

@@ -104,7 +104,8 @@ class FastPaths:
     """Which fast paths are on for one network, and the compiled function and graph they built."""
 
     def __init__(self) -> None:
-        self.fast_kernels = False
+        self.fast_kernels = False          # on for the network at hand
+        self.fast_kernels_asked = False    # what was asked: kept when a network without them comes and goes
         self.compile_options: dict[str, Any] | None = None
         self.cuda_graph = False
         self._compiled: Callable[..., torch.Tensor] | None = None
@@ -114,6 +115,7 @@ class FastPaths:
         """Winograd/channels_last on `network` where it pays (`use_fast_kernels`); a point model (MLP)
         has none and is left as it is."""
         supported = hasattr(network, "use_fast_kernels")
+        self.fast_kernels_asked = enabled
         self.fast_kernels = enabled and supported
         if supported:
             network.use_fast_kernels(enabled)

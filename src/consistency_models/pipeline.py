@@ -33,7 +33,7 @@ from .io.pipeline_folder import (
     save_pipeline_folder,
     trigflow_settings,
 )
-from .kinds import SCHEDULER_CLASS, get_kind, kind_of_scheduler, kinds_of_scheduler
+from .kinds import SCHEDULER_CLASS, get_kind, kind_of_scheduler
 from .networks import UNetModel, preset
 from .outputs import BaseOutput
 from .parametrization import Preconditioned
@@ -120,8 +120,13 @@ class ConsistencyModelPipeline:
         self._use(scheduler, parametrization or _carried_kind(scheduler))
 
     def _use(self, scheduler: CMStochasticIterativeScheduler, parametrization: str) -> None:
-        """Sample `self._unet` as a model of kind `parametrization` with `scheduler`'s settings."""
+        """Sample `self._unet` as a model of kind `parametrization` with `scheduler`'s settings: this
+        package's scheduler (it holds any kind's settings) or the class the kind's folders name."""
         self.kind = get_kind(parametrization)
+        name = type(scheduler).__name__
+        if name not in (SCHEDULER_CLASS, self.kind.scheduler_class):
+            raise InvalidInputError(f"scheduler: {name} does not sample this pipeline's model ({self.kind.summary}); "
+                                    f"give a {SCHEDULER_CLASS}")
         if _carried_kind(scheduler) != parametrization:
             scheduler = copy.copy(scheduler)   # a copy that carries this pipeline's kind (the given one is left as is)
             scheduler.parametrization = parametrization
@@ -145,7 +150,7 @@ class ConsistencyModelPipeline:
         """`pipe.unet = network`, as in diffusers: sampling uses it from the next call on."""
         _check_network(unet)
         self._unet = unet.eval()
-        if self.fast_paths.fast_kernels:
+        if self.fast_paths.fast_kernels_asked:
             self.fast_paths.set_fast_kernels(unet)
         self._use(self._scheduler, self.parametrization)
 
@@ -158,11 +163,9 @@ class ConsistencyModelPipeline:
         """`pipe.scheduler = Scheduler.from_config(pipe.scheduler.config, …)`, as in diffusers:
         sampling follows the new scheduler's settings from the next call on. The model stays what it
         is (a `from_config` copy carries no kind); a scheduler of a class made for other models is
-        refused."""
-        name = type(scheduler).__name__
-        if self.parametrization not in kinds_of_scheduler(name):
-            raise InvalidInputError(f"scheduler: a {name} does not sample this pipeline's model ({self.kind.summary}); "
-                                    f"give a {self.kind.scheduler_class}")
+        refused. Like the constructor, the pipeline holds a copy that carries its kind where the given
+        scheduler does not (a diffusers scheduler, or ours made by `from_config`, for a kind other
+        than the consistency model)."""
         self._use(scheduler, self.parametrization)
 
     @property
@@ -210,15 +213,18 @@ class ConsistencyModelPipeline:
         `torch_dtype` is its older name, kept); `variant` loads
         `unet/diffusion_pytorch_model.<variant>.safetensors`; `use_safetensors` (None: .safetensors,
         else .bin; True/False: only that format); `unet=` / `scheduler=` replace a component (a
-        given unet: the folder's weights are not read); `device_map` a device ("cuda", "cpu") or
-        "balanced"/"auto" (the one GPU when there is one, else the CPU: this pipeline has one
-        network); `low_cpu_mem_usage` is accepted and changes nothing (weights load once, into the
-        network); `revision`, `cache_dir`, `token`, `local_files_only`, `force_download`, `proxies`
-        go to huggingface_hub for a Hub id. The fast kernels are on (`enable_fast_kernels`:
-        Winograd and channels_last for wide networks on CPU, agreeing with the plain float32 path
-        to ~1e-6); `fast_kernels=False` turns them off."""
+        given unet is neither moved nor cast, and the folder's weights are not read); `device_map`
+        a device ("cuda", "cpu") or "balanced"/"auto" (the one GPU when there is one, else the CPU:
+        this pipeline has one network); `low_cpu_mem_usage` is accepted and changes nothing (weights
+        load once, into the network); `revision`, `cache_dir`, `token`, `local_files_only`,
+        `force_download`, `proxies` go to huggingface_hub for a Hub id. The fast kernels are on
+        (`enable_fast_kernels`: Winograd and channels_last for wide networks on CPU, agreeing with
+        the plain float32 path to ~1e-6; in a given unet too); `fast_kernels=False` turns them off."""
         chosen = _dtype_argument(dtype, torch_dtype)
         device = _device_argument(device, device_map)
+        if unet is not None and (chosen is not None or device is not None):
+            raise InvalidInputError("unet: a given unet is used as it is (diffusers neither moves nor casts it); "
+                                    "drop dtype/device/device_map, or call .to(...) on the pipeline")
         if not isinstance(low_cpu_mem_usage, bool):
             raise InvalidInputError(f"low_cpu_mem_usage: {low_cpu_mem_usage!r} is not allowed; use True or False")
         parts = load_pipeline_folder(path_or_id, variant, use_safetensors, unet, **download)
@@ -245,7 +251,9 @@ class ConsistencyModelPipeline:
         return cls(unet, CMStochasticIterativeScheduler(num_train_timesteps=num_train_timesteps))
 
     def parts(self) -> PipelineParts:
-        return PipelineParts(self.unet, self.sampling_config, self.parametrization)
+        """The network (unwrapped from torch.compile: `pipe.unet = torch.compile(pipe.unet)` saves as
+        the plain network), the sampling settings and the kind."""
+        return PipelineParts(getattr(self.unet, "_orig_mod", self.unet), self.sampling_config, self.parametrization)
 
     def save_pretrained(self, path: str | os.PathLike, safe_serialization: bool = True,
                         variant: str | None = None) -> None:

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .errors import InvalidInputError
+from .errors import InvalidInputError, is_integer
 from .parametrization import SIGMA_MAX, SIGMA_MIN, append_dims, karras_sigmas, noise_conditioning
 from .schedule import NoiseLevels, SchedulerConfig, check_sigmas
 from .meanflow import check_flow_times, default_flow_times, step as meanflow_step
@@ -291,9 +291,10 @@ def heun_schedule(levels: NoiseLevels, config: SchedulerConfig) -> list[float]:
     grid indices or σs, those levels, and 0 instead of σ_min (the ODE runs down to σ = 0)."""
     if levels.timesteps is None and levels.sigmas is None:
         steps = 18 if levels.steps is None else levels.steps
-        if not isinstance(steps, int) or steps < 2:
-            raise InvalidInputError(f"num_inference_steps: {steps!r} must be at least 2 for a diffusion model "
-                                    "(Heun's method on a Karras grid)")
+        if not is_integer(steps) or steps < 2:
+            raise InvalidInputError(f"num_inference_steps: {steps!r} must be an integer of at least 2 for a diffusion "
+                                    "model (Heun's method on a Karras grid)")
+        steps = int(steps)
         return karras_sigmas(steps, config.sigma_min, config.sigma_max, config.rho).tolist() + [0.0]
     schedule = levels.resolve(config)
     schedule[-1] = 0.0

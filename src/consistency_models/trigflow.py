@@ -31,7 +31,7 @@ import math
 import torch
 from torch import nn
 
-from .errors import InvalidInputError
+from .errors import InvalidInputError, is_integer
 from .parametrization import SIGMA_DATA, SIGMA_MAX, append_dims, noise_conditioning
 
 HALF_PI = math.pi / 2
@@ -67,8 +67,9 @@ def default_times(steps: int, t_max: float = T_MAX, middle: float = T_MIDDLE) ->
     """The evaluation times of `steps`-step sampling: [t_max] for one step, [t_max, 1.1] for two
     (the paper's choice), else `steps` times evenly spaced from t_max down (as diffusers'
     `SCMScheduler.set_timesteps` without an intermediate time)."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 1000:
+    if not is_integer(steps) or not 1 <= steps <= 1000:
         raise InvalidInputError(f"num_inference_steps: {steps!r} must be an integer from 1 to 1000")
+    steps = int(steps)
     if steps == 2 and middle < t_max:
         return [t_max, middle]
     return [t_max * (steps - i) / steps for i in range(steps)]

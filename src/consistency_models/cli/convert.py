@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..io.hub import refuse_embedded_folder
 from ..io.openai import SCHEDULERS, convert_openai_checkpoint
 from ..kinds import openai_kinds
 from ..networks.presets import PRESETS
@@ -29,5 +30,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    refuse_embedded_folder("out_dir", args.out_dir)
     parts = convert_openai_checkpoint(args.checkpoint, args.out_dir, args.preset, args.scheduler, args.parametrization)
     print(f"wrote {args.out_dir} ({parts.parametrization}, {parts.scheduler_config.num_train_timesteps}-point grid)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import InvalidInputError, about
-
+from ..io.hub import refuse_embedded_folder
 from ..networks.presets import PRESETS
 from ..pipeline import create_model_folder
 from .arguments import DefaultsHelpFormatter, positive_int, seed
@@ -24,6 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    refuse_embedded_folder("out_dir", args.out_dir)
     try:
         create_model_folder(args.out_dir, args.preset, unconditional=args.unconditional, num_train_timesteps=args.grid,
                             seed=args.seed)

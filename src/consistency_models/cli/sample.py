@@ -72,8 +72,9 @@ def sampling_pipeline(args: argparse.Namespace, dev: torch.device, main: bool = 
     if args.compile:
         pipe.compile()
         if main:
-            print("compile: the first batch compiles the network (torch.compile; a minute or more on a CPU)",
-                  file=sys.stderr)
+            print("compile: the first batch compiles the network (torch.compile; a minute or more on a CPU)"
+                  if pipe.sampler.fast else f"compile: {pipe.kind.summary} samples eagerly (Heun's method); "
+                  "--compile changes nothing here", file=sys.stderr)
     if args.cuda_graph:
         if dev.type != "cuda":
             raise InvalidInputError(f"cuda_graph: needs --device cuda, not {dev}")

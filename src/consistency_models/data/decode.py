@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, is_integer
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
@@ -36,9 +36,9 @@ def is_image_name(name: str) -> bool:
 
 
 def check_resolution(resolution: int | None) -> int | None:
-    if resolution is not None and (isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1):
+    if resolution is not None and (not is_integer(resolution) or resolution < 1):
         raise InvalidInputError(f"resolution: {resolution!r} must be a positive number of pixels or None")
-    return resolution
+    return None if resolution is None else int(resolution)
 
 
 def center_crop_resize(image: Image.Image, resolution: int, resample: int = Image.LANCZOS) -> Image.Image:

@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..distributed import DistributedContext
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, is_integer
 from ..io.atomic import atomic_path, remove_leftovers, write_error, write_json
 from ..io.checksum import file_sha256
 from ..io.images import to_uint8
@@ -259,9 +259,9 @@ def check_run_settings(folder: Path, settings: dict) -> None:
 
 
 def _check_arguments(num: int, batch_size: int, out: str | os.PathLike) -> Path:
-    if isinstance(num, bool) or not isinstance(num, int) or not 1 <= num <= MAX_IMAGES:
+    if not is_integer(num) or not 1 <= num <= MAX_IMAGES:
         raise InvalidInputError(f"num: {num!r} must be a number of images from 1 to {MAX_IMAGES}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not is_integer(batch_size) or batch_size < 1:
         raise InvalidInputError(f"batch_size: {batch_size!r} must be a positive integer")
     path = Path(out)
     if path.suffix.lower() != ".npz":
@@ -291,8 +291,9 @@ def generate_samples(
     """Generate images 0 … num−1 (this rank's share), resuming from shards; rank 0 returns the merged file."""
     levels = NoiseLevels.from_keywords(levels, schedule)
     path = _check_arguments(num, batch_size, out)
-    if isinstance(compute_batch, bool) or not isinstance(compute_batch, int) or not 1 <= compute_batch <= 1 << 16:
+    if not is_integer(compute_batch) or not 1 <= compute_batch <= 1 << 16:
         raise InvalidInputError(f"compute_batch: {compute_batch!r} must be an integer from 1 to 65536")
+    num, batch_size, compute_batch = int(num), int(batch_size), int(compute_batch)  # NumPy integers too
     if not pipe.is_image_model:
         raise InvalidInputError("model: sharded generation writes images; this model makes points")
     pipe.noise_schedule(levels)  # bad noise levels or labels are refused before a file is made

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, is_integer
 from ..metrics.features import FeatureExtractor
 from ..metrics.frechet import RunningStatistics, frechet_distance
 from ..parametrization import karras_sigmas
@@ -113,8 +113,9 @@ def tune_timesteps(
     lo, hi = search_range(pipe, lo, hi)
     cfg = pipe.sampling_config
     n = cfg.num_train_timesteps
-    if isinstance(num, bool) or not isinstance(num, int) or not 2 <= num <= MAX_IMAGES:
+    if not is_integer(num) or not 2 <= num <= MAX_IMAGES:
         raise InvalidInputError(f"num: {num!r} must be a number of images from 2 to {MAX_IMAGES}")
+    num = int(num)
     bar = tqdm(desc="timestep search", unit="candidate", disable=not progress)
 
     def score(t: int) -> float:

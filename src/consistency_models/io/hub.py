@@ -46,10 +46,11 @@ def refuse_embedded_folder(argument: str, path: str | os.PathLike) -> None:
 DOWNLOAD_OPTIONS = ("revision", "cache_dir", "token", "local_files_only", "force_download", "proxies")
 
 
-def resolve_model_path(name: str | os.PathLike, **download: Any) -> Path:
+def resolve_model_path(name: str | os.PathLike, use_safetensors: bool | None = None, **download: Any) -> Path:
     """An embedded model name ("digits"), a local folder, or an `owner/name` Hub id (fetched when
-    online; `download`: `DOWNLOAD_OPTIONS` for huggingface_hub, e.g. revision="main",
-    local_files_only=True; a local folder or embedded model reads none of them)."""
+    online: the weights `use_safetensors` asks for — None: .safetensors, else .bin; `download`:
+    `DOWNLOAD_OPTIONS` for huggingface_hub, e.g. revision="main", local_files_only=True; a local
+    folder or embedded model reads none of them)."""
     unknown = sorted(set(download) - set(DOWNLOAD_OPTIONS))
     if unknown:
         raise TypeError(f"from_pretrained() got an unexpected keyword argument {unknown[0]!r} "
@@ -76,10 +77,12 @@ def resolve_model_path(name: str | os.PathLike, **download: Any) -> Path:
         ) from None
     offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
     options = {**download, "local_files_only": bool(download.get("local_files_only")) or offline}
+    bin_patterns = [*(p for p in _PATTERNS if not p.endswith(".safetensors")), "unet/*.bin"]
     try:
-        folder = Path(snapshot_download(text, allow_patterns=_PATTERNS, **options))
-        if not any((folder / "unet").glob("*.safetensors")):  # older repos carry only the .bin
-            folder = Path(snapshot_download(text, allow_patterns=[*_PATTERNS, "unet/*.bin"], **options))
+        folder = Path(snapshot_download(text, allow_patterns=bin_patterns if use_safetensors is False else _PATTERNS,
+                                        **options))
+        if use_safetensors is None and not any((folder / "unet").glob("*.safetensors")):  # older repos: only .bin
+            folder = Path(snapshot_download(text, allow_patterns=bin_patterns, **options))
         return folder
     except Exception as exc:  # network, auth, offline mode, missing repo: all end the same way
         reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__

@@ -142,7 +142,7 @@ def load_pipeline_folder(path_or_id: str | os.PathLike, variant: str | None = No
     huggingface_hub's options, `hub.DOWNLOAD_OPTIONS`); `variant` picks
     `unet/diffusion_pytorch_model.<variant>.safetensors`, `use_safetensors` the format
     (`load_network`); a given `network` is taken instead of the folder's (no weights read)."""
-    folder = resolve_model_path(path_or_id, **download)
+    folder = resolve_model_path(path_or_id, use_safetensors, **download)
     kind = folder_kind(folder)
     if network is None:
         network = load_network(folder / "unet", variant, use_safetensors)

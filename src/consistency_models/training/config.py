@@ -99,8 +99,10 @@ class TrainConfig(RunSettings):
             self.preset = None  # a recipe's network, named for the record: the teacher's is the one copied
         if self.preset and (self.init_from or self.init_from_teacher):
             source = f"--init-from {self.init_from}" if self.init_from else f"the teacher {self.teacher}"
+            fresh = " (or give --no-init-from-teacher for a fresh student of that preset)" \
+                if not self.init_from and method.teacher_in_loss else ""
             raise InvalidInputError(f"preset: {self.preset!r} is not used: the network is copied from {source}, "
-                                    "architecture included; drop --preset")
+                                    f"architecture included; drop --preset{fresh}")
         if self.init_from_teacher and self.dropout is None and method.student_dropout is not None:
             self.dropout = method.student_dropout
 

@@ -110,7 +110,7 @@ class Trainer:
         self.method = get_method(cfg.method)
         self.ctx = ctx or setup_distributed(cfg.device)
         self.out = Path(cfg.out)
-        self.rows = local_rows(cfg.batch_size // cfg.accumulation, self.ctx.rank, self.ctx.world_size)
+        self.rows = self._local_rows()
         if cfg.tensorboard:
             summary_writer_class()  # refused before anything is written
         self._check_run_folder()
@@ -188,6 +188,16 @@ class Trainer:
                             config=self.cfg, device=self.ctx.device, distributed=self.ctx.enabled,
                             teacher_kind=self.teacher_kind)
         return self.method.build_loss(inputs), target
+
+    def _local_rows(self) -> slice:
+        """This process's rows of each micro-batch; a batch that does not split is refused in one line."""
+        cfg, processes = self.cfg, self.ctx.world_size
+        if (cfg.batch_size // cfg.accumulation) % processes:
+            needed = processes * cfg.accumulation
+            split = f"--accumulation {cfg.accumulation} micro-batches over " if cfg.accumulation > 1 else ""
+            raise InvalidInputError(f"batch_size: {cfg.batch_size} does not split into {split}{processes} processes; "
+                                    f"use a multiple of {needed}")
+        return local_rows(cfg.batch_size // cfg.accumulation, self.ctx.rank, processes)
 
     # -- checkpoints ------------------------------------------------------------------------
     def state_dict(self, rng_ranks: list[dict] | None = None) -> dict:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import InvalidInputError
+from ..io.hub import refuse_embedded_folder
 from ..io.lock import LOCK_NAME
 from ..io.overwrite import refuse_input_as_output
 from .checkpoint import list_checkpoints
@@ -30,6 +31,7 @@ def check_run_folder(out: Path, resume: bool, inputs: dict[str, str | None]) -> 
     if out.exists() and not out.is_dir():
         raise InvalidInputError(f"out: {out} is a file; give a folder")
     refuse_input_as_output(out, "out", inputs)
+    refuse_embedded_folder("out", out)
     is_run = (out / CONFIG_NAME).is_file()
     has_checkpoint = bool(list_checkpoints(out))
     others = out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir())
