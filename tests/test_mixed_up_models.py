@@ -181,3 +181,18 @@ def test_editing_shows_a_progress_bar(tmp_path, capsys):
     inpaint(pipe, image, torch.ones(1, 16, 16), generator=torch.Generator().manual_seed(0))
     err = capsys.readouterr().err
     assert "editing: 100%" in err and "| 39/39 [" in err, err[-300:]
+
+
+def test_ect_continues_from_an_init_from_network_without_a_teacher(tmp_path, capsys):
+    """ECT reads its teacher only to start from it: --init-from is that start (continuing a saved
+    consistency model); with neither it still needs one."""
+    from consistency_models.cli import main
+
+    base = ["train", "--data", "toy:mog8", "--steps", "2", "--batch-size", "8", "--no-progress"]
+    assert main([*base, "--method", "ict", "--out", str(tmp_path / "cm")]) == 0
+    assert main([*base, "--method", "ect", "--out", str(tmp_path / "more"), "--init-from", str(tmp_path / "cm")]) == 0
+    capsys.readouterr()
+    assert main([*base, "--method", "ect", "--out", str(tmp_path / "none")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "cm: error: teacher: --method ect (easy consistency tuning of --teacher or of an --init-from network) needs "
+        "--teacher, a diffusion model folder (or --init-from, a saved network to start from)")

@@ -69,7 +69,7 @@ def cases(p: dict) -> dict[str, tuple[list[str], str]]:
     out = p["root"] / "out"
     return {
         "cd-without-teacher": (base(out, "cd"), r"^teacher: --method cd \(consistency distillation from --teacher\) needs --teacher"),
-        "ect-without-teacher": (base(out, "ect"), r"^teacher: --method ect \(easy consistency tuning of --teacher\) needs --teacher, a diffusion model folder$"),
+        "ect-without-teacher": (base(out, "ect"), r"^teacher: --method ect \(easy consistency tuning of --teacher or of an --init-from network\) needs --teacher, a diffusion model folder \(or --init-from, a saved network to start from\)$"),
         "teacher-not-edm": ([*base(out, "cd"), "--teacher", str(p["consistency"])],
                             rf"^teacher: {re.escape(str(p['consistency']))} holds a consistency model; "
                             r"the teacher must be a diffusion model"),

@@ -129,9 +129,11 @@ class Trainer:
         elif teacher is not None and self.teacher_kind is None:
             self.teacher_kind = teacher_kind()   # a given denoiser D(x, σ): EDM's time
         self.teacher = teacher
-        if self.method.teacher == "required" and teacher is None:
+        start_only = not self.method.teacher_in_loss   # the teacher is only the network to start from (ECT)
+        if self.method.teacher == "required" and teacher is None and not (start_only and cfg.init_from):
+            also = " (or --init-from, a saved network to start from)" if start_only else ""
             raise InvalidInputError(f"teacher: --method {cfg.method} ({self.method.summary}) needs --teacher, "
-                                    "a diffusion model folder")
+                                    f"a diffusion model folder{also}")
         self.loss, self.target_network = self._build_loss()
         params = [p for p in self.network.parameters() if p.requires_grad] + self.loss.parameters()
         self.optimizer = build_optimizer(cfg.optimizer, params, lr=cfg.lr, weight_decay=cfg.weight_decay)

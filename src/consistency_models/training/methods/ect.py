@@ -72,7 +72,7 @@ def build_loss(inputs: LossInputs) -> ECTLoss:
 
 METHOD = register(Method(
     name="ect",
-    summary="easy consistency tuning of --teacher",
+    summary="easy consistency tuning of --teacher or of an --init-from network",
     parametrization="consistency",
     build_loss=build_loss,
     options=ECTOptions,
