@@ -2,8 +2,9 @@
 
 Trains on the train split of `digits` only (1,497 images, random ±1 px shifts), reports the
 accuracy on the 300 held-out `digits:test` images, and writes
-`src/consistency_models/weights/digits_classifier.safetensors` atomically plus the classifier's
-section of `src/consistency_models/weights/README.md`:
+`src/consistency_models/weights/digits_classifier.safetensors` (the shipped file) atomically plus
+the classifier's section of `src/consistency_models/weights/README.md` (with `--out FILE`: that
+file, and the section printed):
 
     python scripts/train_digits_classifier.py            # seed 0, 30 epochs, 2 threads
 
@@ -92,7 +93,7 @@ extractor of `bench/quality_digits.py` (label accuracy and Fréchet distance of 
   the 300 held-out `digits:test` images were used for nothing but the accuracy below.
 - Held-out accuracy (digits:test, 300 images): **{test_acc * 100:.2f} %**; train split: {train_acc * 100:.2f} %.
 - Seed: {args.seed}, 2 CPU threads, torch {torch.__version__}, {datetime.date.today().isoformat()}.
-- Command: `{command}`
+- Command: `{command}` (replaces the shipped file; `--out FILE` writes elsewhere)
 """
 
 
@@ -135,7 +136,11 @@ def main() -> None:
     with atomic_path(args.out) as tmp:
         save_file(state, str(tmp), metadata=metadata)
     size = args.out.stat().st_size
-    write_readme(args.out.parent / "README.md", readme_section(args, test_acc, train_acc, command, size))
+    section = readme_section(args, test_acc, train_acc, command, size)
+    if args.out.resolve() != default_weights_path().resolve():   # another file: its own folder's README stays
+        print(f"wrote {args.out} ({size:,} bytes); its section of the weights README:\n{section}")
+        return
+    write_readme(args.out.parent / "README.md", section)
     print(f"wrote {args.out} ({size:,} bytes) and {args.out.parent / 'README.md'}")
 
 

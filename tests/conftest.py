@@ -49,6 +49,18 @@ torch.set_num_threads(int(os.environ.get("CM_TEST_THREADS", "1")))
 # A hook of pytest-xdist; optional, so that conftest still loads without the plugin (pyproject's
 # addopts name -n, so a run without pytest-xdist also needs `-o addopts=-ra`).
 @pytest.hookimpl(optionalhook=True)
+def one_line(argv: list[str], capsys) -> str:
+    """Run `cm argv` in-process; it must refuse in one line `cm: error: ...` with exit code 2,
+    no traceback. Returns the message after `cm: error: `."""
+    from consistency_models.cli import main
+
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("cm: error: ") and "Traceback" not in err, err
+    return err.removeprefix("cm: error: ").strip()
+
+
 def pytest_xdist_auto_num_workers(config) -> int:
     """`-n auto` (pyproject's addopts): PYTEST_XDIST_AUTO_NUM_WORKERS when set, else one worker
     process per usable core, at most 4. Each test runs on one thread, so a single process leaves

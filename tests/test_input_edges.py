@@ -17,17 +17,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import one_line
+
 from consistency_models.cli import main
 from consistency_models.data import load_dataset
 from consistency_models.errors import InvalidInputError
-
-
-def one_line(argv: list[str], capsys) -> str:
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("cm: error: ") and "Traceback" not in err, err
-    return err.removeprefix("cm: error: ").strip()
 
 
 def png(path: Path, value: int = 0, size: int = 8) -> None:

@@ -165,7 +165,9 @@ def _check_image(pipe: ConsistencyModelPipeline, t: torch.Tensor, argument: str,
     channels = c if channels is None else channels
     size = s if size is None else size
     if t.shape[1] != channels:
-        raise InvalidInputError(f"{argument}: {t.shape[1]} channels, but {channels} are needed here")
+        layout = "; channels come first, (C, H, W): for an (H, W, C) array give array.transpose(2, 0, 1)" \
+            if t.shape[-1] == channels else ""
+        raise InvalidInputError(f"{argument}: {t.shape[1]} channels, but {channels} are needed here{layout}")
     if tuple(t.shape[2:]) != (size, size):
         raise InvalidInputError(
             f"{argument}: size {t.shape[3]}×{t.shape[2]} does not match the {size}×{size} needed here"
@@ -228,7 +230,11 @@ def _mask(pipe: ConsistencyModelPipeline, mask: torch.Tensor | object, image: to
             f"mask: shape {tuple(m.shape[1:])} does not fit images of shape {tuple(image.shape[1:])} "
             "(give 1 or the image's channels and the same height and width)"
         )
-    return (m > 0.5).float().to(pipe.device)
+    omega = (m > 0.5).float()
+    if not omega.any():
+        raise InvalidInputError("mask: no pixel is white (above 50 %), so nothing would be regenerated; white marks "
+                                "the pixels to regenerate")
+    return omega.to(pipe.device)
 
 
 def inpaint(
@@ -282,7 +288,11 @@ def colorize(
 def check_factor(factor: int, size: int) -> int:
     """A super-resolution factor must be an integer ≥ 2 that divides the image size."""
     allowed = [f for f in range(2, size + 1) if size % f == 0]
-    if not is_integer(factor) or factor not in allowed:
+    if not is_integer(factor):
+        raise InvalidInputError(f"factor: {factor!r} is not an integer; use one of {', '.join(map(str, allowed))}")
+    if factor < 2:
+        raise InvalidInputError(f"factor: {factor!r} does not upsample; use one of {', '.join(map(str, allowed))}")
+    if factor not in allowed:
         raise InvalidInputError(
             f"factor: {factor!r} must divide the model's image size {size}; use one of {', '.join(map(str, allowed))}"
         )
@@ -315,7 +325,7 @@ def stroke_guided(
     pipe: ConsistencyModelPipeline,
     strokes: torch.Tensor | object,
     *,
-    sigma_start: float = STROKE_SIGMA,
+    sigma_start: float | None = None,
     levels: NoiseLevels | None = None,
     generator: Generator = None,
     class_labels: Labels = None,
@@ -323,21 +333,48 @@ def stroke_guided(
 ) -> torch.Tensor:
     """SDEdit with a consistency model: noise a coarse stroke painting to σ₁, then sample from there.
 
-    Default σs: the model's grid points at or below `sigma_start` (a lower start keeps more of
-    the strokes, a higher one gives the model more freedom).
+    The σs: the editing grid's points at or below `sigma_start` (default 1; a lower start keeps
+    more of the strokes, a higher one gives the model more freedom), or `num_inference_steps` of
+    them evenly spaced, the first at the start; explicit `timesteps` or `sigmas` instead (their
+    first level is the start, so they take no `sigma_start`).
     """
     y = _check_image(pipe, _as_batch(strokes, "strokes"), "strokes")
     levels = NoiseLevels.from_keywords(levels, schedule)
-    if levels.is_default:
-        cfg = pipe.sampling_config
-        if not cfg.sigma_min < sigma_start <= cfg.sigma_max:
-            raise InvalidInputError(
-                f"sigma_start: {sigma_start!r} must lie in ({cfg.sigma_min}, {cfg.sigma_max}]"
-            )
-        grid = _schedule(pipe, levels)
-        levels = NoiseLevels(sigmas=[s for s in grid[:-1] if s <= sigma_start] or [grid[-2]])
+    if levels.timesteps is not None or levels.sigmas is not None:
+        if sigma_start is not None:
+            raise InvalidInputError("sigma_start: the given timesteps/sigmas start where their first level is; "
+                                    "give sigma_start or them, not both")
+    else:
+        levels = NoiseLevels(sigmas=_stroke_levels(pipe, STROKE_SIGMA if sigma_start is None else sigma_start,
+                                                   levels.steps))
     x = edit(pipe, y, None, _schedule(pipe, levels), generator, class_labels)
     return _to_image(x)
+
+
+def _noise_level(pipe: ConsistencyModelPipeline, sigma: object, argument: str) -> float:
+    """A noise level σ given as a number (or its text) within the model's (σ_min, σ_max]."""
+    cfg = pipe.sampling_config
+    try:
+        value = float(sigma)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"{argument}: {sigma!r} is not a number") from None
+    if isinstance(sigma, bool) or not cfg.sigma_min < value <= cfg.sigma_max:
+        raise InvalidInputError(f"{argument}: {sigma!r} must lie in ({cfg.sigma_min}, {cfg.sigma_max}]")
+    return value
+
+
+def _stroke_levels(pipe: ConsistencyModelPipeline, sigma_start: object, steps: int | None) -> list[float]:
+    """The editing grid's σs at or below `sigma_start` (the lowest one if none is), or `steps` of
+    them evenly spaced from the first."""
+    sigma_start = _noise_level(pipe, sigma_start, "sigma_start")
+    grid = _schedule(pipe, NoiseLevels())[:-1]
+    below = [s for s in grid if s <= sigma_start] or [grid[-1]]
+    if steps is None:
+        return below
+    if not 1 <= steps <= len(below):
+        raise InvalidInputError(f"num_inference_steps: {steps} must be from 1 to {len(below)} (the editing grid's "
+                                f"levels at or below sigma_start={sigma_start:g})")
+    return [below[i] for i in np.linspace(0, len(below) - 1, int(steps)).round().astype(int)]
 
 
 @torch.no_grad()
@@ -350,13 +387,7 @@ def denoise(
     class_labels: Labels = None,
 ) -> torch.Tensor:
     """One evaluation f(x, σ) of an image carrying Gaussian noise of std σ (in [−1, 1] units)."""
-    cfg = pipe.sampling_config
-    try:
-        sigma = float(sigma)
-    except (TypeError, ValueError):
-        raise InvalidInputError(f"sigma: {sigma!r} is not a number") from None
-    if not cfg.sigma_min < sigma <= cfg.sigma_max:
-        raise InvalidInputError(f"sigma: {sigma!r} must lie in ({cfg.sigma_min}, {cfg.sigma_max}]")
+    sigma = _noise_level(pipe, sigma, "sigma")
     x = _check_image(pipe, _as_batch(noisy, "noisy"), "noisy")
     labels = pipe.prepare_class_labels(x.shape[0], class_labels, generator)
     return _to_image(pipe.denoiser(x, sigma, labels))
@@ -384,7 +415,8 @@ def interpolate(
     generator: Generator = None,
     class_labels: Labels = None,
 ) -> torch.Tensor:
-    """`num` one-step samples along the spherical path from noise z0 to z1 (drawn when not given).
+    """`num` samples along the spherical path from noise z0 to z1 (drawn when not given), each by the
+    model's default sampling (one step for a consistency model, Heun's steps for a diffusion model).
 
     z0, z1 are unit-variance noise of the model's sample shape; every frame uses the same class
     label (given, or drawn once). Returns (num, C, H, W) in [0, 1].
@@ -408,4 +440,5 @@ def interpolate(
     schedule = pipe.noise_schedule(NoiseLevels())   # the model's default: one step at σ_max (EDM: its ODE grid)
     scale = pipe.sampler.initial_scale(schedule, cfg)  # σ_max; TrigFlow's x = σ_d·z at t_max: √(σ_max² + σ_d²)
     x = slerp(ends[0][0], ends[1][0], torch.linspace(0, 1, num)).to(pipe.device) * scale
-    return _to_image(pipe.sampler.run(pipe.denoiser, x, schedule, cfg, class_labels=labels))
+    with pipe.progress_bar(len(schedule) - 1, "interpolating") as bar:
+        return _to_image(pipe.sampler.run(pipe.denoiser, x, schedule, cfg, class_labels=labels, progress=bar.update))

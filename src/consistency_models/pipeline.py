@@ -29,6 +29,7 @@ from .io.pipeline_folder import (
     TRIGFLOW_SCHEDULER_CLASS,
     PipelineParts,
     load_pipeline_folder,
+    new_folder,
     require_new_folder,
     save_pipeline_folder,
     trigflow_settings,
@@ -37,7 +38,7 @@ from .kinds import SCHEDULER_CLASS, get_kind, kind_of_scheduler
 from .networks import UNetModel, preset
 from .outputs import BaseOutput
 from .parametrization import Preconditioned
-from .sampling import Generator, randn
+from .sampling import Generator, check_generator, randn
 from .schedule import NoiseLevels, SchedulerConfig
 from .scheduler import CMStochasticIterativeScheduler
 
@@ -373,6 +374,7 @@ class ConsistencyModelPipeline:
     @staticmethod
     def _random_labels(batch_size: int, num_classes: int, generator: Generator) -> torch.Tensor:
         """Uniform labels from `generator` (one draw per generator when given a list)."""
+        check_generator(generator)
         if isinstance(generator, (list, tuple)):
             return torch.cat([torch.randint(0, num_classes, (1,), generator=g, device=g.device) for g in generator])
         gen_device = generator.device if generator is not None else "cpu"
@@ -401,6 +403,7 @@ class ConsistencyModelPipeline:
             raise InvalidInputError("output_type: 'pil' needs an image model; this model makes points, use 'np' or 'pt'")
         if not is_integer(batch_size) or not 1 <= batch_size <= MAX_BATCH:
             raise InvalidInputError(f"batch_size: {batch_size!r} must be an integer from 1 to {MAX_BATCH}")
+        check_generator(generator)
         if isinstance(generator, (list, tuple)) and len(generator) != batch_size:
             raise InvalidInputError(
                 f"generator: got a list of {len(generator)} generators for batch_size={batch_size}; give one per sample"
@@ -483,8 +486,9 @@ def create_model_folder(
     seed: int = 0,
 ) -> ConsistencyModelPipeline:
     """Write an untrained model of a preset to the new folder `out_dir` (`cm new`); returns it."""
-    out = require_new_folder(out_dir, "out_dir")
+    require_new_folder(out_dir, "out_dir")   # before the network is built
     overrides = {"num_classes": None} if unconditional else {}
     pipe = ConsistencyModelPipeline.from_preset(preset_name, num_train_timesteps, seed, **overrides)
-    pipe.save_pretrained(out)
+    with new_folder(out_dir, "out_dir") as fresh:
+        pipe.save_pretrained(fresh)
     return pipe

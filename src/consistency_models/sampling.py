@@ -25,6 +25,14 @@ from .trigflow import check_times, default_times, sigma_from_t, t_from_sigma
 Generator = torch.Generator | Sequence[torch.Generator] | None
 
 
+def check_generator(generator: object) -> None:
+    """None, a torch.Generator or a list of them; anything else (a seed such as 0) is one line."""
+    many = generator if isinstance(generator, (list, tuple)) else [generator]
+    if generator is not None and not all(isinstance(g, torch.Generator) for g in many):
+        raise InvalidInputError(f"generator: {generator!r} is not a torch.Generator (or a list of them); for a seed "
+                                "give torch.Generator().manual_seed(seed)")
+
+
 def randn(
     shape: Sequence[int],
     generator: Generator = None,
@@ -37,6 +45,7 @@ def randn(
     `randn_tensor`, so the same seeds give the same images on either library.
     """
     shape = tuple(shape)
+    check_generator(generator)
     if isinstance(generator, (list, tuple)):
         if len(generator) != shape[0]:
             raise InvalidInputError(

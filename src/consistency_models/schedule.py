@@ -142,7 +142,8 @@ def timesteps_for_steps(num_inference_steps: int, num_train_timesteps: int) -> l
     """Evenly spaced descending grid indices, as diffusers' `set_timesteps(num_inference_steps)`."""
     if not 1 <= num_inference_steps <= num_train_timesteps:
         raise InvalidInputError(
-            f"num_inference_steps: {num_inference_steps} must be between 1 and num_train_timesteps={num_train_timesteps}"
+            f"num_inference_steps: {num_inference_steps} must be from 1 to {num_train_timesteps} (the model's grid has "
+            f"num_train_timesteps={num_train_timesteps} points)"
         )
     ratio = num_train_timesteps // num_inference_steps
     return [i * ratio for i in reversed(range(num_inference_steps))]
@@ -212,7 +213,8 @@ class NoiseLevels:
         `levels` accept too (their older signature)."""
         unknown = set(keywords) - {"num_inference_steps", "timesteps", "sigmas"}
         if unknown:
-            raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+            raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))} (noise levels are given "
+                            "as num_inference_steps, timesteps or sigmas)")
         given = {k: v for k, v in keywords.items() if v is not None}
         if levels is not None and given:
             raise InvalidInputError(f"levels: give levels or {'/'.join(given)}, not both")

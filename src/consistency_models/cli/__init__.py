@@ -75,6 +75,20 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+# Library parameters that a command spells otherwise, and the option that holds them there: an
+# error names what the user typed ("steps: 40 ..." for --steps, not "num_inference_steps: ...").
+CLI_NAMES = {"num_inference_steps": "timesteps", "sigma_start": "sigma"}   # library name → an option beside it
+CLI_SPELLING = {"num_inference_steps": "steps", "sigma_start": "sigma"}
+
+
+def cli_message(message: str, args: argparse.Namespace) -> str:
+    """`message` with a library parameter's name replaced by the command's option for it."""
+    name, sep, rest = message.partition(": ")
+    if sep and name in CLI_NAMES and hasattr(args, CLI_NAMES[name]):
+        return f"{CLI_SPELLING[name]}: {rest}"
+    return message
+
+
 def _say(line: str) -> None:
     """One line to stderr in one write: under torchrun every rank's line stays whole."""
     sys.stderr.write(line + "\n")
@@ -90,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         func(args)
     except InvalidInputError as exc:
-        _say(f"cm: error: {exc}")
+        _say(f"cm: error: {cli_message(str(exc), args)}")
         return 2
     except TrainingDiverged as exc:
         _say(f"cm: training stopped: {exc}")

@@ -7,16 +7,17 @@ image and noise levels, and the call of `consistency_models.editing` it makes.
 from __future__ import annotations
 
 import argparse
+import sys
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
-from PIL import Image
 
 from .. import editing
 from ..errors import InvalidInputError
-from ..io.hub import COLOR_MODEL, DEFAULT_MODEL, is_embedded
-from ..io.images import make_grid, output_kind, read_image, save_png, to_uint8
+from ..io.hub import COLOR_MODEL, DEFAULT_MODEL, is_embedded, shadowing_note
+from ..io.images import make_grid, output_kind, read_image, read_mask, save_png, to_uint8
 from ..io.overwrite import refuse_existing, refuse_input_as_output
 from ..pipeline import ConsistencyModelPipeline
 from .arguments import (
@@ -42,10 +43,13 @@ class Edit:
     image: bool = True           # takes --image (and --resize)
     levels: bool = True          # takes --steps/--timesteps/--sigmas
     model: str = DEFAULT_MODEL
+    image_help: str = "input PNG/JPEG at the model's size (see --resize)"
+    steps_help: str = ("evenly spaced points of the model's own grid, as in cm sample (digits: 18 points); "
+                       "default: every level of a 40-point editing grid (39 evaluations)")
 
 
 def _inpaint(pipe, args, read, common):
-    mask = read(args.mask, channels=1, argument="mask", resample=Image.NEAREST)
+    mask = read_mask(args.mask, pipe.sample_shape[1], args.resize)
     return editing.inpaint(pipe, read(args.image), mask, **common)
 
 
@@ -68,15 +72,21 @@ EDITS: dict[str, Edit] = {
                      lambda pipe, args, read, common: editing.colorize(pipe, read(args.image, channels=1), **common),
                      model=COLOR_MODEL),
     "superres": Edit("upsample a low-resolution image by --factor", _superres,
-                     [(("--factor",), {"type": positive_int, "default": 4, "help": "upsampling factor"})]),
+                     [(("--factor",), {"type": positive_int, "default": 4,
+                                       "help": "upsampling factor: 2 or more, dividing the model's size"})],
+                     image_help="low-resolution input PNG/JPEG: the model's size divided by --factor (see --resize)"),
     "stroke": Edit("turn a coarse stroke painting into an image (SDEdit)", _stroke,
                    [(("--sigma",), {"type": float, "default": None,
-                                    "help": "starting noise level (default 1; higher gives the model more freedom)"})]),
+                                    "help": "starting noise level (default 1; higher gives the model more freedom); "
+                                            "not with --timesteps/--sigmas, whose first level is the start"})],
+                   steps_help="that many levels of the 40-point editing grid, evenly spaced from --sigma down "
+                              "(default: every level at or below --sigma)"),
     "denoise": Edit("remove Gaussian noise of std --sigma (in [-1, 1] units) in one step",
                     lambda pipe, args, read, common: editing.denoise(pipe, read(args.image), args.sigma, **common),
                     [(("--sigma",), {"type": float, "required": True,
                                      "help": "noise std of the input, in [-1, 1] units"})], levels=False),
-    "interpolate": Edit("one-step samples along a spherical path between two noise draws",
+    "interpolate": Edit("samples along a spherical path between two noise draws (one step for a consistency "
+                        "model; a diffusion model's own sampler, e.g. 18 Heun steps)",
                         lambda pipe, args, read, common: editing.interpolate(pipe, num=args.num, **common),
                         [(("--frames", "--num"), {"dest": "num", "type": positive_int, "default": 8,
                                                   "help": "frames, both ends included (--num: its old name)"})],
@@ -93,14 +103,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                              formatter_class=DefaultsHelpFormatter)
         e.add_argument("--model", default=spec.model, help="embedded model name, pipeline folder or Hub id")
         if spec.image:
-            e.add_argument("--image", required=True, help="input PNG/JPEG at the model's size (see --resize)")
+            e.add_argument("--image", required=True, help=spec.image_help)
             e.add_argument("--resize", action="store_true", help="center-crop and resize inputs of another size")
         e.add_argument("--out", required=True, help="output PNG")
         e.add_argument("--overwrite", action="store_true", help="replace an existing --out (else it is refused)")
         for flags, options in spec.options:
             e.add_argument(*flags, **options)
         if spec.levels:
-            add_noise_levels(e, "evenly spaced points of the model's grid (default: the 40-point grid)")
+            add_noise_levels(e, spec.steps_help)
         e.add_argument("--class-label", "--class-labels", dest="class_label", type=int, default=None,
                        help="class of a conditional model (random if omitted)")
         e.add_argument("--seed", type=seed, default=0, help="seed of the noise")
@@ -109,14 +119,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    if output_kind(args.out) != "grid":
-        raise InvalidInputError(f"out: {args.out!r} must be a .png file")
+    if not str(args.out).strip():
+        raise InvalidInputError("out: '' is empty; give the PNG to write, e.g. edited.png")
+    if not str(args.out).lower().endswith(".png") or str(args.out).endswith(("/", os.sep)):
+        raise InvalidInputError(f"out: {args.out!r} must be a .png file (cm edit writes one image or one strip)")
+    output_kind(args.out)  # a name, and a folder that exists
+    for name in ("image", "mask"):
+        if getattr(args, name, None) is not None and not str(getattr(args, name)).strip():
+            raise InvalidInputError(f"{name}: '' is empty; give a PNG/JPEG file")
     refuse_existing(args.out, args.overwrite)
     model = None if is_embedded(args.model) else args.model  # an embedded model lies in the package: no output is it
     refuse_input_as_output(args.out, "out", {"model": model, "image": getattr(args, "image", None),
                                              "mask": getattr(args, "mask", None)})
     spec = EDITS[args.edit]
     pipe = ConsistencyModelPipeline.from_pretrained(args.model, device=device(args.device))
+    if note := shadowing_note(args.model):
+        print(note, file=sys.stderr)
     if not pipe.is_image_model:
         raise InvalidInputError(f"model: {args.model} makes points, not images; editing needs an image model")
     channels, size, _ = pipe.sample_shape

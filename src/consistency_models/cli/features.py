@@ -11,7 +11,8 @@ from .arguments import add_device, device
 
 def add_feature_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--features", choices=["inception", "digits"], default="inception",
-                   help="inception: the standard FID Inception-v3; digits: the embedded digits classifier")
+                   help="inception: the standard FID Inception-v3 (its weights file is needed offline); digits: the "
+                        "embedded digits classifier, for 16×16 digit models (no download)")
     p.add_argument("--inception-weights", default=None,
                    help="pt_inception-2015-12-05-6726825d.pth (else $CM_INCEPTION_WEIGHTS or the cache folder)")
     add_device(p)
@@ -24,4 +25,9 @@ def extractor(args: argparse.Namespace, build: bool = True) -> FeatureExtractor 
         raise InvalidInputError("inception_weights: given, but --features is not inception")
     if not build:
         return args.features
-    return feature_extractor(args.features, inception_weights=args.inception_weights, device=device(args.device))
+    try:
+        return feature_extractor(args.features, inception_weights=args.inception_weights, device=device(args.device))
+    except InvalidInputError as exc:
+        if args.features != "inception" or args.inception_weights is not None:
+            raise
+        raise InvalidInputError(f"{exc}; for 16×16 digit images --features digits needs no download") from None

@@ -11,7 +11,7 @@ import torch
 from ..distributed import setup_distributed, teardown_distributed
 from ..errors import InvalidInputError
 from ..evaluation.generation import DEFAULT_COMPUTE_BATCH, generate_samples, shard_folder
-from ..io.hub import DEFAULT_MODEL, EMBEDDED, is_embedded
+from ..io.hub import DEFAULT_MODEL, EMBEDDED, is_embedded, shadowing_note
 from ..io.images import FOLDER_IMAGE, output_kind, save_images, save_points, to_uint8
 from ..io.overwrite import refuse_existing, refuse_input_as_output, replaced_folder
 from ..pipeline import ConsistencyModelPipeline
@@ -68,6 +68,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def sampling_pipeline(args: argparse.Namespace, dev: torch.device, main: bool = True) -> ConsistencyModelPipeline:
     """The model in the asked precision, with the asked fast paths (`main`: the process that speaks)."""
     pipe = ConsistencyModelPipeline.from_pretrained(args.model, torch_dtype=DTYPES[args.dtype], device=dev)
+    if main and (note := shadowing_note(args.model)):
+        print(note, file=sys.stderr)
     pipe.enable_fast_kernels(args.fast_kernels)
     if args.compile:
         pipe.compile()

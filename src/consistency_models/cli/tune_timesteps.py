@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 
 from ..errors import InvalidInputError
 from ..evaluation.generation import MAX_IMAGES
 from ..evaluation.timestep_search import search_range, tune_timesteps
-from ..io.hub import DEFAULT_MODEL
+from ..io.hub import DEFAULT_MODEL, shadowing_note
 from ..metrics.scores import compute_statistics
 from ..pipeline import ConsistencyModelPipeline
 from .arguments import DefaultsHelpFormatter, device, positive_int, seed
@@ -36,12 +37,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     pipe = ConsistencyModelPipeline.from_pretrained(args.model, device=device(args.device))
+    if note := shadowing_note(args.model):
+        print(note, file=sys.stderr)
     search_range(pipe, args.lo, args.hi)  # refuse a model without a grid, a bad range or label before any work
     if args.class_label is not None:
         pipe.prepare_class_labels(1, [args.class_label], None)
-    if args.num > MAX_IMAGES:
+    if not 2 <= args.num <= MAX_IMAGES:
         raise InvalidInputError(f"num: {args.num} must be a number of images from 2 to {MAX_IMAGES}")
     features = extractor(args)
+    features.check_size(*pipe.sample_shape[1:])  # before the reference's features are computed
     reference = compute_statistics(args.ref, features, argument="ref")
     result = tune_timesteps(pipe, features, (torch.as_tensor(reference.mu), torch.as_tensor(reference.sigma)),
                             num=args.num, batch_size=args.batch_size, seed=args.seed,

@@ -60,6 +60,16 @@ def ternary_search(score: Callable[[int], float], lo: int, hi: int) -> tuple[int
     return best, cache
 
 
+def most_candidates(lo: int, hi: int) -> int:
+    """The most points `ternary_search` evaluates on [lo, hi]: two per shrinking round (the range
+    shrinks by the same amount whichever side is cut), then those left."""
+    count = 0
+    while hi - lo > 2:
+        hi -= (hi - lo) // 3 + 1
+        count += 2
+    return count + hi - lo + 1
+
+
 def frechet_distance_of_samples(
     pipe: ConsistencyModelPipeline,
     extractor: FeatureExtractor,
@@ -69,12 +79,15 @@ def frechet_distance_of_samples(
     batch_size: int = 64,
     seed: int = 0,
     class_labels: int | None = None,
+    progress: Callable[[int], object] | None = None,   # called with each batch's number of images
 ) -> float:
     """FD between the features of `num` samples (images 0 … num−1 of `seed`) and the reference."""
     stats = RunningStatistics()
     for _, images, _ in sample_batches(pipe, range(num), batch_size, seed, class_labels,
                                      NoiseLevels(timesteps=tuple(timesteps))):
         stats.update(extractor.features(torch.from_numpy(images).permute(0, 3, 1, 2)))
+        if progress is not None:
+            progress(len(images))
     mu, sigma = stats.finalize()
     value = frechet_distance(mu, sigma, *reference)
     if not math.isfinite(value):
@@ -91,6 +104,9 @@ def search_range(pipe: ConsistencyModelPipeline, lo: int = 1, hi: int | None = N
     if not pipe.is_image_model:
         raise InvalidInputError("model: the timestep search scores images by their features; this model makes points")
     n = pipe.sampling_config.num_train_timesteps
+    if n < 3:
+        raise InvalidInputError(f"model: its grid has {n} points, so two-step sampling has no middle timestep to "
+                                "search (3 points or more are needed)")
     hi = n - 2 if hi is None else hi
     if not 1 <= lo <= hi <= n - 2:
         raise InvalidInputError(f"search range: [{lo}, {hi}] must lie within [1, {n - 2}] for a {n}-point grid")
@@ -116,16 +132,21 @@ def tune_timesteps(
     if not is_integer(num) or not 2 <= num <= MAX_IMAGES:
         raise InvalidInputError(f"num: {num!r} must be a number of images from 2 to {MAX_IMAGES}")
     num = int(num)
-    bar = tqdm(desc="timestep search", unit="candidate", disable=not progress)
+    extractor.check_size(*pipe.sample_shape[1:])
+    # Counted in images, candidates × num (the search's most: cached points end it early).
+    bar = tqdm(total=most_candidates(lo, hi) * num, desc="timestep search", unit="img", disable=not progress)
 
     def score(t: int) -> float:
-        value = frechet_distance_of_samples(pipe, extractor, reference, num, [t, 0], batch_size, seed, class_labels)
-        bar.update(1)
+        bar.set_postfix(t=t)
+        value = frechet_distance_of_samples(pipe, extractor, reference, num, [t, 0], batch_size, seed, class_labels,
+                                            progress=bar.update)
         bar.set_postfix(t=t, score=f"{value:.4g}")
         return value
 
     with bar:
         best, scores = ternary_search(score, lo, hi)
+        bar.total = bar.n
+        bar.refresh()
     grid = karras_sigmas(n, cfg.sigma_min, cfg.sigma_max, cfg.rho)
     return TimestepSearch(best, float(grid[best]), scores[best], dict(sorted(scores.items())),
                           {i: float(grid[i]) for i in sorted(scores)})

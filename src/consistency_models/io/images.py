@@ -44,17 +44,49 @@ def read_image(
     resample: int = Image.LANCZOS,
 ) -> Image.Image:
     """One PNG/JPEG file → a PIL image of mode L or RGB, size × size; another size is an error unless `resize`."""
-    from ..data.decode import center_crop_resize, open_image
-
-    if not Path(path).is_file():
-        raise InvalidInputError(f"{argument}: no such file {str(path)!r}")
     if channels not in (1, 3):
         raise InvalidInputError(f"{argument}: images with {channels} channels cannot be read from PNG/JPEG files")
+    image = _open(path, argument).convert("L" if channels == 1 else "RGB")
+    return _sized(image, path, size, resize, argument, resample)
+
+
+def read_mask(path: str | os.PathLike, size: int, resize: bool = False, argument: str = "mask") -> Image.Image:
+    """A mask file → mode L, size × size (resized without interpolation): its alpha channel where it
+    has one that is not opaque everywhere (strokes on a transparent layer), else its brightest
+    channel (so a red or blue brush marks as white does; luminance would leave pure red below 50 %)."""
+    image = _open(path, argument)
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        alpha = image.convert("RGBA").getchannel("A")
+        if alpha.getextrema()[0] < 255:
+            return _sized(alpha, path, size, resize, argument, Image.NEAREST)
+    brightest = Image.fromarray(np.asarray(image.convert("RGB")).max(axis=2), mode="L")
+    return _sized(brightest, path, size, resize, argument, Image.NEAREST)
+
+
+def _open(path: str | os.PathLike, argument: str) -> Image.Image:
+    """One image file, decoded; a missing, empty or non-file path is one line naming `argument`."""
+    from ..data.decode import open_image
+
+    where = Path(path)
+    if not str(path).strip():
+        raise InvalidInputError(f"{argument}: '' is empty; give a PNG/JPEG file")
+    if where.is_dir():
+        raise InvalidInputError(f"{argument}: {path} is a folder, not an image file")
+    if where.exists() and not where.is_file():
+        raise InvalidInputError(f"{argument}: {path} is not a regular file")
+    if not where.is_file():
+        raise InvalidInputError(f"{argument}: no such file {str(path)!r}")
     try:
-        image = open_image(lambda: open(path, "rb"), str(path))
+        return open_image(lambda: open(path, "rb"), str(path))
     except InvalidInputError as exc:  # named as the argument the file was given with
         raise about(argument, exc, "path") from None
-    image = image.convert("L" if channels == 1 else "RGB")
+
+
+def _sized(image: Image.Image, path: str | os.PathLike, size: int, resize: bool, argument: str,
+           resample: int) -> Image.Image:
+    """`image` if it is size × size; else center-cropped and resized with `resize`, or refused."""
+    from ..data.decode import center_crop_resize
+
     if image.size != (size, size):
         if not resize:
             raise InvalidInputError(
@@ -88,6 +120,9 @@ def output_kind(out: str | os.PathLike) -> str:
         if path.resolve() == here or path.resolve() in here.parents:  # replaced as a whole: never the working folder
             raise InvalidInputError(f"out: {text!r} is the current folder or one above it; a folder of PNGs is "
                                     "written as a whole, give a new one such as samples/")
+    elif path.name.lower() in (".png", ".npz"):   # Path(".png").suffix is ''
+        raise InvalidInputError(f"out: {text!r} has no name before its {path.name.lower()}; give e.g. "
+                                f"samples{path.name.lower()}")
     elif path.suffix.lower() == ".png":
         kind, parent = "grid", path.parent
     elif path.suffix.lower() == ".npz":

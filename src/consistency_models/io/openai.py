@@ -22,7 +22,7 @@ from ..networks.presets import PRESETS, preset
 from ..networks.unet import UNetConfig, UNetModel
 from ..schedule import SchedulerConfig
 from .diffusers_format import load_state_into, load_weights
-from .pipeline_folder import PipelineParts, require_new_folder, save_pipeline_folder
+from .pipeline_folder import PipelineParts, new_folder, require_new_folder, save_pipeline_folder
 
 # Grid sizes N of OpenAI's released models (launch.sh): CD uses 40 points, CT 201 on ImageNet-64
 # and 151 on LSUN-256.
@@ -156,10 +156,11 @@ def convert_openai_checkpoint(
     """
     if scheduler not in SCHEDULERS:
         raise InvalidInputError(f"scheduler: {scheduler!r} is not one of {', '.join(SCHEDULERS)}")
-    out = require_new_folder(out_dir, "out_dir")
+    require_new_folder(out_dir, "out_dir")   # before the checkpoint is read
     if parametrization is None:
         parametrization = kind_of_openai_file(Path(path).name).name
     parts = PipelineParts(load_openai_unet(path, config), SchedulerConfig(num_train_timesteps=SCHEDULERS[scheduler]),
                           parametrization)
-    save_pipeline_folder(out, parts)
+    with new_folder(out_dir, "out_dir") as fresh:
+        save_pipeline_folder(fresh, parts)
     return parts

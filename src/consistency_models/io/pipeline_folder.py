@@ -15,6 +15,8 @@ building a pipeline, so training exports and converters write folders from their
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,9 @@ from ..schedule import SchedulerConfig
 from .atomic import write_json
 from .diffusers_format import DIFFUSERS_VERSION, load_network, read_json, save_network, weights_suffix
 from .hub import refuse_embedded_folder, resolve_model_path
+from .overwrite import replaced_folder
+
+NOTHING = r"(?!)"  # a pattern no file name matches
 
 MODEL_INDEX = "model_index.json"
 TRIGFLOW_PREDICTION = "trigflow"  # the only prediction_type of diffusers' SCMScheduler
@@ -106,6 +111,16 @@ def require_new_folder(path: str | os.PathLike, what: str) -> Path:
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise InvalidInputError(f"{what}: {path} already exists and is not an empty folder; choose a new one")
     return path
+
+
+@contextmanager
+def new_folder(path: str | os.PathLike, what: str) -> Iterator[Path]:
+    """A folder to write `path`'s contents into (`require_new_folder`); it becomes `path` only when
+    the block ends without an error, so an interrupted write leaves no half folder behind."""
+    target = require_new_folder(path, what)
+    refuse_embedded_folder(what, target)
+    with replaced_folder(target, NOTHING, what) as fresh:   # `target` is absent or empty: nothing to keep
+        yield fresh
 
 
 def read_model_index(folder: Path) -> dict:

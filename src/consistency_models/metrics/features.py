@@ -69,6 +69,9 @@ class FeatureExtractor(ABC):
     def _forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One uint8 batch, already checked and on `self.device` → (features, logits)."""
 
+    def check_size(self, height: int, width: int) -> None:
+        """Refuse images this network cannot read, before any are made (default: any size)."""
+
     @torch.no_grad()
     def features_and_logits(self, images: torch.Tensor | np.ndarray,
                             progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,12 +126,15 @@ class DigitsFeatures(FeatureExtractor):
         super().__init__(device, batch_size)
         self.model = model.to(self.device).eval().requires_grad_(False)
 
-    def _forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if tuple(images.shape[2:]) != (DIGITS_IMAGE_SIZE, DIGITS_IMAGE_SIZE):
+    def check_size(self, height: int, width: int) -> None:
+        if (height, width) != (DIGITS_IMAGE_SIZE, DIGITS_IMAGE_SIZE):
             raise InvalidInputError(
-                f"images: {images.shape[2]}×{images.shape[3]} px; the digits classifier takes "
+                f"images: {height}×{width} px; the digits classifier takes "
                 f"{DIGITS_IMAGE_SIZE}×{DIGITS_IMAGE_SIZE} images (generate or load digits at resolution 16)"
             )
+
+    def _forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.check_size(*images.shape[2:])
         x = images.float()
         if x.shape[1] == 3:
             x = (x * torch.tensor(_LUMA, device=x.device).view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
