@@ -46,9 +46,6 @@ def child_env(**overrides: str) -> dict[str, str]:
 torch.set_num_threads(int(os.environ.get("CM_TEST_THREADS", "1")))
 
 
-# A hook of pytest-xdist; optional, so that conftest still loads without the plugin (pyproject's
-# addopts name -n, so a run without pytest-xdist also needs `-o addopts=-ra`).
-@pytest.hookimpl(optionalhook=True)
 def one_line(argv: list[str], capsys) -> str:
     """Run `cm argv` in-process; it must refuse in one line `cm: error: ...` with exit code 2,
     no traceback. Returns the message after `cm: error: `."""
@@ -61,6 +58,9 @@ def one_line(argv: list[str], capsys) -> str:
     return err.removeprefix("cm: error: ").strip()
 
 
+# A hook of pytest-xdist; optional, so that conftest still loads without the plugin (pyproject's
+# addopts name -n, so a run without pytest-xdist also needs `-o addopts=-ra`).
+@pytest.hookimpl(optionalhook=True)
 def pytest_xdist_auto_num_workers(config) -> int:
     """`-n auto` (pyproject's addopts): PYTEST_XDIST_AUTO_NUM_WORKERS when set, else one worker
     process per usable core, at most 4. Each test runs on one thread, so a single process leaves

@@ -40,15 +40,18 @@ def test_stroke_steps_start_at_sigma(pipe):
     grid = [float(s) for s in karras_sigmas(40, 0.002, 80.0, 7.0)[:-1]]      # the 40-point editing grid
     below = [s for s in grid if s <= 0.5]
     assert editing._stroke_levels(pipe, 0.5, None) == below
-    assert editing._stroke_levels(pipe, 0.5, 2) == [max(below), min(below)]     # the first level is the start
+    # N levels from the start down, as `cm sample --steps` picks grid points: the smallest σ (≈ 0.004,
+    # a step that changes nothing) is not one of them.
+    assert editing._stroke_levels(pipe, 0.5, 2) == [below[0], below[len(below) // 2]]
     assert editing._stroke_levels(pipe, 0.5, 1) == [max(below)]
+    assert editing._stroke_levels(pipe, 0.5, len(below)) == below
     strokes = torch.zeros(1, 1, 16, 16)
     low = editing.stroke_guided(pipe, strokes, sigma_start=0.5, num_inference_steps=2,
                                 generator=torch.Generator().manual_seed(0))
     high = editing.stroke_guided(pipe, strokes, sigma_start=40.0, num_inference_steps=2,
                                  generator=torch.Generator().manual_seed(0))
     assert (low - high).abs().max() > 0.1
-    with pytest.raises(InvalidInputError, match=r"^sigma_start: the given timesteps/sigmas start where"):
+    with pytest.raises(InvalidInputError, match=r"^sigma_start: the given timesteps/sigmas carry their own start"):
         editing.stroke_guided(pipe, strokes, sigma_start=0.5, sigmas=[0.5, 0.1])
     with pytest.raises(InvalidInputError, match=rf"^num_inference_steps: 99 must be from 1 to {len(below)}"):
         editing.stroke_guided(pipe, strokes, sigma_start=0.5, num_inference_steps=99)
@@ -73,6 +76,19 @@ def test_masks_drawn_with_alpha_or_colour_and_a_mask_that_selects_nothing(tmp_pa
         assert main(["edit", "inpaint", "--image", str(image), "--mask", str(tmp_path / mask), "--out", str(out)]) == 0
         changed = np.asarray(Image.open(out)).astype(int) != source
         assert not changed[~centre].any() and changed[centre].sum() > 10, mask
+    from consistency_models.io.images import read_mask
+
+    right = np.zeros((16, 16), dtype=bool)
+    right[:, 8:] = True
+    bw = np.zeros((16, 16, 4), dtype=np.uint8)
+    bw[right, :3] = 255
+    bw[..., 3] = 255
+    bw[0, 0, 3] = 254                        # one pixel not quite opaque: the white half still decides
+    Image.fromarray(bw, mode="RGBA").save(tmp_path / "bw.png")
+    white_clear = Image.fromarray(np.where(right, 255, 0).astype(np.uint8), mode="L")
+    white_clear.save(tmp_path / "white-transparent.png", transparency=255)   # a tRNS that hides the white
+    assert np.array_equal(np.asarray(read_mask(tmp_path / "bw.png", 16)) > 127, right)
+    assert not (np.asarray(read_mask(tmp_path / "white-transparent.png", 16)) > 127).any()
     Image.fromarray(np.full((16, 16), 100, dtype=np.uint8)).save(tmp_path / "grey.png")
     assert one_line(["edit", "inpaint", "--image", str(image), "--mask", str(tmp_path / "grey.png"), "--out",
                      str(tmp_path / "g.png")], capsys).startswith("mask: no pixel is white (above 50 %)")
@@ -131,6 +147,11 @@ def test_an_interrupted_cm_new_leaves_no_folder(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert main(["new", str(tmp_path / "big"), "--preset", "tiny16"]) == 0
     assert (tmp_path / "big" / "model_index.json").is_file()
+    (tmp_path / "made").mkdir()              # an empty folder made for it (or a mount point) is written in place
+    monkeypatch.chdir(tmp_path / "made")
+    assert main(["new", ".", "--preset", "tiny16"]) == 0
+    assert sorted(p.name for p in (tmp_path / "made").iterdir()) == ["model_index.json", "scheduler", "unet"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big", "made"]
 
 
 def test_a_folder_named_like_an_embedded_model_says_that_it_hides_it(tmp_path, capsys, monkeypatch):
@@ -156,6 +177,10 @@ def test_the_timestep_search_refuses_early_and_counts_images(tmp_path, capsys):
     err = one_line(["tune-timesteps", "--model", str(tmp_path / "big"), "--ref", "digits:test", "--features", "digits",
                     "--num", "4"], capsys)
     assert err.startswith("images: 32×32 px; the digits classifier takes 16×16 images")
+    capsys.readouterr()
+    assert main(["tune-timesteps", "--ref", "digits:test", "--features", "digits", "--num", "4", "--lo", "8",
+                 "--hi", "9"]) == 0
+    assert re.search(r"timestep search: 100%.*\b8/8 ", capsys.readouterr().err)   # 2 candidates × 4 images
     rng = np.random.default_rng(0)
     for lo, hi in [(1, 1), (1, 3), (1, 16), (1, 38), (3, 150)]:
         most = 0

@@ -342,8 +342,8 @@ def stroke_guided(
     levels = NoiseLevels.from_keywords(levels, schedule)
     if levels.timesteps is not None or levels.sigmas is not None:
         if sigma_start is not None:
-            raise InvalidInputError("sigma_start: the given timesteps/sigmas start where their first level is; "
-                                    "give sigma_start or them, not both")
+            raise InvalidInputError("sigma_start: the given timesteps/sigmas carry their own start (their first "
+                                    "level); give a start level or them, not both")
     else:
         levels = NoiseLevels(sigmas=_stroke_levels(pipe, STROKE_SIGMA if sigma_start is None else sigma_start,
                                                    levels.steps))
@@ -365,7 +365,8 @@ def _noise_level(pipe: ConsistencyModelPipeline, sigma: object, argument: str) -
 
 def _stroke_levels(pipe: ConsistencyModelPipeline, sigma_start: object, steps: int | None) -> list[float]:
     """The editing grid's σs at or below `sigma_start` (the lowest one if none is), or `steps` of
-    them evenly spaced from the first."""
+    them evenly spaced from the first (as `cm sample --steps` on a grid: the last point, the
+    smallest σ, is not one of them unless every point is)."""
     sigma_start = _noise_level(pipe, sigma_start, "sigma_start")
     grid = _schedule(pipe, NoiseLevels())[:-1]
     below = [s for s in grid if s <= sigma_start] or [grid[-1]]
@@ -373,8 +374,9 @@ def _stroke_levels(pipe: ConsistencyModelPipeline, sigma_start: object, steps: i
         return below
     if not 1 <= steps <= len(below):
         raise InvalidInputError(f"num_inference_steps: {steps} must be from 1 to {len(below)} (the editing grid's "
-                                f"levels at or below sigma_start={sigma_start:g})")
-    return [below[i] for i in np.linspace(0, len(below) - 1, int(steps)).round().astype(int)]
+                                f"levels at or below the start level {sigma_start:g})")
+    stride = len(below) // int(steps)   # evenly spaced from the start, as `timesteps_for_steps` on a grid
+    return [below[i * stride] for i in range(int(steps))]
 
 
 @torch.no_grad()

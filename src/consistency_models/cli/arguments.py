@@ -111,7 +111,7 @@ def add_noise_levels(parser: argparse.ArgumentParser, steps_help: str) -> None:
     group.add_argument("--steps", type=positive_int, default=None, help=steps_help)
     group.add_argument("--timesteps", type=number_list, default=None,
                        help="descending indices into the model's N-point grid (index 0 = sigma_max), e.g. 9,0 on "
-                            "the digits models' 18 points or 22,0 on OpenAI's 40; for an sCM (TrigFlow "
+                            "the digits consistency model's 18 points or 22,0 on OpenAI's 40; for an sCM (TrigFlow "
                             "consistency) model descending times t in (0, pi/2), e.g. 1.56454,1.1; for a MeanFlow "
                             "model descending flow times from 1 to 0, e.g. 1,0.5")
     group.add_argument("--sigmas", type=float_list, default=None,

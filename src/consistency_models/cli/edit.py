@@ -44,8 +44,8 @@ class Edit:
     levels: bool = True          # takes --steps/--timesteps/--sigmas
     model: str = DEFAULT_MODEL
     image_help: str = "input PNG/JPEG at the model's size (see --resize)"
-    steps_help: str = ("evenly spaced points of the model's own grid, as in cm sample (digits: 18 points); "
-                       "default: every level of a 40-point editing grid (39 evaluations)")
+    steps_help: str = ("levels as cm sample --steps takes them (a consistency model: evenly spaced points of its own "
+                       "grid, 18 for digits); default: every level of a 40-point editing grid (39 evaluations)")
 
 
 def _inpaint(pipe, args, read, common):
@@ -67,7 +67,8 @@ def _stroke(pipe, args, read, common):
 
 EDITS: dict[str, Edit] = {
     "inpaint": Edit("regenerate the masked pixels (mask: white = regenerate)", _inpaint,
-                    [(("--mask",), {"required": True, "help": "mask PNG: white = regenerate, black = keep"})]),
+                    [(("--mask",), {"required": True, "help": "mask PNG: white = regenerate, black = keep (any bright "
+                                                              "colour counts as white; transparent pixels keep)"})]),
     "colorize": Edit("color a grayscale image (needs an RGB model; default: the embedded digits-color)",
                      lambda pipe, args, read, common: editing.colorize(pipe, read(args.image, channels=1), **common),
                      model=COLOR_MODEL),

@@ -51,16 +51,13 @@ def read_image(
 
 
 def read_mask(path: str | os.PathLike, size: int, resize: bool = False, argument: str = "mask") -> Image.Image:
-    """A mask file → mode L, size × size (resized without interpolation): its alpha channel where it
-    has one that is not opaque everywhere (strokes on a transparent layer), else its brightest
-    channel (so a red or blue brush marks as white does; luminance would leave pure red below 50 %)."""
-    image = _open(path, argument)
-    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-        alpha = image.convert("RGBA").getchannel("A")
-        if alpha.getextrema()[0] < 255:
-            return _sized(alpha, path, size, resize, argument, Image.NEAREST)
-    brightest = Image.fromarray(np.asarray(image.convert("RGB")).max(axis=2), mode="L")
-    return _sized(brightest, path, size, resize, argument, Image.NEAREST)
+    """A mask file → mode L, size × size (resized without interpolation): each pixel's brightest
+    channel over black, times its opacity — a red or blue brush marks as white does (luminance
+    would leave pure red below 50 %), and strokes on a transparent layer mark where they are."""
+    rgba = np.asarray(_open(path, argument).convert("RGBA")).astype(np.float64)
+    value = rgba[..., :3].max(axis=2) * rgba[..., 3] / 255
+    return _sized(Image.fromarray(np.rint(value).astype(np.uint8), mode="L"), path, size, resize, argument,
+                  Image.NEAREST)
 
 
 def _open(path: str | os.PathLike, argument: str) -> Image.Image:

@@ -115,11 +115,16 @@ def require_new_folder(path: str | os.PathLike, what: str) -> Path:
 
 @contextmanager
 def new_folder(path: str | os.PathLike, what: str) -> Iterator[Path]:
-    """A folder to write `path`'s contents into (`require_new_folder`); it becomes `path` only when
-    the block ends without an error, so an interrupted write leaves no half folder behind."""
+    """A folder to write `path`'s contents into (`require_new_folder`). An absent `path` is written
+    as a temporary folder renamed at the end, so an interrupted write leaves nothing behind; an
+    existing empty one (a folder made for it, a mount point, a link, the current folder) is
+    written in place, as it must stay where it is."""
     target = require_new_folder(path, what)
     refuse_embedded_folder(what, target)
-    with replaced_folder(target, NOTHING, what) as fresh:   # `target` is absent or empty: nothing to keep
+    if target.exists():
+        yield target
+        return
+    with replaced_folder(target, NOTHING, what) as fresh:
         yield fresh
 
 
