@@ -224,6 +224,21 @@ def test_ict_s1_default_scales_with_the_budget(steps, s1):
     assert TrainConfig(method="ict", data="d", out="r", steps=2000, options={"s0": 5}).options.s1 == 80
 
 
+@pytest.mark.parametrize("steps", [40, 400, 799, 800, 1200, 2000, 3200, 400_000])
+def test_the_help_states_the_ict_s1_budget_formula_the_code_uses(steps):
+    """`cm train --help` writes s1's budget default as a formula: evaluated, it gives the s1 a run gets."""
+    import re
+
+    from consistency_models.cli import build_parser
+    from consistency_models.training.config import TrainConfig
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    text = next(a.help for a in train._actions if a.dest == "s1")
+    formula = re.search(r"ict s0\*2\^d, d = (.+?): ", text).group(1)
+    doublings = eval(formula, {"min": min, "max": max}, {"steps": steps})
+    assert TrainConfig(method="ict", data="d", out="r", steps=steps).options.s1 == 10 * 2**doublings
+
+
 def test_ct_schedule_with_mu0_zero_has_no_ema_target():
     """μ₀ = 0 (allowed by --mu0's check) is the limit μ(k) = 0 ^ (s0/(N−1)) = 0, not a math error."""
     for k in (0, 50, 99):

@@ -113,7 +113,7 @@ def test_an_unused_option_on_the_command_line_is_one_line(tmp_path, capsys):
 def test_help_shows_the_registry_defaults():
     train = build_parser()._subparsers._group_actions[0].choices["train"]
     helps = {a.dest: a.help for a in train._actions}
-    assert helps["s1"].endswith("(default: ct 150, ict s0*2^d, d = min(7, steps//400 - 1): 160 at 2000 steps, "
+    assert helps["s1"].endswith("(default: ct 150, ict s0*2^d, d = min(7, max(1, steps//400 - 1)): 160 at 2000 steps, "
                                 "1280 from 3200)")
     assert helps["num_scales"].endswith("(default: cd 40)")
     assert helps["init_from_teacher"].endswith("(default: yes for cd, ct, ict, ect, sct, tcm when --teacher is given; "

@@ -31,7 +31,7 @@ class ICTOptions(DistanceOptions):
 
     distance: str = distance_option("pseudo_huber")
     s0: int = s0_option(10)
-    s1: int | None = s1_option(None, BudgetDefault(budget_s1, "s0*2^d, d = min(7, steps//400 - 1): 160 at 2000 "
+    s1: int | None = s1_option(None, BudgetDefault(budget_s1, "s0*2^d, d = min(7, max(1, steps//400 - 1)): 160 at 2000 "
                                                               "steps, 1280 from 3200"))
 
 
