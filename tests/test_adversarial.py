@@ -222,8 +222,19 @@ def test_torn_metrics_line_and_restart_without_checkpoint(tmp_path, capsys):
         f.write('{"step": 3, "lo')  # torn by the kill
     code, _, err = run_cm(capsys, [*argv, "--resume"])
     assert code == 0, err
+    assert "no complete checkpoint" in err and "stopped before its first" in err
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2]
+
+
+def test_resume_of_a_folder_that_holds_no_run_says_so(tmp_path, capsys):
+    """--resume where no run was ever started (a requeued job's first start, or a mistyped name)
+    starts from step 0 and says that the folder held no run, not that a run stopped early."""
+    out = tmp_path / "never-ran"
+    code, _, err = run_cm(capsys, [*TRAIN, "--out", str(out), "--resume"])
+    assert code == 0, err
+    assert f"resume: {out} holds no run yet; training starts from step 0" in err
+    assert "stopped before" not in err and (out / "train_config.json").is_file()
 
 
 def test_a_failed_start_does_not_block_the_retry(tmp_path, capsys):

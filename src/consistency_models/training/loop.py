@@ -227,7 +227,9 @@ class Trainer:
         path = latest_checkpoint(self.out)
         if path is None:
             self.resume_note = (f"resume: no complete checkpoint in {self.out / 'checkpoints'} (the run stopped "
-                                "before its first); training starts from step 0")
+                                "before its first); training starts from step 0"
+                                if (self.out / CONFIG_NAME).exists() else
+                                f"resume: {self.out} holds no run yet; training starts from step 0")
             return
         state = load_checkpoint(path)
         saved = _comparable(TrainConfig.from_dict(state["config"]).to_dict(), self.dataset)
