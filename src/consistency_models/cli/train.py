@@ -111,10 +111,13 @@ def run(args: argparse.Namespace) -> None:
     recipe = getattr(args, "recipe", None)
     if recipe is None and "method" not in options:
         raise InvalidInputError(f"method: give --method ({', '.join(METHODS)}) or --recipe")
+    trainer = None
     try:
         trainer = Trainer(TrainConfig.from_recipe(recipe, **options) if recipe else TrainConfig.from_settings(**options))
         out = trainer.run()
-    finally:  # leave torchrun's process group (NCCL warns at exit otherwise); nothing without one
+        main, cfg = trainer.ctx.is_main, trainer.cfg
+    finally:  # leave torchrun's process group (NCCL warns at exit otherwise), the trainer let go first
+        trainer = None
         teardown_distributed()
-    if trainer.ctx.is_main:
-        print(f"trained {trainer.cfg.method} for {trainer.cfg.steps} steps; model in {out} (cm sample --model {out})")
+    if main:
+        print(f"trained {cfg.method} for {cfg.steps} steps; model in {out} (cm sample --model {out})")

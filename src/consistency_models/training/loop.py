@@ -9,6 +9,7 @@ continues exactly where the interrupted one stopped.
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import math
 import sys
@@ -460,7 +461,9 @@ class Trainer:
 
 def train(cfg: TrainConfig) -> Path:
     """Run `cfg` (in this process, or as one rank of a torchrun job)."""
-    return Trainer(cfg).run()
+    out = Trainer(cfg).run()
+    gc.collect()  # the finished trainer (reference cycles) lets go of its DDP wrapper before the caller ends
+    return out
 
 
 __all__ = ["Trainer", "TrainingDiverged", "TrainingInterrupted", "train"]
