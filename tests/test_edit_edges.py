@@ -135,7 +135,8 @@ def test_python_editing_mistakes_are_one_line(pipe):
 
 
 def test_an_interrupted_cm_new_leaves_no_folder(tmp_path, monkeypatch):
-    """Ctrl-C while the weights were written left `big/unet/`, which the same command then refused."""
+    """Ctrl-C while the weights were written left `big/unet/`, which the same command then refused;
+    into an existing empty folder it left a part of the model there."""
     from consistency_models.io import pipeline_folder
 
     def interrupted(*args, **kwargs):
@@ -149,6 +150,16 @@ def test_an_interrupted_cm_new_leaves_no_folder(tmp_path, monkeypatch):
     assert (tmp_path / "big" / "model_index.json").is_file()
     (tmp_path / "made").mkdir()              # an empty folder made for it (or a mount point) is written in place
     monkeypatch.chdir(tmp_path / "made")
+    monkeypatch.setattr(pipeline_folder, "write_model_index", interrupted)
+    assert main(["new", ".", "--preset", "tiny16"]) == 130           # ... and left as empty as it was
+    assert sorted(p.name for p in (tmp_path / "made").iterdir()) == []
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path / "made")
+    (tmp_path / "made" / ".cm-partial.killed.tmp" / "unet").mkdir(parents=True)   # what SIGKILL would leave
+    from consistency_models.io.lock import hold_folder
+
+    with hold_folder(tmp_path / "made", "test", name=".cm-partial.lock"):      # another writer at work
+        assert main(["new", ".", "--preset", "tiny16"]) == 2
     assert main(["new", ".", "--preset", "tiny16"]) == 0
     assert sorted(p.name for p in (tmp_path / "made").iterdir()) == ["model_index.json", "scheduler", "unet"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big", "made"]

@@ -80,3 +80,25 @@ def replaced_folder(path: str | os.PathLike, ours: str, argument: str = "out") -
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(fresh, ignore_errors=True)
+
+
+PARTIAL_PREFIX = ".cm-partial."   # hidden entries of a write in progress into an existing folder
+
+
+@contextmanager
+def filled_in_place(target: str | os.PathLike, last: str) -> Iterator[Path]:
+    """Yields a hidden temp folder inside the existing folder `target` (which must stay where it is:
+    a mount point, a link, the current folder); on success its entries move up into `target`,
+    `last` (the file that marks the output complete) last of all. An interrupted write leaves no
+    entry of the output in `target`, at most a hidden `PARTIAL_PREFIX` folder (after SIGKILL)."""
+    target = Path(target)
+    try:
+        fresh = Path(tempfile.mkdtemp(prefix=PARTIAL_PREFIX, suffix=".tmp", dir=target))
+    except OSError as exc:
+        raise write_error(exc, target) from exc
+    try:
+        yield fresh
+        for entry in sorted(fresh.iterdir(), key=lambda p: p.name == last):
+            os.replace(entry, target / entry.name)
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)

@@ -15,6 +15,7 @@ building a pipeline, so training exports and converters write folders from their
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,7 +38,8 @@ from ..schedule import SchedulerConfig
 from .atomic import write_json
 from .diffusers_format import DIFFUSERS_VERSION, load_network, read_json, save_network, weights_suffix
 from .hub import refuse_embedded_folder, resolve_model_path
-from .overwrite import replaced_folder
+from .lock import hold_folder
+from .overwrite import PARTIAL_PREFIX, filled_in_place, replaced_folder
 
 NOTHING = r"(?!)"  # a pattern no file name matches
 
@@ -108,7 +110,7 @@ def require_new_folder(path: str | os.PathLike, what: str) -> Path:
     path = Path(path)
     if not path.parent.is_dir():
         raise InvalidInputError(f"{what}: the folder {path.parent} does not exist")
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+    if path.exists() and (not path.is_dir() or any(not p.name.startswith(PARTIAL_PREFIX) for p in path.iterdir())):
         raise InvalidInputError(f"{what}: {path} already exists and is not an empty folder; choose a new one")
     return path
 
@@ -116,16 +118,26 @@ def require_new_folder(path: str | os.PathLike, what: str) -> Path:
 @contextmanager
 def new_folder(path: str | os.PathLike, what: str) -> Iterator[Path]:
     """A folder to write `path`'s contents into (`require_new_folder`). An absent `path` is written
-    as a temporary folder renamed at the end, so an interrupted write leaves nothing behind; an
-    existing empty one (a folder made for it, a mount point, a link, the current folder) is
-    written in place, as it must stay where it is."""
+    as a temporary folder renamed at the end; an existing empty one (a folder made for it, a mount
+    point, a link, the current folder), which must stay where it is, is filled through a hidden
+    folder inside it, under a lock (`filled_in_place`). Either way an interrupted write leaves
+    nothing that blocks the same command again."""
     target = require_new_folder(path, what)
     refuse_embedded_folder(what, target)
-    if target.exists():
-        yield target
+    if not target.exists():
+        with replaced_folder(target, NOTHING, what) as fresh:
+            yield fresh
         return
-    with replaced_folder(target, NOTHING, what) as fresh:
-        yield fresh
+    lock = f"{PARTIAL_PREFIX}lock"
+    with hold_folder(target, "writer of a model folder", argument=what, name=lock) as held:
+        for stale in target.glob(f"{PARTIAL_PREFIX}*.tmp"):  # a killed write's: no writer holds the lock
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            require_new_folder(target, what)                 # still empty now that it is ours
+            with filled_in_place(target, MODEL_INDEX) as fresh:
+                yield fresh
+        finally:
+            held.unlink(missing_ok=True)
 
 
 def read_model_index(folder: Path) -> dict:
