@@ -16,7 +16,9 @@ import re
 import sys
 from pathlib import Path
 
-TRAIN_METHODS = {"train": ("ct", "cd", "sct", "scd"), "train_new": ("meanflow", "tcm")}
+# Each stage times its own CT step (its methods' ratios are to that one), so each stage's CT row,
+# matmul rate and ratios are shown together, the second stage's labelled with its name.
+TRAIN_METHODS = {"train": ("ct", "cd", "sct", "scd"), "train_new": ("ct", "meanflow", "tcm")}
 RATIO_LINE = re.compile(r"^(sct|scd|meanflow|tcm) \w+ \w+: step|^\w+ \w+: the fast step")
 
 
@@ -25,15 +27,19 @@ def read(out: Path, name: str) -> str:
     return path.read_text() if path.exists() else ""
 
 
-def training_rows(text: str, methods: tuple[str, ...]) -> list[str]:
+def training_rows(text: str, methods: tuple[str, ...], label: str = "") -> list[str]:
     """bench/train_step.py's rows (step, mode, precision, img/s, s/step, min-max, GFLOP/s, of matmul,
-    +MiB) of `methods`, as table rows."""
+    +MiB) of `methods`, as table rows, `label` after the row's name."""
     rows = []
     for line in text.splitlines():
         fields = line.split()
         if len(fields) == 9 and fields[0] in methods and fields[1] in ("eager", "fast"):
-            rows.append(f"| {' '.join(fields[:3])} | {fields[3]} | {fields[4]} | {fields[7]} | {fields[8]} |")
+            rows.append(f"| {' '.join(fields[:3])}{label} | {fields[3]} | {fields[4]} | {fields[7]} | {fields[8]} |")
     return rows
+
+
+def stage_label(stage: str) -> str:
+    return "" if stage == "train" else f" ({stage})"
 
 
 def number(value: float | None, fmt: str) -> str:
@@ -46,10 +52,15 @@ def table(out: Path, failed: list[str]) -> str:
     lines.append("tests: " + ("; ".join(a or b for a, b in tests) or "no summary (see tests.txt)"))
     lines += ["", "| training step | img/s | s/step | of matmul | +MiB |", "|---|---|---|---|---|"]
     for stage, methods in TRAIN_METHODS.items():
-        lines += training_rows(read(out, stage), methods)
-    matmul = re.search(r"^matmul .*$", read(out, "train"), re.M)
-    lines += ["", matmul.group(0) if matmul else "no matmul line (see train.txt)"]
-    lines += [f"- {line}" for stage in TRAIN_METHODS for line in read(out, stage).splitlines() if RATIO_LINE.match(line)]
+        lines += training_rows(read(out, stage), methods, stage_label(stage))
+    lines.append("")
+    for stage in TRAIN_METHODS:
+        text = read(out, stage)
+        if stage != "train" and not text:
+            continue
+        matmul = re.search(r"^matmul .*$", text, re.M)
+        lines.append(f"{matmul.group(0)}{stage_label(stage)}" if matmul else f"no matmul line (see {stage}.txt)")
+        lines += [f"- {line}{stage_label(stage)}" for line in text.splitlines() if RATIO_LINE.match(line)]
     lines += ["", "| sampling | steps | path | img/s | × diffusers, same dtype | × diffusers compiled | PSNR dB | 1st call s |",
               "|---|---|---|---|---|---|---|---|"]
     rows = []
@@ -69,4 +80,9 @@ def table(out: Path, failed: list[str]) -> str:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) < 2 or sys.argv[1].startswith("-") or not Path(sys.argv[1]).is_dir():
+        given = f"{sys.argv[1]!r} is not a folder; " if len(sys.argv) > 1 and not sys.argv[1].startswith("-") else ""
+        print(f"usage: python bench/gpu_check_table.py OUT [FAILED_STAGE ...]\n{given}OUT is the folder "
+              "bench/gpu_check.sh wrote its stages' outputs into", file=sys.stderr)
+        sys.exit(2)
     print(table(Path(sys.argv[1]), sys.argv[2:]))

@@ -142,6 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     methods = [m for m in args.methods.split(",") if m]
     if not methods or any(m not in RECIPES for m in methods):
         parser.error(f"--methods: choose from {', '.join(RECIPES)}")
+    if args.per_class < 2:  # before any training: the Fréchet distance needs at least two samples per class
+        parser.error(f"--per-class: {args.per_class} must be at least 2")
+    if not args.minutes > 0 or args.probe_steps < 1:
+        parser.error("--minutes must be positive and --probe-steps at least 1")
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out: {args.out} is a file, not a folder")
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
     scorer = Scorer(load_digits_classifier(), 250)

@@ -198,6 +198,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch threads (default 1: on a busy 2-core machine 2 threads spin and run ~6× slower)")
     parser.add_argument("--json", type=Path, default=None, help="also write the table's numbers to this JSON file")
     args = parser.parse_args(argv)
+    for name, value in (("--batch-size", args.batch_size), ("--threads", args.threads)):
+        if value < 1:
+            parser.error(f"{name}: {value} must be at least 1")
+    if args.json is not None and not args.json.parent.is_dir():
+        parser.error(f"--json: the folder {args.json.parent} does not exist")
     try:
         return run(args)
     except InvalidInputError as exc:

@@ -42,12 +42,15 @@ import torch
 from torch import nn
 
 from consistency_models import (
+    PRESETS,
     CMStochasticIterativeScheduler,
     ConsistencyModelPipeline,
+    InvalidInputError,
     UNetModel,
     preset,
 )
 from consistency_models.cli.allocator import keep_freed_memory
+from consistency_models.distributed import check_device
 from consistency_models.io.atomic import atomic_path
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -265,7 +268,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats: must be at least 1")
-    kind = "cuda" if torch.device(args.device).type == "cuda" else "cpu"
+    if args.batch is not None and args.batch < 1:
+        parser.error(f"--batch: {args.batch} must be at least 1")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads: {args.threads} must be at least 1")
+    if args.json is not None and not args.json.parent.is_dir():
+        parser.error(f"--json: the folder {args.json.parent} does not exist")
+    try:
+        kind = "cuda" if check_device(args.device).type == "cuda" else "cpu"
+    except InvalidInputError as error:
+        parser.error(str(error))
+    args.cases = []
+    for item in (args.presets or DEFAULT_PRESETS[kind]).split(","):
+        name, _, batch = item.partition(":")
+        if name not in PRESETS or not (batch or "1").isdigit() or int(batch or 1) < 1:
+            parser.error(f"--presets: {item!r} is not PRESET:BATCH with a preset of {', '.join(sorted(PRESETS))} "
+                         "and a batch of at least 1")
+        args.cases.append((name, args.batch or int(batch or 1)))
+    if not all(s.isdigit() and int(s) >= 1 for s in args.steps.split(",")):
+        parser.error(f"--steps: {args.steps!r} is not a comma list of step counts of at least 1")
+    args.steps_list = [int(s) for s in args.steps.split(",")]
     names = args.paths or DEFAULT_PATHS[kind] + ("," + COMPILE_PATHS[kind] if args.compile else "")
     try:
         args.specs = {name: PathSpec.parse(name) for name in names.split(",")}
@@ -293,11 +315,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     specs = args.specs
-    cases = []
-    for item in (args.presets or DEFAULT_PRESETS[kind]).split(","):
-        name, _, batch = item.partition(":")
-        cases.append((name, args.batch or int(batch or 1)))
-    steps_list = [int(s) for s in args.steps.split(",")]
+    cases, steps_list = args.cases, args.steps_list
 
     print(f"torch {torch.__version__}, device {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if kind == "cuda" else f", {torch.get_num_threads()} threads")

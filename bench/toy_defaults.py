@@ -82,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             cmd = [sys.executable, "-m", "consistency_models", "train", "--method", "ict", "--data", str(points),
                    "--out", str(out), "--no-progress", *RUNS[name]]
-            subprocess.run(cmd, check=True, capture_output=True)
+            result = subprocess.run(cmd, capture_output=True, text=True)
+            if result.returncode:  # cm's own one-line reason, not a CalledProcessError traceback
+                print(f"{name}: cm train exited {result.returncode}: {result.stderr.strip()[-2000:]}", file=sys.stderr)
+                return 1
             minutes = (time.perf_counter() - start) / 60
             s = score(out, reference)
             print(f"{name:14s} {' '.join(RUNS[name]) or '(all defaults)':48s} {s['on_mode_1']:14.3f} {s['sw_1']:7.4f} "

@@ -63,8 +63,12 @@ def main(argv: list[str] | None = None) -> int:
             options = [o.replace("{teacher}", str(Path(tmp) / "teacher")).replace("{teacher-t}", str(Path(tmp) / "teacher-t"))
                        for o in options]
             start = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "consistency_models", "train", "--data", str(points), "--out",
-                            str(Path(tmp) / name), "--no-progress", *budget, *options], check=True, capture_output=True)
+            result = subprocess.run([sys.executable, "-m", "consistency_models", "train", "--data", str(points),
+                                     "--out", str(Path(tmp) / name), "--no-progress", *budget, *options],
+                                    capture_output=True, text=True)
+            if result.returncode:  # cm's own one-line reason, not a CalledProcessError traceback
+                print(f"{name}: cm train exited {result.returncode}: {result.stderr.strip()[-2000:]}", file=sys.stderr)
+                return 1
             minutes = (time.perf_counter() - start) / 60
             if name.startswith("teacher"):
                 form = "a TrigFlow" if name == "teacher-t" else "an EDM"

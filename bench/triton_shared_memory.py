@@ -74,7 +74,8 @@ def main() -> None:
     parser.add_argument("--widths", type=comma_list(int, WIDTHS), default=list(WIDTHS))
     parser.add_argument("--tiles", type=comma_list(int, range(len(TILES))), default=list(range(len(TILES))),
                         help="indices into TILES (default: all)")
-    parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 80 (A100), 90 (H100)")
+    parser.add_argument("--arch", type=int, default=90, choices=(70, 75, 80, 86, 89, 90, 100, 120), metavar="ARCH",
+                        help="compute capability: 70, 75, 80 (A100), 86, 89, 90 (H100, H200), 100 or 120")
     parser.add_argument("--one", nargs=3, metavar=("DTYPE", "WIDTH", "TILES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:  # the child: one compilation

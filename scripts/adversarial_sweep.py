@@ -195,6 +195,9 @@ def cases(f: dict[str, Path], out: Path) -> list[list[str]]:
 
 
 def main_sweep() -> int:
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # --help; no options
     torch.set_num_threads(1)
     failures = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from consistency_models import InvalidInputError
 from consistency_models.data import load_dataset
 from consistency_models.io.images import save_images
 
@@ -39,8 +40,13 @@ def main() -> None:
     parser.add_argument("--split", choices=["train", "test"], default="train")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if Path(args.out).suffix != ".npz":
+        parser.error(f"out: {args.out!r} must end in .npz (the training set: images and their labels)")
     images, labels = color_digits(args.split, args.seed)
-    save_images(images, Path(args.out), labels)
+    try:
+        save_images(images, Path(args.out), labels)
+    except InvalidInputError as exc:
+        parser.exit(2, f"make_color_digits: error: {exc}\n")
     print(f"wrote {len(images)} colored digits to {args.out}")
 
 

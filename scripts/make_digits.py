@@ -30,7 +30,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the .npz")
     args = parser.parse_args()
 
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        parser.error("needs scikit-learn, the source of the digits: pip install scikit-learn")
 
     digits = load_digits()
     raw = np.asarray(digits.images)

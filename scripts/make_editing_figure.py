@@ -1,11 +1,13 @@
 """Draw the README's editing figure: every zero-shot edit on the embedded digits model.
 
     python scripts/make_editing_figure.py [--out docs/images/editing.png] [--model digits] [--seed 0]
+        [--color-model digits-color] [--count 4]
 
-One row per edit (inpainting, super-resolution, stroke-guided generation, denoising), each with
-several held-out digits as triples: original | masked or degraded input | result; the last row
-is an interpolation between two noise draws. Colorization needs an RGB model and is drawn only
-when --model is one. Everything is made through `consistency_models.editing`.
+One row per edit (inpainting, super-resolution, colorization, stroke-guided generation,
+denoising), each with up to four held-out digits as triples: original | masked or degraded input
+| result; the last row is an interpolation between two noise draws. Colorization needs an RGB
+model: its row is drawn with --color-model, the others with --model. Everything is made through
+`consistency_models.editing`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from consistency_models import ConsistencyModelPipeline, editing
+from consistency_models import ConsistencyModelPipeline, InvalidInputError, editing
 from consistency_models.data import load_dataset
 from consistency_models.io.atomic import atomic_path
 from consistency_models.io.images import to_uint8
@@ -62,9 +64,16 @@ def main() -> None:
     parser.add_argument("--model", default="digits")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--color-model", default="digits-color", help="RGB model for the colorization row")
-    parser.add_argument("--count", type=int, default=4, help="digits per row")
+    parser.add_argument("--count", type=int, default=4, choices=range(1, 5), metavar="{1,2,3,4}",
+                        help="digits per row (default 4: the held-out 2, 5, 6, 9 and four stroke paintings)")
     args = parser.parse_args()
+    try:
+        draw_figure(args)
+    except InvalidInputError as exc:
+        parser.exit(2, f"make_editing_figure: error: {exc}\n")
 
+
+def draw_figure(args: argparse.Namespace) -> None:
     pipe = ConsistencyModelPipeline.from_pretrained(args.model)
     channels = pipe.sample_shape[0]
     data = load_dataset("digits:test")
@@ -98,8 +107,8 @@ def main() -> None:
     rows.append((f"colorization\n({args.color_model})", torch.stack([colored, gray.expand(-1, 3, -1, -1), result], 1)))
 
     strokes, stroke_labels = stroke_paintings()
-    strokes = strokes.expand(-1, channels, -1, -1)
-    stroke_labels = torch.tensor(stroke_labels) if labels is not None else None
+    strokes = strokes[: args.count].expand(-1, channels, -1, -1)
+    stroke_labels = torch.tensor(stroke_labels[: args.count]) if labels is not None else None
     print("stroke_guided …", file=sys.stderr, flush=True)
     result = editing.stroke_guided(pipe, strokes, generator=generator(), class_labels=stroke_labels)
     rows.append(("stroke-guided\n(strokes to image)", torch.stack([strokes, strokes, result], 1)))
@@ -117,12 +126,13 @@ def main() -> None:
 
     # -- layout: row title, then triples (original | input | result) separated by gaps
     cell = 16 * SCALE
-    width = LABEL_WIDTH + args.count * (3 * cell + GAP)
+    font = ImageFont.load_default()
+    heading = "each triple: original | degraded input | result   (embedded digits model, held-out digits)"
+    width = LABEL_WIDTH + max(args.count * (3 * cell + GAP), int(font.getlength(heading)) + GAP)
     height = (len(rows) + 1) * (cell + GAP) + 24
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default()
-    draw.text((LABEL_WIDTH, 4), "each triple: original | degraded input | result   (embedded digits model, held-out digits)", fill=(0, 0, 0), font=font)
+    draw.text((LABEL_WIDTH, 4), heading, fill=(0, 0, 0), font=font)
     y = 24
     for title, triples in rows:
         draw.multiline_text((4, y + 8), title, fill=(0, 0, 0), font=font)

@@ -4,7 +4,9 @@
 # as the teacher (as OpenAI's CD runs do). Every random draw is seeded from (seed, step),
 # so the runs are reproducible on the same CPU and torch build.
 # Stage 3: a TrigFlow diffusion teacher (time input t), the teacher sCD starts its student from.
-# Usage: scripts/train_digits.sh RUN_ROOT   (writes RUN_ROOT/teacher, RUN_ROOT/cd, RUN_ROOT/teacher-trigflow)
+# Usage: scripts/train_digits.sh RUN_ROOT   (writes RUN_ROOT/teacher, RUN_ROOT/cd, RUN_ROOT/teacher-trigflow,
+#   then replaces the package's shipped weights/digits, digits-teacher and digits-teacher-trigflow with them:
+#   this script is how those files are made)
 set -euo pipefail
 root=${1:?usage: scripts/train_digits.sh RUN_ROOT}
 mkdir -p "$root"

@@ -117,6 +117,11 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--out", type=Path, default=default_weights_path(), help="the safetensors file to write")
     args = parser.parse_args()
+    for name, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
+        if value < 1:
+            parser.error(f"{name}: {value} must be at least 1")
+    if not args.lr > 0:
+        parser.error(f"--lr: {args.lr} must be a positive learning rate")
     torch.set_num_threads(2)
     command = shlex.join(["python", "scripts/train_digits_classifier.py", *sys.argv[1:]])
 

@@ -5,7 +5,8 @@
 # last one to write gray to all three channels, so they start as the gray models; then the EDM
 # teacher is fine-tuned on the colored set of scripts/make_color_digits.py, and the consistency
 # model is distilled from it (CD), starting from the expanded gray consistency model.
-# Usage: scripts/train_digits_color.sh RUN_ROOT [DEVICE]
+# Usage: scripts/train_digits_color.sh RUN_ROOT [DEVICE]   (writes its runs under RUN_ROOT, then replaces
+#   the package's shipped weights/digits-color with the result; TEACHER_STEPS and CD_STEPS set the budgets)
 #   (without the `cm` entry point: PYTHON=python3 CM="python3 -m consistency_models" scripts/train_digits_color.sh ...)
 set -euo pipefail
 root=${1:?usage: scripts/train_digits_color.sh RUN_ROOT [DEVICE]}

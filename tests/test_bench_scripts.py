@@ -27,7 +27,7 @@ def test_train_step_prints_rates_and_the_bfloat16_ratio(tmp_path):
     assert "freed memory kept" in out or "default allocator" in out
     assert re.search(r"^matmul float32 [\d.]+ GFLOP/s, bfloat16 [\d.]+ GFLOP/s \(512³\)$", out, re.M), out
     assert re.search(r"^ct\s+eager\s+float32\s+[\d.]+\s+[\d.]+\s+[\d.]+-[\d.]+\s+[\d.]+\s+\d+%\s+\d+$", out, re.M), out
-    assert re.search(r"^ct eager: bfloat16 step is [\d.]+x the float32 one", out, re.M), out
+    assert re.search(r"^ct eager: the bfloat16 step is [\d.]+x as fast as the float32 one", out, re.M), out
     assert re.search(r"^meanflow eager float32: step [\d.]+x the ct step", out, re.M), out  # its two-time network
     assert re.search(r"^tcm eager float32: step [\d.]+x the ct step", out, re.M), out
     # bench/gpu_check.sh's table takes this output as its train_new stage: every method's row and ratio
@@ -35,8 +35,10 @@ def test_train_step_prints_rates_and_the_bfloat16_ratio(tmp_path):
     table = subprocess.run([sys.executable, str(BENCH / "gpu_check_table.py"), str(tmp_path), "sample (exit 124)"],
                            capture_output=True, text=True, check=True).stdout
     rows = [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| ") and "eager" in line]
-    assert rows == [f"| {m} eager {p}" for m in ("meanflow", "tcm") for p in ("float32", "bfloat16")], table
+    assert rows == [f"| {m} eager {p} (train_new)" for m in ("ct", "meanflow", "tcm") for p in ("float32", "bfloat16")], \
+        table  # with the stage's own ct step, to which its ratios are
     assert re.search(r"^- tcm eager float32: step [\d.]+x the ct step", table, re.M), table
+    assert re.search(r"^matmul float32 [\d.]+ GFLOP/s, bfloat16 [\d.]+ GFLOP/s \(512³\) \(train_new\)$", table, re.M), table
     assert "no matmul line (see train.txt)" in table and "| no rows (see sample.txt) |" in table
     assert table.rstrip().endswith("failed stages: sample (exit 124)"), table
 
