@@ -73,3 +73,19 @@ def test_bad_arguments_exit_2():
     result = subprocess.run([sys.executable, str(BENCH / "train_step.py"), "--modes", "jit"],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "--modes: 'jit' is not a comma-separated subset of eager,fast" in result.stderr
+
+
+@pytest.mark.parametrize("script, args, message", [
+    ("sample_speed.py", ["--presets", "nosuch:4"], "--presets: 'nosuch:4' is not PRESET:BATCH"),
+    ("train_step.py", ["--batch-size", "0"], "argument --batch-size: '0' must be an integer of at least 1"),
+    ("methods.py", ["--per-class", "0"], "--per-class: 0 must be at least 2"),
+    ("gpu_check_table.py", ["no-such-folder"], "'no-such-folder' is not a folder"),
+    ("toy_scm.py", ["--runs", "ict", "--steps", "0"], "ict: cm train exited 2: cm: error: steps: 0 is not allowed"),
+])
+def test_a_mistaken_value_is_a_line_of_its_own_not_a_traceback(tmp_path, script, args, message):
+    """Refused before any work where the script can tell (the toy bench shows cm train's own reason)."""
+    result = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True,
+                            timeout=300, cwd=tmp_path)
+    assert result.returncode in (1, 2) and message in result.stderr and "Traceback" not in result.stderr, \
+        result.stderr
+    assert not any(tmp_path.iterdir())   # nothing written (methods.py's bench-methods/ included)
