@@ -51,11 +51,11 @@ def table(out: Path, failed: list[str]) -> str:
     tests = re.findall(r"^=+ (.*(?:passed|failed|error).*) =+$|^(\d+ (?:passed|failed).*)$", read(out, "tests"), re.M)
     lines.append("tests: " + ("; ".join(a or b for a, b in tests) or "no summary (see tests.txt)"))
     lines += ["", "| training step | img/s | s/step | of matmul | +MiB |", "|---|---|---|---|---|"]
+    texts = {stage: read(out, stage) for stage in TRAIN_METHODS}
     for stage, methods in TRAIN_METHODS.items():
-        lines += training_rows(read(out, stage), methods, stage_label(stage))
+        lines += training_rows(texts[stage], methods, stage_label(stage))
     lines.append("")
-    for stage in TRAIN_METHODS:
-        text = read(out, stage)
+    for stage, text in texts.items():
         if stage != "train" and not text:
             continue
         matmul = re.search(r"^matmul .*$", text, re.M)

@@ -251,27 +251,30 @@ def print_rows(rows: list[dict]) -> None:
               f"{num(r['psnr'], '.1f'):>8s} {num(r['warmup_s'], '10.1f'):>10s}", flush=True)
 
 
+def positive(text: str) -> int:
+    """An integer of at least 1 (argparse type)."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be an integer of at least 1")
+    return int(text)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--presets", help="comma list of PRESET:BATCH (default: imagenet64:4,test:32 on CPU, "
                         "imagenet64:64,lsun256:8 on CUDA)")
-    parser.add_argument("--batch", type=int, help="one batch size for every preset")
+    parser.add_argument("--batch", type=positive, help="one batch size for every preset")
     parser.add_argument("--steps", default="1,2", help="comma list of step counts (default 1,2)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per path (default 3)")
     parser.add_argument("--paths", help="comma list of paths (see the module docstring)")
     parser.add_argument("--compile", action="store_true", help="add the torch.compile paths")
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--threads", type=positive, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--json", type=Path, help="also write the result rows to this JSON file (after every case)")
     parser.add_argument("--default-allocator", action="store_true",
                         help="leave glibc malloc as it is (default: keep freed memory, as `cm` does; both sides alike)")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats: must be at least 1")
-    if args.batch is not None and args.batch < 1:
-        parser.error(f"--batch: {args.batch} must be at least 1")
-    if args.threads is not None and args.threads < 1:
-        parser.error(f"--threads: {args.threads} must be at least 1")
     if args.json is not None and not args.json.parent.is_dir():
         parser.error(f"--json: the folder {args.json.parent} does not exist")
     try:
@@ -299,10 +302,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device)
-    kind = "cuda" if device.type == "cuda" else "cpu"
-    if kind == "cuda" and not torch.cuda.is_available():
-        print("--device cuda: torch sees no CUDA device", file=sys.stderr)
-        return 2
+    kind = "cuda" if device.type == "cuda" else "cpu"   # parse_args checked that CUDA is there
     if args.threads:
         torch.set_num_threads(args.threads)
     kept = not args.default_allocator and keep_freed_memory()

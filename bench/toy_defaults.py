@@ -54,6 +54,14 @@ def score(run: Path, reference: torch.Tensor) -> dict[str, float]:
     return out
 
 
+def train_run(name: str, argv: list[str]) -> bool:
+    """Run `cm train argv` in a child process; on failure print cm's own reason under `name`."""
+    result = subprocess.run([sys.executable, "-m", "consistency_models", "train", *argv], capture_output=True, text=True)
+    if result.returncode:  # cm's own one-line reason, not a CalledProcessError traceback
+        print(f"{name}: cm train exited {result.returncode}: {result.stderr.strip()[-2000:]}", file=sys.stderr)
+    return result.returncode == 0
+
+
 def split_toy() -> tuple[torch.Tensor, torch.Tensor, float]:
     """The 8-Gaussian toy as (training points, NUM held-out points, the SW distance between NUM
     training points and the held-out ones: the floor a model can reach), in a seeded order."""
@@ -80,11 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             out = Path(tmp) / name.replace(":", "-")
             start = time.perf_counter()
-            cmd = [sys.executable, "-m", "consistency_models", "train", "--method", "ict", "--data", str(points),
-                   "--out", str(out), "--no-progress", *RUNS[name]]
-            result = subprocess.run(cmd, capture_output=True, text=True)
-            if result.returncode:  # cm's own one-line reason, not a CalledProcessError traceback
-                print(f"{name}: cm train exited {result.returncode}: {result.stderr.strip()[-2000:]}", file=sys.stderr)
+            if not train_run(name, ["--method", "ict", "--data", str(points), "--out", str(out), "--no-progress",
+                                    *RUNS[name]]):
                 return 1
             minutes = (time.perf_counter() - start) / 60
             s = score(out, reference)

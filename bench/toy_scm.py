@@ -16,7 +16,6 @@ within 4 standard deviations of a mode and the sliced Wasserstein distance to he
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from toy_defaults import on_mode, score, split_toy  # noqa: E402  (the same data and scoring as the defaults benchmark)
+from toy_defaults import on_mode, score, split_toy, train_run  # noqa: E402  (the same data and scoring as the defaults benchmark)
 
 BUDGET = ["--batch-size", "256", "--lr", "1e-3"]
 RUNS = {  # name → (cm train options, the run it needs first)
@@ -63,11 +62,8 @@ def main(argv: list[str] | None = None) -> int:
             options = [o.replace("{teacher}", str(Path(tmp) / "teacher")).replace("{teacher-t}", str(Path(tmp) / "teacher-t"))
                        for o in options]
             start = time.perf_counter()
-            result = subprocess.run([sys.executable, "-m", "consistency_models", "train", "--data", str(points),
-                                     "--out", str(Path(tmp) / name), "--no-progress", *budget, *options],
-                                    capture_output=True, text=True)
-            if result.returncode:  # cm's own one-line reason, not a CalledProcessError traceback
-                print(f"{name}: cm train exited {result.returncode}: {result.stderr.strip()[-2000:]}", file=sys.stderr)
+            if not train_run(name, ["--data", str(points), "--out", str(Path(tmp) / name), "--no-progress", *budget,
+                                    *options]):
                 return 1
             minutes = (time.perf_counter() - start) / 60
             if name.startswith("teacher"):

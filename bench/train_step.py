@@ -39,7 +39,7 @@ from pathlib import Path
 from unittest import mock
 
 import torch
-from sample_speed import random_unet, sync  # bench/ is on sys.path when this script runs
+from sample_speed import positive, random_unet, sync  # bench/ is on sys.path when this script runs
 from torch.utils.flop_counter import FlopCounterMode
 
 from consistency_models import ConsistencyFunction, Denoiser, InvalidInputError, preset
@@ -205,13 +205,6 @@ def peak_step_memory(run, device: torch.device) -> float | None:
     before = resident("VmRSS:")
     run()
     return resident("VmHWM:") - before
-
-
-def positive(text: str) -> int:
-    """An integer of at least 1 (argparse type)."""
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be an integer of at least 1")
-    return int(text)
 
 
 def main() -> None:
