@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidInputError
+from .dropout import Dropout
 from .unet import MAX_TIME_INPUTS, TimestepEmbedding, embed_classes, embed_times, extra_time_embeddings
 
 
@@ -73,7 +74,7 @@ class MLP(nn.Module):
         self.class_embedding = nn.Embedding(cfg.num_classes, cfg.hidden) if cfg.num_classes else None
         self.proj_in = nn.Linear(cfg.dim, cfg.hidden)
         self.layers = nn.ModuleList(nn.Linear(cfg.hidden, cfg.hidden) for _ in range(cfg.depth))
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.proj_out = nn.Linear(cfg.hidden, cfg.dim)
         nn.init.zeros_(self.proj_out.weight)
         nn.init.zeros_(self.proj_out.bias)

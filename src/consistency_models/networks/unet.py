@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import attention as dot_product_attention
+from .dropout import Dropout
 from .forward_mode import in_forward_mode
 from .winograd import Conv3x3
 
@@ -250,7 +251,7 @@ class ResBlock(nn.Module):
         self.conv1 = Conv3x3(in_channels, out_channels)
         self.time_emb_proj = nn.Linear(emb_channels, out_channels * (2 if self.scale_shift else 1))
         self.norm2 = nn.GroupNorm(cfg.norm_num_groups, out_channels, eps=cfg.norm_eps)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.conv2 = Conv3x3(out_channels, out_channels)
         self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 

@@ -14,7 +14,10 @@ attention has its own fused kernel instead (networks/attention.py).
 
 Dropout: inductor would draw its masks from its own generator, so the student and its
 stop-gradient target (evaluated with a rewound RNG, `methods/loss.same_dropout`) would see
-different masks; `fallback_random=True` keeps PyTorch's RNG, the same masks as eager.
+different masks; `fallback_random=True` keeps PyTorch's RNG, and the networks' `Dropout`
+(`networks/dropout.py`) lays the mask out row-major whatever layout inductor picks, so the
+compiled network draws the eager masks (torch 2.11's inductor calls dropout on channels_last
+buffers).
 """
 
 from __future__ import annotations
