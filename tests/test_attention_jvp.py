@@ -115,8 +115,21 @@ def interpreted_kernel():
     pytest.importorskip("triton")
     if os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("Triton's interpreter is off (a GPU is here: the CUDA test below checks the kernel)")
+    import numpy
+    import triton
+    from triton.runtime.errors import InterpreterError
+
     from consistency_models.networks import attention_triton
 
+    try:  # the smallest call: one block of queries, one of keys
+        attention_triton.attention_jvp_triton(*inputs((1, 1, 4, 16), torch.float32))
+    except InterpreterError as error:
+        # Triton 3.6's interpreter turns a loop bound given at run time into an int through a
+        # 1-element array, which NumPy 2.4 refuses (2.2 warns); compiled for a GPU the kernel is not affected
+        if "0-dimensional arrays" not in str(error):
+            raise
+        pytest.skip(f"Triton {triton.__version__}'s interpreter cannot run loops to a bound given at run time "
+                    f"under NumPy {numpy.__version__} (its own defect: with NumPy 2.2 the same tests pass)")
     return attention_triton
 
 
