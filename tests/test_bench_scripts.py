@@ -89,3 +89,16 @@ def test_a_mistaken_value_is_a_line_of_its_own_not_a_traceback(tmp_path, script,
     assert result.returncode in (1, 2) and message in result.stderr and "Traceback" not in result.stderr, \
         result.stderr
     assert not any(tmp_path.iterdir())   # nothing written (methods.py's bench-methods/ included)
+
+
+def test_quality_digits_searched_row_is_never_worse_than_the_default_grid(tmp_path):
+    """The searched σ competes with the default grid's: a search list that holds only poor
+    candidates (near σ_min and near σ_max) leaves the default's row as the searched one."""
+    out = run("quality_digits.py", "--per-class", "2", "--teacher", "none", "--search-sigmas", "0.003,70",
+              "--json", str(tmp_path / "q.json"))
+    result = json.loads((tmp_path / "q.json").read_text())
+    default, searched = result["rows"][1], result["rows"][2]
+    assert "searched σ" in searched["sampler"], searched
+    assert searched["frechet"] <= default["frechet"]
+    assert searched["frechet"] <= min(result["search"].values())
+    assert f"best s={result['best_sigma']:.3g}" in out
