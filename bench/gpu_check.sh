@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check: on one GPU, in one run of at most 7 minutes ($GPU_CHECK_BUDGET seconds, 420 by default),
 #   1. the tests that need CUDA (the attention-JVP kernel, the fast training step against the
-#      plain one over 50 steps, fused RAdam, CUDA-graph sampling, float16 pipelines);
+#      plain one over 50 steps, dropout masks of compiled and plain networks in every layout and
+#      dtype, fused RAdam, CUDA-graph sampling, float16 pipelines);
 #   2. bench/train_step.py: CT, sCT and sCD at imagenet64, batch 64, bfloat16, eager and fast;
 #   3. bench/sample_speed.py: imagenet64 at batch 64 against diffusers eager and compiled;
 #   4. the MeanFlow and TCM steps against CT's (eager); 5. sampling at lsun256, batch 8;
@@ -84,7 +85,7 @@ EOF
 # -- 1. the tests that need CUDA (on a CPU: the same tests, skipped where they need a GPU) -----------
 # in one process (`-o addopts=-ra` drops pyproject's `-n auto`: one GPU, and pytest-xdist may be absent)
 stage tests "$test_limit" python -m pytest -q -p no:cacheprovider -o addopts=-ra -k "cuda or float16_inference" \
-  tests/test_attention_jvp.py tests/test_fast_step.py tests/test_optimizer.py tests/test_fast_paths.py \
+  tests/test_attention_jvp.py tests/test_fast_step.py tests/test_dropout.py tests/test_optimizer.py tests/test_fast_paths.py \
   tests/test_diffusers_own_tests.py
 # -- 2. the training step ----------------------------------------------------------------------------
 stage train 210 python bench/train_step.py --device "$device" "${train_size[@]}" --precision bfloat16 \
