@@ -208,3 +208,40 @@ def test_interpolation_of_a_diffusion_model_shows_progress_and_superres_help_say
     with pytest.raises(SystemExit):
         main(["edit", "superres", "--help"])
     assert "the model's size divided by --factor" in " ".join(capsys.readouterr().out.split())
+
+
+def gradient_digit() -> Image.Image:
+    """A 16 × 16 grayscale image with 256 different levels (every 8-bit value once)."""
+    return Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16), mode="L")
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda im: im.convert("1"), lambda made: np.asarray(made, np.float64)),                   # bilevel: 0 or 1
+    (lambda im: im.convert("LA"), lambda made: np.asarray(made.convert("L"), np.float64) / 255),  # alpha dropped
+    (lambda im: im.convert("RGB").quantize(16),                                                 # adaptive palette
+     lambda made: np.asarray(made.convert("L"), np.float64) / 255),
+    (lambda im: Image.fromarray(np.asarray(im).astype(np.uint16) * 257),                       # 16-bit: same levels
+     lambda made: np.asarray(made, np.float64) / 65535),
+], ids=["bilevel", "gray+alpha", "palette", "16-bit"])
+def test_pil_images_of_every_common_mode_are_kept_at_their_levels(pipe, make, expected):
+    """Editing read every PIL image as bytes / 255: a bilevel image's white became 1/255, a palette
+    image's indices became gray levels, 16-bit values reached 257. The kept region shows it."""
+    image = gradient_digit()
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[..., 6:10, 6:10] = 1                                        # regenerate the middle only
+    made = make(image)
+    out = editing.inpaint(pipe, made, mask, num_inference_steps=1, generator=torch.Generator().manual_seed(0))
+    kept = (mask == 0).expand_as(out)
+    reference = torch.from_numpy(expected(made)).float()[None, None].expand_as(out)
+    assert reference.max() > 0.9  # white stays white (bytes / 255 gave 1/255 or 0.06 here)
+    assert (out[kept] - reference[kept]).abs().max() < 1e-6
+
+
+def test_pil_and_tensor_inputs_out_of_range_or_with_alpha_are_one_line(pipe):
+    color = ConsistencyModelPipeline.from_pretrained("digits-color")
+    with pytest.raises(InvalidInputError, match=r"^gray: 4 channels; give 1 \(gray\) or 3") as error:
+        editing.colorize(color, torch.rand(1, 4, 16, 16))
+    assert "\n" not in str(error.value)
+    assert editing.colorize(color, gradient_digit().convert("RGBA"), num_inference_steps=1).shape == (1, 3, 16, 16)
+    with pytest.raises(InvalidInputError, match=r"^image: a PIL image of mode 'F' whose values span \[0, 255\]"):
+        editing.inpaint(pipe, gradient_digit().convert("F"), torch.ones(1, 1, 16, 16))

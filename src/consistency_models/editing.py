@@ -133,9 +133,7 @@ def _as_batch(image: torch.Tensor | np.ndarray | object | Sequence[object], argu
     if isinstance(image, (list, tuple)) and image and not isinstance(image[0], (int, float)):
         return torch.cat([_as_batch(im, argument) for im in image])
     if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
-        array = np.asarray(image, dtype=np.float32) / 255.0
-        array = array[..., None] if array.ndim == 2 else array
-        return torch.from_numpy(array).permute(2, 0, 1)[None].contiguous()
+        return _pil_batch(image, argument)
     try:
         t = torch.as_tensor(image)
     except (TypeError, ValueError, RuntimeError):
@@ -152,6 +150,35 @@ def _as_batch(image: torch.Tensor | np.ndarray | object | Sequence[object], argu
             f"{argument}: values span [{t.min().item():.3g}, {t.max().item():.3g}]; images must be in [0, 1]"
         )
     return t
+
+
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # how Pillow opens 16-bit grayscale PNGs
+
+
+def _pil_batch(image: object, argument: str) -> torch.Tensor:
+    """A PIL image → (1, C, H, W) float32 in [0, 1]: L and RGB as they are; bilevel ("1") as L;
+    palette ("P") by its colours (L where they are all gray); alpha dropped (LA → L, RGBA → RGB),
+    as `cm edit` reads files; 16-bit grayscale scaled by 65,535; float ("F") checked like a tensor."""
+    mode = image.mode
+    if mode in SIXTEEN_BIT_MODES:
+        array = np.asarray(image, dtype=np.float64) / 65535.0
+    elif mode == "F":
+        array = np.asarray(image, dtype=np.float64)
+    else:
+        if mode in ("1", "LA", "La"):
+            image = image.convert("L")
+        elif mode != "L":
+            image = image.convert("RGB")
+            if mode in ("P", "PA"):
+                rgb = np.asarray(image)
+                if (rgb == rgb[..., :1]).all():  # a gray palette: one channel, as a gray PNG reads
+                    image = image.convert("L")
+        array = np.asarray(image, dtype=np.float64) / 255.0
+    if array.size and (array.min() < 0 or array.max() > 1 or not np.isfinite(array).all()):
+        raise InvalidInputError(f"{argument}: a PIL image of mode {mode!r} whose values span "
+                                f"[{array.min():.3g}, {array.max():.3g}]; images must be in [0, 1]")
+    array = array[..., None] if array.ndim == 2 else array
+    return torch.from_numpy(array.astype(np.float32)).permute(2, 0, 1)[None].contiguous()
 
 
 def _check_image(pipe: ConsistencyModelPipeline, t: torch.Tensor, argument: str, channels: int | None = None,
@@ -255,10 +282,14 @@ def inpaint(
     return _to_image(x)
 
 
-def _luminance(t: torch.Tensor) -> torch.Tensor:
+def _luminance(t: torch.Tensor, argument: str = "gray") -> torch.Tensor:
     """(B, 3, H, W) → (B, 1, H, W) with the luma weights; (B, 1, H, W) unchanged."""
     if t.shape[1] == 3:
         return torch.einsum("c,bchw->bhw", torch.tensor(LUMA_WEIGHTS, dtype=t.dtype), t)[:, None]
+    if t.shape[1] != 1:
+        alpha = " (an alpha channel? keep the first 1 or 3 channels)" if t.shape[1] in (2, 4) else ""
+        raise InvalidInputError(f"{argument}: {t.shape[1]} channels; give 1 (gray) or 3 (RGB, converted by "
+                                f"luminance){alpha}")
     return t
 
 
