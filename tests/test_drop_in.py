@@ -151,6 +151,48 @@ def test_hand_written_loop_with_our_scheduler(ref_pipe):
     torch.testing.assert_close(got, expected, **TOL)
 
 
+def test_the_hand_written_loop_runs_our_unet_with_the_0d_timesteps_it_iterates(ref_pipe, our_pipe):
+    """`for t in scheduler.timesteps` yields 0-d tensors, which diffusers' UNet2DModel broadcasts
+    to the batch; ours did `noise_labels[:, None]` and stopped with an IndexError. Reference: the
+    all-diffusers loop (its UNet, its scheduler) on the same weights."""
+    def loop(scheduler, unet):
+        scheduler.set_timesteps(timesteps=[22, 0])
+        g = gen(5)
+        sample = torch.randn(2, 3, 32, 32, generator=g) * scheduler.init_noise_sigma
+        for t in scheduler.timesteps:
+            assert t.ndim == 0
+            with torch.no_grad():
+                out = unet(scheduler.scale_model_input(sample, t), t, class_labels=torch.tensor(LABELS))
+            sample = scheduler.step(getattr(out, "sample", out), t, sample, generator=g).prev_sample
+        return sample
+
+    expected = loop(DiffusersScheduler.from_config(ref_pipe.scheduler.config), ref_pipe.unet)
+    got = loop(CMStochasticIterativeScheduler.from_config(our_pipe.scheduler.config), our_pipe.unet)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)  # two networks' kernels: 3.9e-5 measured
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():  # a Python number too, as diffusers' UNet takes it
+        torch.testing.assert_close(our_pipe.unet(x, 7.5, torch.tensor(LABELS)),
+                                   our_pipe.unet(x, torch.tensor([7.5, 7.5]), torch.tensor(LABELS)), rtol=0, atol=0)
+
+
+def test_add_noise_equals_diffusers_keeps_the_dtype_and_refuses_indices():
+    """diffusers' training idiom `add_noise(x, noise, scheduler.timesteps[indices])`; integer indices
+    themselves were read as timesteps 0..39 (σ = e^(t/250) ≈ 1.0–1.17) without a word."""
+    ours, theirs = CMStochasticIterativeScheduler(), DiffusersScheduler()
+    x, noise = torch.randn(2, 3, 8, 8, generator=gen(1)), torch.randn(2, 3, 8, 8, generator=gen(2))
+    for indices in ([3, 10], [0, 39]):
+        torch.testing.assert_close(ours.add_noise(x, noise, ours.timesteps[indices]),
+                                   theirs.add_noise(x, noise, theirs.timesteps[indices]), rtol=1e-6, atol=1e-5)
+    half = ours.add_noise(x.half(), noise.half(), ours.timesteps[[3, 10]])
+    assert half.dtype == theirs.add_noise(x.half(), noise.half(), theirs.timesteps[[3, 10]]).dtype == torch.float16
+    torch.testing.assert_close(ours.add_noise(x, noise, ours.timesteps[7]),   # one timestep for the batch
+                               theirs.add_noise(x, noise, theirs.timesteps[[7, 7]]), rtol=1e-6, atol=1e-5)
+    with pytest.raises(InvalidInputError, match=r"^timesteps: pass values of scheduler.timesteps .* not integer indices"):
+        ours.add_noise(x, noise, torch.randint(0, 40, (2,), generator=gen()))
+    with pytest.raises(InvalidInputError, match=r"^timesteps: 3 values for a batch of 2"):
+        ours.add_noise(x, noise, ours.timesteps[:3])
+
+
 # -- D5: callbacks -------------------------------------------------------------------------------------
 def test_callback_steps_and_tensor_timesteps(our_pipe, ref_pipe):
     def record(into):

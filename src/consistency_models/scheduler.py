@@ -24,7 +24,6 @@ from .io.pipeline_folder import SCHEDULER_CONFIG as CONFIG_NAME
 from .io.pipeline_folder import read_scheduler_config, write_scheduler_config
 from .outputs import BaseOutput
 from .parametrization import (
-    append_dims,
     consistency_scalings,
     input_scaling,
     karras_sigmas,
@@ -188,9 +187,21 @@ class CMStochasticIterativeScheduler:
         return CMStochasticIterativeSchedulerOutput(prev_sample=prev_sample)
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """x + σ(t)·noise for the σ of each given timestep."""
-        sigma = sigma_from_noise_conditioning(timesteps.cpu())
-        return original_samples + noise * append_dims(sigma, original_samples)
+        """x + σ(t)·noise for the σ of each given timestep (t = 250·ln σ, as `timesteps` holds them;
+        one for the batch or one per sample), in the samples' dtype as diffusers returns it."""
+        if isinstance(timesteps, (bool, int)) or (torch.is_tensor(timesteps) and not timesteps.is_floating_point()):
+            raise InvalidInputError("timesteps: pass values of scheduler.timesteps (floats, 250·ln σ), not integer "
+                                    "indices; index them as scheduler.timesteps[indices]")
+        try:
+            t = torch.as_tensor(timesteps, dtype=torch.float64).detach().cpu().reshape(-1)
+        except (TypeError, ValueError, RuntimeError):
+            raise InvalidInputError(f"timesteps: {type(timesteps).__name__} is not a tensor, list or number of "
+                                    "scheduler.timesteps values") from None
+        batch = original_samples.shape[0] if original_samples.ndim else 1
+        if t.numel() not in (1, batch):
+            raise InvalidInputError(f"timesteps: {t.numel()} values for a batch of {batch}; give one, or one per sample")
+        sigma = sigma_from_noise_conditioning(t).expand(batch).to(original_samples.device, original_samples.dtype)
+        return original_samples + noise * sigma.reshape(-1, *([1] * (original_samples.ndim - 1)))
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps

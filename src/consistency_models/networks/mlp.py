@@ -19,7 +19,8 @@ from torch import nn
 
 from ..errors import InvalidInputError
 from .dropout import Dropout
-from .unet import MAX_TIME_INPUTS, TimestepEmbedding, embed_classes, embed_times, extra_time_embeddings
+from .unet import (MAX_TIME_INPUTS, TimestepEmbedding, embed_classes, embed_times, extra_time_embeddings,
+                   per_sample_times)
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,8 @@ class MLP(nn.Module):
     ) -> torch.Tensor:
         """x: (B, dim) scaled input; noise_labels: (B,) c_noise values ((B, k) for k time inputs);
         class_labels: (B,) ints."""
-        emb = embed_times(self.time_embedding, self.extra_time_embeddings, noise_labels, self.config.emb_dim, x.dtype)
+        emb = embed_times(self.time_embedding, self.extra_time_embeddings, per_sample_times(noise_labels, x),
+                          self.config.emb_dim, x.dtype)
         if self.class_embedding is not None:
             if class_labels is None:
                 raise InvalidInputError("class_labels: this model is class-conditional and needs one label per sample")

@@ -204,6 +204,14 @@ def extra_time_embeddings(count: int, in_dim: int, dim: int) -> nn.ModuleList:
     return nn.ModuleList(TimestepEmbedding(in_dim, dim) for _ in range(count - 1))
 
 
+def per_sample_times(noise_labels: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
+    """noise_labels as given, or one number (a Python number or a 0-d tensor, as a diffusers loop
+    over `scheduler.timesteps` passes it and diffusers' UNet2DModel takes it) for every sample of x."""
+    if not torch.is_tensor(noise_labels):
+        noise_labels = torch.tensor(float(noise_labels), device=x.device)
+    return noise_labels.expand(x.shape[0]) if noise_labels.ndim == 0 else noise_labels
+
+
 def embed_times(first: TimestepEmbedding, extra: nn.ModuleList, noise_labels: torch.Tensor, in_dim: int,
                 dtype: torch.dtype) -> torch.Tensor:
     """The time embedding: `TimestepEmbedding` of the sinusoidal embedding of each time input,
@@ -452,10 +460,10 @@ class UNetModel(nn.Module):
     def forward(
         self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """x: (B, C, H, W) scaled input; noise_labels: (B,) c_noise values ((B, k) for k time inputs);
-        class_labels: (B,) ints."""
-        emb = embed_times(self.time_embedding, self.extra_time_embeddings, noise_labels, self.config.model_channels,
-                          x.dtype)
+        """x: (B, C, H, W) scaled input; noise_labels: (B,) c_noise values ((B, k) for k time inputs;
+        one number for the batch); class_labels: (B,) ints."""
+        emb = embed_times(self.time_embedding, self.extra_time_embeddings, per_sample_times(noise_labels, x),
+                          self.config.model_channels, x.dtype)
         if self.class_embedding is not None:
             if class_labels is None:
                 raise ValueError("class_labels: this model is class-conditional and needs one label per sample")
