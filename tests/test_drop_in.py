@@ -97,6 +97,26 @@ def test_configs_cross_between_the_libraries():
         CMStochasticIterativeScheduler.from_config("some/folder")
 
 
+@pytest.mark.parametrize("source", ["DDPMScheduler()", "EulerDiscreteScheduler()",
+                                    "EulerDiscreteScheduler(sigma_min=0.01, sigma_max=50.0)",
+                                    "DDPMScheduler(num_train_timesteps=100)"])
+def test_from_another_schedulers_config_takes_what_diffusers_takes(source):
+    """The usual swap `CMStochasticIterativeScheduler.from_config(pipe.scheduler.config)` from
+    another scheduler: diffusers skips the values that were only that class's defaults
+    (`_use_default_values`); ours took DDPM's 1000 training steps (a 1000-point grid: other σs for
+    the same timesteps) and refused Euler's sigma_min=None."""
+    import diffusers
+
+    config = eval(f"diffusers.{source}").config
+    theirs = DiffusersScheduler.from_config(config)
+    ours = CMStochasticIterativeScheduler.from_config(config)
+    for key in ("num_train_timesteps", "sigma_min", "sigma_max", "sigma_data", "rho", "s_noise", "clip_denoised"):
+        assert ours.config[key] == theirs.config[key], key
+    ours.set_timesteps(num_inference_steps=3)
+    theirs.set_timesteps(num_inference_steps=3)
+    torch.testing.assert_close(ours.sigmas.double(), theirs.sigmas.double(), rtol=1e-6, atol=0)
+
+
 def test_save_config_round_trips_in_both_libraries(tmp_path):
     ours = CMStochasticIterativeScheduler(num_train_timesteps=201, rho=6.5)
     ours.save_config(tmp_path / "a")

@@ -83,10 +83,14 @@ class CMStochasticIterativeScheduler:
     @classmethod
     def from_config(cls, config: Mapping[str, Any], **overrides: Any) -> "CMStochasticIterativeScheduler":
         """From a config mapping (ours, diffusers' FrozenDict, a dict read from JSON; unknown and
-        `_`-prefixed keys are ignored); keyword arguments override its values."""
+        `_`-prefixed keys are ignored); keyword arguments override its values. As in diffusers, the
+        keys a diffusers config lists in `_use_default_values` (another scheduler's defaults, never
+        chosen: `from_config(DDPMScheduler().config)`) are skipped, so this class's defaults apply."""
         if not isinstance(config, Mapping):
             raise InvalidInputError(f"config: {type(config).__name__} is not a mapping; to read a folder use from_pretrained")
-        return cls(SchedulerConfig.from_dict({**config, **overrides}))
+        defaults = config.get("_use_default_values") or ()
+        chosen = {key: value for key, value in config.items() if key not in defaults}
+        return cls(SchedulerConfig.from_dict({**chosen, **overrides}))
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, subfolder: str | None = None,
