@@ -357,3 +357,13 @@ def test_the_fast_kernel_setting_survives_a_network_without_them():
     assert not pipe.fast_paths.fast_kernels
     pipe.unet = unet
     assert pipe.fast_paths.fast_kernels
+
+
+def test_save_config_onto_a_file_is_one_line_and_leaves_the_file(tmp_path):
+    """diffusers: "should be a directory, not a file"; ours stopped in os.makedirs' FileExistsError."""
+    target = tmp_path / "scheduler_config.json"
+    target.write_text("{}")
+    for where in (target, target / "inside"):
+        with pytest.raises(InvalidInputError, match=r"^save_directory: .*scheduler_config\.json is a file; give a folder"):
+            CMStochasticIterativeScheduler().save_config(where)
+    assert target.read_text() == "{}"

@@ -194,6 +194,9 @@ def test_save_pretrained_into_a_file_or_nowhere_and_a_diffusers_unet_are_one_lin
     ({"sigmas": 80.0}, "sigmas: 80.0 is not allowed; give a list"),
     ({"num_inference_steps": True}, "num_inference_steps: True is not allowed; use a positive integer"),
     ({"num_inference_steps": 2.0}, "num_inference_steps: 2.0 is not allowed; use a positive integer"),
+    ({"latents": np.zeros((1, 1, 16, 16), np.float32)},
+     "latents: a ndarray is not a torch.Tensor; give torch.from_numpy(latents)"),
+    ({"callback": 5}, "callback: 5 is not callable; give a function (step, timestep, sample)"),
 ])
 def test_scalar_noise_levels_are_one_line(given, message):
     from consistency_models import ConsistencyModelPipeline

@@ -226,6 +226,7 @@ def test_keys_that_do_not_fit(pipeline_copy, changes, message):
     (dict(sample_size=[32, 64]), r"sample_size=\[32, 64\] is not supported; allowed: square images"),
     (dict(block_out_channels=[32]), r"block_out_channels=\[32\] is not supported"),
     (dict(attn_norm_num_groups=16), r"attn_norm_num_groups=16 is not supported"),
+    (dict(out_channels=6), r"out_channels=6 is not supported; allowed: in_channels=3 \(the model predicts"),
 ])
 def test_unsupported_diffusers_config(pipeline_copy, changes, message):
     _edit_config(pipeline_copy, **changes)

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -385,6 +386,9 @@ class ConsistencyModelPipeline:
         shape = (batch_size, *self.sample_shape)
         if latents is None:
             return randn(shape, generator, device=self.device)
+        if not torch.is_tensor(latents):
+            hint = "; give torch.from_numpy(latents)" if isinstance(latents, np.ndarray) else ""
+            raise InvalidInputError(f"latents: a {type(latents).__name__} is not a torch.Tensor{hint}")
         if tuple(latents.shape) != shape:
             raise InvalidInputError(f"latents: shape {tuple(latents.shape)} does not match the expected {shape}")
         return latents.to(device=self.device, dtype=torch.float32)
@@ -434,6 +438,8 @@ class ConsistencyModelPipeline:
         on the N-point Karras grid ending at σ = 0 (default N = 18, 2N − 1 evaluations).
         """
         batch_size = self._check_call(batch_size, generator, output_type, callback_steps)
+        if callback is not None and not callable(callback):
+            raise InvalidInputError(f"callback: {callback!r} is not callable; give a function (step, timestep, sample)")
         callback_steps = int(callback_steps)
         schedule = self.noise_schedule(NoiseLevels.of(num_inference_steps, timesteps, sigmas))
         noise = self.prepare_latents(batch_size, latents, generator)

@@ -90,6 +90,10 @@ def write_scheduler_config(folder: str | os.PathLike, config: SchedulerConfig, p
                            ) -> None:
     """A `CMStochasticIterativeScheduler` config, or an `SCMScheduler` one for a TrigFlow model."""
     folder = Path(folder)
+    for above in (folder, *folder.parents):
+        if above.exists() and not above.is_dir():
+            raise InvalidInputError(f"save_directory: {above} is a file; give a folder (the config is written into it "
+                                    f"as {SCHEDULER_CONFIG})")
     folder.mkdir(parents=True, exist_ok=True)
     kind = get_kind(parametrization)
     if kind.scheduler_library != "diffusers":
