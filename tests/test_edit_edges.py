@@ -245,3 +245,12 @@ def test_pil_and_tensor_inputs_out_of_range_or_with_alpha_are_one_line(pipe):
     assert editing.colorize(color, gradient_digit().convert("RGBA"), num_inference_steps=1).shape == (1, 3, 16, 16)
     with pytest.raises(InvalidInputError, match=r"^image: a PIL image of mode 'F' whose values span \[0, 255\]"):
         editing.inpaint(pipe, gradient_digit().convert("F"), torch.ones(1, 1, 16, 16))
+
+
+def test_interpolation_takes_one_label_for_all_its_frames(pipe):
+    """It said "got 2 labels for a batch of 1; give one or one per sample" to two labels for two frames."""
+    with pytest.raises(InvalidInputError, match=r"^class_labels: the 2 frames of one interpolation share one class; "
+                                                r"give one label, not 2$"):
+        editing.interpolate(pipe, num=2, class_labels=[3, 4])
+    frames = editing.interpolate(pipe, num=2, class_labels=[3], generator=torch.Generator().manual_seed(0))
+    assert torch.equal(frames, editing.interpolate(pipe, num=2, class_labels=3, generator=torch.Generator().manual_seed(0)))

@@ -466,6 +466,11 @@ def interpolate(
         if z.numel() != math.prod(shape):
             raise InvalidInputError(f"{name}: shape {tuple(z.shape)} does not match the model's sample shape {shape}")
         ends.append(z.reshape(shape))
+    given = len(class_labels) if isinstance(class_labels, (list, tuple)) else \
+        int(np.prod(class_labels.shape)) if getattr(class_labels, "ndim", 0) else 1
+    if given > 1:
+        raise InvalidInputError(f"class_labels: the {num} frames of one interpolation share one class; give one "
+                                f"label, not {given}")
     labels = pipe.prepare_class_labels(1, class_labels, generator)
     if labels is not None:
         labels = labels.expand(num)

@@ -278,7 +278,13 @@ def load_network(folder: str | os.PathLike, variant: str | None = None,
         raise InvalidInputError(f"variant: there are no weights of variant={variant!r} in {folder} "
                                 f"(found: {', '.join(found)})")
     if not weights.is_file():
-        raise InvalidInputError(f"weights: missing file {folder / WEIGHTS_NAME}")
+        found = sorted(p.name for p in folder.glob("diffusion_pytorch_model*"))
+        variants = sorted({m.group(1) for name in found
+                           if (m := re.fullmatch(r"diffusion_pytorch_model\.([^.]+)\.(safetensors|bin)", name))})
+        hint = "" if not variants else f"; to load those of a variant give variant={variants[0]!r}" \
+            if len(variants) == 1 else f"; to load those of a variant give variant= one of {', '.join(map(repr, variants))}"
+        raise InvalidInputError(f"weights: missing file {folder / WEIGHTS_NAME} (found: {', '.join(found) or 'none'})"
+                                f"{hint}")
     state = load_weights(weights)
     load_state_into(model, {k: v.to(torch.float32) for k, v in state.items()}, str(weights))
     return model
