@@ -376,3 +376,13 @@ def test_a_folder_of_a_variant_only_names_the_variant_to_give(tmp_path, pipe):
                                                 r"of a variant give variant='fp16'$"):
         ConsistencyModelPipeline.from_pretrained(tmp_path / "m")
     assert ConsistencyModelPipeline.from_pretrained(tmp_path / "m", variant="fp16").unet is not None
+
+
+def test_from_config_returns_the_unused_keywords_when_asked_as_diffusers_does():
+    config = DiffusersScheduler().config
+    theirs, their_unused = DiffusersScheduler.from_config(config, return_unused_kwargs=True, sigma_mx=40.0, rho=5.0)
+    ours, our_unused = CMStochasticIterativeScheduler.from_config(config, return_unused_kwargs=True, sigma_mx=40.0,
+                                                                  rho=5.0)
+    assert our_unused == their_unused == {"sigma_mx": 40.0}
+    assert ours.config.rho == theirs.config.rho == 5.0
+    assert isinstance(CMStochasticIterativeScheduler.from_config(config, rho=5.0), CMStochasticIterativeScheduler)

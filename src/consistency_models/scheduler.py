@@ -81,16 +81,21 @@ class CMStochasticIterativeScheduler:
 
     # -- persistence --------------------------------------------------------------------
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], **overrides: Any) -> "CMStochasticIterativeScheduler":
+    def from_config(cls, config: Mapping[str, Any], return_unused_kwargs: bool = False, **overrides: Any
+                    ) -> "CMStochasticIterativeScheduler | tuple[CMStochasticIterativeScheduler, dict]":
         """From a config mapping (ours, diffusers' FrozenDict, a dict read from JSON; unknown and
         `_`-prefixed keys are ignored); keyword arguments override its values. As in diffusers, the
         keys a diffusers config lists in `_use_default_values` (another scheduler's defaults, never
-        chosen: `from_config(DDPMScheduler().config)`) are skipped, so this class's defaults apply."""
+        chosen: `from_config(DDPMScheduler().config)`) are skipped, so this class's defaults apply;
+        `return_unused_kwargs=True` also returns the keyword arguments that are no setting."""
         if not isinstance(config, Mapping):
             raise InvalidInputError(f"config: {type(config).__name__} is not a mapping; to read a folder use from_pretrained")
         defaults = config.get("_use_default_values") or ()
         chosen = {key: value for key, value in config.items() if key not in defaults}
-        return cls(SchedulerConfig.from_dict({**chosen, **overrides}))
+        scheduler = cls(SchedulerConfig.from_dict({**chosen, **overrides}))
+        if return_unused_kwargs:  # diffusers' (scheduler, the keyword arguments that are no setting)
+            return scheduler, {key: value for key, value in overrides.items() if key not in SchedulerConfig.FIELDS}
+        return scheduler
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, subfolder: str | None = None,
