@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import one_line
@@ -412,3 +413,21 @@ def test_a_very_large_image_loads_without_pillows_two_line_warning(tmp_path, rec
     Image.new("1", (10000, 9500)).save(big)   # 95 M pixels, a few kB on disk
     assert open_image(lambda: open(big, "rb"), str(big)).size == (10000, 9500)
     assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+def test_devices_and_dtypes_that_cannot_be_are_one_line_naming_the_argument():
+    """torch's own errors named neither `device` nor `dtype` ("Expected one of cpu, cuda, ipu, xpu, ...
+    device type at start of device string: gpu"; an AssertionError "Torch not compiled with CUDA")."""
+    from consistency_models import ConsistencyModelPipeline
+
+    pipe = ConsistencyModelPipeline.from_pretrained("digits")
+    with pytest.raises(InvalidInputError, match=r"^device: 'gpu' is not a device name \(cpu, cuda"):
+        pipe.to("gpu")
+    with pytest.raises(InvalidInputError, match=r"^device: 'gpu' is not a device name"):
+        ConsistencyModelPipeline.from_pretrained("digits", device="gpu")
+    with pytest.raises(InvalidInputError, match=r"^dtype: torch.int64 is not allowed; use torch.float32"):
+        pipe.to(torch.int64)
+    if not torch.cuda.is_available():
+        with pytest.raises(InvalidInputError, match=r"^device: 'cuda' was asked for, but CUDA is not available here"):
+            pipe.to("cuda")
+    assert pipe.to("cpu", torch.float32).unet.conv_in.weight.dtype == torch.float32

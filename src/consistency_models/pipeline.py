@@ -277,6 +277,15 @@ class ConsistencyModelPipeline:
                 dtype = arg
             else:
                 device = arg
+        if device is not None:
+            try:
+                where = torch.device(device)
+            except (RuntimeError, TypeError):
+                raise InvalidInputError(f"device: {device!r} is not a device name (cpu, cuda, cuda:1, mps, ...)") from None
+            if where.type == "cuda" and not torch.cuda.is_available():
+                raise InvalidInputError(f"device: {device!r} was asked for, but CUDA is not available here; use 'cpu'")
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise InvalidInputError(f"dtype: {dtype!r} is not allowed; use torch.float32, torch.float16 or torch.bfloat16")
         self.unet.to(device=device, dtype=dtype)
         self.fast_paths.moved(self.unet)
         return self
