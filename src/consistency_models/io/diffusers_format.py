@@ -109,7 +109,9 @@ def _unet_config_from_diffusers(d: dict, source: str) -> UNetConfig:
         value = d.get(key, [])
         if not isinstance(value, list) or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
             raise bad(key, f"a list of {kind.__name__}s")
-    if d.get("out_channels", 3) != d.get("in_channels", 3):  # e.g. a learned variance beside the image
+    in_c, out_c = d.get("in_channels", 3), d.get("out_channels", 3)
+    counts = all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in (in_c, out_c))
+    if counts and out_c != in_c:  # e.g. a learned variance beside the image (bad counts: UNetConfig says)
         raise bad("out_channels", f"in_channels={d.get('in_channels', 3)!r} (the model predicts an image of its "
                                   "input's channels)")
     if any(w < 1 for w in d.get("block_out_channels", [])):
