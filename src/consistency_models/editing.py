@@ -34,6 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .data.decode import GRAY_MODES, SIXTEEN_BIT_MODES
 from .errors import InvalidInputError, is_integer
 from .pipeline import ConsistencyModelPipeline
 from .sampling import Generator, randn
@@ -152,27 +153,20 @@ def _as_batch(image: torch.Tensor | np.ndarray | object | Sequence[object], argu
     return t
 
 
-SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # how Pillow opens 16-bit grayscale PNGs
-
-
 def _pil_batch(image: object, argument: str) -> torch.Tensor:
-    """A PIL image → (1, C, H, W) float32 in [0, 1]: L and RGB as they are; bilevel ("1") as L;
-    palette ("P") by its colours (L where they are all gray); alpha dropped (LA → L, RGBA → RGB),
-    as `cm edit` reads files; 16-bit grayscale scaled by 65,535; float ("F") checked like a tensor."""
+    """A PIL image → (1, C, H, W) float32 in [0, 1], its modes read as `cm edit` reads a file's
+    (`data/decode.py`): gray modes (bilevel, gray + alpha) as L, the others as RGB (alpha dropped),
+    a palette of grays as L; 16-bit grayscale (and "I") scaled by 65,535; float ("F") checked
+    like a tensor."""
     mode = image.mode
-    if mode in SIXTEEN_BIT_MODES:
+    if mode in SIXTEEN_BIT_MODES or mode == "I":
         array = np.asarray(image, dtype=np.float64) / 65535.0
     elif mode == "F":
         array = np.asarray(image, dtype=np.float64)
     else:
-        if mode in ("1", "LA", "La"):
-            image = image.convert("L")
-        elif mode != "L":
-            image = image.convert("RGB")
-            if mode in ("P", "PA"):
-                rgb = np.asarray(image)
-                if (rgb == rgb[..., :1]).all():  # a gray palette: one channel, as a gray PNG reads
-                    image = image.convert("L")
+        image = image.convert("L" if mode in GRAY_MODES else "RGB")
+        if mode in ("P", "PA") and (np.asarray(image) == np.asarray(image)[..., :1]).all():
+            image = image.convert("L")  # a gray palette: one channel, as a gray PNG reads
         array = np.asarray(image, dtype=np.float64) / 255.0
     if array.size and (array.min() < 0 or array.max() > 1 or not np.isfinite(array).all()):
         raise InvalidInputError(f"{argument}: a PIL image of mode {mode!r} whose values span "
