@@ -48,20 +48,28 @@ class DistributedContext:
         return value / self.world_size
 
 
-def check_device(name: str | torch.device) -> torch.device:
-    """A device checked against this machine before anything uses it: cpu, cuda or cuda:N with a
-    GPU N here (one line naming the value and what is allowed otherwise)."""
+def existing_device(name: str | torch.device, instead: str = "'cpu'") -> torch.device:
+    """A device name parsed, and a CUDA device checked against this machine (one line naming the
+    value otherwise; `instead`: what to use when there is no CUDA). Other types pass as torch
+    takes them (meta, mps, ...)."""
     try:
         dev = torch.device(name)
     except (RuntimeError, TypeError):
         raise InvalidInputError(f"device: {name!r} is not a device name (cpu, cuda, cuda:1, ...)") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise InvalidInputError(f"device: {name!r} is not supported; use cpu, cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidInputError(f"device: {name!r} was asked for, but CUDA is not available here; use --device cpu")
+        raise InvalidInputError(f"device: {name!r} was asked for, but CUDA is not available here; use {instead}")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         count = torch.cuda.device_count()
         raise InvalidInputError(f"device: {name!r} is not a GPU of this machine; use cuda:0 to cuda:{count - 1}")
+    return dev
+
+
+def check_device(name: str | torch.device) -> torch.device:
+    """A device checked against this machine before anything uses it: cpu, cuda or cuda:N with a
+    GPU N here (one line naming the value and what is allowed otherwise)."""
+    dev = existing_device(name, instead="--device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise InvalidInputError(f"device: {name!r} is not supported; use cpu, cuda or cuda:N")
     return dev
 
 

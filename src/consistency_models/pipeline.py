@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .distributed import existing_device
 from .errors import InvalidInputError, is_integer
 from .fast_paths import FastPaths
 from .io.images import pil_image, to_uint8
@@ -278,12 +279,7 @@ class ConsistencyModelPipeline:
             else:
                 device = arg
         if device is not None:
-            try:
-                where = torch.device(device)
-            except (RuntimeError, TypeError):
-                raise InvalidInputError(f"device: {device!r} is not a device name (cpu, cuda, cuda:1, mps, ...)") from None
-            if where.type == "cuda" and not torch.cuda.is_available():
-                raise InvalidInputError(f"device: {device!r} was asked for, but CUDA is not available here; use 'cpu'")
+            existing_device(device)
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise InvalidInputError(f"dtype: {dtype!r} is not allowed; use torch.float32, torch.float16 or torch.bfloat16")
         self.unet.to(device=device, dtype=dtype)
