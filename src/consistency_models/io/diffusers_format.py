@@ -271,22 +271,19 @@ def load_network(folder: str | os.PathLike, variant: str | None = None,
     weights = folder / weights_name(variant, ".bin" if use_safetensors is False else ".safetensors")
     if use_safetensors is None and not weights.is_file() and (folder / weights_name(variant, ".bin")).is_file():
         weights = folder / weights_name(variant, ".bin")
-    if use_safetensors is not None and not weights.is_file():
-        found = sorted(p.name for p in folder.glob("diffusion_pytorch_model*")) or ["none"]
-        raise InvalidInputError(f"use_safetensors: {use_safetensors} asks for {weights.name}, which {folder} does not "
-                                f"have (found: {', '.join(found)})")
-    if not weights.is_file() and variant:
-        found = sorted(p.name for p in folder.glob("diffusion_pytorch_model*")) or ["none"]
-        raise InvalidInputError(f"variant: there are no weights of variant={variant!r} in {folder} "
-                                f"(found: {', '.join(found)})")
-    if not weights.is_file():
+    if not weights.is_file():  # one line saying what is there instead
         found = sorted(p.name for p in folder.glob("diffusion_pytorch_model*"))
+        listed = ", ".join(found) or "none"
+        if use_safetensors is not None:
+            raise InvalidInputError(f"use_safetensors: {use_safetensors} asks for {weights.name}, which {folder} does "
+                                    f"not have (found: {listed})")
+        if variant:
+            raise InvalidInputError(f"variant: there are no weights of variant={variant!r} in {folder} (found: {listed})")
         variants = sorted({m.group(1) for name in found
                            if (m := re.fullmatch(r"diffusion_pytorch_model\.([^.]+)\.(safetensors|bin)", name))})
         hint = "" if not variants else f"; to load those of a variant give variant={variants[0]!r}" \
             if len(variants) == 1 else f"; to load those of a variant give variant= one of {', '.join(map(repr, variants))}"
-        raise InvalidInputError(f"weights: missing file {folder / WEIGHTS_NAME} (found: {', '.join(found) or 'none'})"
-                                f"{hint}")
+        raise InvalidInputError(f"weights: missing file {folder / WEIGHTS_NAME} (found: {listed}){hint}")
     state = load_weights(weights)
     load_state_into(model, {k: v.to(torch.float32) for k, v in state.items()}, str(weights))
     return model
