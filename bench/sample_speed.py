@@ -52,6 +52,7 @@ from consistency_models import (
 from consistency_models.cli.allocator import keep_freed_memory
 from consistency_models.distributed import check_device
 from consistency_models.io.atomic import atomic_path
+from consistency_models.networks.half_compute import half_arithmetic
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_PRESETS = {"cpu": "imagenet64:4,test:32", "cuda": "imagenet64:64,lsun256:8"}
@@ -322,6 +323,13 @@ def main(argv: list[str] | None = None) -> int:
           + (", freed memory kept (allocator.keep_freed_memory)" if kept else ", default allocator"))
     if kind == "cuda":
         torch.backends.cudnn.benchmark = True
+    fallback = [name for name, spec in specs.items()
+                if kind == "cpu" and spec.dtype != torch.float32 and not half_arithmetic(spec.dtype)
+                and (spec.diffusers or spec.compile or not (spec.fast or spec.as_loaded))]
+    if fallback:
+        dtypes = "/".join(sorted({str(specs[name].dtype).removeprefix("torch.") for name in fallback}))
+        print(f"this CPU has no {dtypes} arithmetic: {', '.join(fallback)} run PyTorch's fallback kernels (minutes "
+              "per imagenet64 call; our fast kernels compute the matrix work in float32 instead)")
     all_rows = []
     for preset_name, batch in cases:
         with tempfile.TemporaryDirectory() as tmp:
@@ -329,8 +337,8 @@ def main(argv: list[str] | None = None) -> int:
             ConsistencyModelPipeline(random_unet(preset_name), CMStochasticIterativeScheduler()).save_pretrained(folder)
             samplers = {}
             for name, spec in specs.items():
-                if (spec.graph or spec.dtype == torch.float16) and kind != "cuda":
-                    print(f"skipping {name}: needs CUDA")
+                if spec.graph and kind != "cuda":
+                    print(f"skipping {name}: a CUDA graph needs CUDA")
                     continue
                 if spec.diffusers and preset(preset_name).in_channels != 3:
                     print(f"skipping {name} on {preset_name}: diffusers' pipeline only samples 3-channel images")

@@ -22,6 +22,7 @@ from torch import nn
 from .attention import attention as dot_product_attention
 from .dropout import Dropout
 from .forward_mode import in_forward_mode
+from .half_compute import Float32Matmuls, needs_float32_matmuls
 from .winograd import Conv3x3
 
 MAX_SIDE = 4096  # the largest image side accepted
@@ -416,6 +417,7 @@ class UNetModel(nn.Module):
         self.conv_out = Conv3x3(in_ch, cfg.out_channels)
         self._zero_init_residual_outputs()
         self.channels_last = False  # set by use_fast_kernels: inputs should be channels_last too
+        self.float32_matmuls = False  # set by use_fast_kernels: half weights on a CPU without half arithmetic
 
     def _zero_init_residual_outputs(self) -> None:
         """ADM's zero_module: each residual branch and the output start at zero."""
@@ -440,11 +442,14 @@ class UNetModel(nn.Module):
         weights when every level is at least `CHANNELS_LAST_MIN_WIDTH` channels wide (narrower
         networks run GroupNorm and the convolutions faster as NCHW). Nothing on CUDA, where
         PyTorch's GroupNorm copies channels_last input to NCHW (measured 13 % slower on an
-        H100). Training is unaffected (Winograd never runs under autograd; the training layout
-        follows `channels_last_pays_off`)."""
+        H100). Half-precision weights on a CPU without half arithmetic (AVX2, for one) compute
+        their matrix work in float32 (`networks/half_compute.py`: 10–90× faster there). Training
+        is unaffected (neither Winograd nor that runs under autograd; the training layout follows
+        `channels_last_pays_off`)."""
         for module in self.modules():
             if isinstance(module, Conv3x3):
                 module.winograd = enabled
+        self.float32_matmuls = enabled
         self.channels_last = enabled and self.channels_last_pays_off()
         self.to(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         return self
@@ -462,6 +467,15 @@ class UNetModel(nn.Module):
     ) -> torch.Tensor:
         """x: (B, C, H, W) scaled input; noise_labels: (B,) c_noise values ((B, k) for k time inputs;
         one number for the batch); class_labels: (B,) ints."""
+        if (self.float32_matmuls and needs_float32_matmuls(self.conv_in.weight) and not torch.is_grad_enabled()
+                and not torch.compiler.is_compiling()):
+            with Float32Matmuls():
+                return self._forward(x, noise_labels, class_labels)
+        return self._forward(x, noise_labels, class_labels)
+
+    def _forward(
+        self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor | None
+    ) -> torch.Tensor:
         emb = embed_times(self.time_embedding, self.extra_time_embeddings, per_sample_times(noise_labels, x),
                           self.config.model_channels, x.dtype)
         if self.class_embedding is not None:

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .half_compute import matmul_dtype
+
 # Filter transform G (4×3), input transform Bᵀ (4×4), output transform Aᵀ (2×4) of F(2, 3).
 _G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
 _AT = ((1.0, 1.0, 1.0, 0.0), (0.0, 1.0, -1.0, -1.0))
@@ -132,19 +134,23 @@ def amx_convolves(dtype: torch.dtype) -> bool:
     return bool(probe()) if probe is not None else False
 
 
-def winograd_pays_off(x: torch.Tensor, weight: torch.Tensor, chunk_bytes: int = CHUNK_BYTES) -> bool:
+def winograd_pays_off(
+    x: torch.Tensor, weight: torch.Tensor, chunk_bytes: int = CHUNK_BYTES, dtype: torch.dtype | None = None
+) -> bool:
     """Whether Winograd beats the direct (oneDNN) convolution here: CPU, even sizes, ≥ 128 channels
     in and out, one sample's transformed tiles ≤ 2·chunk_bytes (measured on a 2-core AVX-512 CPU),
     and no AMX for x's dtype. With AMX (bfloat16, Sapphire Rapids) the direct channels_last
     convolution ran 0.98–6.1× as fast as Winograd at 128–576 channels and 4–64 px (batch 1, 4,
     16); at 512–768 channels and 8 px Winograd still gained up to 1.4× at batch 1–4, about 1.6 %
-    of an imagenet64 call, too little to keep a second rule for."""
+    of an imagenet64 call, too little to keep a second rule for. `dtype`: the dtype the
+    convolution would compute in, when not x's (float32 for half inputs in `Float32Matmuls`)."""
+    dtype = dtype or x.dtype
     c_out, c_in = weight.shape[:2]
     height, width = x.shape[-2:]
-    per_sample = _tile_bytes(height, width, max(c_in, c_out), x.element_size())
+    per_sample = _tile_bytes(height, width, max(c_in, c_out), dtype.itemsize)
     return (
         x.device.type == "cpu" and x.ndim == 4 and height % 2 == 0 and width % 2 == 0
-        and min(c_in, c_out) >= 128 and per_sample <= 2 * chunk_bytes and not amx_convolves(x.dtype)
+        and min(c_in, c_out) >= 128 and per_sample <= 2 * chunk_bytes and not amx_convolves(dtype)
     )
 
 
@@ -161,16 +167,20 @@ class Conv3x3(nn.Conv2d):
         self._u: torch.Tensor | None = None
         self._u_key: tuple | None = None
 
-    def transformed_weight(self) -> torch.Tensor:
-        """winograd_weight(self.weight), cached while the weight is unchanged."""
+    def transformed_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """winograd_weight(self.weight) in `dtype` (the weight's by default), cached while the
+        weight is unchanged."""
         w = self.weight
-        key = (w._version, w.data_ptr(), w.dtype, w.device)
+        dtype = dtype or w.dtype
+        key = (w._version, w.data_ptr(), w.dtype, w.device, dtype)
         if self._u is None or self._u_key != key:
-            self._u, self._u_key = winograd_weight(w), key
+            self._u, self._u_key = winograd_weight(w.to(dtype)), key
         return self._u
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (self.winograd and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
-                and winograd_pays_off(x, self.weight)):
-            return winograd_conv3x3(x, self.transformed_weight(), self.bias)
+        if self.winograd and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            dtype = matmul_dtype(x)  # float32 for half inputs on a CPU without half arithmetic
+            if winograd_pays_off(x, self.weight, dtype=dtype):
+                bias = None if self.bias is None else self.bias.to(dtype)
+                return winograd_conv3x3(x.to(dtype), self.transformed_weight(dtype), bias).to(x.dtype)
         return super().forward(x)
