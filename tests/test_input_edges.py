@@ -284,11 +284,34 @@ def test_tensorboard_without_its_package_is_refused_before_anything_is_written(t
     assert not (tmp_path / "run").exists()
 
 
-def test_float16_training_on_the_cpu_says_it_is_slow(tmp_path, capsys):
+@pytest.mark.parametrize("precision", ["float16", "bfloat16"])
+def test_half_precision_training_on_a_cpu_without_its_arithmetic_says_it_is_slow(tmp_path, capsys, monkeypatch,
+                                                                                  precision):
+    from consistency_models.training import loop
+
+    monkeypatch.setattr(loop, "half_arithmetic", lambda dtype: dtype == torch.float32)  # an AVX2 CPU
     capsys.readouterr()
     assert main(["train", "--method", "ict", "--data", "toy:mog8", "--out", str(tmp_path / "run"), "--steps", "1",
-                 "--batch-size", "8", "--no-progress", "--precision", "float16"]) == 0
-    assert "precision: float16 autocast has no fast CPU kernels" in capsys.readouterr().err
+                 "--batch-size", "8", "--no-progress", "--precision", precision]) == 0
+    err = capsys.readouterr().err
+    assert f"precision: this CPU has no {precision} arithmetic, so {precision} autocast runs at several times" in err
+    assert "float32 is its fast precision" in err
+
+
+def test_slow_precision_note_names_the_fast_precision_of_each_cpu(monkeypatch):
+    from consistency_models.training import loop
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    for bf16, fp16 in [(False, False), (True, False), (True, True)]:  # AVX2, AVX-512-BF16 or AMX, AMX-FP16
+        native = {torch.bfloat16: bf16, torch.float16: fp16, torch.float32: True}
+        monkeypatch.setattr(loop, "half_arithmetic", native.__getitem__)
+        assert loop.slow_precision_note("float32", cpu) is None
+        assert loop.slow_precision_note("float16", cuda) is None and loop.slow_precision_note("bfloat16", cuda) is None
+        assert (loop.slow_precision_note("bfloat16", cpu) is None) == bf16
+        assert (loop.slow_precision_note("float16", cpu) is None) == fp16
+        if not fp16:
+            assert loop.slow_precision_note("float16", cpu).endswith(
+                f"{'bfloat16' if bf16 else 'float32'} is its fast precision")
 
 
 def test_sample_compile_says_that_its_first_batch_compiles(tmp_path, capsys, monkeypatch):
@@ -298,6 +321,28 @@ def test_sample_compile_says_that_its_first_batch_compiles(tmp_path, capsys, mon
     capsys.readouterr()
     assert main(["sample", "--out", str(tmp_path / "g.png"), "--batch-size", "1", "--compile"]) == 0
     assert "compile: the first batch compiles the network" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("options, said", [
+    (["--dtype", "bfloat16", "--no-fast-kernels"], "with --no-fast-kernels"),
+    (["--dtype", "bfloat16"], None),        # the fast kernels compute in float32: nothing to say
+    (["--no-fast-kernels"], None),          # float32
+])
+def test_sample_in_half_precision_without_fast_kernels_on_a_cpu_without_its_arithmetic_says_so(
+        tmp_path, capsys, monkeypatch, options, said):
+    from consistency_models.cli import sample
+
+    monkeypatch.setattr(sample, "half_arithmetic", lambda dtype: dtype == torch.float32)  # an AVX2 CPU
+    capsys.readouterr()
+    assert main(["sample", "--out", str(tmp_path / "g.png"), "--batch-size", "1", *options]) == 0
+    err = capsys.readouterr().err
+    if said:
+        assert f"dtype: this CPU has no bfloat16 arithmetic, so {said} the network runs PyTorch's fallback" in err
+    else:
+        assert "fallback" not in err
+    monkeypatch.setattr(sample, "half_arithmetic", lambda dtype: True)
+    assert main(["sample", "--out", str(tmp_path / "h.png"), "--batch-size", "1", *options]) == 0
+    assert "fallback" not in capsys.readouterr().err
 
 
 def test_save_pretrained_refuses_the_packages_shipped_models(tmp_path, monkeypatch, capsys):

@@ -14,6 +14,7 @@ from ..evaluation.generation import DEFAULT_COMPUTE_BATCH, generate_samples, sha
 from ..io.hub import DEFAULT_MODEL, EMBEDDED, is_embedded, shadowing_note
 from ..io.images import FOLDER_IMAGE, output_kind, save_images, save_points, to_uint8
 from ..io.overwrite import refuse_existing, refuse_input_as_output, replaced_folder
+from ..networks.half_compute import half_arithmetic
 from ..pipeline import ConsistencyModelPipeline
 from .out_of_memory import fitting_batch, is_out_of_memory
 from .arguments import (
@@ -77,11 +78,26 @@ def sampling_pipeline(args: argparse.Namespace, dev: torch.device, main: bool = 
             print("compile: the first batch compiles the network (torch.compile; a minute or more on a CPU)"
                   if pipe.sampler.fast else f"compile: {pipe.kind.summary} samples eagerly (Heun's method); "
                   "--compile changes nothing here", file=sys.stderr)
+    if main and (note := fallback_kernels_note(args, dev)):
+        print(note, file=sys.stderr)
     if args.cuda_graph:
         if dev.type != "cuda":
             raise InvalidInputError(f"cuda_graph: needs --device cuda, not {dev}")
         pipe.enable_cuda_graph()
     return pipe
+
+
+def fallback_kernels_note(args: argparse.Namespace, dev: torch.device) -> str | None:
+    """Half precision on a CPU without its arithmetic runs fast only through the fast kernels'
+    float32 matrix work (networks/half_compute.py): say so when --compile or --no-fast-kernels
+    leaves it to PyTorch's fallback kernels."""
+    dtype = DTYPES[args.dtype]
+    if dev.type != "cpu" or dtype == torch.float32 or half_arithmetic(dtype) or not (args.compile or not args.fast_kernels):
+        return None
+    how = "--compile" if args.compile else "--no-fast-kernels"
+    return (f"dtype: this CPU has no {args.dtype} arithmetic, so with {how} the network runs PyTorch's fallback "
+            f"kernels (on an AVX2 CPU 10-280x the float32 time per convolution or matmul); without it the fast "
+            f"kernels compute its matrix work in float32")
 
 
 def run(args: argparse.Namespace) -> None:

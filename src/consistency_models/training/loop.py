@@ -29,6 +29,7 @@ from ..errors import InvalidInputError, about
 from ..io.atomic import atomic_path, remove_leftovers, write_json
 from ..io.lock import hold_folder
 from ..kinds import get_kind, teacher_kind
+from ..networks.half_compute import half_arithmetic
 from ..parametrization import Preconditioned
 from ..pipeline import ConsistencyModelPipeline
 from .batch_rng import BatchRNG, local_rows
@@ -44,6 +45,18 @@ from .optimizer import build_optimizer
 from .preview import preview
 from .run_folder import CONFIG_NAME, check_run_folder
 
+
+
+def slow_precision_note(precision: str, device: torch.device) -> str | None:
+    """What to tell a user whose half-precision autocast this CPU has no arithmetic for (None
+    where it has: bfloat16 with AVX-512-BF16 or AMX, float16 with AMX-FP16; or on a GPU)."""
+    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(precision)
+    if device.type != "cpu" or dtype is None or half_arithmetic(dtype):
+        return None
+    fast = "bfloat16" if half_arithmetic(torch.bfloat16) else "float32"
+    measured = {"float16": "a digits step on an AVX-512 CPU: 8x", "bfloat16": "a digits step on an AVX2 CPU: 15x"}
+    return (f"precision: this CPU has no {precision} arithmetic, so {precision} autocast runs at several times "
+            f"the float32 time ({measured[precision]}); {fast} is its fast precision")
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
@@ -382,9 +395,9 @@ class Trainer:
         if main and first_step < cfg.steps and compiles(cfg, self.ctx.device):  # else a silent bar at 0 for minutes
             print("compile: the first step compiles the networks (torch.compile; minutes on a CPU, less on a GPU)",
                   file=sys.stderr)
-        if main and first_step < cfg.steps and cfg.precision == "float16" and self.ctx.device.type == "cpu":
-            print("precision: float16 autocast has no fast CPU kernels (a digits step here: 8x the float32 time); "
-                  "bfloat16 is the CPU's fast half precision", file=sys.stderr)
+        note = slow_precision_note(cfg.precision, self.ctx.device)
+        if main and first_step < cfg.steps and note:
+            print(note, file=sys.stderr)
         if main:
             for folder in (self.out, self.out / "unet", self.out / "scheduler", self.out / "samples"):
                 remove_leftovers(folder)  # temp files of a killed write (checkpoints clean their own)
