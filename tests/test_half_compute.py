@@ -122,26 +122,34 @@ def test_float32_matmuls_are_at_least_as_accurate_as_the_half_kernels(monkeypatc
     assert errors[False] < 0.03, errors  # bfloat16 rounding of the activations (native here: 2.1 %, AVX2)
 
 
-def test_the_mode_rounds_each_product_to_the_input_dtype():
-    a = torch.randn(5, 7).bfloat16()
-    b = torch.randn(7, 3).bfloat16()
-    w = torch.randn(4, 7).bfloat16()
-    with Float32Matmuls():
+def test_the_mode_computes_each_product_in_float32_and_rounds_it_to_the_input_dtype():
+    g = torch.Generator().manual_seed(0)
+    a, b, w = (torch.randn(shape, generator=g).bfloat16() for shape in [(5, 7), (7, 3), (4, 7)])
+    mode = Float32Matmuls()
+    with mode, MatrixKernelDtypes() as kernels:
         assert matmul_dtype(a) == torch.float32 and matmul_dtype(a.float()) == torch.float32
         assert matmul_dtype(a.double()) == torch.float64
         ab, lin = a @ b, F.linear(a, w)
         added = a + a  # element-wise work is left in the half dtype
+    assert [dtype for _, dtype in kernels.seen] == [torch.float32, torch.float32]
     assert matmul_dtype(a) == torch.bfloat16  # outside the mode
+    with mode:  # one instance entered again
+        assert matmul_dtype(a) == torch.float32
+        with pytest.raises(RuntimeError):
+            F.linear(a.float(), w)  # refused as PyTorch refuses it, not widened into working
+    assert matmul_dtype(a) == torch.bfloat16
     # Products of bfloat16 numbers summed exactly (float64), rounded once: what float32 accumulation gives here.
     assert ab.dtype == lin.dtype == added.dtype == torch.bfloat16
     torch.testing.assert_close(ab, (a.double() @ b.double()).bfloat16(), rtol=0, atol=0)
     torch.testing.assert_close(lin, (a.double() @ w.double().T).bfloat16(), rtol=0, atol=0)
 
 
-def test_half_arithmetic_follows_the_cpu_flags(monkeypatch):
-    flags = {"_is_avx512_bf16_supported": False, "_is_amx_tile_supported": False, "_is_amx_fp16_supported": False}
-    for name in flags:
-        monkeypatch.setattr(torch.cpu, name, lambda name=name: flags[name], raising=False)
+def test_half_arithmetic_asks_onednn_on_x86_and_leaves_other_architectures_alone(monkeypatch):
+    supported = {"_is_mkldnn_bf16_supported": False, "_is_mkldnn_fp16_supported": False}
+    for name in supported:
+        monkeypatch.setattr(torch.ops.mkldnn, name, lambda name=name: supported[name])
+    machine = ["x86_64"]
+    monkeypatch.setattr(half_compute.platform, "machine", lambda: machine[0])
 
     def answers():
         half_arithmetic.cache_clear()
@@ -149,12 +157,13 @@ def test_half_arithmetic_follows_the_cpu_flags(monkeypatch):
 
     try:
         assert answers() == (False, False, True)  # AVX2: neither
-        flags["_is_avx512_bf16_supported"] = True
-        assert answers() == (True, False, True)   # Cooper Lake, Zen 4: bfloat16 only
-        flags.update(_is_avx512_bf16_supported=False, _is_amx_tile_supported=True)
-        assert answers() == (True, False, True)   # AMX tiles: bfloat16
-        flags["_is_amx_fp16_supported"] = True
-        assert answers() == (True, True, True)    # AMX-FP16: both
+        supported["_is_mkldnn_bf16_supported"] = True
+        assert answers() == (True, False, True)   # AVX-512 (BF16, AMX): bfloat16 only
+        supported["_is_mkldnn_fp16_supported"] = True
+        assert answers() == (True, True, True)    # AVX512-FP16, AMX-FP16: both
+        supported.update(_is_mkldnn_bf16_supported=False, _is_mkldnn_fp16_supported=False)
+        machine[0] = "aarch64"
+        assert answers() == (True, True, True)    # not measured there: left to PyTorch
     finally:
         half_arithmetic.cache_clear()
 
@@ -176,3 +185,14 @@ def test_bfloat16_pipeline_samples_like_float32_without_half_arithmetic(cpu_with
         got = images()
     assert {dtype for _, dtype in kernels.seen} == {torch.float32}
     assert (got.float() - expected).abs().max().item() < 0.05
+
+
+def test_a_half_network_with_fast_kernels_traces_into_one_graph():
+    """torch.compile (`pipe.compile()`, fullgraph) traces a half network with fast kernels on
+    into one graph: the mode stays out of compiled code, and the CPU probe (the real one, not a
+    stand-in) is asked only outside it."""
+    half_arithmetic.cache_clear()
+    net = perturbed_unet(torch.bfloat16).use_fast_kernels()
+    with torch.no_grad():
+        explanation = torch._dynamo.explain(net)(*inputs(torch.bfloat16))
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1

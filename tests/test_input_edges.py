@@ -327,6 +327,7 @@ def test_sample_compile_says_that_its_first_batch_compiles(tmp_path, capsys, mon
     (["--dtype", "bfloat16", "--no-fast-kernels"], "with --no-fast-kernels"),
     (["--dtype", "bfloat16"], None),        # the fast kernels compute in float32: nothing to say
     (["--no-fast-kernels"], None),          # float32
+    (["--model", "digits-teacher", "--dtype", "bfloat16", "--compile"], None),  # Heun samples eagerly
 ])
 def test_sample_in_half_precision_without_fast_kernels_on_a_cpu_without_its_arithmetic_says_so(
         tmp_path, capsys, monkeypatch, options, said):

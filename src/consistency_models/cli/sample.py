@@ -78,7 +78,7 @@ def sampling_pipeline(args: argparse.Namespace, dev: torch.device, main: bool = 
             print("compile: the first batch compiles the network (torch.compile; a minute or more on a CPU)"
                   if pipe.sampler.fast else f"compile: {pipe.kind.summary} samples eagerly (Heun's method); "
                   "--compile changes nothing here", file=sys.stderr)
-    if main and (note := fallback_kernels_note(args, dev)):
+    if main and (note := fallback_kernels_note(args, dev, pipe)):
         print(note, file=sys.stderr)
     if args.cuda_graph:
         if dev.type != "cuda":
@@ -87,16 +87,18 @@ def sampling_pipeline(args: argparse.Namespace, dev: torch.device, main: bool = 
     return pipe
 
 
-def fallback_kernels_note(args: argparse.Namespace, dev: torch.device) -> str | None:
-    """Half precision on a CPU without its arithmetic runs fast only through the fast kernels'
-    float32 matrix work (networks/half_compute.py): say so when --compile or --no-fast-kernels
-    leaves it to PyTorch's fallback kernels."""
+def fallback_kernels_note(args: argparse.Namespace, dev: torch.device, pipe: ConsistencyModelPipeline) -> str | None:
+    """A UNet in half precision on a CPU without its arithmetic runs fast only through the fast
+    kernels' float32 matrix work (networks/half_compute.py): say so when --compile (where the
+    sampler compiles) or --no-fast-kernels leaves it to PyTorch's fallback kernels."""
     dtype = DTYPES[args.dtype]
-    if dev.type != "cpu" or dtype == torch.float32 or half_arithmetic(dtype) or not (args.compile or not args.fast_kernels):
+    compiled = args.compile and pipe.sampler.fast
+    if (dev.type != "cpu" or dtype == torch.float32 or half_arithmetic(dtype) or not (compiled or not args.fast_kernels)
+            or not hasattr(pipe.unet, "float32_matmuls")):  # a point model (MLP) has no fast kernels either way
         return None
-    how = "--compile" if args.compile else "--no-fast-kernels"
+    how = "--compile" if compiled else "--no-fast-kernels"
     return (f"dtype: this CPU has no {args.dtype} arithmetic, so with {how} the network runs PyTorch's fallback "
-            f"kernels (on an AVX2 CPU 10-280x the float32 time per convolution or matmul); without it the fast "
+            f"kernels (on an AVX2 CPU 8-280x the float32 time per convolution or matmul); without it the fast "
             f"kernels compute its matrix work in float32")
 
 

@@ -1,8 +1,9 @@
 """Half-precision networks on a CPU without half-precision arithmetic: the matrix work in float32.
 
-oneDNN computes bfloat16 convolutions and matrix products with AVX-512-BF16 or AMX instructions
-and float16 ones with AMX-FP16. A CPU without them (every AVX2-only CPU: AMD before Zen 4, Intel
-client CPUs without AVX-512) gets PyTorch's fallback loops instead, measured on a 2-core AVX2
+oneDNN computes bfloat16 convolutions and matrix products from AVX-512 on (natively with
+AVX-512-BF16 or AMX) and float16 ones with AVX512-FP16, AMX-FP16 or AVX-NE-CONVERT. An x86 CPU
+without them (every AVX2-only one: AMD before Zen 4, Intel client CPUs without AVX-512) gets
+PyTorch's fallback loops instead, 8–280× the float32 time per kernel, measured on a 2-core AVX2
 EPYC (torch 2.13): a 1024³ matmul in 2.2 s in bfloat16 against 25 ms in float32 (90×), a
 192-channel 3×3 convolution at 64 px, batch 4, in 0.62 s channels_last (20 s NCHW) against 59 ms.
 
@@ -10,7 +11,8 @@ EPYC (torch 2.13): a 1024³ matmul in 2.2 s in bfloat16 against 25 ms in float32
 and attention of half-precision CPU tensors in float32 from the same values (every bfloat16 and
 float16 number is a float32 number) and rounds the result to the input's dtype — what a native
 kernel accumulating in float32 returns, up to the order of its sums — at float32's speed and
-without a float32 copy of the weights. Element-wise work stays in the half dtype (ATen computes
+without a float32 copy of the weights (Winograd's transformed filters, too, stay cached in the
+half dtype and are widened per call). Element-wise work stays in the half dtype (ATen computes
 it through float32 vectors anyway). `UNetModel` enters it for eager inference with fast kernels
 on; `matmul_dtype` tells code inside it (the Winograd convolution) which dtype to compute in.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import platform
 from typing import Any, Callable
 
 import torch
@@ -35,19 +38,23 @@ MATRIX_OPS = frozenset({
 _active: contextvars.ContextVar[bool] = contextvars.ContextVar("float32_matmuls", default=False)
 
 
+X86 = ("x86_64", "amd64", "i386", "i686", "x86")
+
+
 @functools.cache
 def half_arithmetic(dtype: torch.dtype) -> bool:
-    """Whether this CPU computes `dtype` convolutions and matmuls natively: bfloat16 with
-    AVX-512-BF16 or AMX tiles, float16 with AMX-FP16 (on the AVX-512-BF16 CPU measured in
-    docs/benchmarks.md float16 training ran at 8× the float32 time). AVX-512 without BF16 counts
-    as none: oneDNN emulates bfloat16 there with float32 arithmetic, which float32 cannot lose to."""
-    if dtype == torch.bfloat16:
-        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    elif dtype == torch.float16:
-        probes = ("_is_amx_fp16_supported",)
-    else:
+    """Whether this CPU computes `dtype` convolutions and matmuls with oneDNN's own kernels, as
+    PyTorch asks oneDNN (`torch.ops.mkldnn._is_mkldnn_{bf16,fp16}_supported`: bfloat16 from
+    AVX-512 on, natively with AVX-512-BF16 or AMX; float16 with AVX512-FP16, AMX-FP16 or
+    AVX-NE-CONVERT). Measured without: an AVX2 CPU (module docstring); float16 training on an
+    AVX-512-BF16 CPU without AVX512-FP16 ran at 8× the float32 time. Other architectures than
+    x86 count as having it: their half kernels (ARM's BF16 and FP16 extensions) were not
+    measured here, so they are left to PyTorch."""
+    if dtype not in HALF or platform.machine().lower() not in X86:
         return True
-    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+    name = "_is_mkldnn_bf16_supported" if dtype == torch.bfloat16 else "_is_mkldnn_fp16_supported"
+    probe = getattr(torch.ops.mkldnn, name, None)
+    return bool(probe()) if probe is not None else True
 
 
 def needs_float32_matmuls(x: torch.Tensor) -> bool:
@@ -64,24 +71,32 @@ class Float32Matmuls(TorchFunctionMode):
     """Inside it, MATRIX_OPS given a half-precision CPU tensor compute in float32 and return the
     input's half dtype (module docstring)."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._tokens: list[contextvars.Token] = []
+
     def __enter__(self) -> Float32Matmuls:
-        self._token = _active.set(True)
+        self._tokens.append(_active.set(True))
         return super().__enter__()
 
     def __exit__(self, *exc: Any) -> None:
         super().__exit__(*exc)
-        _active.reset(self._token)
+        _active.reset(self._tokens.pop())
 
     def __torch_function__(self, func: Callable, types: tuple, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
-        if func not in MATRIX_OPS:
+        if func not in MATRIX_OPS or "out" in kwargs:
             return func(*args, **kwargs)
-        half = [t.dtype for t in _tensors((args, kwargs)) if t.device.type == "cpu" and t.dtype in HALF]
-        if not half:
+        floating = [t for t in _tensors((args, kwargs)) if t.is_floating_point()]
+        dtypes = {t.dtype for t in floating}
+        # One half dtype on the CPU throughout; anything else (float32, CUDA, a float32 input to
+        # a bfloat16 layer, which PyTorch refuses) goes to PyTorch as it is.
+        if len(dtypes) != 1 or not dtypes <= set(HALF) or any(t.device.type != "cpu" for t in floating):
             return func(*args, **kwargs)
+        (dtype,) = dtypes
         up = tree_map(_to_float32, (args, kwargs))
         out = func(*up[0], **up[1])
-        return tree_map(lambda t: t.to(half[0]) if isinstance(t, torch.Tensor) and t.is_floating_point() else t, out)
+        return tree_map(lambda t: t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t, out)
 
 
 def _tensors(tree: Any) -> list[torch.Tensor]:

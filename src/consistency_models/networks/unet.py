@@ -443,7 +443,7 @@ class UNetModel(nn.Module):
         networks run GroupNorm and the convolutions faster as NCHW). Nothing on CUDA, where
         PyTorch's GroupNorm copies channels_last input to NCHW (measured 13 % slower on an
         H100). Half-precision weights on a CPU without half arithmetic (AVX2, for one) compute
-        their matrix work in float32 (`networks/half_compute.py`: 10–90× faster there). Training
+        their matrix work in float32 (`networks/half_compute.py`: 8–280× per kernel on AVX2). Training
         is unaffected (neither Winograd nor that runs under autograd; the training layout follows
         `channels_last_pays_off`)."""
         for module in self.modules():
@@ -467,8 +467,8 @@ class UNetModel(nn.Module):
     ) -> torch.Tensor:
         """x: (B, C, H, W) scaled input; noise_labels: (B,) c_noise values ((B, k) for k time inputs;
         one number for the batch); class_labels: (B,) ints."""
-        if (self.float32_matmuls and needs_float32_matmuls(self.conv_in.weight) and not torch.is_grad_enabled()
-                and not torch.compiler.is_compiling()):
+        if (self.float32_matmuls and not torch.compiler.is_compiling() and not torch.is_grad_enabled()
+                and needs_float32_matmuls(self.conv_in.weight)):  # the CPU probe is not traceable: after is_compiling
             with Float32Matmuls():
                 return self._forward(x, noise_labels, class_labels)
         return self._forward(x, noise_labels, class_labels)

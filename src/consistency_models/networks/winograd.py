@@ -167,20 +167,20 @@ class Conv3x3(nn.Conv2d):
         self._u: torch.Tensor | None = None
         self._u_key: tuple | None = None
 
-    def transformed_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """winograd_weight(self.weight) in `dtype` (the weight's by default), cached while the
-        weight is unchanged."""
+    def transformed_weight(self) -> torch.Tensor:
+        """winograd_weight(self.weight), cached while the weight is unchanged."""
         w = self.weight
-        dtype = dtype or w.dtype
-        key = (w._version, w.data_ptr(), w.dtype, w.device, dtype)
+        key = (w._version, w.data_ptr(), w.dtype, w.device)
         if self._u is None or self._u_key != key:
-            self._u, self._u_key = winograd_weight(w.to(dtype)), key
+            self._u, self._u_key = winograd_weight(w), key
         return self._u
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.winograd and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
             dtype = matmul_dtype(x)  # float32 for half inputs on a CPU without half arithmetic
             if winograd_pays_off(x, self.weight, dtype=dtype):
+                # The filters stay cached in the weight's dtype (float32 ones would hold 16/9 of a
+                # float32 copy of the weights) and are widened per call.
                 bias = None if self.bias is None else self.bias.to(dtype)
-                return winograd_conv3x3(x.to(dtype), self.transformed_weight(dtype), bias).to(x.dtype)
+                return winograd_conv3x3(x.to(dtype), self.transformed_weight().to(dtype), bias).to(x.dtype)
         return super().forward(x)
