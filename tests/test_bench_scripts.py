@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -75,11 +76,25 @@ def test_bad_arguments_exit_2():
     assert result.returncode == 2 and "--modes: 'jit' is not a comma-separated subset of eager,fast" in result.stderr
 
 
+def test_half_kernels_prints_each_kernels_ratio_and_what_the_network_decides():
+    from consistency_models.networks.half_compute import half_arithmetic
+
+    out = run("half_kernels.py", "--scale", "0.1", "--batch", "1", "--repeats", "1", "--dtypes", "bfloat16")
+    decided = "yes" if half_arithmetic(torch.bfloat16) else "no (float32 is used)"
+    assert f"bfloat16 arithmetic: {decided}" in out, out
+    rows = re.findall(r"^(conv3x3 \d+ ch \d+ px \S+|matmul \S+|attention \d+ tokens)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$",
+                      out, re.M)
+    assert len(rows) == 14, out  # 4 convolutions x 3 ways, a matmul, attention
+    for name, fp32, bf16, ratio in rows:  # the ratio is the two times' quotient
+        assert float(ratio) == pytest.approx(float(bf16) / float(fp32), rel=0.02, abs=0.01), name
+
+
 @pytest.mark.parametrize("script, args, message", [
     ("sample_speed.py", ["--presets", "nosuch:4"], "--presets: 'nosuch:4' is not PRESET:BATCH"),
     ("train_step.py", ["--batch-size", "0"], "argument --batch-size: '0' must be an integer of at least 1"),
     ("methods.py", ["--per-class", "0"], "--per-class: 0 must be at least 2"),
     ("gpu_check_table.py", ["no-such-folder"], "'no-such-folder' is not a folder"),
+    ("half_kernels.py", ["--dtypes", "float8"], "--dtypes: 'float8' is not a comma list of bfloat16, float16"),
     ("toy_scm.py", ["--runs", "ict", "--steps", "0"], "ict: cm train exited 2: cm: error: steps: 0 is not allowed"),
 ])
 def test_a_mistaken_value_is_a_line_of_its_own_not_a_traceback(tmp_path, script, args, message):

@@ -98,7 +98,7 @@ def fallback_kernels_note(args: argparse.Namespace, dev: torch.device, pipe: Con
         return None
     how = "--compile" if compiled else "--no-fast-kernels"
     return (f"dtype: this CPU has no {args.dtype} arithmetic, so with {how} the network runs PyTorch's fallback "
-            f"kernels (on an AVX2 CPU 8-280x the float32 time per convolution or matmul); without it the fast "
+            f"kernels (on an AVX2 CPU 4-280x the float32 time per convolution or matmul); without it the fast "
             f"kernels compute its matrix work in float32")
 
 

@@ -3,9 +3,10 @@
 oneDNN computes bfloat16 convolutions and matrix products from AVX-512 on (natively with
 AVX-512-BF16 or AMX) and float16 ones with AVX512-FP16, AMX-FP16 or AVX-NE-CONVERT. An x86 CPU
 without them (every AVX2-only one: AMD before Zen 4, Intel client CPUs without AVX-512) gets
-PyTorch's fallback loops instead, 8–280× the float32 time per kernel, measured on a 2-core AVX2
-EPYC (torch 2.13): a 1024³ matmul in 2.2 s in bfloat16 against 25 ms in float32 (90×), a
-192-channel 3×3 convolution at 64 px, batch 4, in 0.62 s channels_last (20 s NCHW) against 59 ms.
+PyTorch's fallback loops instead, 4–280× the float32 time per convolution or matmul, measured
+on a 2-core AVX2 EPYC (torch 2.13, `bench/half_kernels.py`): a 1024³ matmul in 2.3 s in
+bfloat16 against 18 ms in float32, a 192-channel 3×3 convolution at 64 px, batch 4, in 0.61 s
+channels_last (21 s NCHW) against 76 ms.
 
 `Float32Matmuls`, a TorchFunctionMode, computes the convolutions, linear layers, matrix products
 and attention of half-precision CPU tensors in float32 from the same values (every bfloat16 and

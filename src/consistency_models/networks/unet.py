@@ -443,7 +443,7 @@ class UNetModel(nn.Module):
         networks run GroupNorm and the convolutions faster as NCHW). Nothing on CUDA, where
         PyTorch's GroupNorm copies channels_last input to NCHW (measured 13 % slower on an
         H100). Half-precision weights on a CPU without half arithmetic (AVX2, for one) compute
-        their matrix work in float32 (`networks/half_compute.py`: 8–280× per kernel on AVX2). Training
+        their matrix work in float32 (`networks/half_compute.py`: 4–280× per convolution or matmul on AVX2). Training
         is unaffected (neither Winograd nor that runs under autograd; the training layout follows
         `channels_last_pays_off`)."""
         for module in self.modules():
