@@ -36,10 +36,8 @@ MATRIX_OPS = frozenset({
     torch.matmul, torch.mm, torch.bmm, torch.addmm, torch.baddbmm, torch.einsum,
     torch.Tensor.matmul, torch.Tensor.__matmul__, torch.Tensor.mm, torch.Tensor.bmm,
 })
+X86 = ("x86_64", "amd64", "i386", "i686", "x86")  # platform.machine() of the CPUs the probe speaks for
 _active: contextvars.ContextVar[bool] = contextvars.ContextVar("float32_matmuls", default=False)
-
-
-X86 = ("x86_64", "amd64", "i386", "i686", "x86")
 
 
 @functools.cache
