@@ -20,10 +20,10 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from consistency_models.cli.arguments import DTYPES
 from consistency_models.networks.half_compute import half_arithmetic
 from consistency_models.networks.winograd import winograd_conv3x3, winograd_weight
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # (channels, pixels) of imagenet64's 3×3 convolutions at its four levels.
 CONVS = ((192, 64), (384, 32), (576, 16), (768, 8))
 

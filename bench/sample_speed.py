@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     if kind == "cuda":
         torch.backends.cudnn.benchmark = True
     fallback = [name for name, spec in specs.items()
-                if kind == "cpu" and spec.dtype != torch.float32 and not half_arithmetic(spec.dtype)
+                if kind == "cpu" and not half_arithmetic(spec.dtype)  # float32 counts as having it
                 and (spec.diffusers or spec.compile or not (spec.fast or spec.as_loaded))]
     if fallback:
         dtypes = "/".join(sorted({str(specs[name].dtype).removeprefix("torch.") for name in fallback}))

@@ -91,9 +91,9 @@ def fallback_kernels_note(args: argparse.Namespace, dev: torch.device, pipe: Con
     """A UNet in half precision on a CPU without its arithmetic runs fast only through the fast
     kernels' float32 matrix work (networks/half_compute.py): say so when --compile (where the
     sampler compiles) or --no-fast-kernels leaves it to PyTorch's fallback kernels."""
-    dtype = DTYPES[args.dtype]
     compiled = args.compile and pipe.sampler.fast
-    if (dev.type != "cpu" or dtype == torch.float32 or half_arithmetic(dtype) or not (compiled or not args.fast_kernels)
+    if (dev.type != "cpu" or half_arithmetic(DTYPES[args.dtype])  # float32 counts as having it
+            or (args.fast_kernels and not compiled)
             or not hasattr(pipe.unet, "float32_matmuls")):  # a point model (MLP) has no fast kernels either way
         return None
     how = "--compile" if compiled else "--no-fast-kernels"

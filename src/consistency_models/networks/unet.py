@@ -443,9 +443,9 @@ class UNetModel(nn.Module):
         networks run GroupNorm and the convolutions faster as NCHW). Nothing on CUDA, where
         PyTorch's GroupNorm copies channels_last input to NCHW (measured 13 % slower on an
         H100). Half-precision weights on a CPU without half arithmetic (AVX2, for one) compute
-        their matrix work in float32 (`networks/half_compute.py`: 4–280× per convolution or matmul on AVX2). Training
-        is unaffected (neither Winograd nor that runs under autograd; the training layout follows
-        `channels_last_pays_off`)."""
+        their matrix work in float32 (`networks/half_compute.py`; there the half kernels take
+        4–280× the float32 time). Training is unaffected (neither Winograd nor that runs under
+        autograd; the training layout follows `channels_last_pays_off`)."""
         for module in self.modules():
             if isinstance(module, Conv3x3):
                 module.winograd = enabled

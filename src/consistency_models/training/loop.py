@@ -45,18 +45,20 @@ from .optimizer import build_optimizer
 from .preview import preview
 from .run_folder import CONFIG_NAME, check_run_folder
 
+AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}  # --precision → autocast dtype
 
 
 def slow_precision_note(precision: str, device: torch.device) -> str | None:
     """What to tell a user whose half-precision autocast this CPU has no arithmetic for (None
-    where it has: bfloat16 with AVX-512-BF16 or AMX, float16 with AMX-FP16; or on a GPU)."""
-    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(precision)
+    where it has, as `half_arithmetic` asks oneDNN, or on a GPU)."""
+    dtype = AUTOCAST_DTYPES.get(precision)
     if device.type != "cpu" or dtype is None or half_arithmetic(dtype):
         return None
     fast = "bfloat16" if half_arithmetic(torch.bfloat16) else "float32"
     measured = {"float16": "a digits step on an AVX-512 CPU: 8x", "bfloat16": "a digits step on an AVX2 CPU: 15x"}
     return (f"precision: this CPU has no {precision} arithmetic, so {precision} autocast runs at several times "
             f"the float32 time ({measured[precision]}); {fast} is its fast precision")
+
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
@@ -346,7 +348,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=device)
         micro_batch = cfg.batch_size // cfg.accumulation
-        autocast_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(cfg.precision)
+        autocast_dtype = AUTOCAST_DTYPES.get(cfg.precision)
         for micro in range(cfg.accumulation):
             x, y = self.batch(self.step, micro)
             rng = BatchRNG(step_generator(cfg.seed, self.step * cfg.accumulation + micro, 0), micro_batch,
