@@ -402,18 +402,18 @@ def test_from_pretrained_takes_diffusers_loading_options(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
     from_bin = ConsistencyModelPipeline.from_pretrained("owner/cm", use_safetensors=False, device_map="cpu",
                                                         low_cpu_mem_usage=False, revision="v1", token="t")
-    assert asked[-1] == ("owner/cm", ["model_index.json", "scheduler/*.json", "unet/*.bin", "unet/config.json"],
+    assert asked[-1] == ("owner/cm", ["model_index.json", "scheduler/*.json", "unet/*.bin", "unet/*.json"],
                          {"revision": "v1", "token": "t", "local_files_only": False})
     assert sorted(p.name for p in (tmp_path / f"served{len(asked)}" / "unet").iterdir()) == [
         "config.json", "diffusion_pytorch_model.bin"]
     assert all(a.equal(b) for a, b in zip(from_bin.unet.state_dict().values(), base.unet.state_dict().values()))
     ConsistencyModelPipeline.from_pretrained("owner/cm", local_files_only=True, cache_dir=str(tmp_path / "c"))
-    assert asked[-1][1] == ["model_index.json", "scheduler/*.json", "unet/*.safetensors", "unet/config.json"]
+    assert asked[-1][1] == ["model_index.json", "scheduler/*.json", "unet/*.json", "unet/*.safetensors"]
     assert asked[-1][2] == {"cache_dir": str(tmp_path / "c"), "local_files_only": True}
     balanced = ConsistencyModelPipeline.from_pretrained("digits", device_map="balanced")
     assert next(balanced.unet.parameters()).device.type == ("cuda" if torch.cuda.is_available() else "cpu")
 
-    with pytest.raises(InvalidInputError, match=r"^use_safetensors: True asks for diffusion_pytorch_model\.safetensors, "
+    with pytest.raises(InvalidInputError, match=r"^use_safetensors: True asks for diffusion_pytorch_model\.safetensors \(or its shards\), "
                                                 r"which .* does not have \(found: diffusion_pytorch_model\.bin\)"):
         ConsistencyModelPipeline.from_pretrained(tmp_path / f"served{len(asked) - 1}", use_safetensors=True)
     with pytest.raises(InvalidInputError, match=r"^device_map: give device='cpu' or device_map='cpu', not both"):

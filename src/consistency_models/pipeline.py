@@ -27,6 +27,7 @@ from .distributed import existing_device
 from .errors import InvalidInputError, is_integer
 from .fast_paths import FastPaths
 from .io.images import pil_image, to_uint8
+from .io.shards import DEFAULT_MAX_SHARD_SIZE
 from .io.pipeline_folder import (
     TRIGFLOW_SCHEDULER_CLASS,
     PipelineParts,
@@ -259,13 +260,15 @@ class ConsistencyModelPipeline:
         return PipelineParts(getattr(self.unet, "_orig_mod", self.unet), self.sampling_config, self.parametrization)
 
     def save_pretrained(self, path: str | os.PathLike, safe_serialization: bool = True,
-                        variant: str | None = None) -> None:
+                        variant: str | None = None, max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE) -> None:
         """Write a folder that diffusers' `ConsistencyModelPipeline.from_pretrained` loads, as diffusers writes
         it: safetensors weights, or with `safe_serialization=False` unet/diffusion_pytorch_model.bin (a
         plain tensor state dict saved with torch.save, read back with `torch.load(weights_only=True)`);
-        `variant` names them as diffusers does (diffusion_pytorch_model.fp16.safetensors). Weights of the
-        other format left by an earlier save into the same folder are removed."""
-        save_pipeline_folder(path, self.parts(), variant, safe_serialization)
+        `variant` names them as diffusers does (diffusion_pytorch_model.fp16.safetensors); weights larger
+        than `max_shard_size` (bytes, or e.g. "5GB", "500MB"; diffusers' default "10GB") are split into
+        shards with an index, named and split as diffusers does. Weights of the other format, or sharded
+        otherwise, left by an earlier save into the same folder are removed."""
+        save_pipeline_folder(path, self.parts(), variant, safe_serialization, max_shard_size)
 
     def to(self, *args: str | torch.device | torch.dtype, device: str | torch.device | None = None,
            dtype: torch.dtype | None = None) -> ConsistencyModelPipeline:

@@ -24,6 +24,15 @@ from ..errors import InvalidInputError
 from ..networks.mlp import MLP, MLPConfig
 from ..networks.unet import UNetConfig, UNetModel
 from .atomic import atomic_path, write_json
+from .shards import (
+    DEFAULT_MAX_SHARD_SIZE,
+    index_data,
+    index_name,
+    max_shard_bytes,
+    read_index,
+    shard_names,
+    split_into_shards,
+)
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 WEIGHTS_NAME_BIN = "diffusion_pytorch_model.bin"
@@ -248,63 +257,126 @@ def weights_suffix(safe_serialization: bool) -> str:
     return ".safetensors" if safe_serialization else ".bin"
 
 
-def stale_weights(folder: Path, variant: str | None, written: str) -> list[Path]:
-    """The weights of `variant` in `folder` other than the file `written`: the other format's file,
+def stale_weights(folder: Path, variant: str | None, written: set[str]) -> list[Path]:
+    """The weights of `variant` in `folder` other than the files `written`: the other format's file,
     and sharded weights with their index (diffusers removes stale shards; a stale index or file of
     the other format would be loaded instead of the new weights). Other variants are not touched."""
     tag = re.escape(f".{variant}") if variant else ""
     single_or_shard = rf"diffusion_pytorch_model{tag}(-\d{{5}}-of-\d{{5}})?\.(safetensors|bin)"
     index = rf"diffusion_pytorch_model\.(safetensors|bin)(\.index{tag}|{tag}\.index)\.json"  # new and legacy names
     pattern = re.compile(f"{single_or_shard}|{index}")
-    return sorted(p for p in folder.iterdir() if p.name != written and pattern.fullmatch(p.name) and p.is_file())
+    return sorted(p for p in folder.iterdir() if p.name not in written and pattern.fullmatch(p.name) and p.is_file())
+
+
+def weights_source(folder: Path, variant: str | None = None, use_safetensors: bool | None = None) -> Path | None:
+    """The file `load_network` reads in `folder`: for each format `use_safetensors` allows (None:
+    .safetensors, then .bin), the index of sharded weights first, as diffusers (also under the name
+    older diffusers gave a variant's index), then the single file; None when there is none."""
+    suffixes = [".safetensors", ".bin"] if use_safetensors is None else [".safetensors" if use_safetensors else ".bin"]
+    for suffix in suffixes:
+        candidates = [index_name(variant, suffix), *([index_name(variant, suffix, legacy=True)] if variant else []),
+                      weights_name(variant, suffix)]
+        for name in candidates:
+            if (folder / name).is_file():
+                return folder / name
+    return None
+
+
+def load_sharded(index: Path) -> dict[str, torch.Tensor]:
+    """The state dict of sharded weights: every shard the index names, each holding exactly the
+    tensors the index maps to it (else a one-line error: a shard left by another save)."""
+    state: dict[str, torch.Tensor] = {}
+    for name, keys in read_index(index).items():
+        shard = load_weights(index.parent / name)
+        absent = [k for k in keys if k not in shard]
+        extra = [k for k in shard if k not in set(keys)]
+        if absent or extra:
+            said = f"lacks {absent[0]!r}" if absent else f"holds {extra[0]!r}, which the index maps elsewhere or not at all"
+            raise InvalidInputError(f"weights: the shard {index.parent / name} {said} ({len(absent)} missing, "
+                                    f"{len(extra)} unlisted); it does not belong to the index {index.name}")
+        state.update(shard)
+    return state
+
+
+def variants_in(names: list[str]) -> list[str]:
+    """The variants whose weights (a single file or an index of shards) are among `names`."""
+    single = re.compile(r"diffusion_pytorch_model\.([^.]+?)(?:-\d{5}-of-\d{5})?\.(safetensors|bin)")  # or a shard
+    index = re.compile(r"diffusion_pytorch_model\.(safetensors|bin)\.(?:index\.([^.]+)|([^.]+)\.index)\.json")
+    found = set()
+    for name in names:
+        if m := single.fullmatch(name):
+            found.add(m.group(1))
+        elif (m := index.fullmatch(name)) and (m.group(2) or m.group(3)):
+            found.add(m.group(2) or m.group(3))
+    return sorted(found)
 
 
 def load_network(folder: str | os.PathLike, variant: str | None = None,
                  use_safetensors: bool | None = None) -> torch.nn.Module:
-    """The network of a `unet/` folder (config.json + weights, or the weights of `variant`).
-    `use_safetensors` as diffusers: None reads .safetensors, else .bin; True only .safetensors;
-    False only .bin."""
+    """The network of a `unet/` folder (config.json + weights, or the weights of `variant`), one file
+    or sharded (`shards.py`). `use_safetensors` as diffusers: None reads .safetensors, else .bin;
+    True only .safetensors; False only .bin."""
     if use_safetensors is not None and not isinstance(use_safetensors, bool):
         raise InvalidInputError(f"use_safetensors: {use_safetensors!r} is not allowed; use True, False or None")
     folder = Path(folder)
     model = network_from_config(read_json(folder / CONFIG_NAME, "unet config"), str(folder / CONFIG_NAME))
-    weights = folder / weights_name(variant, ".bin" if use_safetensors is False else ".safetensors")
-    if use_safetensors is None and not weights.is_file() and (folder / weights_name(variant, ".bin")).is_file():
-        weights = folder / weights_name(variant, ".bin")
-    if not weights.is_file():  # one line saying what is there instead
+    weights = weights_source(folder, variant, use_safetensors)
+    if weights is None:  # one line saying what is there instead
         found = sorted(p.name for p in folder.glob("diffusion_pytorch_model*"))
         listed = ", ".join(found) or "none"
+        asked = weights_name(variant, ".bin" if use_safetensors is False else ".safetensors")
         if use_safetensors is not None:
-            raise InvalidInputError(f"use_safetensors: {use_safetensors} asks for {weights.name}, which {folder} does "
-                                    f"not have (found: {listed})")
+            raise InvalidInputError(f"use_safetensors: {use_safetensors} asks for {asked} (or its shards), which "
+                                    f"{folder} does not have (found: {listed})")
         if variant:
             raise InvalidInputError(f"variant: there are no weights of variant={variant!r} in {folder} (found: {listed})")
-        variants = sorted({m.group(1) for name in found
-                           if (m := re.fullmatch(r"diffusion_pytorch_model\.([^.]+)\.(safetensors|bin)", name))})
+        variants = variants_in(found)
         hint = "" if not variants else f"; to load those of a variant give variant={variants[0]!r}" \
             if len(variants) == 1 else f"; to load those of a variant give variant= one of {', '.join(map(repr, variants))}"
         raise InvalidInputError(f"weights: missing file {folder / WEIGHTS_NAME} (found: {listed}){hint}")
-    state = load_weights(weights)
+    state = load_sharded(weights) if weights.name.endswith(".json") else load_weights(weights)
     load_state_into(model, {k: v.to(torch.float32) for k, v in state.items()}, str(weights))
     return model
 
 
 def save_network(model: torch.nn.Module, folder: str | os.PathLike, variant: str | None = None,
-                 safe_serialization: bool = True) -> None:
+                 safe_serialization: bool = True, max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE) -> None:
     """Write config.json and the weights of `model` into `folder`, atomically per file, as diffusers'
     `ModelMixin.save_pretrained`: safetensors, or with `safe_serialization=False` a plain tensor state
-    dict saved with torch.save (diffusion_pytorch_model.bin), named for `variant` when given. The
-    same variant's weights in the other format (or sharded) are removed before the new file appears,
-    so the folder never holds stale weights beside fresh ones."""
-    name = weights_name(variant, weights_suffix(safe_serialization))
+    dict saved with torch.save (diffusion_pytorch_model.bin), named for `variant` when given, and
+    sharded with an index past `max_shard_size` (`shards.py`). The same variant's weights in the
+    other format, or sharded otherwise, are removed: before the new single file appears, or after
+    the new index (an older index goes first, so that no index ever names a mix of old and new
+    shards), so the folder never holds stale weights that a loader would read."""
+    suffix = weights_suffix(safe_serialization)
+    limit = max_shard_bytes(max_shard_size)
+    name = weights_name(variant, suffix)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(folder / name) as tmp:
-        if safe_serialization:
-            save_file(state, str(tmp), metadata={"format": "pt"})
-        else:
-            torch.save(state, tmp)
-        for stale in stale_weights(folder, variant, name):
+    shards = split_into_shards(state, limit)
+    if len(shards) == 1:
+        with atomic_path(folder / name) as tmp:
+            write_weights(state, tmp, safe_serialization)
+            for stale in stale_weights(folder, variant, {name}):
+                stale.unlink(missing_ok=True)
+    else:
+        names = shard_names(name, len(shards))
+        for stale in stale_weights(folder, variant, set()):
+            if stale.name.endswith(".json"):
+                stale.unlink(missing_ok=True)
+        for keys, shard_name in zip(shards, names):
+            with atomic_path(folder / shard_name) as tmp:
+                write_weights({k: state[k] for k in keys}, tmp, safe_serialization)
+        write_json(folder / index_name(variant, suffix), index_data(state, shards, names))
+        for stale in stale_weights(folder, variant, {*names, index_name(variant, suffix)}):
             stale.unlink(missing_ok=True)
     write_json(folder / CONFIG_NAME, network_config(model))
+
+
+def write_weights(state: dict[str, torch.Tensor], path: Path, safe_serialization: bool) -> None:
+    """One weights file: safetensors (with diffusers' metadata), or a torch.save state dict."""
+    if safe_serialization:
+        save_file(state, str(path), metadata={"format": "pt"})
+    else:
+        torch.save(state, path)

@@ -20,7 +20,7 @@ DEFAULT_MODEL = "digits"
 COLOR_MODEL = "digits-color"  # the default of `cm edit colorize` (colorization needs an RGB model)
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_PATTERNS = ["model_index.json", "unet/config.json", "unet/*.safetensors", "scheduler/*.json"]
+_PATTERNS = ["model_index.json", "unet/*.json", "unet/*.safetensors", "scheduler/*.json"]  # unet/*.json: config, shard index
 
 
 def is_embedded(name: str | os.PathLike | None) -> bool:

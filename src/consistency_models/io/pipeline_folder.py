@@ -1,7 +1,8 @@
 """A diffusers pipeline folder as a whole: the on-disk format of every model of this package.
 
     model_index.json                          names the components (and our `_parametrization`)
-    unet/config.json, unet/*.safetensors      the network (`diffusers_format.py`; *.bin for safe_serialization=False)
+    unet/config.json, unet/*.safetensors      the network (`diffusers_format.py`; *.bin for safe_serialization=False;
+                                              shards and their index past max_shard_size, `shards.py`)
     scheduler/scheduler_config.json           a `CMStochasticIterativeScheduler` config, or for a TrigFlow
                                               model diffusers' `SCMScheduler` config (our σ range in
                                               `_`-keys, which diffusers' config loader skips), or for a
@@ -40,6 +41,7 @@ from .diffusers_format import DIFFUSERS_VERSION, load_network, read_json, save_n
 from .hub import refuse_embedded_folder, resolve_model_path
 from .lock import hold_folder
 from .overwrite import PARTIAL_PREFIX, filled_in_place, replaced_folder
+from .shards import DEFAULT_MAX_SHARD_SIZE, max_shard_bytes
 
 NOTHING = r"(?!)"  # a pattern no file name matches
 
@@ -203,11 +205,13 @@ def folder_kind(path_or_id: str | os.PathLike) -> ModelKind:
 
 
 def save_pipeline_folder(path: str | os.PathLike, parts: PipelineParts, variant: str | None = None,
-                         safe_serialization: bool = True) -> Path:
+                         safe_serialization: bool = True, max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE) -> Path:
     """Write a folder that diffusers' `ConsistencyModelPipeline.from_pretrained` loads (each file
     atomically); `variant` names the weights file as diffusers does (…/diffusion_pytorch_model.fp16.safetensors),
-    `safe_serialization=False` writes them as diffusers does then: a torch.save state dict (….bin)."""
-    weights_suffix(safe_serialization)  # a one-line error before anything is written
+    `safe_serialization=False` writes them as diffusers does then: a torch.save state dict (….bin);
+    weights over `max_shard_size` are sharded with an index, as diffusers shards them (`shards.py`)."""
+    weights_suffix(safe_serialization)  # one-line errors before anything is written
+    max_shard_bytes(max_shard_size)
     if not str(path).strip():
         raise InvalidInputError("path: '' is empty; give the folder to write")
     folder = Path(path)
@@ -220,7 +224,7 @@ def save_pipeline_folder(path: str | os.PathLike, parts: PipelineParts, variant:
         raise InvalidInputError(f"variant: {variant!r} is not allowed; use a name such as fp16")
     refuse_embedded_folder("path", folder)
     folder.mkdir(exist_ok=True)
-    save_network(parts.network, folder / "unet", variant, safe_serialization)
+    save_network(parts.network, folder / "unet", variant, safe_serialization, max_shard_size)
     write_scheduler_config(folder / "scheduler", parts.scheduler_config, parts.parametrization)
     write_model_index(folder, parts.parametrization)
     return folder

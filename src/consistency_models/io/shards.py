@@ -1,0 +1,119 @@
+"""Sharded weights, named and split as diffusers' `save_pretrained(max_shard_size=...)` writes them.
+
+A network bigger than `max_shard_size` is written as several files and an index mapping every
+tensor to its file (diffusers delegates the split to huggingface_hub's
+`split_torch_state_dict_into_shards`; the rule is restated here so that the package needs neither):
+
+    diffusion_pytorch_model-00001-of-00003.safetensors, …            the shards, in state-dict order
+    diffusion_pytorch_model.safetensors.index.json                     {"metadata": {"total_size": bytes},
+                                                                        "weight_map": {name: shard file}}
+    diffusion_pytorch_model.fp16-00001-of-00002.safetensors            a variant's shards, and its index
+    diffusion_pytorch_model.safetensors.index.fp16.json                (older diffusers: ….safetensors.fp16.index.json)
+
+Tensors are taken in order and a shard is closed when the next tensor would take it past the limit;
+a tensor larger than the limit gets a shard of its own. Sizes are decimal: "10GB" is 10**9 bytes.
+This file names, splits and reads indexes; reading and writing tensors is `diffusers_format.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from ..errors import InvalidInputError
+
+DEFAULT_MAX_SHARD_SIZE = "10GB"   # diffusers' default: the ADM networks (≤ 2.2 GB in float32) stay one file
+SIZE_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+
+
+def max_shard_bytes(max_shard_size: int | str) -> int:
+    """`max_shard_size` in bytes: an int of bytes, or a number and a unit ("5GB", "500MB", "1.5GB"),
+    read as huggingface_hub's `parse_size_to_int` reads it (the unit is the last two letters)."""
+    if isinstance(max_shard_size, int) and not isinstance(max_shard_size, bool) and max_shard_size >= 1:
+        return max_shard_size
+    if isinstance(max_shard_size, str):
+        text = max_shard_size.strip()
+        unit = SIZE_UNITS.get(text[-2:].upper())
+        try:
+            value = float(text[:-2].strip()) * unit if unit else math.nan
+        except ValueError:
+            value = math.nan
+        if math.isfinite(value) and value >= 1:
+            return int(value)
+    raise InvalidInputError(f"max_shard_size: {max_shard_size!r} is not allowed; use a number of bytes (an int "
+                            f"≥ 1) or a number and a unit, e.g. \"5GB\", \"500MB\" (units: {', '.join(SIZE_UNITS)})")
+
+
+def tensor_bytes(tensor: torch.Tensor) -> int:
+    """The bytes a tensor takes in a weights file."""
+    return tensor.numel() * tensor.element_size()
+
+
+def split_into_shards(state: dict[str, torch.Tensor], max_bytes: int) -> list[list[str]]:
+    """The state dict's keys grouped into shards of at most `max_bytes` each (in order; a tensor
+    larger than that alone in its shard)."""
+    shards: list[list[str]] = []
+    current: list[str] = []
+    current_bytes = 0
+    for key, tensor in state.items():
+        size = tensor_bytes(tensor)
+        if size > max_bytes:
+            shards.append([key])
+            continue
+        if current and current_bytes + size > max_bytes:
+            shards.append(current)
+            current, current_bytes = [], 0
+        current.append(key)
+        current_bytes += size
+    if current or not shards:
+        shards.append(current)
+    return shards
+
+
+def shard_names(weights_file: str, count: int) -> list[str]:
+    """The shard files of `weights_file` (diffusion_pytorch_model[.variant].safetensors) split `count` ways."""
+    stem, dot, suffix = weights_file.rpartition(".")
+    return [f"{stem}-{i:05d}-of-{count:05d}{dot}{suffix}" for i in range(1, count + 1)]
+
+
+def index_name(variant: str | None, suffix: str, legacy: bool = False) -> str:
+    """The index of sharded weights: diffusion_pytorch_model.safetensors.index[.variant].json, or with
+    `legacy` the name older diffusers gave a variant's index (….safetensors.variant.index.json)."""
+    base = f"diffusion_pytorch_model{suffix}"
+    if not variant:
+        return f"{base}.index.json"
+    return f"{base}.{variant}.index.json" if legacy else f"{base}.index.{variant}.json"
+
+
+def index_data(state: dict[str, torch.Tensor], shards: list[list[str]], names: list[str]) -> dict:
+    """The index diffusers writes beside shards: the total size and which file holds each tensor."""
+    return {"metadata": {"total_size": sum(tensor_bytes(t) for t in state.values())},
+            "weight_map": {key: name for keys, name in zip(shards, names) for key in keys}}
+
+
+def read_index(path: Path) -> dict[str, list[str]]:
+    """The shard files an index names, each with the tensors it maps to that file (in the index's
+    order); a malformed index, or a file name that is not a plain name in the index's own folder,
+    is a one-line error."""
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(f"weights: corrupt JSON in the index {path}: {exc}") from None
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not (isinstance(weight_map, dict) and weight_map
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items())):
+        raise InvalidInputError(f"weights: the index {path} has no \"weight_map\" of tensor names to shard files")
+    files: dict[str, list[str]] = {}
+    for key, name in weight_map.items():
+        if Path(name).name != name or name in ("", ".", ".."):
+            raise InvalidInputError(f"weights: the index {path} names the shard {name!r}; shards are plain file "
+                                    f"names in {path.parent}")
+        files.setdefault(name, []).append(key)
+    for name in files:
+        if not (path.parent / name).is_file():
+            raise InvalidInputError(f"weights: the index {path} names the shard {name}, which {path.parent} does not "
+                                    f"have (an incomplete download or save?)")
+    return files
