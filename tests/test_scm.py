@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import shutil
+import subprocess
 import sys
 
 import numpy as np
@@ -64,6 +65,22 @@ def test_fused_attention_has_no_forward_ad_so_attention_carries_its_own():
             assert "forward AD" in str(exc) or "forward-mode" in str(exc).lower()
         else:
             pytest.skip("this PyTorch build has a forward-AD formula for its fused attention")
+
+
+def test_the_first_jvp_says_nothing_of_torch_jit_script():
+    """PyTorch scripts its forward-AD decompositions with the deprecated torch.jit.script on the
+    first forward-AD call of a process (a DeprecationWarning in torch 2.11-2.13, a FutureWarning
+    that `cm train --method sct` printed into its progress bar from 2.14): jvp() loads them with
+    that warning silenced. A fresh process (the load happens once), every warning an error."""
+    code = ("import warnings, torch\n"
+            "warnings.simplefilter('error')\n"
+            "from consistency_models.training.jvp import jvp\n"
+            "x = torch.linspace(0, 1, 5)\n"
+            "value, tangent = jvp(torch.sin, (x,), (torch.ones_like(x),))\n"
+            "assert torch.allclose(tangent, torch.cos(x))\n"
+            "print('silent')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "silent\n", "")
 
 
 class LinearNet(nn.Module):

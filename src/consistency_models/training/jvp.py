@@ -18,6 +18,8 @@ caller runs it under `torch.no_grad()`; forward-mode AD does not need the autogr
 
 from __future__ import annotations
 
+import functools
+import warnings
 from typing import Callable, Sequence
 
 import torch
@@ -28,6 +30,19 @@ from ..networks.forward_mode import forward_mode
 JVP_MODES = ("exact", "fd")
 JVP_PRECISIONS = ("run", "float32")  # the tangent pass under the run's autocast, or in float32 (see methods/scm.py)
 FD_STEP = 1e-4  # h of the float64 central difference: error ~1e-8 relative on the networks here
+
+
+@functools.cache
+def load_forward_ad_decompositions() -> None:
+    """PyTorch loads its forward-mode decompositions on the first forward-AD call by scripting them
+    with `torch.jit.script`, which PyTorch has deprecated: a DeprecationWarning from torch 2.11, a
+    FutureWarning — printed in the middle of `cm train`'s progress bar — from 2.14, about an API
+    this package never calls. Load them once, with exactly that warning silenced."""
+    load = getattr(torch.autograd.forward_ad, "_maybe_load_decompositions", None)
+    if load is not None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated")
+            load()
 
 
 def jvp(
@@ -43,6 +58,7 @@ def jvp(
         raise InvalidInputError(f"jvp: {mode!r} is not one of {', '.join(JVP_MODES)}")
     primals, tangents = tuple(primals), tuple(tangents)
     if mode == "exact":
+        load_forward_ad_decompositions()
         if before_call is not None:
             before_call()
         with forward_mode():
