@@ -5,6 +5,7 @@ train two steps, save a folder, reload it and sample — with nothing in the pac
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from consistency_models.training.methods.edm import EDMLoss
 from consistency_models.training.methods.registry import Method
 from consistency_models.training.methods.registry import register as register_method
 from consistency_models.training.methods.registry import unregister as unregister_method
+from consistency_models.training.settings import MethodOptions, setting
 
 
 class X0Prediction(Preconditioned):
@@ -65,3 +67,41 @@ def test_an_unknown_kind_is_one_line_naming_the_known_ones():
     with pytest.raises(InvalidInputError, match=r"parametrization: 'toy_x1' is not one of consistency, edm, trigflow, "
                                         r"trigflow_edm"):
         get_kind("toy_x1")
+
+
+@dataclass
+class ChoiceOptions(MethodOptions):
+    target: str = setting("x0", "what the toy network predicts", choices=("x0", "flow"))
+
+
+@pytest.fixture
+def toy_choice():
+    """A method whose model kind is chosen by its own option: an x0-predicting kind with σ, or a
+    kind without noise levels σ (as MeanFlow's) — the kind is known only once the run's options are."""
+    register(ModelKind(name="toy_x0", summary="an x0-predicting toy", wrapper=X0Prediction,
+                       sampler=CONSISTENCY_SAMPLER))
+    register(ModelKind(name="toy_flow", summary="a toy flow model", wrapper=X0Prediction, sampler=CONSISTENCY_SAMPLER,
+                       uses_sigmas=False))
+    register_method(Method(name="toy-choice", summary="an x0 or flow toy", options=ChoiceOptions,
+                           parametrization=lambda run: {"x0": "toy_x0", "flow": "toy_flow"}[run.options.target],
+                           build_loss=lambda inputs: EDMLoss(inputs.wrap(inputs.student, "toy_x0"))))
+    yield
+    unregister_method("toy-choice")
+    unregister("toy_flow")
+    unregister("toy_x0")
+
+
+def test_sigma_settings_follow_the_kind_a_run_chooses(toy_choice, tmp_path):
+    """Given to a run whose kind has no σ, a σ setting is refused; in a saved run (older versions
+    recorded them) it is dropped on loading — for a kind chosen by the run's options as for a fixed one."""
+    run = dict(method="toy-choice", data="toy:mog8", out=str(tmp_path / "run"))
+    with pytest.raises(InvalidInputError, match=r"^sigma_max: 40\.0 is not used by --method toy-choice \(a toy flow "
+                                                r"model has no noise levels sigma"):
+        TrainConfig(**run, options={"target": "flow"}, sigma_max=40.0)
+    saved = TrainConfig(**run, options={"target": "flow"}).to_dict()
+    saved.update(sigma_max=40.0, rho=3.0)
+    loaded = TrainConfig.from_dict(saved)
+    assert (loaded.options.target, loaded.sigma_max, loaded.rho) == ("flow", 80.0, 7.0)
+    saved = TrainConfig(**run, sigma_max=40.0, rho=3.0).to_dict()
+    loaded = TrainConfig.from_dict(saved)
+    assert (loaded.options.target, loaded.sigma_max, loaded.rho) == ("x0", 40.0, 3.0)

@@ -25,6 +25,10 @@ GENERAL = tuple(f.name for f in fields(RunSettings) if f.name != "options")
 SIGMA_SETTINGS = ("sigma_min", "sigma_max", "sigma_data", "rho")  # the noise levels' settings
 
 
+class UnusedSigmaSetting(InvalidInputError):
+    """A σ setting given to a run whose model kind has no noise levels σ (`TrainConfig._check_sigmas`)."""
+
+
 @dataclass
 class TrainConfig(RunSettings):
     """A training run: `TrainConfig(method="cd", data=..., out=..., options={"num_scales": 18})`,
@@ -50,8 +54,8 @@ class TrainConfig(RunSettings):
             return
         for f in fields(RunSettings):
             if f.name in SIGMA_SETTINGS and getattr(self, f.name) != f.default:
-                raise InvalidInputError(f"{f.name}: {getattr(self, f.name)!r} is not used by --method {self.method} "
-                                        f"({kind.summary} has no noise levels sigma: its times run from 0 to 1)")
+                raise UnusedSigmaSetting(f"{f.name}: {getattr(self, f.name)!r} is not used by --method {self.method} "
+                                         f"({kind.summary} has no noise levels sigma: its times run from 0 to 1)")
 
     def _method_options(self, method: Method) -> MethodOptions:
         """The method's options class filled with what was given (a dict or an instance of it)."""
@@ -140,14 +144,14 @@ class TrainConfig(RunSettings):
         method = get_method(data.get("method", ""))
         own = method.options.names()
         data = method.options.saved({k: v for k, v in data.items() if k in GENERAL or k in own})
-        kind = method.parametrization
-        if isinstance(kind, str) and not get_kind(kind).uses_sigmas:
-            data = {k: v for k, v in data.items() if k not in SIGMA_SETTINGS}
         if data.get("teacher") and not method.teacher_in_loss and data.get("init_from_teacher") is False:
             data["teacher"] = None
         if data.get("init_from") or data.get("init_from_teacher"):
             data["preset"] = None
-        return cls.from_settings(**data)
+        try:
+            return cls.from_settings(**data)
+        except UnusedSigmaSetting:  # the run's kind has no σ (decided by `_check_sigmas` alone)
+            return cls.from_settings(**{k: v for k, v in data.items() if k not in SIGMA_SETTINGS})
 
     # Settings that may change between a run and its resumption.
     RESUMABLE = ("resume", "out", "progress", "log_every", "save_every", "sample_every", "keep", "device",
