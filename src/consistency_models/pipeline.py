@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import copy
 import os
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -26,8 +28,9 @@ from tqdm.auto import tqdm
 from .distributed import existing_device
 from .errors import InvalidInputError, is_integer
 from .fast_paths import FastPaths
+from .io.diffusers_format import weights_suffix
+from .io.hub_upload import hub_client, push_folder
 from .io.images import pil_image, to_uint8
-from .io.shards import DEFAULT_MAX_SHARD_SIZE
 from .io.pipeline_folder import (
     TRIGFLOW_SCHEDULER_CLASS,
     PipelineParts,
@@ -37,6 +40,7 @@ from .io.pipeline_folder import (
     save_pipeline_folder,
     trigflow_settings,
 )
+from .io.shards import DEFAULT_MAX_SHARD_SIZE, max_shard_bytes
 from .kinds import SCHEDULER_CLASS, get_kind, kind_of_scheduler
 from .networks import UNetModel, preset
 from .outputs import BaseOutput
@@ -260,15 +264,39 @@ class ConsistencyModelPipeline:
         return PipelineParts(getattr(self.unet, "_orig_mod", self.unet), self.sampling_config, self.parametrization)
 
     def save_pretrained(self, path: str | os.PathLike, safe_serialization: bool = True,
-                        variant: str | None = None, max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE) -> None:
+                        variant: str | None = None, max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+                        push_to_hub: bool = False, *, repo_id: str | None = None, commit_message: str | None = None,
+                        private: bool | None = None, token: str | None = None, create_pr: bool = False) -> None:
         """Write a folder that diffusers' `ConsistencyModelPipeline.from_pretrained` loads, as diffusers writes
         it: safetensors weights, or with `safe_serialization=False` unet/diffusion_pytorch_model.bin (a
         plain tensor state dict saved with torch.save, read back with `torch.load(weights_only=True)`);
         `variant` names them as diffusers does (diffusion_pytorch_model.fp16.safetensors); weights larger
         than `max_shard_size` (bytes, or e.g. "5GB", "500MB"; diffusers' default "10GB") are split into
         shards with an index, named and split as diffusers does. Weights of the other format, or sharded
-        otherwise, left by an earlier save into the same folder are removed."""
+        otherwise, left by an earlier save into the same folder are removed. With `push_to_hub`, the
+        folder is then uploaded to `repo_id` (default: the folder's name), as `push_to_hub` does."""
+        if push_to_hub:
+            hub_client()  # a one-line error before anything is written
         save_pipeline_folder(path, self.parts(), variant, safe_serialization, max_shard_size)
+        if push_to_hub:
+            push_folder(Path(path), repo_id or Path(path).resolve().name, self.parametrization, commit_message,
+                        private, token, create_pr)
+
+    def push_to_hub(self, repo_id: str, commit_message: str | None = None, private: bool | None = None,
+                    token: str | None = None, create_pr: bool = False, safe_serialization: bool = True,
+                    variant: str | None = None, max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE) -> Any:
+        """Upload the pipeline to the Hugging Face Hub as diffusers' `push_to_hub`: `repo_id`
+        ("owner/name", or "name" in your namespace) is created if missing, the folder
+        `save_pretrained` writes goes up in one commit, with a model card when the repository has
+        none. Returns huggingface_hub's CommitInfo. Needs `pip install "consistency-models[hub]"`
+        and a token (`hf auth login`, or `token=`)."""
+        hub_client()
+        weights_suffix(safe_serialization)
+        max_shard_bytes(max_shard_size)
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp) / "pipeline"
+            save_pipeline_folder(folder, self.parts(), variant, safe_serialization, max_shard_size)
+            return push_folder(folder, repo_id, self.parametrization, commit_message, private, token, create_pr)
 
     def to(self, *args: str | torch.device | torch.dtype, device: str | torch.device | None = None,
            dtype: torch.dtype | None = None) -> ConsistencyModelPipeline:

@@ -54,6 +54,11 @@ def refuse_embedded_folder(argument: str, path: str | os.PathLike) -> None:
 DOWNLOAD_OPTIONS = ("revision", "cache_dir", "token", "local_files_only", "force_download", "proxies")
 
 
+def hub_offline() -> bool:
+    """Whether HF_HUB_OFFLINE turns the Hub off (huggingface_hub's own reading of it)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def resolve_model_path(name: str | os.PathLike, use_safetensors: bool | None = None, **download: Any) -> Path:
     """An embedded model name ("digits"), a local folder, or an `owner/name` Hub id (fetched when
     online: the weights `use_safetensors` asks for — None: .safetensors, else .bin; `download`:
@@ -83,8 +88,7 @@ def resolve_model_path(name: str | os.PathLike, use_safetensors: bool | None = N
             f"model: {text!r} looks like a Hub id, but huggingface_hub is not installed; "
             "pip install 'consistency-models[hub]', or pass a local folder"
         ) from None
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-    options = {**download, "local_files_only": bool(download.get("local_files_only")) or offline}
+    options = {**download, "local_files_only": bool(download.get("local_files_only")) or hub_offline()}
     bin_patterns = [*(p for p in _PATTERNS if not p.endswith(".safetensors")), "unet/*.bin"]
     try:
         folder = Path(snapshot_download(text, allow_patterns=bin_patterns if use_safetensors is False else _PATTERNS,

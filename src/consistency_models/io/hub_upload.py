@@ -1,0 +1,70 @@
+"""Upload a pipeline folder to the Hugging Face Hub, as diffusers' `push_to_hub` does: create the
+repository if it is missing (`huggingface_hub.create_repo(exist_ok=True)`), add a model card
+when the repository has none (an existing README.md on the Hub is kept), and upload the folder
+in one commit (`huggingface_hub.upload_folder`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import InvalidInputError
+from ..kinds import default_kind, get_kind
+from .atomic import atomic_path
+from .hub import hub_offline
+
+MODEL_CARD = "README.md"
+
+
+def hub_client() -> Any:
+    """huggingface_hub, or a one-line error when it is not installed or the Hub is off (HF_HUB_OFFLINE)."""
+    try:
+        import huggingface_hub
+    except ImportError:
+        raise InvalidInputError("push_to_hub: huggingface_hub is not installed; pip install 'consistency-models[hub]'"
+                                ) from None
+    if hub_offline():
+        raise InvalidInputError("push_to_hub: HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it to push")
+    return huggingface_hub
+
+
+def model_card(repo_id: str, parametrization: str) -> str:
+    """A model card for `repo_id`: the Hub's metadata (diffusers' library name, so that its loading
+    snippet shows) and how to sample the model."""
+    kind = get_kind(parametrization)
+    lines = ["---", "library_name: diffusers", "pipeline_tag: unconditional-image-generation", "tags:",
+             "- consistency-models", f"- {kind.name}", "---", "", f"# {repo_id}", "",
+             f"{kind.summary[0].upper()}{kind.summary[1:]}, saved by "
+             "[consistency-models](https://pypi.org/project/consistency-models/).", "",
+             "```python", "from consistency_models import ConsistencyModelPipeline", "",
+             f'pipe = ConsistencyModelPipeline.from_pretrained("{repo_id}")',
+             'pipe(batch_size=4).images[0].save("sample.png")', "```", ""]
+    if kind is default_kind():
+        lines += ["diffusers' `ConsistencyModelPipeline.from_pretrained` loads the same folder.", ""]
+    else:
+        lines += ["Sample it with consistency-models: its model_index.json names the kind "
+                  f"(`_parametrization: {kind.name}`), which diffusers does not read.", ""]
+    lines += ["Or from the command line: `pip install consistency-models`, then", "", "```bash",
+              f"cm sample --model {repo_id} --out grid.png", "```", ""]
+    return "\n".join(lines)
+
+
+def push_folder(folder: Path, repo_id: str, parametrization: str, commit_message: str | None = None,
+                private: bool | None = None, token: str | None = None, create_pr: bool = False) -> Any:
+    """Upload `folder` (a saved pipeline) to `repo_id`; returns huggingface_hub's CommitInfo. A model
+    card is added to the upload when the repository has none and `folder` holds none either."""
+    hub = hub_client()
+    if not isinstance(repo_id, str) or not repo_id.strip():
+        raise InvalidInputError(f"repo_id: {repo_id!r} is not allowed; give a Hub repository like owner/name")
+    try:
+        repo_id = hub.create_repo(repo_id, exist_ok=True, private=private, token=token).repo_id
+        if not (folder / MODEL_CARD).exists() and not hub.file_exists(repo_id, MODEL_CARD, token=token):
+            with atomic_path(folder / MODEL_CARD) as tmp:
+                tmp.write_text(model_card(repo_id, parametrization))
+        return hub.upload_folder(repo_id=repo_id, folder_path=str(folder), token=token,
+                                 commit_message=commit_message or "Upload ConsistencyModelPipeline",
+                                 create_pr=create_pr)
+    except Exception as exc:  # network, auth, a name the Hub refuses: all end the same way
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise InvalidInputError(f"push_to_hub: could not upload {folder} to the Hub repository {repo_id!r} "
+                                f"({reason})") from None
