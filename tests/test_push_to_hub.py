@@ -13,6 +13,8 @@ from __future__ import annotations
 import inspect
 import shutil
 import sys
+from fnmatch import fnmatch
+from pathlib import Path
 
 import huggingface_hub
 import numpy as np
@@ -57,8 +59,19 @@ class FakeHub:
     def file_exists(self, repo_id, filename, **options):
         return (self.root / repo_id / filename).is_file()
 
-    def upload_folder(self, *, repo_id, folder_path, **options):
-        shutil.copytree(folder_path, self.root / repo_id, dirs_exist_ok=True)
+    def upload_folder(self, *, repo_id, folder_path, ignore_patterns=(), delete_patterns=(), **options):
+        """As the Hub: files matching `ignore_patterns` stay behind; the repository's files matching
+        `delete_patterns` go, unless this commit uploads them (huggingface_hub's fnmatch rules)."""
+        source, repo = Path(folder_path), self.root / repo_id
+        uploaded = {p.relative_to(source).as_posix() for p in source.rglob("*") if p.is_file()}
+        uploaded = {name for name in uploaded if not any(fnmatch(name, g) for g in ignore_patterns)}
+        for old in [p for p in repo.rglob("*") if p.is_file()]:
+            name = old.relative_to(repo).as_posix()
+            if name not in uploaded and any(fnmatch(name, g) for g in delete_patterns):
+                old.unlink()
+        for name in uploaded:
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / name, repo / name)
         return huggingface_hub.CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/1", commit_message="",
                                           commit_description="", oid="1" * 40)
 
@@ -127,7 +140,7 @@ def test_a_failed_upload_is_one_line_and_the_local_folder_stays(hub, pipe, tmp_p
     folder = tmp_path / "kept"
     with pytest.raises(InvalidInputError) as info:
         pipe.save_pretrained(folder, push_to_hub=True, repo_id="owner/x")
-    assert str(info.value) == (f"push_to_hub: could not upload {folder} to the Hub repository 'owner/x' "
+    assert str(info.value) == ("push_to_hub: could not upload to the Hub repository 'owner/x' "
                                "(401 Client Error: Unauthorized for url)")
     assert ConsistencyModelPipeline.from_pretrained(folder).unet.config == pipe.unet.config
 
@@ -148,3 +161,56 @@ def test_offline_or_without_huggingface_hub_nothing_is_written(hub, pipe, tmp_pa
         with pytest.raises(InvalidInputError, match=r"^repo_id: .* is not allowed; give a Hub repository like owner/name$"):
             pipe.push_to_hub(bad)
     assert hub.calls == []
+
+
+def test_a_push_in_another_layout_deletes_the_variants_old_weights_from_the_repository(hub, pipe):
+    """upload_folder only adds files: without deleting them, a repository pushed sharded and then as
+    one file (or as .bin after .safetensors) would keep an index or file that both libraries read
+    before the new weights. The same variant's other layouts go; another variant's weights stay."""
+    other = ConsistencyModelPipeline(type(pipe.unet)(pipe.unet.config), pipe.scheduler)  # new random weights
+    repo = hub.root / "owner" / "layouts"
+    pipe.push_to_hub("owner/layouts", variant="ema")
+    for old, new in ((dict(max_shard_size="1MB"), {}), ({}, dict(safe_serialization=False)),
+                     (dict(max_shard_size="1MB", safe_serialization=False), dict(max_shard_size="700KB"))):
+        pipe.push_to_hub("owner/layouts", **old)
+        other.push_to_hub("owner/layouts", **new)
+        fresh = hub.root / "fresh"
+        other.save_pretrained(fresh, **new)
+        assert sorted(p.name for p in (repo / "unet").iterdir()) == sorted(
+            [p.name for p in (fresh / "unet").iterdir()] + ["diffusion_pytorch_model.ema.safetensors"]), (old, new)
+        loaded = ConsistencyModelPipeline.from_pretrained(repo)
+        assert all(torch.equal(a, b) for a, b in zip(loaded.unet.state_dict().values(),
+                                                     other.unet.state_dict().values())), (old, new)
+        shutil.rmtree(fresh)
+    ema = ConsistencyModelPipeline.from_pretrained(repo, variant="ema")
+    assert all(torch.equal(a, b) for a, b in zip(ema.unet.state_dict().values(), pipe.unet.state_dict().values()))
+    assert "variant=\"ema\"" in (repo / "README.md").read_text()
+
+
+def test_the_repositorys_card_is_kept_and_hidden_files_stay_behind(hub, pipe, tmp_path):
+    """A second save_pretrained(push_to_hub=True) into the same folder does not upload its card
+    over one edited on the Hub; a writer's hidden leftovers in the folder are not uploaded."""
+    folder = tmp_path / "model"
+    pipe.save_pretrained(folder, push_to_hub=True, repo_id="owner/card")
+    card = hub.root / "owner" / "card" / "README.md"
+    card.write_text("edited on the Hub")
+    (folder / ".cm-partial.lock").write_text("")
+    (folder / "unet" / ".diffusion_pytorch_model.safetensors.x.tmp").write_text("")
+    pipe.save_pretrained(folder, push_to_hub=True, repo_id="owner/card")
+    assert card.read_text() == "edited on the Hub"
+    assert not [p for p in card.parent.rglob(".*")]
+    assert "README.md" in hub.calls[-1][2]["ignore_patterns"]
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(repo_id=""), r"^repo_id: '' is not allowed; give a Hub repository like owner/name$"),
+    (dict(repo_id=7), r"^repo_id: 7 is not allowed"),
+    (dict(push_to_hub="false"), r"^push_to_hub: 'false' is not allowed; use True or False$"),
+    (dict(private="yes"), r"^private: 'yes' is not allowed; use True, False or None$"),
+    (dict(create_pr=None), r"^create_pr: None is not allowed; use True or False$"),
+], ids=["empty-repo", "int-repo", "str-push", "str-private", "none-pr"])
+def test_save_pretrained_checks_the_upload_before_writing(hub, pipe, tmp_path, options, message):
+    options = {"push_to_hub": True, **options}
+    with pytest.raises(InvalidInputError, match=message):
+        pipe.save_pretrained(tmp_path / "x", **options)
+    assert not (tmp_path / "x").exists() and hub.calls == []

@@ -158,29 +158,43 @@ def test_saving_again_leaves_only_the_new_layout(tmp_path, pipe, layouts):
     assert same_weights(ConsistencyModelPipeline.from_pretrained(folder).unet, pipe.unet)
 
 
-def test_an_interrupted_sharded_save_never_loads_a_mix(tmp_path, pipe, monkeypatch):
-    """The old index goes before the first new shard and the new index comes after the last: a save
-    stopped in between leaves a folder that refuses to load in one line (old shards, new shards) or
-    still loads the old single file whole, never old and new tensors together."""
+@pytest.mark.parametrize("old_layout", ["1MB", "700KB", "10GB"], ids=["same-shards", "other-shards", "one-file"])
+def test_a_stopped_sharded_save_keeps_the_old_weights_or_refuses_never_a_mix(tmp_path, pipe, diffusers_copy, monkeypatch,
+                                                                             old_layout):
+    """Every shard is written under a temporary name before any takes its own: a save stopped while
+    writing them (the long part: a full disk, Ctrl-C) leaves the earlier weights loadable in both
+    libraries. Stopped after the shards took their names but before the new index, a folder whose
+    old index named those same names refuses in one line (that index went first); any other still
+    loads the old weights whole. Never old and new tensors together."""
     other = ConsistencyModelPipeline(type(pipe.unet)(pipe.unet.config), pipe.scheduler)  # new random weights
     assert not same_weights(other.unet, pipe.unet)
+    real_write = diffusers_format.write_weights
 
-    def stopped(path, data):
+    def second_shard_fails(state, path, safe):
+        if "-00002-of-" in path.name:   # the temporary file of the second shard
+            raise KeyboardInterrupt
+        real_write(state, path, safe)
+
+    def index_fails(path, data):
         raise KeyboardInterrupt
 
-    sharded = tmp_path / "sharded"
-    pipe.save_pretrained(sharded, max_shard_size="1MB")
-    single = tmp_path / "single"
-    pipe.save_pretrained(single)
-    monkeypatch.setattr(diffusers_format, "write_json", stopped)
-    for folder in (sharded, single):
-        with pytest.raises(KeyboardInterrupt):
-            other.save_pretrained(folder, max_shard_size="1MB")
-    monkeypatch.undo()
-    with pytest.raises(InvalidInputError, match=r"^weights: missing file .*diffusion_pytorch_model\.safetensors "
-                                                r"\(found: diffusion_pytorch_model-00001-of-0000\d\.safetensors, "):
-        ConsistencyModelPipeline.from_pretrained(sharded)
-    assert same_weights(ConsistencyModelPipeline.from_pretrained(single).unet, pipe.unet)
+    for stop, patched in (("writing", ("write_weights", second_shard_fails)), ("index", ("write_json", index_fails))):
+        folder = tmp_path / stop
+        pipe.save_pretrained(folder, max_shard_size=old_layout)
+        with monkeypatch.context() as patch:
+            patch.setattr(diffusers_format, *patched)
+            with pytest.raises(KeyboardInterrupt):
+                other.save_pretrained(folder, max_shard_size="1MB")
+        assert not [p.name for p in (folder / "unet").iterdir() if p.name.endswith(".tmp")]
+        if stop == "index" and old_layout == "1MB":
+            with pytest.raises(InvalidInputError, match=r"^weights: missing file .*diffusion_pytorch_model\.safetensors "
+                                                        r"\(found: diffusion_pytorch_model-00001-of-0000\d\.safetensors, "
+                                                        r".*; shards are there without their index \(diffusion_pytorch_"
+                                                        r"model\.safetensors\.index\.json\): an interrupted save"):
+                ConsistencyModelPipeline.from_pretrained(folder)
+            continue
+        assert same_weights(ConsistencyModelPipeline.from_pretrained(folder).unet, pipe.unet), (stop, old_layout)
+        assert same_weights(UNet2DModel.from_pretrained(folder / "unet"), diffusers_copy), (stop, old_layout)
 
 
 def test_an_index_that_does_not_fit_its_shards_is_one_line(tmp_path, pipe):
@@ -215,7 +229,8 @@ def test_an_index_that_does_not_fit_its_shards_is_one_line(tmp_path, pipe):
         ConsistencyModelPipeline.from_pretrained(folder)
 
 
-@pytest.mark.parametrize("value", ["10", "5GiB", "GB", "-1MB", "0KB", "nanMB", "infGB", 0, -5, 1.5, True, None], ids=repr)
+@pytest.mark.parametrize("value", ["10", "5GiB", "GB", "-1MB", "0KB", "nanMB", "infGB", 0, -5, 0.5, float("inf"), True,
+                                   [1]], ids=repr)
 def test_a_bad_max_shard_size_is_one_line_before_anything_is_written(tmp_path, pipe, value):
     with pytest.raises(InvalidInputError) as info:
         pipe.save_pretrained(tmp_path / "pipe", max_shard_size=value)
@@ -227,6 +242,14 @@ def test_a_bad_max_shard_size_is_one_line_before_anything_is_written(tmp_path, p
 @pytest.mark.parametrize("text", ["10GB", "5gb", "500MB", "1.5GB", " 2 KB ", "3TB", "0.5MB", "700KB", "1e3MB"])
 def test_sizes_read_as_huggingface_hub_reads_them(text):
     assert max_shard_bytes(text) == parse_size_to_int(text)
+
+
+def test_none_is_the_default_and_numbers_are_bytes(tmp_path, pipe):
+    """diffusers' pipelines default max_shard_size to None (the models' default then applies)."""
+    assert max_shard_bytes(None) == max_shard_bytes("10GB") == 10**10
+    assert max_shard_bytes(np.int64(700_000)) == max_shard_bytes(7e5) == 700_000
+    pipe.save_pretrained(tmp_path / "none", max_shard_size=None)
+    assert weight_files(tmp_path / "none" / "unet") == ["diffusion_pytorch_model.safetensors"]
 
 
 def test_the_split_is_huggingface_hubs_on_random_sizes():

@@ -29,7 +29,7 @@ from .distributed import existing_device
 from .errors import InvalidInputError, is_integer
 from .fast_paths import FastPaths
 from .io.diffusers_format import weights_suffix
-from .io.hub_upload import hub_client, push_folder
+from .io.hub_upload import check_push_options, hub_client, push_folder
 from .io.images import pil_image, to_uint8
 from .io.pipeline_folder import (
     TRIGFLOW_SCHEDULER_CLASS,
@@ -264,7 +264,7 @@ class ConsistencyModelPipeline:
         return PipelineParts(getattr(self.unet, "_orig_mod", self.unet), self.sampling_config, self.parametrization)
 
     def save_pretrained(self, path: str | os.PathLike, safe_serialization: bool = True,
-                        variant: str | None = None, max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+                        variant: str | None = None, max_shard_size: int | str | None = DEFAULT_MAX_SHARD_SIZE,
                         push_to_hub: bool = False, *, repo_id: str | None = None, commit_message: str | None = None,
                         private: bool | None = None, token: str | None = None, create_pr: bool = False) -> None:
         """Write a folder that diffusers' `ConsistencyModelPipeline.from_pretrained` loads, as diffusers writes
@@ -274,29 +274,34 @@ class ConsistencyModelPipeline:
         than `max_shard_size` (bytes, or e.g. "5GB", "500MB"; diffusers' default "10GB") are split into
         shards with an index, named and split as diffusers does. Weights of the other format, or sharded
         otherwise, left by an earlier save into the same folder are removed. With `push_to_hub`, the
-        folder is then uploaded to `repo_id` (default: the folder's name), as `push_to_hub` does."""
+        folder is then uploaded to `repo_id` (default: the folder's name), as `push_to_hub` does;
+        the repository's own card is kept (the folder's is not uploaded over it)."""
+        check_push_options(repo_id, private, create_pr, push_to_hub, required=False)
         if push_to_hub:
-            hub_client()  # a one-line error before anything is written
+            hub_client()  # one-line errors before anything is written
         save_pipeline_folder(path, self.parts(), variant, safe_serialization, max_shard_size)
         if push_to_hub:
-            push_folder(Path(path), repo_id or Path(path).resolve().name, self.parametrization, commit_message,
-                        private, token, create_pr)
+            push_folder(Path(path), repo_id or Path(os.path.abspath(path)).name, self.parametrization, variant,
+                        commit_message, private, token, create_pr)
 
     def push_to_hub(self, repo_id: str, commit_message: str | None = None, private: bool | None = None,
                     token: str | None = None, create_pr: bool = False, safe_serialization: bool = True,
-                    variant: str | None = None, max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE) -> Any:
+                    variant: str | None = None, max_shard_size: int | str | None = DEFAULT_MAX_SHARD_SIZE) -> Any:
         """Upload the pipeline to the Hugging Face Hub as diffusers' `push_to_hub`: `repo_id`
         ("owner/name", or "name" in your namespace) is created if missing, the folder
-        `save_pretrained` writes goes up in one commit, with a model card when the repository has
-        none. Returns huggingface_hub's CommitInfo. Needs `pip install "consistency-models[hub]"`
+        `save_pretrained` writes goes up (`huggingface_hub.upload_folder`), with a model card when
+        the repository has none; the variant's weights of an earlier push in another layout are
+        deleted from it. Returns huggingface_hub's CommitInfo. Needs `pip install "consistency-models[hub]"`
         and a token (`hf auth login`, or `token=`)."""
         hub_client()
+        check_push_options(repo_id, private, create_pr)
         weights_suffix(safe_serialization)
         max_shard_bytes(max_shard_size)
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp) / "pipeline"
             save_pipeline_folder(folder, self.parts(), variant, safe_serialization, max_shard_size)
-            return push_folder(folder, repo_id, self.parametrization, commit_message, private, token, create_pr)
+            return push_folder(folder, repo_id, self.parametrization, variant, commit_message, private, token,
+                               create_pr)
 
     def to(self, *args: str | torch.device | torch.dtype, device: str | torch.device | None = None,
            dtype: torch.dtype | None = None) -> ConsistencyModelPipeline:

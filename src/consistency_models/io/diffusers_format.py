@@ -14,6 +14,7 @@ import os
 import pickle
 import re
 import warnings
+from contextlib import ExitStack
 from dataclasses import fields
 from pathlib import Path
 
@@ -268,6 +269,20 @@ def stale_weights(folder: Path, variant: str | None, written: set[str]) -> list[
     return sorted(p for p in folder.iterdir() if p.name not in written and pattern.fullmatch(p.name) and p.is_file())
 
 
+def weight_globs(variant: str | None) -> list[str]:
+    """Glob patterns of every file `stale_weights` counts as `variant`'s weights (both formats,
+    single or sharded, the index under its new and legacy names): what a Hub upload of new weights
+    deletes from the repository, which `upload_folder` only adds to."""
+    tag = f".{variant}" if variant else ""
+    globs = []
+    for suffix in (".safetensors", ".bin"):
+        globs += [f"diffusion_pytorch_model{tag}{suffix}", f"diffusion_pytorch_model{tag}-?????-of-?????{suffix}",
+                  index_name(variant, suffix)]
+        if variant:
+            globs.append(index_name(variant, suffix, legacy=True))
+    return globs
+
+
 def weights_source(folder: Path, variant: str | None = None, use_safetensors: bool | None = None) -> Path | None:
     """The file `load_network` reads in `folder`: for each format `use_safetensors` allows (None:
     .safetensors, then .bin), the index of sharded weights first, as diffusers (also under the name
@@ -288,8 +303,9 @@ def load_sharded(index: Path) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
     for name, keys in read_index(index).items():
         shard = load_weights(index.parent / name)
+        listed = set(keys)
         absent = [k for k in keys if k not in shard]
-        extra = [k for k in shard if k not in set(keys)]
+        extra = [k for k in shard if k not in listed]
         if absent or extra:
             said = f"lacks {absent[0]!r}" if absent else f"holds {extra[0]!r}, which the index maps elsewhere or not at all"
             raise InvalidInputError(f"weights: the shard {index.parent / name} {said} ({len(absent)} missing, "
@@ -323,7 +339,7 @@ def load_network(folder: str | os.PathLike, variant: str | None = None,
     weights = weights_source(folder, variant, use_safetensors)
     if weights is None:  # one line saying what is there instead
         found = sorted(p.name for p in folder.glob("diffusion_pytorch_model*"))
-        listed = ", ".join(found) or "none"
+        listed = ", ".join(found[:6]) + (f", ... ({len(found)} in all)" if len(found) > 6 else "") or "none"
         asked = weights_name(variant, ".bin" if use_safetensors is False else ".safetensors")
         if use_safetensors is not None:
             raise InvalidInputError(f"use_safetensors: {use_safetensors} asks for {asked} (or its shards), which "
@@ -333,6 +349,9 @@ def load_network(folder: str | os.PathLike, variant: str | None = None,
         variants = variants_in(found)
         hint = "" if not variants else f"; to load those of a variant give variant={variants[0]!r}" \
             if len(variants) == 1 else f"; to load those of a variant give variant= one of {', '.join(map(repr, variants))}"
+        if any(re.fullmatch(r"diffusion_pytorch_model-\d{5}-of-\d{5}\.(safetensors|bin)", n) for n in found):
+            hint += (f"; shards are there without their index ({index_name(None, '.safetensors')}): an interrupted "
+                     "save or download — save or download again")
         raise InvalidInputError(f"weights: missing file {folder / WEIGHTS_NAME} (found: {listed}){hint}")
     state = load_sharded(weights) if weights.name.endswith(".json") else load_weights(weights)
     load_state_into(model, {k: v.to(torch.float32) for k, v in state.items()}, str(weights))
@@ -340,14 +359,16 @@ def load_network(folder: str | os.PathLike, variant: str | None = None,
 
 
 def save_network(model: torch.nn.Module, folder: str | os.PathLike, variant: str | None = None,
-                 safe_serialization: bool = True, max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE) -> None:
+                 safe_serialization: bool = True, max_shard_size: int | str | None = DEFAULT_MAX_SHARD_SIZE) -> None:
     """Write config.json and the weights of `model` into `folder`, atomically per file, as diffusers'
     `ModelMixin.save_pretrained`: safetensors, or with `safe_serialization=False` a plain tensor state
     dict saved with torch.save (diffusion_pytorch_model.bin), named for `variant` when given, and
     sharded with an index past `max_shard_size` (`shards.py`). The same variant's weights in the
-    other format, or sharded otherwise, are removed: before the new single file appears, or after
-    the new index (an older index goes first, so that no index ever names a mix of old and new
-    shards), so the folder never holds stale weights that a loader would read."""
+    other format, or sharded otherwise, are removed — before the new single file appears, or after
+    the new index — so the folder never holds stale weights that a loader would read. Shards are
+    written in full before any takes its name: a save stopped before then leaves the earlier
+    weights loadable; one whose shards replace files an earlier index names (the same layout)
+    removes that index first, so no index ever names old and new shards together."""
     suffix = weights_suffix(safe_serialization)
     limit = max_shard_bytes(max_shard_size)
     name = weights_name(variant, suffix)
@@ -362,14 +383,17 @@ def save_network(model: torch.nn.Module, folder: str | os.PathLike, variant: str
                 stale.unlink(missing_ok=True)
     else:
         names = shard_names(name, len(shards))
-        for stale in stale_weights(folder, variant, set()):
-            if stale.name.endswith(".json"):
-                stale.unlink(missing_ok=True)
-        for keys, shard_name in zip(shards, names):
-            with atomic_path(folder / shard_name) as tmp:
+        with ExitStack() as renames:  # each shard takes its name when the stack closes, after all are written
+            for keys, shard_name in zip(shards, names):
+                tmp = renames.enter_context(atomic_path(folder / shard_name))
                 write_weights({k: state[k] for k in keys}, tmp, safe_serialization)
-        write_json(folder / index_name(variant, suffix), index_data(state, shards, names))
-        for stale in stale_weights(folder, variant, {*names, index_name(variant, suffix)}):
+            if any((folder / n).exists() for n in names):
+                for stale in stale_weights(folder, variant, set()):
+                    if stale.name.endswith(".json"):
+                        stale.unlink(missing_ok=True)
+        index = index_name(variant, suffix)
+        write_json(folder / index, index_data(state, shards, names))
+        for stale in stale_weights(folder, variant, {*names, index}):
             stale.unlink(missing_ok=True)
     write_json(folder / CONFIG_NAME, network_config(model))
 

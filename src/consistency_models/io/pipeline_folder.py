@@ -205,7 +205,7 @@ def folder_kind(path_or_id: str | os.PathLike) -> ModelKind:
 
 
 def save_pipeline_folder(path: str | os.PathLike, parts: PipelineParts, variant: str | None = None,
-                         safe_serialization: bool = True, max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE) -> Path:
+                         safe_serialization: bool = True, max_shard_size: int | str | None = DEFAULT_MAX_SHARD_SIZE) -> Path:
     """Write a folder that diffusers' `ConsistencyModelPipeline.from_pretrained` loads (each file
     atomically); `variant` names the weights file as diffusers does (…/diffusion_pytorch_model.fp16.safetensors),
     `safe_serialization=False` writes them as diffusers does then: a torch.save state dict (….bin);

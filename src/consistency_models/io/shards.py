@@ -4,14 +4,15 @@ A network bigger than `max_shard_size` is written as several files and an index 
 tensor to its file (diffusers delegates the split to huggingface_hub's
 `split_torch_state_dict_into_shards`; the rule is restated here so that the package needs neither):
 
-    diffusion_pytorch_model-00001-of-00003.safetensors, …            the shards, in state-dict order
+    diffusion_pytorch_model-00001-of-00003.safetensors, …            the shards
     diffusion_pytorch_model.safetensors.index.json                     {"metadata": {"total_size": bytes},
                                                                         "weight_map": {name: shard file}}
     diffusion_pytorch_model.fp16-00001-of-00002.safetensors            a variant's shards, and its index
     diffusion_pytorch_model.safetensors.index.fp16.json                (older diffusers: ….safetensors.fp16.index.json)
 
-Tensors are taken in order and a shard is closed when the next tensor would take it past the limit;
-a tensor larger than the limit gets a shard of its own. Sizes are decimal: "10GB" is 10**9 bytes.
+Tensors are taken in state-dict order and a shard is closed when the next tensor would take it
+past the limit; a tensor larger than the limit gets a shard of its own at once, numbered before the
+shard still being filled. Sizes are decimal: "1GB" is 10**9 bytes.
 This file names, splits and reads indexes; reading and writing tensors is `diffusers_format.py`.
 """
 
@@ -21,6 +22,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..errors import InvalidInputError
@@ -29,22 +31,26 @@ DEFAULT_MAX_SHARD_SIZE = "10GB"   # diffusers' default: the ADM networks (≤ 2.
 SIZE_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
 
 
-def max_shard_bytes(max_shard_size: int | str) -> int:
-    """`max_shard_size` in bytes: an int of bytes, or a number and a unit ("5GB", "500MB", "1.5GB"),
-    read as huggingface_hub's `parse_size_to_int` reads it (the unit is the last two letters)."""
-    if isinstance(max_shard_size, int) and not isinstance(max_shard_size, bool) and max_shard_size >= 1:
-        return max_shard_size
-    if isinstance(max_shard_size, str):
+def max_shard_bytes(max_shard_size: int | float | str | None) -> int:
+    """`max_shard_size` in bytes: a number of bytes, a number and a unit ("5GB", "500MB", "1.5GB"),
+    read as huggingface_hub's `parse_size_to_int` reads it (the unit is the last two letters), or
+    None for the default (diffusers' pipelines pass None on for it)."""
+    if max_shard_size is None:
+        max_shard_size = DEFAULT_MAX_SHARD_SIZE
+    value = math.nan
+    if isinstance(max_shard_size, (int, float, np.integer, np.floating)) and not isinstance(max_shard_size, bool):
+        value = float(max_shard_size)
+    elif isinstance(max_shard_size, str):
         text = max_shard_size.strip()
         unit = SIZE_UNITS.get(text[-2:].upper())
         try:
             value = float(text[:-2].strip()) * unit if unit else math.nan
         except ValueError:
-            value = math.nan
-        if math.isfinite(value) and value >= 1:
-            return int(value)
-    raise InvalidInputError(f"max_shard_size: {max_shard_size!r} is not allowed; use a number of bytes (an int "
-                            f"≥ 1) or a number and a unit, e.g. \"5GB\", \"500MB\" (units: {', '.join(SIZE_UNITS)})")
+            pass
+    if math.isfinite(value) and value >= 1:
+        return int(value)
+    raise InvalidInputError(f"max_shard_size: {max_shard_size!r} is not allowed; use a number of bytes (≥ 1) or "
+                            f"a number and a unit, e.g. \"5GB\", \"500MB\" (units: {', '.join(SIZE_UNITS)})")
 
 
 def tensor_bytes(tensor: torch.Tensor) -> int:
