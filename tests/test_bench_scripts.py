@@ -89,12 +89,25 @@ def test_half_kernels_prints_each_kernels_ratio_and_what_the_network_decides():
         assert float(ratio) == pytest.approx(float(bf16) / float(fp32), rel=0.02, abs=0.01), name
 
 
+def test_sample_memory_measures_each_path_in_a_process_of_its_own():
+    out = run("sample_memory.py", "--preset", "test", "--batch", "2", "--paths", "diffusers-fp32,fp32,default-bf16")
+    rows = {m[0]: (float(m[2]), float(m[3]), float(m[4]))
+            for m in re.findall(r"^(\S+)\s+([\d.]+)\s+(-?\d+)\s+(-?\d+)\s+([\d.]+)$", out, re.M)}
+    assert list(rows) == ["diffusers-fp32", "fp32", "default-bf16"], out
+    assert "peak includes loading" not in out   # the high-water mark was reset after loading (Linux)
+    reference = rows["diffusers-fp32"][1]
+    for path, (loaded, peak, ratio) in rows.items():
+        assert 0 < peak and loaded <= peak + 1, (path, out)   # MiB, rounded
+        assert ratio == pytest.approx(peak / reference, abs=0.02 + 1 / reference), (path, out)
+
+
 @pytest.mark.parametrize("script, args, message", [
     ("sample_speed.py", ["--presets", "nosuch:4"], "--presets: 'nosuch:4' is not PRESET:BATCH"),
     ("train_step.py", ["--batch-size", "0"], "argument --batch-size: '0' must be an integer of at least 1"),
     ("methods.py", ["--per-class", "0"], "--per-class: 0 must be at least 2"),
     ("gpu_check_table.py", ["no-such-folder"], "'no-such-folder' is not a folder"),
     ("half_kernels.py", ["--dtypes", "float8"], "--dtypes: 'float8' is not a comma list of bfloat16, float16"),
+    ("sample_memory.py", ["--paths", "fp32+compile"], "--paths: 'fp32+compile': +compile and +graph are not measured"),
     ("toy_scm.py", ["--runs", "ict", "--steps", "0"], "ict: cm train exited 2: cm: error: steps: 0 is not allowed"),
 ])
 def test_a_mistaken_value_is_a_line_of_its_own_not_a_traceback(tmp_path, script, args, message):
