@@ -89,3 +89,41 @@ def test_a_non_bool_is_one_error_line(tmp_path, pipe, value):
                        f"or False (diffusion_pytorch_model.bin)")
     assert "\n" not in message
     assert not (tmp_path / "pipe").exists()
+
+
+def test_loaded_parameters_are_the_files_numbers_each_in_memory_of_its_own(tmp_path, pipe, monkeypatch):
+    """from_pretrained builds the network without drawing random initial weights (the file's
+    overwrite them all) and copies the file's tensors in: a torch.save file may name one tensor
+    twice or store a view into a larger one, and training one parameter never moves another."""
+    folder = tmp_path / "pipe"
+    pipe.save_pretrained(folder, safe_serialization=False)
+    state = torch.load(folder / "unet" / BIN, weights_only=True)
+    first, second = "down_blocks.0.resnets.0.norm1.weight", "down_blocks.0.resnets.0.norm2.weight"
+    assert state[first].shape == state[second].shape
+    state[second] = state[first]                                   # one tensor under two names
+    bias = "conv_in.bias"
+    big = torch.cat([state[bias], torch.full((5,), 7.0)])
+    state[bias] = big[: state[bias].numel()]                       # a view into a larger tensor
+    torch.save(state, folder / "unet" / BIN)
+    drawn = []
+
+    def normal(tensor, *args, **kwargs):   # the class embedding's initialization (2.5 s for ImageNet-64's)
+        drawn.append(tensor.device.type)
+        return tensor
+
+    monkeypatch.setattr(torch.nn.init, "normal_", normal)
+    loaded = ConsistencyModelPipeline.from_pretrained(folder).unet
+    assert drawn == [] and torch.nn.init.normal_ is normal          # none drawn, and put back after building
+    params = dict(loaded.named_parameters())
+    assert torch.equal(params[first], params[second]) and torch.equal(params[bias], big[:-5])
+    with torch.no_grad():
+        params[first].add_(1.0)
+    assert not torch.equal(params[first], params[second])
+    storages = [p.untyped_storage().data_ptr() for p in params.values()]
+    assert len(set(storages)) == len(storages)
+    assert params[bias].untyped_storage().nbytes() == params[bias].numel() * 4
+    assert all(p.requires_grad and p.dtype == torch.float32 and p.device.type == "cpu" for p in params.values())
+    (folder / "unet" / "config.json").write_text('{"sample_size": 32}')   # refused while building: put back too
+    with pytest.raises(InvalidInputError, match="block_out_channels=None is not supported"):
+        ConsistencyModelPipeline.from_pretrained(folder)
+    assert torch.nn.init.normal_ is normal

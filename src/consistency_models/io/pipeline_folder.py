@@ -175,15 +175,16 @@ def write_model_index(folder: Path, parametrization: str) -> None:
 
 def load_pipeline_folder(path_or_id: str | os.PathLike, variant: str | None = None,
                          use_safetensors: bool | None = None, network: nn.Module | None = None,
-                         **download: Any) -> PipelineParts:
+                         draw_initial_weights: bool = False, **download: Any) -> PipelineParts:
     """The parts of a pipeline folder, an embedded model's name or a Hub id (when online; `download`:
     huggingface_hub's options, `hub.DOWNLOAD_OPTIONS`); `variant` picks
     `unet/diffusion_pytorch_model.<variant>.safetensors`, `use_safetensors` the format
-    (`load_network`); a given `network` is taken instead of the folder's (no weights read)."""
+    (`load_network`, as `draw_initial_weights`); a given `network` is taken instead of the
+    folder's (no weights read)."""
     folder = resolve_model_path(path_or_id, use_safetensors, **download)
     kind = folder_kind(folder)
     if network is None:
-        network = load_network(folder / "unet", variant, use_safetensors)
+        network = load_network(folder / "unet", variant, use_safetensors, draw_initial_weights)
     return PipelineParts(network, read_scheduler_config(folder / "scheduler"), kind.name)
 
 

@@ -70,7 +70,7 @@ def load_initial_network(path: str, dataset: ImageDataset | PointDataset, use_la
     take the time inputs of the run's model `kind` (their number and what they measure) and, where
     the kind has a σ_data (`sigma_data`: the run's), have been trained with the same."""
     try:
-        parts = load_pipeline_folder(path)
+        parts = load_pipeline_folder(path, draw_initial_weights=True)  # the run's random numbers as before
     except InvalidInputError as exc:
         raise about("init_from", exc) from None
     network, given = parts.network.float(), get_kind(parts.parametrization)
@@ -166,7 +166,7 @@ def load_teacher(path: str, device: torch.device, dataset: ImageDataset | PointD
     """The network of a diffusion model folder (an EDM denoiser or a TrigFlow diffusion model),
     frozen, in eval mode, with its kind and σ settings; it must fit the data's shape and classes."""
     try:
-        parts = load_pipeline_folder(path)
+        parts = load_pipeline_folder(path, draw_initial_weights=True)  # the run's random numbers as before
     except InvalidInputError as exc:
         raise about("teacher", exc) from None
     kind = get_kind(parts.parametrization)
