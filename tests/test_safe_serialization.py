@@ -127,3 +127,38 @@ def test_loaded_parameters_are_the_files_numbers_each_in_memory_of_its_own(tmp_p
     with pytest.raises(InvalidInputError, match="block_out_channels=None is not supported"):
         ConsistencyModelPipeline.from_pretrained(folder)
     assert torch.nn.init.normal_ is normal
+
+
+def test_a_network_another_thread_builds_meanwhile_is_initialized_as_usual():
+    """Skipping the random fills holds for the loading thread alone (a server loading a model while
+    another thread builds one must not get uninitialized weights there)."""
+    import threading
+
+    from consistency_models.io.diffusers_format import without_random_init
+
+    inside, built = threading.Event(), threading.Event()
+    found = {}
+
+    def other_thread():
+        inside.wait(10)
+        with torch.random.fork_rng():
+            torch.manual_seed(3)
+            found["other"] = torch.nn.Linear(8, 8).weight.detach().clone()
+        built.set()
+
+    worker = threading.Thread(target=other_thread)
+    worker.start()
+    with without_random_init():
+        inside.set()
+        assert built.wait(10)
+        skipped = torch.nn.Linear(8, 8)
+        with torch.random.fork_rng():
+            torch.manual_seed(3)
+            before = torch.random.get_rng_state()
+            torch.nn.init.kaiming_uniform_(skipped.weight)
+            assert torch.equal(torch.random.get_rng_state(), before)   # nothing drawn in this thread
+    worker.join()
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        assert torch.equal(found["other"], torch.nn.Linear(8, 8).weight)   # the other thread's: as usual
+    assert torch.nn.init.kaiming_uniform_.__module__ == "torch.nn.init"     # put back

@@ -13,8 +13,9 @@ import json
 import os
 import pickle
 import re
+import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import fields
 from pathlib import Path
@@ -216,19 +217,53 @@ RANDOM_FILLS = ("uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "kai
                 "xavier_normal_", "orthogonal_")  # torch.nn.init's random initializations
 
 
+class _RandomFills:
+    """Stand-ins for torch.nn.init's random fills that skip filling in a thread building a network
+    for a weights file, installed while at least one thread does (`without_random_init`)."""
+
+    lock = threading.Lock()
+    users = 0
+    originals: dict[str, Callable] = {}
+    building = threading.local()  # .active: this thread builds a network its file will fill
+
+    @classmethod
+    def stand_in(cls, fill: Callable) -> Callable:
+        def skip_or_fill(tensor, *args, **kwargs):
+            return tensor if getattr(cls.building, "active", False) else fill(tensor, *args, **kwargs)
+        return skip_or_fill
+
+    @classmethod
+    def enter(cls) -> None:
+        with cls.lock:
+            if cls.users == 0:
+                cls.originals = {name: getattr(torch.nn.init, name) for name in RANDOM_FILLS}
+                for name, fill in cls.originals.items():
+                    setattr(torch.nn.init, name, cls.stand_in(fill))
+            cls.users += 1
+
+    @classmethod
+    def leave(cls) -> None:
+        with cls.lock:
+            cls.users -= 1
+            if cls.users == 0:
+                for name, fill in cls.originals.items():
+                    setattr(torch.nn.init, name, fill)
+
+
 @contextmanager
 def without_random_init() -> Iterator[None]:
-    """Build modules without drawing their random initial weights (torch.nn.init's random fills
-    leave the tensor as it is meanwhile): the weights a file is about to overwrite, strictly and
-    all of them, need no random numbers first — 2.5 s of ImageNet-64's 3.2 s load."""
-    saved = {name: getattr(torch.nn.init, name) for name in RANDOM_FILLS}
-    for name in RANDOM_FILLS:
-        setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+    """Build modules without drawing their random initial weights: the weights a file is about to
+    overwrite, strictly and all of them, need no random numbers first (2.5 s of ImageNet-64's
+    3.2 s load). torch.nn.init's random fills leave the tensor as it is meanwhile, in this thread
+    only: a network another thread builds at the same time is initialized as usual."""
+    _RandomFills.enter()
+    outer = getattr(_RandomFills.building, "active", False)
+    _RandomFills.building.active = True
     try:
         yield
     finally:
-        for name, fill in saved.items():
-            setattr(torch.nn.init, name, fill)
+        _RandomFills.building.active = outer
+        _RandomFills.leave()
 
 
 def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
