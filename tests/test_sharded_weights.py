@@ -118,6 +118,7 @@ def test_diffusers_loads_our_shards_and_we_load_theirs(tmp_path, pipe, diffusers
         ConsistencyModelPipeline.from_pretrained(theirs)
 
 
+@pytest.mark.filterwarnings("ignore:This serialization format is now deprecated")  # diffusers' note on the old name
 def test_an_older_diffusers_variant_index_name_loads(tmp_path, pipe, diffusers_copy):
     """diffusers still reads a variant's index under its pre-2024 name (….safetensors.fp16.index.json)."""
     folder = tmp_path / "pipe"
