@@ -112,3 +112,21 @@ def test_errors_are_one_line(files, tmp_path, capsys, monkeypatch, argv, message
     assert message in err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert not out.exists()
+
+
+def test_variant_reads_the_weights_of_that_variant(tmp_path, capsys):
+    """--variant, as from_pretrained(variant=...): a folder that holds only fp16-named weights (as
+    many Hub repositories do) samples and edits with it, and without it says which variant is there."""
+    folder = tmp_path / "model"
+    cm.ConsistencyModelPipeline.from_pretrained("digits").save_pretrained(folder, variant="fp16")
+    for command, name in ((["sample", "--batch-size", "4", "--seed", "3"], "s.png"),
+                          (["edit", "interpolate", "--num", "3", "--seed", "3"], "e.png")):
+        code, _, err = run_cli(capsys, *command, "--model", str(folder), "--variant", "fp16",
+                               "--out", str(tmp_path / name))
+        assert code == 0, err
+        code, _, err = run_cli(capsys, *command, "--out", str(tmp_path / f"embedded-{name}"))
+        assert code == 0, err
+        np.testing.assert_array_equal(read(tmp_path / name), read(tmp_path / f"embedded-{name}"))
+    code, _, err = run_cli(capsys, "sample", "--model", str(folder), "--out", str(tmp_path / "x.png"))
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("cm: error: weights: missing file ") and "give variant='fp16'" in err

@@ -105,6 +105,12 @@ def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=DEFAULT_DEVICE, help="cpu, cuda or cuda:N")
 
 
+def add_variant(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--variant", default=None,
+                        help="read the model's weights of this variant (unet/diffusion_pytorch_model.VARIANT."
+                             "safetensors, e.g. fp16), as diffusers' from_pretrained(variant=...)")
+
+
 def add_noise_levels(parser: argparse.ArgumentParser, steps_help: str) -> None:
     """--steps | --timesteps | --sigmas, read back by `noise_levels`."""
     group = parser.add_mutually_exclusive_group()

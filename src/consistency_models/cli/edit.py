@@ -26,6 +26,7 @@ from .arguments import (
     plural,
     add_device,
     add_noise_levels,
+    add_variant,
     device,
     noise_levels,
     positive_int,
@@ -103,6 +104,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         e = kinds.add_parser(name, help=spec.help, description=spec.help[0].upper() + spec.help[1:] + ".",
                              formatter_class=DefaultsHelpFormatter)
         e.add_argument("--model", default=spec.model, help="embedded model name, pipeline folder or Hub id")
+        add_variant(e)
         if spec.image:
             e.add_argument("--image", required=True, help=spec.image_help)
             e.add_argument("--resize", action="store_true", help="center-crop and resize inputs of another size")
@@ -133,7 +135,7 @@ def run(args: argparse.Namespace) -> None:
     refuse_input_as_output(args.out, "out", {"model": model, "image": getattr(args, "image", None),
                                              "mask": getattr(args, "mask", None)})
     spec = EDITS[args.edit]
-    pipe = ConsistencyModelPipeline.from_pretrained(args.model, device=device(args.device))
+    pipe = ConsistencyModelPipeline.from_pretrained(args.model, device=device(args.device), variant=args.variant)
     if note := shadowing_note(args.model):
         print(note, file=sys.stderr)
     if not pipe.is_image_model:

@@ -22,6 +22,7 @@ from .arguments import (
     DefaultsHelpFormatter,
     add_device,
     add_noise_levels,
+    add_variant,
     device,
     int_list,
     noise_levels,
@@ -38,6 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"embedded model name ({', '.join(EMBEDDED)}), pipeline folder (diffusers "
                         "format) or Hugging Face Hub id such as openai/diffusers-cd_imagenet64_l2")
+    add_variant(p)
     p.add_argument("--out", required=True,
                    help="samples.png (a grid), DIR/ (one PNG per image) or samples.npz (arr_0: uint8 NHWC, arr_1: labels)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out (else it is refused)")
@@ -68,7 +70,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def sampling_pipeline(args: argparse.Namespace, dev: torch.device, main: bool = True) -> ConsistencyModelPipeline:
     """The model in the asked precision, with the asked fast paths (`main`: the process that speaks)."""
-    pipe = ConsistencyModelPipeline.from_pretrained(args.model, torch_dtype=DTYPES[args.dtype], device=dev)
+    pipe = ConsistencyModelPipeline.from_pretrained(args.model, torch_dtype=DTYPES[args.dtype], device=dev,
+                                                    variant=args.variant)
     if main and (note := shadowing_note(args.model)):
         print(note, file=sys.stderr)
     pipe.enable_fast_kernels(args.fast_kernels)

@@ -13,7 +13,7 @@ from ..evaluation.timestep_search import search_range, tune_timesteps
 from ..io.hub import DEFAULT_MODEL, shadowing_note
 from ..metrics.scores import compute_statistics
 from ..pipeline import ConsistencyModelPipeline
-from .arguments import DefaultsHelpFormatter, device, positive_int, seed
+from .arguments import DefaultsHelpFormatter, add_variant, device, positive_int, seed
 from .features import add_feature_arguments, extractor
 
 
@@ -23,6 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "FD) of --num samples against --ref.",
                        formatter_class=DefaultsHelpFormatter)
     p.add_argument("--model", default=DEFAULT_MODEL, help="embedded model name, pipeline folder or Hub id")
+    add_variant(p)
     p.add_argument("--ref", required=True, help="reference set or statistics (see cm eval)")
     p.add_argument("--num", type=positive_int, default=5000, help="samples per candidate")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per network call")
@@ -36,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    pipe = ConsistencyModelPipeline.from_pretrained(args.model, device=device(args.device))
+    pipe = ConsistencyModelPipeline.from_pretrained(args.model, device=device(args.device), variant=args.variant)
     if note := shadowing_note(args.model):
         print(note, file=sys.stderr)
     search_range(pipe, args.lo, args.hi)  # refuse a model without a grid, a bad range or label before any work
