@@ -28,7 +28,6 @@ from tqdm.auto import tqdm
 from .distributed import existing_device
 from .errors import InvalidInputError, is_integer
 from .fast_paths import FastPaths
-from .io.diffusers_format import weights_suffix
 from .io.hub_upload import check_push_options, hub_client, push_folder
 from .io.images import pil_image, to_uint8
 from .io.pipeline_folder import (
@@ -40,7 +39,7 @@ from .io.pipeline_folder import (
     save_pipeline_folder,
     trigflow_settings,
 )
-from .io.shards import DEFAULT_MAX_SHARD_SIZE, max_shard_bytes
+from .io.shards import DEFAULT_MAX_SHARD_SIZE
 from .kinds import SCHEDULER_CLASS, get_kind, kind_of_scheduler
 from .networks import UNetModel, preset
 from .outputs import BaseOutput
@@ -295,9 +294,7 @@ class ConsistencyModelPipeline:
         and a token (`hf auth login`, or `token=`)."""
         hub_client()
         check_push_options(repo_id, private, create_pr)
-        weights_suffix(safe_serialization)
-        max_shard_bytes(max_shard_size)
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp:  # save_pipeline_folder checks its own arguments first
             folder = Path(tmp) / "pipeline"
             save_pipeline_folder(folder, self.parts(), variant, safe_serialization, max_shard_size)
             return push_folder(folder, repo_id, self.parametrization, variant, commit_message, private, token,
