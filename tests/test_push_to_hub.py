@@ -184,7 +184,8 @@ def test_a_push_in_another_layout_deletes_the_variants_old_weights_from_the_repo
         shutil.rmtree(fresh)
     ema = ConsistencyModelPipeline.from_pretrained(repo, variant="ema")
     assert all(torch.equal(a, b) for a, b in zip(ema.unet.state_dict().values(), pipe.unet.state_dict().values()))
-    assert "variant=\"ema\"" in (repo / "README.md").read_text()
+    card = (repo / "README.md").read_text()
+    assert "variant=\"ema\"" in card and "cm sample --model owner/layouts --variant ema --out grid.png" in card
 
 
 def test_the_repositorys_card_is_kept_and_hidden_files_stay_behind(hub, pipe, tmp_path):

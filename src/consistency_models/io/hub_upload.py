@@ -63,9 +63,9 @@ def model_card(repo_id: str, parametrization: str, variant: str | None = None) -
     else:
         lines += ["Sample it with consistency-models: its model_index.json names the kind "
                   f"(`_parametrization: {kind.name}`), which diffusers does not read.", ""]
-    if not variant:  # the command line reads a folder's default weights
-        lines += ["Or from the command line: `pip install consistency-models`, then", "", "```bash",
-                  f"cm sample --model {repo_id} --out grid.png", "```", ""]
+    lines += ["Or from the command line: `pip install consistency-models`, then", "", "```bash",
+              f"cm sample --model {repo_id}" + (f" --variant {variant}" if variant else "") + " --out grid.png",
+              "```", ""]
     return "\n".join(lines)
 
 
