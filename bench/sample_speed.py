@@ -124,7 +124,8 @@ def load_path(spec: PathSpec, folder: Path, device: torch.device) -> Callable[..
         if spec.compile:  # diffusers' documented way: compile the UNet
             pipe.unet = torch.compile(pipe.unet)
     else:
-        pipe = ConsistencyModelPipeline.from_pretrained(folder, dtype=spec.dtype, device=device)
+        pipe = ConsistencyModelPipeline.from_pretrained(folder, dtype=spec.dtype, device=device,
+                                                        fast_kernels=spec.as_loaded or spec.fast)
         if not spec.as_loaded:
             pipe.enable_fast_kernels(spec.fast).enable_cuda_graph(spec.graph)
             if spec.compile:

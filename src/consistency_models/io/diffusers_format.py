@@ -27,6 +27,7 @@ from ..errors import InvalidInputError
 from ..networks.mlp import MLP, MLPConfig
 from ..networks.unet import UNetConfig, UNetModel
 from .atomic import atomic_path, write_json
+from .file_mapping import owned_tensors
 from .shards import (
     DEFAULT_MAX_SHARD_SIZE,
     index_data,
@@ -213,13 +214,14 @@ def load_weights(path: Path, raw: bool = False) -> dict[str, torch.Tensor]:
     return loaded
 
 
-RANDOM_FILLS = ("uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
-                "xavier_normal_", "orthogonal_")  # torch.nn.init's random initializations
+INITIAL_FILLS = ("uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
+                "xavier_normal_", "orthogonal_",  # torch.nn.init's random initializations
+                "zeros_", "ones_", "constant_")    # and its constant ones (ADM's zeroed outputs: 0.1 s of 0.6)
 
 
-class _RandomFills:
-    """Stand-ins for torch.nn.init's random fills that skip filling in a thread building a network
-    for a weights file, installed while at least one thread does (`without_random_init`)."""
+class _InitialFills:
+    """Stand-ins for torch.nn.init's fills that skip filling in a thread building a network for a
+    weights file, installed while at least one thread does (`without_random_init`)."""
 
     lock = threading.Lock()
     users = 0
@@ -236,7 +238,7 @@ class _RandomFills:
     def enter(cls) -> None:
         with cls.lock:
             if cls.users == 0:
-                cls.originals = {name: getattr(torch.nn.init, name) for name in RANDOM_FILLS}
+                cls.originals = {name: getattr(torch.nn.init, name) for name in INITIAL_FILLS}
                 for name, fill in cls.originals.items():
                     setattr(torch.nn.init, name, cls.stand_in(fill))
             cls.users += 1
@@ -252,22 +254,24 @@ class _RandomFills:
 
 @contextmanager
 def without_random_init() -> Iterator[None]:
-    """Build modules without drawing their random initial weights: the weights a file is about to
-    overwrite, strictly and all of them, need no random numbers first (2.5 s of ImageNet-64's
-    3.2 s load). torch.nn.init's random fills leave the tensor as it is meanwhile, in this thread
-    only: a network another thread builds at the same time is initialized as usual."""
-    _RandomFills.enter()
-    outer = getattr(_RandomFills.building, "active", False)
-    _RandomFills.building.active = True
+    """Build modules without drawing their random initial weights (or writing their constant ones):
+    the weights a file is about to replace, strictly and all of them, need no random numbers first
+    (2.5 s of ImageNet-64's 3.2 s load) and no memory written. torch.nn.init's fills leave the
+    tensor as it is meanwhile, in this thread only: a network another thread builds at the same
+    time is initialized as usual."""
+    _InitialFills.enter()
+    outer = getattr(_InitialFills.building, "active", False)
+    _InitialFills.building.active = True
     try:
         yield
     finally:
-        _RandomFills.building.active = outer
-        _RandomFills.leave()
+        _InitialFills.building.active = outer
+        _InitialFills.leave()
 
 
-def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load `state` strictly, with one error line listing missing, unexpected and misshapen keys."""
+def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str, assign: bool = False) -> None:
+    """Load `state` strictly, with one error line listing missing, unexpected and misshapen keys.
+    `assign`: the model takes the tensors themselves instead of copies (`owned_tensors` first)."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -279,7 +283,7 @@ def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], sour
             problems.append(f"{label} keys: {shown}")
     if problems:
         raise InvalidInputError(f"weights: {source} does not fit the model config; " + "; ".join(problems))
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(owned_tensors(state) if assign else state, strict=True, assign=assign)
 
 
 def network_from_config(data: dict, source: str) -> torch.nn.Module:
@@ -413,7 +417,10 @@ def load_network(folder: str | os.PathLike, variant: str | None = None,
                      "save or download — save or download again")
         raise InvalidInputError(f"weights: missing file {folder / WEIGHTS_NAME} (found: {listed}){hint}")
     state = load_sharded(weights) if weights.name.endswith(".json") else load_weights(weights)
-    load_state_into(model, {k: v.to(torch.float32) for k, v in state.items()}, str(weights))
+    # A loaded network takes the file's tensors (`file_mapping.py`: no copy); a training run copies
+    # them into the network it initialized.
+    load_state_into(model, {k: v.to(torch.float32) for k, v in state.items()}, str(weights),
+                    assign=not draw_initial_weights)
     return model
 
 
