@@ -114,8 +114,17 @@ def test_diffusers_loads_our_shards_and_we_load_theirs(tmp_path, pipe, diffusers
     assert "diffusion_pytorch_model.safetensors.index.fp16.json" in os.listdir(theirs / "unet")
     assert same_weights(ConsistencyModelPipeline.from_pretrained(theirs, variant="fp16").unet, pipe.unet)
     with pytest.raises(InvalidInputError, match=r"^weights: missing file .*; to load those of a variant give "
-                                                r"variant='fp16'$"):
+                                                r"variant='fp16' \(cm: --variant fp16\)$"):
         ConsistencyModelPipeline.from_pretrained(theirs)
+
+
+def test_a_folder_of_two_variants_alone_names_both_for_the_api_and_for_cm(tmp_path, pipe):
+    folder = tmp_path / "pipe"
+    for variant in ("fp16", "ema"):
+        pipe.save_pretrained(folder, variant=variant)
+    with pytest.raises(InvalidInputError, match=r"; to load those of a variant give variant= one of 'ema', 'fp16' "
+                                                r"\(cm: --variant NAME\)$"):
+        ConsistencyModelPipeline.from_pretrained(folder)
 
 
 @pytest.mark.filterwarnings("ignore:This serialization format is now deprecated")  # diffusers' note on the old name

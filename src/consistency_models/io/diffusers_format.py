@@ -410,8 +410,9 @@ def load_network(folder: str | os.PathLike, variant: str | None = None,
         if variant:
             raise InvalidInputError(f"variant: there are no weights of variant={variant!r} in {folder} (found: {listed})")
         variants = variants_in(found)
-        hint = "" if not variants else f"; to load those of a variant give variant={variants[0]!r}" \
-            if len(variants) == 1 else f"; to load those of a variant give variant= one of {', '.join(map(repr, variants))}"
+        hint = "" if not variants else f"; to load those of a variant give variant={variants[0]!r} (cm: --variant " \
+            f"{variants[0]})" if len(variants) == 1 else \
+            f"; to load those of a variant give variant= one of {', '.join(map(repr, variants))} (cm: --variant NAME)"
         if any(re.fullmatch(r"diffusion_pytorch_model-\d{5}-of-\d{5}\.(safetensors|bin)", n) for n in found):
             hint += (f"; shards are there without their index ({index_name(None, '.safetensors')}): an interrupted "
                      "save or download — save or download again")
