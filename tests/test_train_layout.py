@@ -96,23 +96,23 @@ def test_methods_that_take_a_jvp_keep_nchw():
 def test_an_sct_step_takes_a_channels_last_network():
     """group_norm's tangent views its input as (N, groups, -1), which a channels_last activation
     cannot give: under forward-mode AD the network makes it contiguous first, and the JVP step
-    of a channels_last network (e.g. one a user put there) equals the NCHW one to float32 rounding,
-    far inside what bfloat16 changes."""
+    of a channels_last network (e.g. one a user put there) equals the NCHW one to float32 rounding:
+    a relative 1e-4, 40 times below a single bfloat16 rounding (2^-8). (This test compared with
+    a bfloat16 autocast step, 20 of its 22 s on a CPU without bfloat16 arithmetic: measured then,
+    channels_last 2.4e-6 off, bfloat16 1.8e-2.)"""
     x = torch.randn(4, 1, 16, 16, generator=torch.Generator().manual_seed(1)).clamp(-1, 1)
     results = {}
-    for name in ("nchw", "channels_last", "bfloat16"):
+    for name in ("nchw", "channels_last"):
         net = wide_unet().train()
         if name == "channels_last":
             net.to(memory_format=CL)
         loss_fn = SCMLoss(net, AdaptiveWeight(), None, tangent_warmup=10, time_input="t")
         rng = BatchRNG(torch.Generator().manual_seed(7), 4, slice(0, 4), torch.device("cpu"))
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name == "bfloat16"):
-            loss = loss_fn(x, None, 5, rng).mean()
+        loss = loss_fn(x, None, 5, rng).mean()
         grads = torch.autograd.grad(loss, list(net.parameters()), allow_unused=True)
         results[name] = torch.cat([g.flatten() for g in grads if g is not None]).double()
-    error = {name: float((results[name] - results["nchw"]).norm() / results["nchw"].norm())
-             for name in ("channels_last", "bfloat16")}
-    assert results["nchw"].norm() > 0 and error["channels_last"] < min(1e-4, error["bfloat16"] / 100), error
+    error = float((results["channels_last"] - results["nchw"]).norm() / results["nchw"].norm())
+    assert results["nchw"].norm() > 0 and 0 < error < 1e-4, error   # not 0: the layouts did differ
 
 
 def wide_run_argv(tmp_path) -> list[str]:
