@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 
 from consistency_models import ConsistencyModelPipeline, InvalidInputError
 from consistency_models.io import diffusers_format
+from consistency_models.io import shards
 from consistency_models.io.shards import max_shard_bytes, split_into_shards
 
 LABELS = [3, 871]
@@ -273,3 +274,48 @@ def test_the_split_is_huggingface_hubs_on_random_sizes():
                                                        filename_pattern="m{suffix}.safetensors")
         groups = split_into_shards(state, limit)
         assert groups == [list(keys) for keys in reference.filename_to_tensors.values()], (trial, limit)
+
+
+VARIANTS = (None, "fp16", "non_ema", "ema-v2")
+
+
+def names_of(variant: str | None) -> list[str]:
+    """Every weight file name of `variant`: each kind of the table, each format, two shard numbers."""
+    return [shards.weight_file_name(kind, variant, suffix, (i, 3) if kind == "shard" else None)
+            for kind in shards.WEIGHT_FILES for suffix in shards.SUFFIXES for i in (1, 3)]
+
+
+def test_weight_file_names_are_diffusers_own():
+    """The names as diffusers makes them: `_add_variant` on its constants, and the shard pattern
+    its save_pretrained hands to huggingface_hub."""
+    from diffusers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
+    from diffusers.utils import _add_variant
+
+    for variant in VARIANTS:
+        for suffix, single, index in ((".safetensors", SAFETENSORS_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME),
+                                      (".bin", WEIGHTS_NAME, WEIGHTS_INDEX_NAME)):
+            assert shards.weight_file_name("file", variant, suffix) == _add_variant(single, variant)
+            assert shards.index_name(variant, suffix) == _add_variant(index, variant)
+            pattern = _add_variant(single, variant).replace(suffix, "{suffix}" + suffix)
+            assert shards.shard_names(variant, suffix, 3) == [pattern.format(suffix=f"-{i:05d}-of-00003")
+                                                              for i in (1, 2, 3)]
+
+
+def test_patterns_globs_and_variant_reading_agree_on_every_name():
+    """The table's three forms, each written by its own code (names, regular expressions with the
+    variant escaped or captured, Hub globs), say the same of every name of every variant."""
+    from fnmatch import fnmatchcase
+
+    found = shards.weight_file_pattern(tuple(shards.WEIGHT_FILES), shards.ANY_VARIANT)
+    for variant in VARIANTS:
+        ours = shards.weight_file_pattern(tuple(shards.WEIGHT_FILES), variant)
+        globs = shards.weight_file_globs(variant)
+        for other in VARIANTS:
+            for name in names_of(other):
+                assert bool(ours.fullmatch(name)) == (other == variant), (variant, name)
+                assert any(fnmatchcase(name, g) for g in globs) == (other == variant), (variant, name, globs)
+                assert shards.variant_of(found.fullmatch(name)) == other, name
+    assert diffusers_format.variants_in([n for v in VARIANTS for n in names_of(v)] + ["config.json"]) == \
+        ["ema-v2", "fp16", "non_ema"]
+    for name in ("diffusion_pytorch_model.fp16.safetensors.tmp", "model.safetensors", "diffusion_pytorch_model.pt"):
+        assert not found.fullmatch(name), name

@@ -29,13 +29,18 @@ from ..networks.unet import UNetConfig, UNetModel
 from .atomic import atomic_path, write_json
 from .file_mapping import owned_tensors
 from .shards import (
+    ANY_VARIANT,
     DEFAULT_MAX_SHARD_SIZE,
+    WEIGHT_FILES,
     index_data,
     index_name,
     max_shard_bytes,
     read_index,
     shard_names,
     split_into_shards,
+    variant_of,
+    weight_file_name,
+    weight_file_pattern,
 )
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -306,7 +311,7 @@ def network_config(model: torch.nn.Module) -> dict:
 
 def weights_name(variant: str | None = None, suffix: str = ".safetensors") -> str:
     """diffusion_pytorch_model[.variant].safetensors, diffusers' naming of weight variants (e.g. fp16)."""
-    return "diffusion_pytorch_model" + (f".{variant}" if variant else "") + suffix
+    return weight_file_name("file", variant, suffix)
 
 
 def weights_suffix(safe_serialization: bool) -> str:
@@ -321,25 +326,8 @@ def stale_weights(folder: Path, variant: str | None, written: set[str]) -> list[
     """The weights of `variant` in `folder` other than the files `written`: the other format's file,
     and sharded weights with their index (diffusers removes stale shards; a stale index or file of
     the other format would be loaded instead of the new weights). Other variants are not touched."""
-    tag = re.escape(f".{variant}") if variant else ""
-    single_or_shard = rf"diffusion_pytorch_model{tag}(-\d{{5}}-of-\d{{5}})?\.(safetensors|bin)"
-    index = rf"diffusion_pytorch_model\.(safetensors|bin)(\.index{tag}|{tag}\.index)\.json"  # new and legacy names
-    pattern = re.compile(f"{single_or_shard}|{index}")
+    pattern = weight_file_pattern(tuple(WEIGHT_FILES), variant)
     return sorted(p for p in folder.iterdir() if p.name not in written and pattern.fullmatch(p.name) and p.is_file())
-
-
-def weight_globs(variant: str | None) -> list[str]:
-    """Glob patterns of every file `stale_weights` counts as `variant`'s weights (both formats,
-    single or sharded, the index under its new and legacy names): what a Hub upload of new weights
-    deletes from the repository, which `upload_folder` only adds to."""
-    tag = f".{variant}" if variant else ""
-    globs = []
-    for suffix in (".safetensors", ".bin"):
-        globs += [f"diffusion_pytorch_model{tag}{suffix}", f"diffusion_pytorch_model{tag}-?????-of-?????{suffix}",
-                  index_name(variant, suffix)]
-        if variant:
-            globs.append(index_name(variant, suffix, legacy=True))
-    return globs
 
 
 def weights_source(folder: Path, variant: str | None = None, use_safetensors: bool | None = None) -> Path | None:
@@ -374,16 +362,9 @@ def load_sharded(index: Path) -> dict[str, torch.Tensor]:
 
 
 def variants_in(names: list[str]) -> list[str]:
-    """The variants whose weights (a single file or an index of shards) are among `names`."""
-    single = re.compile(r"diffusion_pytorch_model\.([^.]+?)(?:-\d{5}-of-\d{5})?\.(safetensors|bin)")  # or a shard
-    index = re.compile(r"diffusion_pytorch_model\.(safetensors|bin)\.(?:index\.([^.]+)|([^.]+)\.index)\.json")
-    found = set()
-    for name in names:
-        if m := single.fullmatch(name):
-            found.add(m.group(1))
-        elif (m := index.fullmatch(name)) and (m.group(2) or m.group(3)):
-            found.add(m.group(2) or m.group(3))
-    return sorted(found)
+    """The variants whose weights (a single file, a shard or an index of shards) are among `names`."""
+    pattern = weight_file_pattern(tuple(WEIGHT_FILES), ANY_VARIANT)
+    return sorted({variant for name in names if (m := pattern.fullmatch(name)) and (variant := variant_of(m))})
 
 
 def load_network(folder: str | os.PathLike, variant: str | None = None,
@@ -413,7 +394,7 @@ def load_network(folder: str | os.PathLike, variant: str | None = None,
         hint = "" if not variants else f"; to load those of a variant give variant={variants[0]!r} (cm: --variant " \
             f"{variants[0]})" if len(variants) == 1 else \
             f"; to load those of a variant give variant= one of {', '.join(map(repr, variants))} (cm: --variant NAME)"
-        if any(re.fullmatch(r"diffusion_pytorch_model-\d{5}-of-\d{5}\.(safetensors|bin)", n) for n in found):
+        if any(weight_file_pattern(("shard",), None).fullmatch(n) for n in found):
             hint += (f"; shards are there without their index ({index_name(None, '.safetensors')}): an interrupted "
                      "save or download — save or download again")
         raise InvalidInputError(f"weights: missing file {folder / WEIGHTS_NAME} (found: {listed}){hint}")
@@ -449,7 +430,7 @@ def save_network(model: torch.nn.Module, folder: str | os.PathLike, variant: str
             for stale in stale_weights(folder, variant, {name}):
                 stale.unlink(missing_ok=True)
     else:
-        names = shard_names(name, len(shards))
+        names = shard_names(variant, suffix, len(shards))
         with ExitStack() as renames:  # each shard takes its name when the stack closes, after all are written
             for keys, shard_name in zip(shards, names):
                 tmp = renames.enter_context(atomic_path(folder / shard_name))

@@ -14,8 +14,8 @@ from typing import Any
 from ..errors import InvalidInputError
 from ..kinds import default_kind, get_kind
 from .atomic import atomic_path
-from .diffusers_format import weight_globs
 from .hub import hub_offline
+from .shards import weight_file_globs
 
 MODEL_CARD = "README.md"
 
@@ -89,7 +89,7 @@ def push_folder(folder: Path, repo_id: str, parametrization: str, variant: str |
         return hub.upload_folder(repo_id=repo_id, folder_path=str(folder), token=token,
                                  commit_message=commit_message or "Upload ConsistencyModelPipeline",
                                  create_pr=create_pr, ignore_patterns=ignore,
-                                 delete_patterns=[f"unet/{glob}" for glob in weight_globs(variant)])
+                                 delete_patterns=[f"unet/{glob}" for glob in weight_file_globs(variant)])
     except Exception as exc:  # network, auth, a name the Hub refuses: all end the same way
         reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         raise InvalidInputError(f"push_to_hub: could not upload to the Hub repository {repo_id!r} ({reason})") from None

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -79,19 +80,61 @@ def split_into_shards(state: dict[str, torch.Tensor], max_bytes: int) -> list[li
     return shards
 
 
-def shard_names(weights_file: str, count: int) -> list[str]:
-    """The shard files of `weights_file` (diffusion_pytorch_model[.variant].safetensors) split `count` ways."""
-    stem, dot, suffix = weights_file.rpartition(".")
-    return [f"{stem}-{i:05d}-of-{count:05d}{dot}{suffix}" for i in range(1, count + 1)]
+# Every weight file of a unet/ folder, one template per kind: {variant} is ".fp16" or "", {suffix}
+# ".safetensors" or ".bin", {shard} "-00001-of-00003". Names, Hub globs and the patterns that
+# recognize files are all made from this table.
+WEIGHT_FILES = {
+    "file": "diffusion_pytorch_model{variant}{suffix}",
+    "shard": "diffusion_pytorch_model{variant}{shard}{suffix}",
+    "index": "diffusion_pytorch_model{suffix}.index{variant}.json",
+    "legacy index": "diffusion_pytorch_model{suffix}{variant}.index.json",  # older diffusers' name of a variant's index
+}
+SUFFIXES = (".safetensors", ".bin")
+SHARD_NUMBERS = r"-\d{5}-of-\d{5}"
+ANY_VARIANT = object()  # `weight_file_pattern`: no variant or any one (`variant_of` says which)
+
+
+def weight_file_name(kind: str, variant: str | None, suffix: str, shard: tuple[int, int] | None = None) -> str:
+    """The name of one weight file: `kind` of `WEIGHT_FILES`, `shard` = (i, count) for a shard."""
+    return WEIGHT_FILES[kind].format(variant=f".{variant}" if variant else "", suffix=suffix,
+                                     shard=f"-{shard[0]:05d}-of-{shard[1]:05d}" if shard else "")
+
+
+def weight_file_pattern(kinds: tuple[str, ...], variant: object) -> re.Pattern:
+    """A pattern for the whole name of a weight file of `kinds` (either format) of `variant`: a
+    name, None (no variant) or `ANY_VARIANT` (then `variant_of` reads which one a match names)."""
+    alternatives = []
+    for i, kind in enumerate(kinds):
+        # any variant: a name without dots that does not end in a shard's numbers (fp16-00001-of-00002)
+        tag = rf"(?:\.(?P<variant{i}>(?:(?!{SHARD_NUMBERS}\.)[^.])+))?" if variant is ANY_VARIANT else \
+            re.escape(f".{variant}") if variant else ""
+        template = re.escape(WEIGHT_FILES[kind]).replace(r"\{", "{").replace(r"\}", "}")
+        alternatives.append(template.format(variant=tag, suffix=r"\.(?:safetensors|bin)", shard=SHARD_NUMBERS))
+    return re.compile("|".join(f"(?:{alternative})" for alternative in alternatives))
+
+
+def variant_of(match: re.Match) -> str | None:
+    """The variant a `weight_file_pattern(..., ANY_VARIANT)` match names (None: no variant)."""
+    return next((value for value in match.groupdict().values() if value), None)
+
+
+def weight_file_globs(variant: str | None) -> list[str]:
+    """Glob patterns of every weight file of `variant` (no other variant's): each kind, each format."""
+    tag = f".{variant}" if variant else ""
+    globs = [template.format(variant=tag, suffix=suffix, shard="-?????-of-?????")
+             for suffix in SUFFIXES for template in WEIGHT_FILES.values()]
+    return list(dict.fromkeys(globs))  # without a variant the legacy index is the index
+
+
+def shard_names(variant: str | None, suffix: str, count: int) -> list[str]:
+    """The shard files of `variant`'s weights in format `suffix`, split `count` ways."""
+    return [weight_file_name("shard", variant, suffix, (i, count)) for i in range(1, count + 1)]
 
 
 def index_name(variant: str | None, suffix: str, legacy: bool = False) -> str:
     """The index of sharded weights: diffusion_pytorch_model.safetensors.index[.variant].json, or with
     `legacy` the name older diffusers gave a variant's index (….safetensors.variant.index.json)."""
-    base = f"diffusion_pytorch_model{suffix}"
-    if not variant:
-        return f"{base}.index.json"
-    return f"{base}.{variant}.index.json" if legacy else f"{base}.index.{variant}.json"
+    return weight_file_name("legacy index" if legacy else "index", variant, suffix)
 
 
 def index_data(state: dict[str, torch.Tensor], shards: list[list[str]], names: list[str]) -> dict:
