@@ -221,6 +221,9 @@ def main() -> None:
                                                       "on CUDA, eager elsewhere)")
     parser.add_argument("--matmul-size", type=int, default=None, help="n of the reference n×n matmul "
                                                                       "(default: 8192 on CUDA, 2048 elsewhere)")
+    parser.add_argument("--no-cpu-memory", action="store_true",
+                        help="leave out the +MiB column on a CPU (each method's first step in a process of its "
+                             "own: ~5 s each)")
     parser.add_argument("--default-allocator", action="store_true",
                         help="leave glibc malloc as it is (default: keep freed memory, as `cm train` does)")
     args = parser.parse_args()
@@ -260,7 +263,7 @@ def main() -> None:
             flops = flops_of[method]
             times, memory = time_steps(method, args.preset, args.batch_size, device, precisions, args.repeats,
                                        fast=mode == "fast")
-            if device.type != "cuda" and mode == "eager":
+            if device.type != "cuda" and mode == "eager" and not args.no_cpu_memory:
                 memory[precisions[0]] = step_memory(method, args.preset, args.batch_size, device, precisions[0])
             for precision in precisions:
                 seconds = statistics.median(times[precision])

@@ -373,7 +373,8 @@ def test_a_folder_of_a_variant_only_names_the_variant_to_give(tmp_path, pipe):
     pipe.save_pretrained(tmp_path / "m", variant="fp16")
     with pytest.raises(InvalidInputError, match=r"^weights: missing file .*diffusion_pytorch_model\.safetensors "
                                                 r"\(found: diffusion_pytorch_model\.fp16\.safetensors\); to load those "
-                                                r"of a variant give variant='fp16' \(cm: --variant fp16\)$"):
+                                                r"of a variant give variant='fp16' "
+                                                r"\(cm sample, edit, tune-timesteps: --variant fp16\)$"):
         ConsistencyModelPipeline.from_pretrained(tmp_path / "m")
     assert ConsistencyModelPipeline.from_pretrained(tmp_path / "m", variant="fp16").unet is not None
 

@@ -129,4 +129,5 @@ def test_variant_reads_the_weights_of_that_variant(tmp_path, capsys):
         np.testing.assert_array_equal(read(tmp_path / name), read(tmp_path / f"embedded-{name}"))
     code, _, err = run_cli(capsys, "sample", "--model", str(folder), "--out", str(tmp_path / "x.png"))
     assert code == 2 and err.count("\n") == 1
-    assert err.startswith("cm: error: weights: missing file ") and err.rstrip().endswith("(cm: --variant fp16)")
+    assert err.startswith("cm: error: weights: missing file ") and err.rstrip().endswith(
+        "(cm sample, edit, tune-timesteps: --variant fp16)")

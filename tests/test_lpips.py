@@ -83,11 +83,13 @@ def reference_openai_lpips(x, y, vgg, lin):
 
 @pytest.mark.parametrize("size", [32, 64])
 def test_openai_lpips_matches_its_functional_reference(weight_files, size):
-    """`--distance lpips` is OpenAI's: ≤ 1e-6 from the re-computation (float32 both; float64 reference too)."""
+    """`--distance lpips` is OpenAI's: ≤ 1e-6 from the re-computation (float32 both; float64 reference too).
+    Two pairs at 64 px (one distance per pair), one at 32 px: each is resized to 224 px for VGG."""
     vgg_path, lin_path, vgg, lin = weight_files
     model = LPIPS.from_files(vgg_path, lin_path, variant="openai")
     g = torch.Generator().manual_seed(3)
-    x, y = torch.rand(2, 3, size, size, generator=g) * 2 - 1, torch.rand(2, 3, size, size, generator=g) * 2 - 1
+    pairs = 2 if size == 64 else 1
+    x, y = (torch.rand(pairs, 3, size, size, generator=g) * 2 - 1 for _ in range(2))
     with torch.no_grad():
         ours = model(x, y)
         ref32 = reference_openai_lpips(x, y, vgg, lin)

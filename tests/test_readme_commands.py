@@ -8,7 +8,7 @@ substitutions, which only shrink the work (they are listed so that nothing else 
 - `--preset imagenet64` → `--preset test` (a 1.2 GB untrained folder or checkpoint is not a test);
 - `cm train`: `--steps` → 2, `--batch-size` → 8; `--num`/`--num-samples` above 16 → 8;
 - `torchrun --nproc_per_node 8` → 2 (real torchrun processes);
-- the benchmark scripts get their smallest sizes (a few steps, one repeat, a few samples);
+- the benchmark scripts get their smallest sizes (a few steps, one repeat, a few samples, the `tiny16` network);
 - `cm tune-timesteps` gets `--hi 2` (two candidates: each costs a 2048-d FID, ~3.5 s on one thread);
 - the inception weights are a seeded random stand-in (the published file cannot be had offline),
   so its SHA-256 check is switched off here — the check itself is tested in tests/test_inception.py.
@@ -98,7 +98,8 @@ def toy_argv(words: list[str], model: Path) -> list[str]:
     if argv[:1] == ["bench/quality_digits.py"]:
         argv += ["--per-class", "2", "--search-sigmas", "0.8"]
     if argv[:1] == ["bench/train_step.py"]:
-        argv += ["--batch-size", "2", "--repeats", "1", "--precision", "float32", "--matmul-size", "256"]
+        argv += ["--batch-size", "2", "--repeats", "1", "--precision", "float32", "--matmul-size", "256",
+                 "--preset", "tiny16"]
     if argv[:1] == ["bench/toy_scm.py"]:
         argv += ["--steps", "5", "--runs", "scd"]  # a run and the teacher it needs first
     if argv[:1] == ["bench/methods.py"]:
@@ -248,5 +249,8 @@ def test_readme_command_runs(command, in_workspace, capsys):
         assert Path(made).exists(), f"{command}: no {made} after exit 0\n{out}"
     if cm_argv[0] == "eval" and "--ref" in cm_argv and "--json" not in cm_argv:
         assert re.search(r"\b(FID|FD)\b", out), out
+    if cm_argv[0] == "bench/train_step.py":  # each method's first-step memory, from a process of its own
+        for method in ("ct", "sct", "scd"):
+            assert re.search(rf"^{method}\s+eager\s+float32\s.*\s\d+$", out, re.M), out
     if json_out := next((cm_argv[i + 1] for i, w in enumerate(cm_argv[:-1]) if w == "--json"), None):
         json.loads(Path(json_out).read_text())

@@ -144,6 +144,8 @@ def test_a_network_another_thread_builds_meanwhile_is_initialized_as_usual():
         with torch.random.fork_rng():
             torch.manual_seed(3)
             found["other"] = torch.nn.Linear(8, 8).weight.detach().clone()
+        norm = torch.nn.GroupNorm(2, 4)                  # its constant fills (ones_, zeros_) as usual too
+        found["norm"] = (norm.weight.detach().clone(), norm.bias.detach().clone())
         built.set()
 
     worker = threading.Thread(target=other_thread)
@@ -162,3 +164,4 @@ def test_a_network_another_thread_builds_meanwhile_is_initialized_as_usual():
         torch.manual_seed(3)
         assert torch.equal(found["other"], torch.nn.Linear(8, 8).weight)   # the other thread's: as usual
     assert torch.nn.init.kaiming_uniform_.__module__ == "torch.nn.init"     # put back
+    assert torch.equal(found["norm"][0], torch.ones(4)) and torch.equal(found["norm"][1], torch.zeros(4))

@@ -115,7 +115,8 @@ def test_diffusers_loads_our_shards_and_we_load_theirs(tmp_path, pipe, diffusers
     assert "diffusion_pytorch_model.safetensors.index.fp16.json" in os.listdir(theirs / "unet")
     assert same_weights(ConsistencyModelPipeline.from_pretrained(theirs, variant="fp16").unet, pipe.unet)
     with pytest.raises(InvalidInputError, match=r"^weights: missing file .*; to load those of a variant give "
-                                                r"variant='fp16' \(cm: --variant fp16\)$"):
+                                                r"variant='fp16' \(cm sample, edit, tune-timesteps: --variant "
+                                                r"fp16\)$"):
         ConsistencyModelPipeline.from_pretrained(theirs)
 
 
@@ -124,7 +125,7 @@ def test_a_folder_of_two_variants_alone_names_both_for_the_api_and_for_cm(tmp_pa
     for variant in ("fp16", "ema"):
         pipe.save_pretrained(folder, variant=variant)
     with pytest.raises(InvalidInputError, match=r"; to load those of a variant give variant= one of 'ema', 'fp16' "
-                                                r"\(cm: --variant NAME\)$"):
+                                                r"\(cm sample, edit, tune-timesteps: --variant NAME\)$"):
         ConsistencyModelPipeline.from_pretrained(folder)
 
 
@@ -277,6 +278,7 @@ def test_the_split_is_huggingface_hubs_on_random_sizes():
 
 
 VARIANTS = (None, "fp16", "non_ema", "ema-v2")
+ODD_VARIANTS = ("ema*", "v[1]", "a+b?", "x(y)")  # glob and regular-expression characters in a name
 
 
 def names_of(variant: str | None) -> list[str]:
@@ -307,15 +309,18 @@ def test_patterns_globs_and_variant_reading_agree_on_every_name():
     from fnmatch import fnmatchcase
 
     found = shards.weight_file_pattern(tuple(shards.WEIGHT_FILES), shards.ANY_VARIANT)
-    for variant in VARIANTS:
+    for variant in VARIANTS + ODD_VARIANTS:
         ours = shards.weight_file_pattern(tuple(shards.WEIGHT_FILES), variant)
         globs = shards.weight_file_globs(variant)
-        for other in VARIANTS:
+        for other in VARIANTS + ODD_VARIANTS:
             for name in names_of(other):
                 assert bool(ours.fullmatch(name)) == (other == variant), (variant, name)
                 assert any(fnmatchcase(name, g) for g in globs) == (other == variant), (variant, name, globs)
                 assert shards.variant_of(found.fullmatch(name)) == other, name
     assert diffusers_format.variants_in([n for v in VARIANTS for n in names_of(v)] + ["config.json"]) == \
         ["ema-v2", "fp16", "non_ema"]
+    # "ema*" of a Hub push deletes no file of variant "emax" (and "v[1]" none of "v1")
+    assert not any(fnmatchcase(n, g) for n in names_of("emax") + names_of("v1")
+                   for g in shards.weight_file_globs("ema*") + shards.weight_file_globs("v[1]"))
     for name in ("diffusion_pytorch_model.fp16.safetensors.tmp", "model.safetensors", "diffusion_pytorch_model.pt"):
         assert not found.fullmatch(name), name

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from .distributed import existing_device
 from .errors import InvalidInputError, is_integer
 from .fast_paths import FastPaths
-from .io.file_mapping import release_file, storages
+from .io.file_mapping import mapped_storages, release_file
 from .io.hub_upload import check_push_options, hub_client, push_folder
 from .io.images import pil_image, to_uint8
 from .io.pipeline_folder import (
@@ -223,8 +223,9 @@ class ConsistencyModelPipeline:
         else .bin; True/False: only that format); `unet=` / `scheduler=` replace a component (a
         given unet is neither moved nor cast, and the folder's weights are not read); `device_map`
         a device ("cuda", "cpu") or "balanced"/"auto" (the one GPU when there is one, else the CPU:
-        this pipeline has one network); `low_cpu_mem_usage` is accepted and changes nothing (the
-        network takes the weights file's tensors in place, `io/file_mapping.py`); `revision`, `cache_dir`, `token`, `local_files_only`,
+        this pipeline has one network); `low_cpu_mem_usage` is accepted and changes nothing (no
+        random initialization is drawn, and each weight is copied once from the file into its final
+        dtype and layout, `io/file_mapping.py`); `revision`, `cache_dir`, `token`, `local_files_only`,
         `force_download`, `proxies` go to huggingface_hub for a Hub id. The fast kernels are on
         (`enable_fast_kernels`: Winograd and channels_last for wide networks on CPU, agreeing with
         the plain float32 path to ~1e-6; in a given unet too); `fast_kernels=False` turns them off."""
@@ -236,11 +237,10 @@ class ConsistencyModelPipeline:
         if not isinstance(low_cpu_mem_usage, bool):
             raise InvalidInputError(f"low_cpu_mem_usage: {low_cpu_mem_usage!r} is not allowed; use True or False")
         parts = load_pipeline_folder(path_or_id, variant, use_safetensors, unet, **download)
-        loaded = storages(parts.network)  # the file's own tensors, mapped (`io/file_mapping.py`)
+        mapped = mapped_storages(parts.network) if unet is None else set()  # the file's (`io/file_mapping.py`)
         pipe = cls.from_parts(parts) if scheduler is None else cls(parts.network, scheduler, parts.parametrization)
         pipe.to(device=device, dtype=chosen).enable_fast_kernels(fast_kernels)
-        if unet is None:
-            release_file(pipe.unet, loaded)
+        release_file(pipe.unet, mapped)  # what no conversion copied: nothing keeps the file mapped
         return pipe
 
     @classmethod

@@ -71,10 +71,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def sampling_pipeline(args: argparse.Namespace, dev: torch.device, main: bool = True) -> ConsistencyModelPipeline:
     """The model in the asked precision, with the asked fast paths (`main`: the process that speaks)."""
     pipe = ConsistencyModelPipeline.from_pretrained(args.model, torch_dtype=DTYPES[args.dtype], device=dev,
-                                                    variant=args.variant)
+                                                    variant=args.variant, fast_kernels=args.fast_kernels)
     if main and (note := shadowing_note(args.model)):
         print(note, file=sys.stderr)
-    pipe.enable_fast_kernels(args.fast_kernels)
     if args.compile:
         pipe.compile()
         if main:

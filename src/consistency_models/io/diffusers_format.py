@@ -374,7 +374,9 @@ def load_network(folder: str | os.PathLike, variant: str | None = None,
     True only .safetensors; False only .bin. The network is built without drawing random initial
     weights (the file's overwrite them all) unless `draw_initial_weights`: training runs ask for
     it, so that the global random numbers after loading a teacher stay those of earlier versions
-    (dropout draws from them: the same command trains the same numbers)."""
+    (dropout draws from them: the same command trains the same numbers). Without it the network's
+    tensors are the file's own, mapped from a .safetensors file: copy or convert them
+    (`file_mapping.release_file`) before the file may change."""
     if use_safetensors is not None and not isinstance(use_safetensors, bool):
         raise InvalidInputError(f"use_safetensors: {use_safetensors!r} is not allowed; use True, False or None")
     folder = Path(folder)
@@ -391,17 +393,20 @@ def load_network(folder: str | os.PathLike, variant: str | None = None,
         if variant:
             raise InvalidInputError(f"variant: there are no weights of variant={variant!r} in {folder} (found: {listed})")
         variants = variants_in(found)
-        hint = "" if not variants else f"; to load those of a variant give variant={variants[0]!r} (cm: --variant " \
+        cli = "cm sample, edit, tune-timesteps: --variant"
+        hint = "" if not variants else f"; to load those of a variant give variant={variants[0]!r} ({cli} " \
             f"{variants[0]})" if len(variants) == 1 else \
-            f"; to load those of a variant give variant= one of {', '.join(map(repr, variants))} (cm: --variant NAME)"
+            f"; to load those of a variant give variant= one of {', '.join(map(repr, variants))} ({cli} NAME)"
         if any(weight_file_pattern(("shard",), None).fullmatch(n) for n in found):
             hint += (f"; shards are there without their index ({index_name(None, '.safetensors')}): an interrupted "
                      "save or download — save or download again")
         raise InvalidInputError(f"weights: missing file {folder / WEIGHTS_NAME} (found: {listed}){hint}")
     state = load_sharded(weights) if weights.name.endswith(".json") else load_weights(weights)
-    # A loaded network takes the file's tensors (`file_mapping.py`: no copy); a training run copies
-    # them into the network it initialized.
-    load_state_into(model, {k: v.to(torch.float32) for k, v in state.items()}, str(weights),
+    # A loaded network takes the file's tensors, each in the dtype of the parameter it replaces
+    # (`file_mapping.py`: the caller copies what its conversions leave); a training run copies them
+    # into the network it initialized.
+    dtypes = {name: tensor.dtype for name, tensor in model.state_dict().items()}
+    load_state_into(model, {k: v.to(dtypes.get(k, v.dtype)) for k, v in state.items()}, str(weights),
                     assign=not draw_initial_weights)
     return model
 

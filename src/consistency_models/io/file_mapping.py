@@ -1,15 +1,15 @@
-"""A loaded network's parameters as its weights file's own tensors, mapped rather than copied.
+"""Loading a network from its weights file with one copy, and none of the file kept.
 
-safetensors maps a file's tensors copy-on-write (each its own storage over the file's pages), so a
-network that takes them as its parameters (`load_state_dict(assign=True)`) loads without copying a
-byte, as diffusers' loading does: ImageNet-64's 1.2 GB network loads in 0.16 s instead of 0.63 s,
-and pages are read from the page cache as the first forward pass touches them. Writing to such a
-parameter copies the page (the file never changes), and a file replaced by a rename (as this package
-saves) leaves the mapped one as it was.
-
-The mapping lives while any of its tensors does. When a conversion (dtype, device, channels_last)
-replaces most parameters, the pages it read would stay resident, held by the few that were not
-converted (biases, norms): `release_file` copies those, and the mapping goes.
+safetensors maps a file's tensors copy-on-write (each its own storage over the file's pages) rather
+than reading them. The network takes those tensors as its parameters (`load_state_dict(assign=True)`),
+its conversions (dtype, device, channels_last for the fast kernels) then read the file once into
+their own tensors, and `release_file` copies what no conversion replaced (biases and norms, or all
+of a float32 network that stays as it is). So each weight is copied once, straight into its final
+form (ImageNet-64's default float32 load: 1.14 → 0.56–0.88 s, docs/benchmarks.md), and nothing
+maps the file afterwards: a network that kept the mapping would read a file rewritten in place
+(`cp` over it, safetensors' `save_file` to the same path, the very tensors it reads included)
+as the new bytes, or die of SIGBUS past a shortened end, and on Windows would keep the file from
+being replaced.
 """
 
 from __future__ import annotations
@@ -18,32 +18,32 @@ import torch
 
 
 def owned_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """`state` with every tensor the sole, whole user of its memory: a tensor that shares its storage
-    with another name, or is a view into a larger one (both occur in torch.save'd files), is copied.
-    safetensors' tensors already are."""
+    """`state` with every tensor the sole, whole, contiguous user of its memory: one that shares its
+    storage with another name, is a view into a larger one (both occur in torch.save'd files) or is
+    strided is copied. safetensors' tensors already are."""
     seen: set[int] = set()
     owned = {}
     for name, tensor in state.items():
         storage = tensor.untyped_storage()
         whole = tensor.is_contiguous() and tensor.storage_offset() == 0 \
             and storage.nbytes() == tensor.numel() * tensor.element_size()
-        owned[name] = tensor if whole and storage.data_ptr() not in seen else tensor.clone()
+        owned[name] = tensor if whole and storage.data_ptr() not in seen \
+            else tensor.clone(memory_format=torch.contiguous_format)
         seen.add(storage.data_ptr())
     return owned
 
 
-def storages(module: torch.nn.Module) -> set[int]:
-    """The storages of `module`'s parameters and buffers (by address), e.g. as they were loaded."""
-    return {t.untyped_storage().data_ptr() for t in (*module.parameters(), *module.buffers())}
+def mapped_storages(module: torch.nn.Module) -> set[int]:
+    """The storages (by address) of `module`'s tensors that map a file: storages PyTorch did not
+    allocate itself, which it cannot resize (safetensors' mapped tensors are such)."""
+    return {t.untyped_storage().data_ptr() for t in (*module.parameters(), *module.buffers())
+            if not t.untyped_storage().resizable()}
 
 
-def release_file(module: torch.nn.Module, loaded: set[int]) -> None:
-    """If a conversion replaced any of the tensors `module` was loaded with (`loaded`, from
-    `storages`), copy the ones it kept too, so that nothing holds the file's mapping any more."""
-    tensors = [t for t in (*module.parameters(), *module.buffers())]
-    kept = [t for t in tensors if t.untyped_storage().data_ptr() in loaded]
-    if len(kept) == len(tensors):
-        return
+def release_file(module: torch.nn.Module, mapped: set[int]) -> None:
+    """Copy every tensor of `module` that still uses one of the `mapped` storages (taken right after
+    loading, `mapped_storages`), keeping the Parameter objects and their layout."""
     with torch.no_grad():
-        for tensor in kept:
-            tensor.data = tensor.detach().clone()
+        for tensor in (*module.parameters(), *module.buffers()):
+            if tensor.untyped_storage().data_ptr() in mapped:
+                tensor.data = tensor.detach().clone()

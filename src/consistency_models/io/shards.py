@@ -119,8 +119,9 @@ def variant_of(match: re.Match) -> str | None:
 
 
 def weight_file_globs(variant: str | None) -> list[str]:
-    """Glob patterns of every weight file of `variant` (no other variant's): each kind, each format."""
-    tag = f".{variant}" if variant else ""
+    """Glob patterns of every weight file of `variant` (no other variant's): each kind, each format;
+    glob characters in the variant's name stand for themselves ([*], [?], [[])."""
+    tag = "".join(f"[{c}]" if c in "*?[" else c for c in f".{variant}") if variant else ""
     globs = [template.format(variant=tag, suffix=suffix, shard="-?????-of-?????")
              for suffix in SUFFIXES for template in WEIGHT_FILES.values()]
     return list(dict.fromkeys(globs))  # without a variant the legacy index is the index
