@@ -156,5 +156,6 @@ def test_python_dash_m_and_help():
         assert proc.returncode == 0 and "usage: cm" in proc.stdout
     proc = subprocess.run([sys.executable, "-m", "consistency_models", "sample", "--model", "/no/such",
                            "--out", "x.png"], capture_output=True, text=True)
-    assert proc.returncode == 2 and proc.stderr.strip() == "cm: error: model: no such folder '/no/such' " \
-                                                            "(and it is not a Hub id like owner/name)"
+    assert proc.returncode == 2 and proc.stderr.strip() == "cm: error: model: no such folder '/no/such', and it is " \
+        "neither a Hub id like owner/name nor an embedded model (digits, digits-teacher, digits-teacher-trigflow, " \
+        "digits-color)"

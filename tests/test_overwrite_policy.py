@@ -76,3 +76,30 @@ def test_a_run_folder_may_not_hold_its_data(tmp_path, capsys):
     code, err = run(capsys, ["train", "--method", "ict", "--data", str(data), "--out", str(data / "run"),
                              "--steps", "1", "--batch-size", "2", "--no-progress"])
     one_line(code, err, "lies inside the --data folder")
+
+
+def test_a_folder_asked_for_never_replaces_a_file_even_with_overwrite(tmp_path, capsys):
+    """`--out s.npz/` where s.npz is a file: one line and exit 2 (it once ended with exit 1 and the
+    name of a temporary file), the file untouched."""
+    npz = tmp_path / "s.npz"
+    assert run(capsys, ["sample", "--out", str(npz), "--batch-size", "2"])[0] == 0
+    before = npz.read_bytes()
+    for extra in ([], ["--overwrite"]):
+        code, err = run(capsys, ["sample", "--out", f"{npz}/", "--batch-size", "2", *extra])
+        one_line(code, err, f"out: {npz}/ asks for a folder, but {npz} is a file; choose another name")
+    assert npz.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["s.npz"]
+
+
+def test_eval_checks_its_output_files_before_it_works(tmp_path, capsys):
+    """A --json or --save-stats that cannot be written is said before the evaluation, not after it
+    (an Inception pass over 50,000 samples would be lost), naming the option."""
+    samples = tmp_path / "digits.npz"
+    assert run(capsys, ["sample", "--num", "8", "--out", str(samples)])[0] == 0
+    evaluate = ["eval", "--samples", str(samples), "--ref", "digits:test", "--features", "digits"]
+    code, err = run(capsys, [*evaluate, "--json", str(tmp_path / "nodir" / "r.json")])
+    one_line(code, err, f"json: the folder {tmp_path / 'nodir'} does not exist")
+    code, err = run(capsys, [*evaluate, "--json", f"{tmp_path / 'newj'}/"])
+    one_line(code, err, f"json: {tmp_path / 'newj'}/ names a folder; give a file name")
+    code, err = run(capsys, ["eval", "--samples", str(samples), "--save-stats", f"{samples}/", "--overwrite"])
+    one_line(code, err, "save_stats:")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits.npz"]

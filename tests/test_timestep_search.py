@@ -56,6 +56,7 @@ def test_tune_timesteps_on_the_embedded_model(digits_setup):
 @pytest.mark.parametrize("kwargs, message", [
     ({"lo": 0}, r"search range: \[0, 16\] must lie within \[1, 16\]"),
     ({"hi": 17}, r"search range: \[1, 17\]"),
+    ({"lo": 10, "hi": 3}, r"^search range: lo 10 is above hi 3; give lo <= hi$"),  # both on the grid
     ({"num": 1}, "num: 1 must be a number of images from 2 to 100000000"),
     ({"num": 2**63}, "num: 9223372036854775808 must be a number of images from 2 to 100000000"),
 ])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import InvalidInputError
-from ..io.overwrite import refuse_existing, refuse_input_as_output
+from ..io.overwrite import check_output_file, refuse_existing, refuse_input_as_output
 from ..metrics.scores import (METRICS, compute_statistics, evaluate, format_table, save_statistics,
                               statistics_file, write_results_json)
 from .arguments import DefaultsHelpFormatter, positive_int, seed
@@ -38,6 +38,8 @@ def run(args: argparse.Namespace) -> None:
     inputs = {"samples": args.samples, "ref": args.ref}
     refuse_input_as_output(args.save_stats, "save_stats", inputs)
     refuse_input_as_output(args.json, "json", inputs)
+    check_output_file(args.save_stats, "save_stats")
+    check_output_file(args.json, "json")
     if args.save_stats is not None and not str(args.save_stats).lower().endswith(".npz"):
         raise InvalidInputError(f"save_stats: {args.save_stats!r} must end in .npz for a statistics file")
     refuse_existing(args.save_stats, args.overwrite, "save_stats")

@@ -108,8 +108,11 @@ def search_range(pipe: ConsistencyModelPipeline, lo: int = 1, hi: int | None = N
         raise InvalidInputError(f"model: its grid has {n} points, so two-step sampling has no middle timestep to "
                                 "search (3 points or more are needed)")
     hi = n - 2 if hi is None else hi
-    if not 1 <= lo <= hi <= n - 2:
-        raise InvalidInputError(f"search range: [{lo}, {hi}] must lie within [1, {n - 2}] for a {n}-point grid")
+    if not (1 <= lo <= n - 2 and 1 <= hi <= n - 2):
+        raise InvalidInputError(f"search range: [{lo}, {hi}] must lie within [1, {n - 2}] for the model's "
+                                f"{n}-point grid")
+    if lo > hi:
+        raise InvalidInputError(f"search range: lo {lo} is above hi {hi}; give lo <= hi")
     return lo, hi
 
 

@@ -80,7 +80,8 @@ def resolve_model_path(name: str | os.PathLike, use_safetensors: bool | None = N
         return path
     text = str(name)
     if not _HUB_ID.match(text):
-        raise InvalidInputError(f"model: no such folder {text!r} (and it is not a Hub id like owner/name)")
+        raise InvalidInputError(f"model: no such folder {text!r}, and it is neither a Hub id like owner/name nor an "
+                                f"embedded model ({', '.join(EMBEDDED)})")
     try:
         from huggingface_hub import snapshot_download
     except ImportError:

@@ -38,9 +38,30 @@ def refuse_input_as_output(out: str | os.PathLike | None, argument: str,
         raise InvalidInputError(f"{argument}: {out} {why}; write the result elsewhere")
 
 
+def names_a_folder(path: str | os.PathLike) -> bool:
+    """Whether `path` as the user wrote it ends in a separator (`out/`): a folder is meant."""
+    return str(path).endswith(("/", os.sep))
+
+
+def check_output_file(path: str | os.PathLike | None, argument: str) -> None:
+    """Before any work, a one-line error for a file output spelled as a folder (`r.json/`) or in a
+    folder that does not exist (the result would be lost at the end)."""
+    if path is None:
+        return
+    if names_a_folder(path):
+        raise InvalidInputError(f"{argument}: {path} names a folder; give a file name (e.g. "
+                                f"{str(path).rstrip('/' + os.sep) or 'results'})")
+    parent = Path(path).parent
+    if not parent.is_dir():
+        raise InvalidInputError(f"{argument}: the folder {parent} does not exist")
+
+
 def refuse_existing(path: str | os.PathLike | None, overwrite: bool, argument: str = "out") -> None:
     """One policy for every output: an existing file (or a non-empty folder) is replaced only when
-    the user says so (`--overwrite`)."""
+    the user says so (`--overwrite`); a folder asked for (`out/`) never replaces a file."""
+    if path is not None and names_a_folder(path) and Path(path).exists() and not Path(path).is_dir():
+        raise InvalidInputError(f"{argument}: {path} asks for a folder, but {str(path).rstrip('/' + os.sep)} is a "
+                                "file; choose another name (--overwrite replaces a file by a file, a folder by a folder)")
     if path is None or overwrite:
         return
     target = Path(path)
