@@ -264,6 +264,8 @@ def test_hub_id_offline(offline_hub, no_network):
         ConsistencyModelPipeline.from_pretrained(hub_id)
     message = str(info.value)
     assert "\n" not in message and "local folder" in message
+    reason = message.split(f"{hub_id!r} (", 1)[1].rsplit("); when offline", 1)[0]
+    assert len(reason) <= 200 and (reason.endswith((" ...", ".", ")")) or " " not in reason), reason  # cut between words
     assert no_network == []
 
 

@@ -188,8 +188,10 @@ def test_cm_sample_with_trigflow_times(trigflow_pipe, tmp_path, capsys):
 def test_grid_indices_must_be_integers_for_consistency_models(pipeline_dir, tmp_path, capsys):
     assert main(["sample", "--model", str(pipeline_dir), "--timesteps", "22.5,0",
                  "--out", str(tmp_path / "x.png")]) == 2
-    assert ("must be grid indices (integers, e.g. 22,0); times such as 1.1 are for sCM (TrigFlow consistency) "
-            "and MeanFlow models") in capsys.readouterr().err
+    assert ("must be grid indices (integers, e.g. 20,0); times such as 1.1 are for sCM (TrigFlow consistency) "
+            "and MeanFlow models") in capsys.readouterr().err   # the example is on the model's 40-point grid
+    assert main(["sample", "--timesteps", "0,9", "--out", str(tmp_path / "x.png")]) == 2
+    assert "timesteps: [0, 9] must be strictly descending (e.g. 9,0)\n" in capsys.readouterr().err  # digits: 18
 
 
 def test_editing_runs_on_a_trigflow_model(trigflow_pipe):

@@ -121,14 +121,15 @@ def sigmas_from_timesteps(
     rho: float = RHO,
 ) -> list[float]:
     """diffusers-style descending grid indices (index 0 = σ_max) → evaluation σs + [σ_min]."""
+    example = f"{max(1, num_train_timesteps // 2)},0"  # on this model's grid (digits: 9,0; 40 points: 20,0)
     if any(isinstance(t, bool) or not float(t).is_integer() for t in timesteps):
-        raise InvalidInputError(f"timesteps: {list(timesteps)} must be grid indices (integers, e.g. 22,0); "
+        raise InvalidInputError(f"timesteps: {list(timesteps)} must be grid indices (integers, e.g. {example}); "
                                 "times such as 1.1 are for sCM (TrigFlow consistency) and MeanFlow models")
     timesteps = [int(t) for t in timesteps]
     if not timesteps:
         raise InvalidInputError("timesteps: give at least one grid index")
     if any(b >= a for a, b in zip(timesteps, timesteps[1:])):
-        raise InvalidInputError(f"timesteps: {timesteps} must be strictly descending (e.g. 22,0)")
+        raise InvalidInputError(f"timesteps: {timesteps} must be strictly descending (e.g. {example})")
     if timesteps[0] >= num_train_timesteps or timesteps[-1] < 0:
         raise InvalidInputError(
             f"timesteps: {timesteps} must be grid indices in [0, {num_train_timesteps - 1}] "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +99,8 @@ def resolve_model_path(name: str | os.PathLike, use_safetensors: bool | None = N
             folder = Path(snapshot_download(text, allow_patterns=bin_patterns, **options))
         return folder
     except Exception as exc:  # network, auth, offline mode, missing repo: all end the same way
-        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        reason = textwrap.shorten(str(exc).splitlines()[0], 200, placeholder=" ...") if str(exc).strip() \
+            else type(exc).__name__  # a long message cut between words
         raise InvalidInputError(
             f"model: could not fetch Hub id {text!r} ({reason}); when offline, pass a local folder "
             "written by save_pretrained or `cm convert` instead"
