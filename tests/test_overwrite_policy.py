@@ -103,3 +103,14 @@ def test_eval_checks_its_output_files_before_it_works(tmp_path, capsys):
     code, err = run(capsys, ["eval", "--samples", str(samples), "--save-stats", f"{samples}/", "--overwrite"])
     one_line(code, err, "save_stats:")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["digits.npz"]
+
+
+def test_overwrite_names_a_model_folder_as_such(tmp_path, capsys, pipeline_dir):
+    """A run folder holds .lock and model_index.json: the refusal says it is a model, not that it
+    holds a lock (which read as if a training were still running)."""
+    import shutil
+    folder = shutil.copytree(pipeline_dir, tmp_path / "run")
+    (folder / ".lock").write_text("123")
+    code, err = run(capsys, ["sample", "--out", f"{folder}/", "--batch-size", "2", "--overwrite"])
+    one_line(code, err, f"out: {folder}/ is a model folder (it holds model_index.json); choose another folder")
+    assert (folder / "model_index.json").is_file() and (folder / ".lock").read_text() == "123"

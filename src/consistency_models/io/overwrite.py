@@ -82,6 +82,9 @@ def replaced_folder(path: str | os.PathLike, ours: str, argument: str = "out") -
     pattern = re.compile(ours)
     if target.is_dir():
         strangers = sorted(p.name for p in target.iterdir() if not (p.is_file() and pattern.fullmatch(p.name)))
+        if "model_index.json" in strangers:  # a model or training run folder (its .lock would be named first)
+            raise InvalidInputError(f"{argument}: {path} is a model folder (it holds model_index.json); choose "
+                                    "another folder (--overwrite replaces only an earlier output)")
         if strangers:
             raise InvalidInputError(f"{argument}: {path} holds {strangers[0]}, which this command did not write; "
                                     "choose another folder (--overwrite replaces only an earlier output)")
