@@ -346,6 +346,20 @@ def test_unknown_options_point_to_the_subcommand_help(capsys, argv, prog):
     assert_one_line_error(code, err, f"unrecognized arguments: --frob (see '{prog} --help')")
 
 
+@pytest.mark.parametrize("argv, said", [
+    (["sample", "--outt", "x.png"], "--outt (did you mean --out?) (see 'cm sample --help')"),  # not "--out is required"
+    (["sample", "--out", "x.png", "--stpes=2"], "--stpes (did you mean --steps?)"),
+    (["edit", "inpaint", "--imgae", "a.png", "--mask", "m.png", "--out", "b.png"], "--imgae (did you mean --image?)"),
+    (["train", "--method", "ict", "--data", "digits", "--out", "r", "--zzzz"], "--zzzz (see 'cm train --help')"),
+])
+def test_a_misspelt_option_is_named_with_the_one_meant(capsys, tmp_path, monkeypatch, argv, said):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cm(capsys, argv)
+    assert_one_line_error(code, err, f"unrecognized arguments: {said}")
+    assert list(tmp_path.iterdir()) == []
+    assert run_cm(capsys, ["sample", "--ou", "x.png", "--batch-size", "1"])[0] == 0   # an abbreviation still works
+
+
 def test_version(capsys):
     code, out, _ = run_cm(capsys, ["--version"])
     assert code == 0 and out.startswith("cm (consistency-models) ")

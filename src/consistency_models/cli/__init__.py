@@ -7,6 +7,7 @@ Bad input prints one line `cm: error: ...` and exits with code 2, without a trac
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 from typing import Callable, Sequence
 
@@ -65,11 +66,41 @@ def leaf_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> ar
     return parser
 
 
+def chosen_parser(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.ArgumentParser, list[str]]:
+    """The (sub)subcommand's parser that the words of `argv` name, and the words after its name."""
+    subparsers = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    for i, word in enumerate(argv):
+        if word == "--" or subparsers is None:
+            break
+        if word in subparsers.choices:
+            return chosen_parser(subparsers.choices[word], argv[i + 1:])
+    return parser, argv
+
+
+def misspelt_option(parser: argparse.ArgumentParser, argv: list[str]) -> str | None:
+    """The first `--option` in `argv` that `parser` does not take, not even abbreviated, said with
+    the option it most resembles: argparse would report a missing required option first
+    (`--outt x.png` as "--out is required")."""
+    known = [name for action in parser._actions for name in action.option_strings if name.startswith("--")]
+    for word in argv:
+        if word == "--":
+            break
+        name = word.split("=", 1)[0]
+        if name.startswith("--") and not any(option.startswith(name) for option in known):
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)  # --frob is not --rho (0.73)
+            return name + (f" (did you mean {close[0]}?)" if close else "")
+    return None
+
+
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     """Parse `argv`; an unknown option is reported by the subcommand it was given to, whose help lists
     what it takes."""
     parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    leaf, rest = chosen_parser(parser, words)
+    if leaf is not parser and (misspelt := misspelt_option(leaf, rest)):
+        leaf.error(f"unrecognized arguments: {misspelt}")
+    args, unknown = parser.parse_known_args(words)
     if unknown:
         leaf_parser(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
     return args
