@@ -1,6 +1,7 @@
-"""The one exception type for bad user input, and the integer test its checks share."""
+"""The one exception type for bad user input, and the helpers its checks share."""
 
 import numbers
+import textwrap
 
 
 class InvalidInputError(ValueError):
@@ -23,3 +24,10 @@ def about(argument: str, exc: InvalidInputError, loader: str = "model") -> Inval
 def is_integer(value: object) -> bool:
     """True for a Python or NumPy integer (np.int64 from an array counts), False for a bool or a float."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def first_line(exc: BaseException, width: int) -> str:
+    """The first line of `exc`'s message for a one-line error, cut between words to at most `width`
+    characters ("" when it has none: the caller names the exception's type instead)."""
+    text = str(exc).strip()
+    return textwrap.shorten(text.splitlines()[0], width, placeholder=" ...") if text else ""

@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..distributed import DistributedContext
-from ..errors import InvalidInputError, is_integer
+from ..errors import InvalidInputError, first_line, is_integer
 from ..io.atomic import atomic_path, remove_leftovers, write_error, write_json
 from ..io.checksum import file_sha256
 from ..io.images import to_uint8
@@ -136,7 +136,7 @@ def _read_shard(path: Path, spec: ShardSpec | None) -> dict[str, np.ndarray] | s
         with data:
             arrays = {key: data[key] for key in data.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        return f"unreadable: {str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}"
+        return f"unreadable: {first_line(exc, 120) or type(exc).__name__}"
     return shard_problem(arrays, spec) or arrays
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, first_line
 from ..networks.mlp import MLP, MLPConfig
 from ..networks.unet import UNetConfig, UNetModel
 from .atomic import atomic_path, write_json
@@ -208,7 +208,7 @@ def load_weights(path: Path, raw: bool = False) -> dict[str, torch.Tensor]:
             ) from None
         raise InvalidInputError(f"weights: corrupt or unreadable weights file {path}: not a tensor checkpoint") from None
     except Exception as exc:  # torch.load and safetensors raise many types for junk files
-        reason = str(exc).splitlines()[0][:160] if str(exc) else ""
+        reason = first_line(exc, 160)
         raise InvalidInputError(f"weights: corrupt or unreadable weights file {path}: not a PyTorch or safetensors "
                                 f"checkpoint ({type(exc).__name__}{': ' + reason if reason else ''})") from None
     if raw:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 import re
-import textwrap
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, first_line
 
 # Models shipped inside the package (src/consistency_models/weights/NAME), by name.
 EMBEDDED = {
@@ -99,8 +98,7 @@ def resolve_model_path(name: str | os.PathLike, use_safetensors: bool | None = N
             folder = Path(snapshot_download(text, allow_patterns=bin_patterns, **options))
         return folder
     except Exception as exc:  # network, auth, offline mode, missing repo: all end the same way
-        reason = textwrap.shorten(str(exc).splitlines()[0], 200, placeholder=" ...") if str(exc).strip() \
-            else type(exc).__name__  # a long message cut between words
+        reason = first_line(exc, 200) or type(exc).__name__
         raise InvalidInputError(
             f"model: could not fetch Hub id {text!r} ({reason}); when offline, pass a local folder "
             "written by save_pretrained or `cm convert` instead"

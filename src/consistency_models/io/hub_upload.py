@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, first_line
 from ..kinds import default_kind, get_kind
 from .atomic import atomic_path
 from .hub import hub_offline
@@ -91,5 +91,5 @@ def push_folder(folder: Path, repo_id: str, parametrization: str, variant: str |
                                  create_pr=create_pr, ignore_patterns=ignore,
                                  delete_patterns=[f"unet/{glob}" for glob in weight_file_globs(variant)])
     except Exception as exc:  # network, auth, a name the Hub refuses: all end the same way
-        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        reason = first_line(exc, 160) or type(exc).__name__
         raise InvalidInputError(f"push_to_hub: could not upload to the Hub repository {repo_id!r} ({reason})") from None

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, first_line
 from ..io.atomic import atomic_path
 from ..io.checksum import file_sha256
 from ..io.diffusers_format import load_state_into, load_weights
@@ -349,7 +349,7 @@ def resolve_inception_weights(
                 _download(cached, sha256)
                 return cached
             except (OSError, http.client.HTTPException) as exc:  # offline, refused, cut off
-                reason = f"download failed: {str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}"
+                reason = f"download failed: {first_line(exc, 120) or type(exc).__name__}"
         raise InvalidInputError(
             f"inception weights: {INCEPTION_FILENAME} not found ({reason}); download {INCEPTION_URL} "
             f"and put it at {cached}, or set ${WEIGHTS_ENV} to its path, "
