@@ -56,18 +56,9 @@ def leaf_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParse
     return [leaf for action in subparsers for child in action.choices.values() for leaf in leaf_parsers(child)]
 
 
-def leaf_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
-    """The parser of the (sub)subcommand that `args` chose, e.g. `cm edit inpaint`'s."""
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            chosen = getattr(args, action.dest, None)
-            if chosen in action.choices:
-                return leaf_parser(action.choices[chosen], args)
-    return parser
-
-
 def chosen_parser(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.ArgumentParser, list[str]]:
-    """The (sub)subcommand's parser that the words of `argv` name, and the words after its name."""
+    """The (sub)subcommand's parser that the words of `argv` name (`cm edit inpaint`'s), and the words
+    after its name."""
     subparsers = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
     for i, word in enumerate(argv):
         if word == "--" or subparsers is None:
@@ -102,7 +93,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         leaf.error(f"unrecognized arguments: {misspelt}")
     args, unknown = parser.parse_known_args(words)
     if unknown:
-        leaf_parser(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
+        leaf.error(f"unrecognized arguments: {' '.join(unknown)}")
     return args
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -18,7 +17,7 @@ from .. import editing
 from ..errors import InvalidInputError
 from ..io.hub import COLOR_MODEL, DEFAULT_MODEL, is_embedded, shadowing_note
 from ..io.images import make_grid, output_kind, read_image, read_mask, save_png, to_uint8
-from ..io.overwrite import refuse_existing, refuse_input_as_output
+from ..io.overwrite import names_a_folder, refuse_existing, refuse_input_as_output
 from ..pipeline import ConsistencyModelPipeline
 from .arguments import (
     DefaultsHelpFormatter,
@@ -124,7 +123,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> None:
     if not str(args.out).strip():
         raise InvalidInputError("out: '' is empty; give the PNG to write, e.g. edited.png")
-    if not str(args.out).lower().endswith(".png") or str(args.out).endswith(("/", os.sep)):
+    if not str(args.out).lower().endswith(".png") or names_a_folder(args.out):
         raise InvalidInputError(f"out: {args.out!r} must be a .png file (cm edit writes one image or one strip)")
     output_kind(args.out)  # a name, and a folder that exists
     for name in ("image", "mask"):

@@ -15,6 +15,7 @@ from PIL import Image
 
 from ..errors import InvalidInputError, about
 from .atomic import atomic_path, write_error
+from .overwrite import names_a_folder
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -110,7 +111,7 @@ def output_kind(out: str | os.PathLike) -> str:
     if not text.strip():
         raise InvalidInputError("out: '' is empty; give samples.png (a grid), DIR/ (PNGs) or samples.npz")
     path = Path(text)
-    if text.endswith(("/", os.sep)) or path.is_dir():
+    if names_a_folder(text) or path.is_dir():
         kind = "dir"
         parent = path.parent if not path.is_dir() else path
         here = Path.cwd().resolve()
