@@ -157,14 +157,14 @@ def test_init_from_into_its_own_folder_is_refused(tmp_path, capsys, model):
 
 
 @pytest.mark.parametrize("extra, pattern", [
-    (["--grad-clip", "-1"], "grad_clip: -1.0 is not allowed"),
-    (["--weight-decay", "nan"], "weight_decay: nan is not allowed"),
+    (["--grad-clip", "-1"], "grad-clip: -1.0 is not allowed"),
+    (["--weight-decay", "nan"], "weight-decay: nan is not allowed"),
     (["--lr", "-1"], "lr: -1.0 is not allowed"),
     (["--dropout", "5"], "dropout: 5.0 is not allowed"),
     (["--steps", "0"], "steps: 0 is not allowed"),
     (["--steps", str(2**63)], "steps: 9223372036854775808 is not allowed; use an integer from 1 to 1000000000"),
     (["--s1", str(10**9)], "s1: 1000000000 is not allowed; use an integer from 1 to 100000"),
-    (["--save-every", "0"], "save_every: 0 is not allowed"),
+    (["--save-every", "0"], "save-every: 0 is not allowed"),
     (["--seed", str(2**70)], "seed: "),
     (["--resolution", "8"], "resolution: 8 was given, but toy:mog8 is a set of 2-D points"),
 ])
@@ -265,7 +265,7 @@ def test_huge_num_is_refused_at_once(tmp_path, capsys):
 
 def test_huge_batch_is_refused(tmp_path, capsys):
     code, _, err = run_cm(capsys, ["sample", "--batch-size", str(10**9), "--out", str(tmp_path / "x.png")])
-    assert_one_line_error(code, err, "batch_size: 1000000000 must be an integer from 1 to 1048576")
+    assert_one_line_error(code, err, "batch-size: 1000000000 must be an integer from 1 to 1048576")
 
 
 def test_interpolate_frames_are_bounded(tmp_path, capsys):
@@ -323,7 +323,7 @@ def test_eval_keeps_existing_results_unless_overwrite(tmp_path, capsys):
     stats = tmp_path / "stats.npz"
     stats.write_bytes(b"mine")
     code, _, err = run_cm(capsys, ["eval", "--samples", str(samples), "--features", "digits", "--save-stats", str(stats)])
-    assert_one_line_error(code, err, "save_stats: ")
+    assert_one_line_error(code, err, "save-stats: ")
     assert stats.read_bytes() == b"mine"
 
 

@@ -77,8 +77,8 @@ BAD_SAMPLE_ARGS = [
     (["--timesteps", "5,-1"], r"timesteps: .* \[0, 39\]"),
     (["--sigmas", "81,1"], "sigmas: .*sigma_max"),
     (["--sigmas", "1,2"], "sigmas: .* descending"),
-    (["--class-labels", "1000"], r"class_labels: .*\[0, 999\]"),
-    (["--class-labels", "1,2,3"], "class_labels: got 3 labels for a batch of 2"),
+    (["--class-labels", "1000"], r"class-labels: .*\[0, 999\]"),
+    (["--class-labels", "1,2,3"], "class-labels: got 3 labels for a batch of 2"),
     (["--out", "/no/such/folder/x.png"], "out: the folder /no/such/folder does not exist"),
     (["--out", "x.jpg"], r"out: .*\.png"),
     (["--model", "/no/such/model"], "model: no such folder"),
@@ -110,7 +110,7 @@ def test_unconditional_model_refuses_labels(tmp_path, capsys):
     cm.ConsistencyModelPipeline(cm.UNetModel(cm.preset("test", num_classes=None))).save_pretrained(folder)
     code, _, err = run_cli(capsys, "sample", "--model", str(folder), "--out", str(tmp_path / "o.png"),
                            "--batch-size", "1", "--class-labels", "3")
-    assert code == 2 and "class_labels: this model is unconditional" in err
+    assert code == 2 and "class-labels: this model is unconditional" in err
 
 
 def test_corrupt_weights_and_config(model_dir, tmp_path, capsys):

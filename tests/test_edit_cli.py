@@ -100,7 +100,7 @@ def test_resize_makes_another_size_acceptable(files, tmp_path, capsys):
         (["colorize", "--image", "digit.png", "--model", "digits"], "colorization needs an RGB model"),
         (["denoise", "--image", "digit.png", "--sigma", "-1"], "sigma: -1.0 must lie in"),
         (["denoise", "--image", "missing.png", "--sigma", "1"], "image: no such file 'missing.png'"),
-        (["inpaint", "--image", "digit.png", "--mask", "mask.png", "--class-label", "12"], "class_labels: 12 must be integers in [0, 9]"),
+        (["inpaint", "--image", "digit.png", "--mask", "mask.png", "--class-label", "12"], "class-label: 12 must be integers in [0, 9]"),
         (["inpaint", "--image", "digit.png"], "--mask"),
     ],
 )

@@ -60,7 +60,7 @@ def test_tune_timesteps_prints_the_best_index(samples, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["eval", "--samples", "digits:test", "--ref", "digits"], "put it at"),  # offline, no weights file
     (["eval", "--samples", "digits:test", "--ref", "digits", "--features", "digits", "--inception-weights", "x"],
-     "inception_weights: given, but --features is not inception"),
+     "inception-weights: given, but --features is not inception"),
     (["eval", "--samples", "missing", "--ref", "digits", "--features", "digits"], "'missing' is not a set of images"),
     (["eval", "--samples", "digits:test", "--features", "digits"], "ref: give the reference set"),
     (["tune-timesteps", "--ref", "digits:test", "--features", "digits", "--lo", "20"], "search range: [20, 16]"),

@@ -53,16 +53,16 @@ def test_a_teacher_of_other_data_is_refused_before_anything_is_written(tmp_path,
     assert refused(["train", "--method", "cd", "--teacher", str(tmp_path / "nowhere"), *TOY, "--out", str(out)],
                    capsys, out).startswith(f"teacher: no such folder '{tmp_path / 'nowhere'}'")
     assert refused(["train", "--method", "ict", "--init-from", str(tmp_path / "nowhere"), *TOY, "--out", str(out)],
-                   capsys, out).startswith(f"init_from: no such folder '{tmp_path / 'nowhere'}'")
+                   capsys, out).startswith(f"init-from: no such folder '{tmp_path / 'nowhere'}'")
 
 
 def test_the_teacher_keeps_its_own_sigma_data(tmp_path, capsys, teacher_sd1):
     out = tmp_path / "run"
     assert refused(["train", "--method", "cd", "--teacher", str(teacher_sd1), *TOY, "--out", str(out)], capsys, out) \
-        == f"sigma_data: 0.5 for this run, but the teacher {teacher_sd1} was trained with sigma_data 1.0; give " \
+        == f"sigma-data: 0.5 for this run, but the teacher {teacher_sd1} was trained with sigma_data 1.0; give " \
            "--sigma-data 1.0"
     assert refused(["train", "--method", "ict", "--init-from", str(teacher_sd1), *TOY, "--out", str(out)],
-                   capsys, out).startswith(f"sigma_data: 0.5 for this run, but --init-from {teacher_sd1} was trained "
+                   capsys, out).startswith(f"sigma-data: 0.5 for this run, but --init-from {teacher_sd1} was trained "
                                            "with sigma_data 1.0")
     # A fresh student of σ_data 0.5 distils it in its own preconditioning (σ_data 1, read from its folder).
     cfg = TrainConfig.from_settings(method="cd", data="toy:mog8", out=str(out), teacher=str(teacher_sd1),
@@ -72,7 +72,7 @@ def test_the_teacher_keeps_its_own_sigma_data(tmp_path, capsys, teacher_sd1):
     assert trainer.loss.teacher is trainer.teacher and trainer.loss.student.sigma_data == 0.5
     # sCD reads the teacher in the run's TrigFlow time: a fresh student too needs the teacher's σ_data.
     assert refused(["train", "--method", "scd", "--teacher", str(teacher_sd1), *TOY, "--out", str(out)],
-                   capsys, out).startswith(f"sigma_data: 0.5 for this run, but the teacher {teacher_sd1} was trained "
+                   capsys, out).startswith(f"sigma-data: 0.5 for this run, but the teacher {teacher_sd1} was trained "
                                            "with sigma_data 1.0; sCD reads it in the run's TrigFlow time")
     same = TrainConfig.from_settings(method="cd", data="toy:mog8", out=str(tmp_path / "b"), teacher=str(teacher_sd1),
                                      sigma_data=1.0, steps=1, batch_size=8, progress=False)
@@ -82,10 +82,10 @@ def test_the_teacher_keeps_its_own_sigma_data(tmp_path, capsys, teacher_sd1):
 def test_tcm_takes_a_teacher_to_start_from_and_a_consistency_model_as_stage_1(tmp_path, capsys, teacher_sd1):
     out = tmp_path / "run"
     assert refused(["train", "--method", "tcm", "--init-from", "digits-teacher", *TOY, "--out", str(out)],
-                   capsys, out).startswith("init_from: digits-teacher holds a diffusion (EDM) model; stage 2 of "
+                   capsys, out).startswith("init-from: digits-teacher holds a diffusion (EDM) model; stage 2 of "
                                            "--method tcm starts from its stage 1, a consistency model")
     assert refused(["train", "--method", "tcm", "--init-from", "digits", "--stage2-lr", "0.1", *TOY, "--out",
-                    str(out)], capsys, out).startswith("stage2_lr: 0.1 is not used: with --init-from")
+                    str(out)], capsys, out).startswith("stage2-lr: 0.1 is not used: with --init-from")
     assert refused(["train", "--method", "tcm", "--teacher", str(teacher_sd1), "--no-init-from-teacher", *TOY,
                     "--out", str(out)], capsys, out).startswith("teacher: --method tcm uses a teacher only to start")
     assert refused(["train", "--method", "ect", "--teacher", "digits-teacher", "--no-init-from-teacher", *TOY,
@@ -116,7 +116,7 @@ def test_meanflow_refuses_sigma_settings_and_a_recipe_of_another_method_says_so(
     out = tmp_path / "run"
     for option, value in (("--sigma-max", "40"), ("--sigma-data", "1.0"), ("--rho", "3")):
         err = refused(["train", "--method", "meanflow", option, value, *TOY, "--out", str(out)], capsys, out)
-        assert err.startswith(f"{option[2:].replace('-', '_')}: ") and "is not used by --method meanflow" in err
+        assert err.startswith(f"{option[2:]}: ") and "is not used by --method meanflow" in err
     assert refused(["train", "--recipe", "toy-ict", "--method", "meanflow", *TOY, "--out", str(out)], capsys, out) \
         .endswith("; it comes from --recipe toy-ict, a recipe for --method ict")
     assert not refused(["train", "--recipe", "toy-ict", "--method", "meanflow", "--s1", "100", *TOY, "--out",
@@ -127,7 +127,7 @@ def test_a_refused_num_command_leaves_nothing_that_blocks_the_corrected_one(tmp_
     out = tmp_path / "n.npz"
     shards = out.with_name("n.npz.shards")
     assert refused(["sample", "--model", "digits", "--num", "4", "--class-labels", "12", "--out", str(out)],
-                   capsys).startswith("class_labels: 12 must be integers in [0, 9]")
+                   capsys).startswith("class-labels: 12 must be integers in [0, 9]")
     assert refused(["sample", "--model", "digits", "--num", "4", "--timesteps", "1.5,1", "--out", str(out)],
                    capsys).startswith("timesteps: ")
     assert not shards.exists() and not out.exists()

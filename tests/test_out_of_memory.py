@@ -41,10 +41,10 @@ def test_too_large_a_batch_is_one_line_with_the_batch_that_fits(tmp_path):
                            "--out", str(tmp_path / "s.npz")],
                           preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (cap, cap)),
                           capture_output=True, text=True, env=child_env(), timeout=300)
-    if proc.returncode != 2 and "batch_size" not in proc.stderr and "import" in proc.stderr.lower():
+    if proc.returncode != 2 and "batch-size" not in proc.stderr and "import" in proc.stderr.lower():
         pytest.skip("this machine's torch needs more address space than the cap to load")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
-    match = re.fullmatch(r"cm: error: batch_size: 100000 images do not fit in memory here at once, (\d+) do; use "
+    match = re.fullmatch(r"cm: error: batch-size: 100000 images do not fit in memory here at once, (\d+) do; use "
                          r"--batch-size \1, or --num 100000 --batch-size \1 to make 100000 in batches\n", proc.stderr)
     assert match and 1 <= int(match.group(1)) < 100000, proc.stderr
     assert not (tmp_path / "s.npz").exists()

@@ -101,7 +101,7 @@ def test_eval_checks_its_output_files_before_it_works(tmp_path, capsys):
     code, err = run(capsys, [*evaluate, "--json", f"{tmp_path / 'newj'}/"])
     one_line(code, err, f"json: {tmp_path / 'newj'}/ names a folder; give a file name")
     code, err = run(capsys, ["eval", "--samples", str(samples), "--save-stats", f"{samples}/", "--overwrite"])
-    one_line(code, err, "save_stats:")
+    one_line(code, err, "save-stats:")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["digits.npz"]
 
 
@@ -114,3 +114,24 @@ def test_overwrite_names_a_model_folder_as_such(tmp_path, capsys, pipeline_dir):
     code, err = run(capsys, ["sample", "--out", f"{folder}/", "--batch-size", "2", "--overwrite"])
     one_line(code, err, f"out: {folder}/ is a model folder (it holds model_index.json); choose another folder")
     assert (folder / "model_index.json").is_file() and (folder / ".lock").read_text() == "123"
+
+
+def test_every_output_under_a_file_is_named_as_such(tmp_path, pipe):
+    """One rule for every writer: an output whose folder is a file says so (not "does not exist")."""
+    from consistency_models.errors import InvalidInputError
+    from consistency_models.evaluation.generation import generate_samples
+    from consistency_models.io.images import output_kind
+    from consistency_models.metrics.scores import SetStatistics, save_statistics, write_results_json
+    afile = tmp_path / "afile"
+    afile.write_text("a user's file")
+    writers = {
+        "out": lambda: output_kind(afile / "x.png"),
+        "path": lambda: save_statistics(SetStatistics(np.zeros(2), np.eye(2), None, None, None, None), afile / "s.npz"),
+        "path ": lambda: write_results_json({"fid": 1.0}, afile / "r.json"),
+        " path": lambda: pipe.save_pretrained(afile / "model"),
+        "out ": lambda: generate_samples(pipe, num=1, batch_size=1, out=afile / "s.npz"),
+    }
+    for argument, write in writers.items():
+        with pytest.raises(InvalidInputError, match=rf"^{argument.strip()}: {afile} is a file, not a folder$"):
+            write()
+    assert afile.read_text() == "a user's file"

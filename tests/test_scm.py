@@ -256,10 +256,10 @@ def test_scd_from_a_teacher_exports_a_trigflow_folder(tmp_path, capsys, toy_teac
     assert main([*TOY, "--method", "scd", "--steps", "3", "--out", str(tmp_path / "y")]) == 2
     assert "needs --teacher" in capsys.readouterr().err
     assert main([*TOY, "--method", "sct", "--steps", "3", "--out", str(tmp_path / "z"), "--p-std", "0"]) == 2
-    assert "p_std: 0.0 is not allowed; use a number > 0" in capsys.readouterr().err
+    assert "p-std: 0.0 is not allowed; use a number > 0" in capsys.readouterr().err
     assert main([*TOY, "--method", "scd", "--teacher", str(toy_teacher), "--steps", "3",
                  "--out", str(tmp_path / "w"), "--init-from-teacher", "--time-input", "t"]) == 2
-    assert "time_input: 't' does not fit a student started from the teacher (its network takes log_sigma)" in \
+    assert "time-input: 't' does not fit a student started from the teacher (its network takes log_sigma)" in \
         capsys.readouterr().err
     assert main([*TOY, "--method", "scd", "--teacher", str(toy_teacher), "--steps", "3",
                  "--out", str(tmp_path / "copy"), "--init-from-teacher"]) == 0

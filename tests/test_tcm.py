@@ -190,5 +190,5 @@ def test_init_from_a_model_whose_network_takes_another_time_is_refused_in_one_li
     assert main([*TOY, "--steps", "1", "--init-from", str(tmp_path / "sct"), "--out", str(tmp_path / "t")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(
-        f"cm: error: init_from: {tmp_path / 'sct'} holds an sCM (TrigFlow) model, whose network takes t as its time; "
+        f"cm: error: init-from: {tmp_path / 'sct'} holds an sCM (TrigFlow) model, whose network takes t as its time; "
         "this run trains a consistency model"), err

@@ -77,18 +77,18 @@ def cases(p: dict) -> dict[str, tuple[list[str], str]]:
                                    rf"missing file {re.escape(str(p['not_a_pipeline'] / 'model_index.json'))}$"),
         "data-missing": (base(out, data="nonexisting"), r"'nonexisting' is not a dataset \(no such file or folder\)"),
         "batch-larger-than-data": ([*base(out), "--batch-size", "20001"],
-                                   r"^batch_size: 20001 is larger than the data set \(20000 items\)$"),
+                                   r"^batch-size: 20001 is larger than the data set \(20000 items\)$"),
         "accumulation-not-dividing": ([*base(out), "--batch-size", "64", "--accumulation", "3"],
                                       r"^accumulation: 3 is not allowed; use a positive divisor of batch_size$"),
         "out-parent-missing": (base(p["root"] / "missing" / "run"),
                                rf"^out: the folder {re.escape(str(p['root'] / 'missing'))} does not exist$"),
         "out-not-empty": (base(p["busy"]), rf"^out: {re.escape(str(p['busy']))} exists and is not empty"),
         "init-from-wrong-shape": ([*base(out, data="digits"), "--init-from", str(p["consistency"])],
-                                  rf"^init_from: {re.escape(str(p['consistency']))} makes samples of shape \(2,\), "
+                                  rf"^init-from: {re.escape(str(p['consistency']))} makes samples of shape \(2,\), "
                                   r"but the data has \(1, 16, 16\)$"),
         "init-from-and-from-teacher": ([*base(out, "cd"), "--teacher", str(p["consistency"]), "--init-from-teacher",
                                         "--init-from", str(p["consistency"])],
-                                       r"^init_from: give --init-from or --init-from-teacher, not both$"),
+                                       r"^init-from: give --init-from or --init-from-teacher, not both$"),
     }
 
 

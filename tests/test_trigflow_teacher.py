@@ -161,12 +161,12 @@ def test_scd_starts_its_student_as_the_trigflow_teacher_and_reads_its_velocity_a
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--method", "ect"], "init_from_teacher: {t} holds a TrigFlow diffusion model (velocity, time input t), "
+    (["--method", "ect"], "init-from-teacher: {t} holds a TrigFlow diffusion model (velocity, time input t), "
                           "whose network takes t as its time; this run trains a consistency model, whose network "
                           "takes log_sigma"),
-    (["--method", "scd", "--time-input", "log_sigma"], "time_input: 'log_sigma' does not fit a student started from "
+    (["--method", "scd", "--time-input", "log_sigma"], "time-input: 'log_sigma' does not fit a student started from "
                                                        "the teacher (its network takes t)"),
-    (["--method", "sct", "--weight-bound", "2", "--no-adaptive-weight"], "weight_bound: 2.0 bounds the learned "
+    (["--method", "sct", "--weight-bound", "2", "--no-adaptive-weight"], "weight-bound: 2.0 bounds the learned "
                                                                         "weighting, which is off"),
 ])
 def test_a_student_that_cannot_start_from_a_trigflow_teacher_is_refused_in_one_line(teacher, points, tmp_path,

@@ -83,9 +83,9 @@ def misspelt_option(parser: argparse.ArgumentParser, argv: list[str]) -> str | N
     return None
 
 
-def parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    """Parse `argv`; an unknown option is reported by the subcommand it was given to, whose help lists
-    what it takes."""
+def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
+    """Parse `argv`, and the (sub)subcommand's parser; an unknown option is reported by the
+    subcommand it was given to, whose help lists what it takes."""
     parser = build_parser()
     words = list(sys.argv[1:] if argv is None else argv)
     leaf, rest = chosen_parser(parser, words)
@@ -94,21 +94,32 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     args, unknown = parser.parse_known_args(words)
     if unknown:
         leaf.error(f"unrecognized arguments: {' '.join(unknown)}")
-    return args
+    return args, leaf
 
 
-# Library parameters that a command spells otherwise, and the option that holds them there: an
-# error names what the user typed ("steps: 40 ..." for --steps, not "num_inference_steps: ...").
-CLI_NAMES = {"num_inference_steps": "timesteps", "sigma_start": "sigma"}   # library name → an option beside it
-CLI_SPELLING = {"num_inference_steps": "steps", "sigma_start": "sigma"}
+# Library parameters that a command holds under another name: an error names the option the user
+# typed ("steps: 40 ..." for --steps, not "num_inference_steps: ...", "class-label: 12" for cm edit's
+# --class-label). Any other parameter is named by the option that stores it ("class-labels: ...").
+CLI_DESTS = {"num_inference_steps": "steps", "sigma_start": "sigma", "class_labels": "class_label"}
 
 
-def cli_message(message: str, args: argparse.Namespace) -> str:
+def option_spelling(parser: argparse.ArgumentParser, dest: str) -> str | None:
+    """How the user writes the option stored in `dest` (`class-labels` for --class-labels), without
+    its dashes; None when `parser` has no such option (a positional argument keeps its name)."""
+    for action in parser._actions:
+        if action.dest == dest and action.option_strings:
+            names = [name[2:] for name in action.option_strings if name.startswith("--")]
+            return next((name for name in names if name.replace("-", "_") == dest), names[0] if names else None)
+    return None
+
+
+def cli_message(message: str, parser: argparse.ArgumentParser) -> str:
     """`message` with a library parameter's name replaced by the command's option for it."""
     name, sep, rest = message.partition(": ")
-    if sep and name in CLI_NAMES and hasattr(args, CLI_NAMES[name]):
-        return f"{CLI_SPELLING[name]}: {rest}"
-    return message
+    if not sep:
+        return message
+    spelled = option_spelling(parser, CLI_DESTS.get(name, name)) or option_spelling(parser, name)
+    return f"{spelled}: {rest}" if spelled else message
 
 
 def _say(line: str) -> None:
@@ -118,7 +129,7 @@ def _say(line: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse(argv)
+    args, parser = parse(argv)
     func: Callable[[argparse.Namespace], None] = args.func
     keep_freed_memory()  # the long-running commands reuse big tensors step after step
     if args.threads is not None:
@@ -126,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         func(args)
     except InvalidInputError as exc:
-        _say(f"cm: error: {cli_message(str(exc), args)}")
+        _say(f"cm: error: {cli_message(str(exc), parser)}")
         return 2
     except TrainingDiverged as exc:
         _say(f"cm: training stopped: {exc}")

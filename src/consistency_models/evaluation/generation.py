@@ -35,7 +35,7 @@ from ..io.atomic import atomic_path, remove_leftovers, write_error, write_json
 from ..io.checksum import file_sha256
 from ..io.images import to_uint8
 from ..io.lock import hold_folder
-from ..io.overwrite import refuse_existing
+from ..io.overwrite import refuse_existing, require_parent_folder
 from ..pipeline import ConsistencyModelPipeline
 from ..schedule import NoiseLevels
 
@@ -266,8 +266,7 @@ def _check_arguments(num: int, batch_size: int, out: str | os.PathLike) -> Path:
     path = Path(out)
     if path.suffix.lower() != ".npz":
         raise InvalidInputError(f"out: {str(out)!r} must end in .npz (ADM-style arrays) for sharded generation")
-    if not path.parent.is_dir():
-        raise InvalidInputError(f"out: the folder {path.parent} does not exist")
+    require_parent_folder(path, "out")
     if path.is_dir():
         raise InvalidInputError(f"out: {out} is a folder; sharded generation writes one .npz file there")
     return path

@@ -15,7 +15,7 @@ from PIL import Image
 
 from ..errors import InvalidInputError, about
 from .atomic import atomic_path, write_error
-from .overwrite import names_a_folder
+from .overwrite import names_a_folder, require_parent_folder
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -113,7 +113,6 @@ def output_kind(out: str | os.PathLike) -> str:
     path = Path(text)
     if names_a_folder(text) or path.is_dir():
         kind = "dir"
-        parent = path.parent if not path.is_dir() else path
         here = Path.cwd().resolve()
         if path.resolve() == here or path.resolve() in here.parents:  # replaced as a whole: never the working folder
             raise InvalidInputError(f"out: {text!r} is the current folder or one above it; a folder of PNGs is "
@@ -122,13 +121,12 @@ def output_kind(out: str | os.PathLike) -> str:
         raise InvalidInputError(f"out: {text!r} has no name before its {path.name.lower()}; give e.g. "
                                 f"samples{path.name.lower()}")
     elif path.suffix.lower() == ".png":
-        kind, parent = "grid", path.parent
+        kind = "grid"
     elif path.suffix.lower() == ".npz":
-        kind, parent = "npz", path.parent
+        kind = "npz"
     else:
         raise InvalidInputError(f"out: {text!r} must end in .png (a grid), .npz (ADM arrays) or / (a folder of PNGs)")
-    if not parent.is_dir():
-        raise InvalidInputError(f"out: the folder {parent} does not exist")
+    require_parent_folder(path, "out")
     return kind
 
 

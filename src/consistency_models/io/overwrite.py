@@ -43,6 +43,16 @@ def names_a_folder(path: str | os.PathLike) -> bool:
     return str(path).endswith(("/", os.sep))
 
 
+def require_parent_folder(path: str | os.PathLike, argument: str) -> Path:
+    """`path` as a Path whose parent is an existing folder, else a one-line error naming `argument`
+    (an output is never written to a folder that would have to be guessed into being)."""
+    parent = Path(path).parent
+    if not parent.is_dir():
+        raise InvalidInputError(f"{argument}: {parent} is a file, not a folder" if parent.exists()
+                                else f"{argument}: the folder {parent} does not exist")
+    return Path(path)
+
+
 def check_output_file(path: str | os.PathLike | None, argument: str) -> None:
     """Before any work, a one-line error for a file output spelled as a folder (`r.json/`) or in a
     folder that does not exist (the result would be lost at the end)."""
@@ -51,9 +61,7 @@ def check_output_file(path: str | os.PathLike | None, argument: str) -> None:
     if names_a_folder(path):
         raise InvalidInputError(f"{argument}: {path} names a folder; give a file name (e.g. "
                                 f"{str(path).rstrip('/' + os.sep) or 'results'})")
-    parent = Path(path).parent
-    if not parent.is_dir():
-        raise InvalidInputError(f"{argument}: the folder {parent} does not exist")
+    require_parent_folder(path, argument)
 
 
 def refuse_existing(path: str | os.PathLike | None, overwrite: bool, argument: str = "out") -> None:

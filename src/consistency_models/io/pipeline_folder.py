@@ -40,7 +40,7 @@ from .atomic import write_json
 from .diffusers_format import DIFFUSERS_VERSION, load_network, read_json, save_network, weights_suffix
 from .hub import refuse_embedded_folder, resolve_model_path
 from .lock import hold_folder
-from .overwrite import PARTIAL_PREFIX, filled_in_place, replaced_folder
+from .overwrite import PARTIAL_PREFIX, filled_in_place, replaced_folder, require_parent_folder
 from .shards import DEFAULT_MAX_SHARD_SIZE, max_shard_bytes
 
 NOTHING = r"(?!)"  # a pattern no file name matches
@@ -113,9 +113,7 @@ def write_scheduler_config(folder: str | os.PathLike, config: SchedulerConfig, p
 
 def require_new_folder(path: str | os.PathLike, what: str) -> Path:
     """`path` as a folder to create: its parent must exist and it must be absent or empty."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise InvalidInputError(f"{what}: the folder {path.parent} does not exist")
+    path = require_parent_folder(path, what)
     if path.exists() and (not path.is_dir() or any(not p.name.startswith(PARTIAL_PREFIX) for p in path.iterdir())):
         raise InvalidInputError(f"{what}: {path} already exists and is not an empty folder; choose a new one")
     return path
@@ -215,9 +213,7 @@ def save_pipeline_folder(path: str | os.PathLike, parts: PipelineParts, variant:
     max_shard_bytes(max_shard_size)
     if not str(path).strip():
         raise InvalidInputError("path: '' is empty; give the folder to write")
-    folder = Path(path)
-    if not folder.parent.is_dir():
-        raise InvalidInputError(f"path: the folder {folder.parent} does not exist")
+    folder = require_parent_folder(path, "path")
     if folder.exists() and not folder.is_dir():
         raise InvalidInputError(f"path: {folder} is a file; give a folder to write the pipeline into")
     if variant is not None and (not isinstance(variant, str) or not variant or "/" in variant or "\\" in variant

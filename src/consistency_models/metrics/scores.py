@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from ..data.archives import read_npz
 from ..errors import InvalidInputError, about
 from ..io.atomic import atomic_path, write_json
+from ..io.overwrite import require_parent_folder
 from .features import DigitsFeatures, FeatureExtractor, InceptionFeatures, feature_extractor
 from .frechet import RunningStatistics, frechet_distance
 from .inception_score import inception_score
@@ -177,8 +178,7 @@ def save_statistics(stats: SetStatistics, path: str | os.PathLike) -> None:
     path = Path(path)
     if path.suffix.lower() != ".npz":
         raise InvalidInputError(f"path: {str(path)!r} must end in .npz for a statistics file")
-    if not path.parent.is_dir():
-        raise InvalidInputError(f"path: the folder {path.parent} does not exist")
+    require_parent_folder(path, "path")
     arrays = {"format": np.str_(STATISTICS_FORMAT), "mu": np.asarray(stats.mu, dtype=np.float64),
               "sigma": np.asarray(stats.sigma, dtype=np.float64)}
     if stats.features is not None:
@@ -329,7 +329,4 @@ def format_table(results: dict[str, float | int | None]) -> str:
 
 def write_results_json(results: dict[str, float | int | None], path: str | os.PathLike) -> None:
     """Write `evaluate`'s results as JSON (None → null), atomically."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise InvalidInputError(f"path: the folder {path.parent} does not exist")
-    write_json(path, dict(results))
+    write_json(require_parent_folder(path, "path"), dict(results))

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..errors import InvalidInputError
 from ..io.hub import refuse_embedded_folder
 from ..io.lock import LOCK_NAME
-from ..io.overwrite import refuse_input_as_output
+from ..io.overwrite import refuse_input_as_output, require_parent_folder
 from .checkpoint import list_checkpoints
 
 CONFIG_NAME = "train_config.json"
@@ -25,9 +25,7 @@ def check_run_folder(out: Path, resume: bool, inputs: dict[str, str | None]) -> 
     """Refuse a folder a run must not write (one line naming it and what to do)."""
     if str(out) in ("", "."):
         raise InvalidInputError(f"out: {str(out)!r} is not a run folder name; give a new folder, e.g. --out my-run")
-    if not out.parent.is_dir():
-        raise InvalidInputError(f"out: {out.parent} is a file, not a folder" if out.parent.exists()
-                                else f"out: the folder {out.parent} does not exist")
+    require_parent_folder(out, "out")
     if out.exists() and not out.is_dir():
         raise InvalidInputError(f"out: {out} is a file; give a folder")
     refuse_input_as_output(out, "out", inputs)
