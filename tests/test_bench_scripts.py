@@ -1,23 +1,30 @@
 """The benchmark scripts run end to end at toy sizes and print their ratios (not their timings:
-this machine is too noisy to assert speed)."""
+this machine is too noisy to assert speed). Each runs as a process of its own, forked from one
+that has imported torch (tests/warm_cm.py)."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+import warm_cm
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
-def run(script: str, *args: str) -> str:
-    result = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True,
-                            timeout=300)
+def script(name: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`python bench/NAME ARGS...`, to its end."""
+    return warm_cm.run(args, dict(os.environ), cwd, timeout=300, script=BENCH / name)
+
+
+def run(name: str, *args: str) -> str:
+    result = script(name, *args)
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
 
@@ -26,22 +33,21 @@ def test_train_step_prints_rates_and_the_bfloat16_ratio(tmp_path):
     """Without the +MiB column (three more processes, ~16 s here): the README's own train_step line,
     run by tests/test_readme_commands.py, prints it."""
     out = run("train_step.py", "--preset", "tiny16", "--batch-size", "2", "--repeats", "1", "--methods", "ct,meanflow,tcm",
-              "--matmul-size", "512", "--no-cpu-memory")
+              "--matmul-size", "256", "--no-cpu-memory")
     assert "freed memory kept" in out or "default allocator" in out
-    assert re.search(r"^matmul float32 [\d.]+ GFLOP/s, bfloat16 [\d.]+ GFLOP/s \(512³\)$", out, re.M), out
+    assert re.search(r"^matmul float32 [\d.]+ GFLOP/s, bfloat16 [\d.]+ GFLOP/s \(256³\)$", out, re.M), out
     assert re.search(r"^ct\s+eager\s+float32\s+[\d.]+\s+[\d.]+\s+[\d.]+-[\d.]+\s+[\d.]+\s+\d+%\s+-$", out, re.M), out
     assert re.search(r"^ct eager: the bfloat16 step is [\d.]+x as fast as the float32 one", out, re.M), out
     assert re.search(r"^meanflow eager float32: step [\d.]+x the ct step", out, re.M), out  # its two-time network
     assert re.search(r"^tcm eager float32: step [\d.]+x the ct step", out, re.M), out
     # bench/gpu_check.sh's table takes this output as its train_new stage: every method's row and ratio
     (tmp_path / "train_new.txt").write_text(out)
-    table = subprocess.run([sys.executable, str(BENCH / "gpu_check_table.py"), str(tmp_path), "sample (exit 124)"],
-                           capture_output=True, text=True, check=True).stdout
+    table = run("gpu_check_table.py", str(tmp_path), "sample (exit 124)")
     rows = [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| ") and "eager" in line]
     assert rows == [f"| {m} eager {p} (train_new)" for m in ("ct", "meanflow", "tcm") for p in ("float32", "bfloat16")], \
         table  # with the stage's own ct step, to which its ratios are
     assert re.search(r"^- tcm eager float32: step [\d.]+x the ct step", table, re.M), table
-    assert re.search(r"^matmul float32 [\d.]+ GFLOP/s, bfloat16 [\d.]+ GFLOP/s \(512³\) \(train_new\)$", table, re.M), table
+    assert re.search(r"^matmul float32 [\d.]+ GFLOP/s, bfloat16 [\d.]+ GFLOP/s \(256³\) \(train_new\)$", table, re.M), table
     assert "no matmul line (see train.txt)" in table and "| no rows (see sample.txt) |" in table
     assert table.rstrip().endswith("failed stages: sample (exit 124)"), table
 
@@ -70,11 +76,9 @@ def test_sample_speed_compares_with_diffusers(tmp_path):
 
 
 def test_bad_arguments_exit_2():
-    result = subprocess.run([sys.executable, str(BENCH / "train_step.py"), "--methods", "ddim"],
-                            capture_output=True, text=True)
+    result = script("train_step.py", "--methods", "ddim")
     assert result.returncode == 2 and "--methods: 'ddim' is not a comma-separated subset of ct,cd" in result.stderr
-    result = subprocess.run([sys.executable, str(BENCH / "train_step.py"), "--modes", "jit"],
-                            capture_output=True, text=True)
+    result = script("train_step.py", "--modes", "jit")
     assert result.returncode == 2 and "--modes: 'jit' is not a comma-separated subset of eager,fast" in result.stderr
 
 
@@ -103,7 +107,7 @@ def test_sample_memory_measures_each_path_in_a_process_of_its_own():
         assert ratio == pytest.approx(peak / reference, abs=0.02 + 1 / reference), (path, out)
 
 
-@pytest.mark.parametrize("script, args, message", [
+@pytest.mark.parametrize("name, args, message", [
     ("sample_speed.py", ["--presets", "nosuch:4"], "--presets: 'nosuch:4' is not PRESET:BATCH"),
     ("train_step.py", ["--batch-size", "0"], "argument --batch-size: '0' must be an integer of at least 1"),
     ("methods.py", ["--per-class", "0"], "--per-class: 0 must be at least 2"),
@@ -112,10 +116,9 @@ def test_sample_memory_measures_each_path_in_a_process_of_its_own():
     ("sample_memory.py", ["--paths", "fp32+compile"], "--paths: 'fp32+compile': +compile and +graph are not measured"),
     ("toy_scm.py", ["--runs", "ict", "--steps", "0"], "ict: cm train exited 2: cm: error: steps: 0 is not allowed"),
 ])
-def test_a_mistaken_value_is_a_line_of_its_own_not_a_traceback(tmp_path, script, args, message):
+def test_a_mistaken_value_is_a_line_of_its_own_not_a_traceback(tmp_path, name, args, message):
     """Refused before any work where the script can tell (the toy bench shows cm train's own reason)."""
-    result = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True,
-                            timeout=300, cwd=tmp_path)
+    result = script(name, *args, cwd=tmp_path)
     assert result.returncode in (1, 2) and message in result.stderr and "Traceback" not in result.stderr, \
         result.stderr
     assert not any(tmp_path.iterdir())   # nothing written (methods.py's bench-methods/ included)

@@ -1,8 +1,9 @@
 """`cm sample --num` killed with SIGKILL at chosen write events, then run again: the same file, bit
 for bit, as an uninterrupted run, and nothing half-written left anywhere.
 
-The killed runs are real child processes (`tests/kill_at.py` SIGKILLs the process at the N-th
-write event, so the point is chosen, not raced), plus one killed from outside while it works.
+The killed runs are real child processes, forked from one that has imported torch
+(tests/warm_cm.py): `tests/kill_at.py` SIGKILLs the process at the N-th write event, so the point
+is chosen, not raced, and one more is killed from outside while it works.
 20 images in shards of 4: one settings record, 5 shards, the merged file — 7 renames, 6 `np.savez`.
 """
 
@@ -11,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,9 +19,9 @@ import numpy as np
 import pytest
 
 from consistency_models.cli import main
+import warm_cm
 from conftest import child_env
 
-HERE = Path(__file__).resolve().parent
 ENV = child_env()
 
 
@@ -85,8 +84,7 @@ def test_kill_at_a_write_event_then_rerun(event, n, what, tmp_path, pipeline_dir
 def test_killed_from_outside_after_the_first_shard(tmp_path, pipeline_dir, reference, capsys):
     argv = sample_args(pipeline_dir)
     shards = tmp_path / "s.npz.shards"
-    proc = subprocess.Popen([sys.executable, "-m", "consistency_models", *argv], cwd=tmp_path, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = warm_cm.start(argv, ENV, tmp_path)
     try:
         deadline = time.monotonic() + 120
         while not list(shards.glob("r0-*.npz")) and proc.poll() is None and time.monotonic() < deadline:
@@ -105,8 +103,7 @@ def test_killed_from_outside_after_the_first_shard(tmp_path, pipeline_dir, refer
 
 
 def kill_at(event: str, n: int, argv: list[str], folder: Path) -> None:
-    killed = subprocess.run([sys.executable, str(HERE / "kill_at.py"), event, str(n), "--", *argv],
-                            cwd=folder, env=ENV, capture_output=True, text=True, timeout=180)
+    killed = warm_cm.run(argv, ENV, folder, timeout=180, kill_at=(event, n))
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
 
 

@@ -41,6 +41,7 @@ from PIL import Image
 from consistency_models.cli import main
 from consistency_models.metrics import inception as inception_module
 
+import warm_cm
 from test_inception import published_keys
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,7 +159,7 @@ def workspace(tmp_path_factory, pipeline_dir) -> dict:
     folder = tmp_path_factory.mktemp("readme")
     model = shutil.copytree(pipeline_dir, tmp_path_factory.mktemp("model") / "model")
     write_inputs(folder, model)
-    started: dict[str, subprocess.Popen] = {}
+    started: dict[str, warm_cm.WarmProcess] = {}
     yield {"folder": folder, "model": model, "made": set(), "bench": started}
     for proc in started.values():  # a benchmark whose test was deselected or failed early
         if proc.poll() is None:
@@ -176,14 +177,14 @@ def python_argv(argv: list[str]) -> list[str]:
     return [sys.executable] + [str(ROOT / a) if a.startswith(("bench/", "scripts/")) else a for a in argv]
 
 
-def bench_process(command: str, workspace: dict) -> subprocess.Popen:
-    """The running process of a README benchmark line (all of them started at the first call)."""
+def bench_process(command: str, workspace: dict) -> warm_cm.WarmProcess:
+    """The running process of a README benchmark line (all of them started at the first call),
+    forked from one that has imported torch (tests/warm_cm.py)."""
     if not workspace["bench"]:
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         for line in BENCH:
-            argv = python_argv(toy_argv(shlex.split(line)[1:], workspace["model"]))
-            workspace["bench"][line] = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                                        text=True, env=env, cwd=workspace["folder"])
+            script, *argv = toy_argv(shlex.split(line)[1:], workspace["model"])
+            workspace["bench"][line] = warm_cm.start(argv, env, workspace["folder"], script=ROOT / script)
     return workspace["bench"][command]
 
 
@@ -237,10 +238,13 @@ def test_readme_command_runs(command, in_workspace, capsys):
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-3000:]
     elif words[0] in ("python", "torchrun"):
-        program = python_argv(argv) if words[0] == "python" else \
-            [str(Path(sys.executable).parent / "torchrun"), *argv]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        result = subprocess.run(program, capture_output=True, text=True, env=env, timeout=300)
+        if words[0] == "python" and argv[0].endswith(".py"):  # a script of this repository, forked warm
+            result = warm_cm.run(argv[1:], env, timeout=300, script=ROOT / argv[0])
+        else:  # the entry points as typed: fresh interpreters
+            program = python_argv(argv) if words[0] == "python" else \
+                [str(Path(sys.executable).parent / "torchrun"), *argv]
+            result = subprocess.run(program, capture_output=True, text=True, env=env, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
         out = result.stdout
     else:

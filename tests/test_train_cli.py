@@ -1,16 +1,14 @@
 """`cm train` from the outside: its help, and bad input as one line `cm: error: ...` with exit code 2.
 
-`--help` and one bad input run as real `python -m consistency_models` processes; the other bad
-inputs go through the same `main()` in this process (a `cm train` process costs ~3 s of CPU
-before it can refuse anything, most of it importing torch). A refused run creates nothing.
+`--help` and one bad input run as real `cm` processes (forked from one that has imported torch,
+tests/warm_cm.py; `python -m consistency_models` itself is tested in tests/test_cli.py); the other
+bad inputs go through the same `main()` in this process. A refused run creates nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,7 @@ from consistency_models import CMStochasticIterativeScheduler, ConsistencyModelP
 from consistency_models.cli import main
 from consistency_models.networks.mlp import MLP, MLPConfig
 from consistency_models.training import METHODS, TrainConfig
+import warm_cm
 from conftest import child_env
 
 ENV = child_env()
@@ -29,10 +28,6 @@ RENAMED = {"use_labels": "--unconditional"}
 # Settings `cm train` does not expose (the recipe a run came from; the options object, whose
 # fields are options of their own).
 NOT_ON_CLI = {"extra", "options"}
-
-
-def cm_command(*argv: str) -> list[str]:
-    return [sys.executable, "-m", "consistency_models", *argv]
 
 
 def base(out: Path, method: str = "ict", data: str = "toy:mog8") -> list[str]:
@@ -107,11 +102,9 @@ def test_case_names(places):
 
 @pytest.fixture(scope="module")
 def processes(places):
-    """`cm train --help` and one bad input as real processes, started together."""
+    """`cm train --help` and one bad input as real processes (tests/warm_cm.py), started together."""
     argvs = {"help": ["train", "--help"], "data-missing": cases(places)["data-missing"][0]}
-    procs = {name: subprocess.Popen(cm_command(*argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                    env=ENV, cwd=places["root"])
-             for name, argv in argvs.items()}
+    procs = {name: warm_cm.start(argv, ENV, places["root"]) for name, argv in argvs.items()}
     return {name: (proc, *proc.communicate(timeout=120)) for name, proc in procs.items()}
 
 

@@ -17,6 +17,7 @@ import torch
 from consistency_models.cli import main
 from consistency_models.training import TrainConfig, Trainer
 from consistency_models.training.checkpoint import latest_checkpoint, load_checkpoint
+import warm_cm
 from conftest import child_env
 
 ENV = child_env()
@@ -24,9 +25,9 @@ STEPS = 100
 
 
 def train_argv(out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "consistency_models", "train", "--method", "ict", "--data", "toy:mog8",
-            "--out", str(out), "--steps", str(STEPS), "--batch-size", "32", "--save-every", "100000",
-            "--sample-every", "100000", "--log-every", "1", "--no-progress", *extra]
+    return ["train", "--method", "ict", "--data", "toy:mog8", "--out", str(out), "--steps", str(STEPS),
+            "--batch-size", "32", "--save-every", "100000", "--sample-every", "100000", "--log-every", "1",
+            "--no-progress", *extra]
 
 
 def logged_steps(out: Path) -> int:
@@ -36,8 +37,13 @@ def logged_steps(out: Path) -> int:
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_saves_the_steps_done_and_resume_continues_from_them(tmp_path, signum, code):
+    """Ctrl-C to `python -m consistency_models train` as typed; SIGTERM to a forked `cm` child."""
     out = tmp_path / "run"
-    proc = subprocess.Popen(train_argv(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    if signum == signal.SIGINT:
+        proc = subprocess.Popen([sys.executable, "-m", "consistency_models", *train_argv(out)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    else:
+        proc = warm_cm.start(train_argv(out), ENV)
     deadline = time.monotonic() + 120
     while logged_steps(out) < 3 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -57,7 +63,7 @@ def test_a_signal_saves_the_steps_done_and_resume_continues_from_them(tmp_path, 
     if signum != signal.SIGINT:
         return  # resuming is the same after either signal
 
-    resumed = subprocess.run(train_argv(out, "--resume"), capture_output=True, text=True, env=ENV, timeout=300)
+    resumed = warm_cm.run(train_argv(out, "--resume"), ENV, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resume: continuing from step {stopped} of {STEPS} (" in resumed.stderr
     assert load_checkpoint(latest_checkpoint(out))["step"] == STEPS and logged_steps(out) == STEPS

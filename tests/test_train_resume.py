@@ -1,10 +1,12 @@
 """`cm train` as real processes: kill -9 and resume bitwise, damaged checkpoints, the run folder.
 
-Every run here is a real `python -m consistency_models train` subprocess on `toy:mog8` with the
-default 2-D MLP, writing real files; nothing is mocked. Runs are tiny (at most 90 steps of
-~15 ms) and use one OpenMP thread; each process still costs ~3 s of CPU to start (torch and
-torch._dynamo imports), so the file takes ~45 s on a loaded 2-core machine. Tests that damage
-a run work on a copy of the shared finished run, made with a relative `--out run`.
+Every run here is a real `cm train` process on `toy:mog8` with the default 2-D MLP, writing real
+files; nothing is mocked. Runs are tiny (at most 90 steps of ~15 ms) and use one OpenMP thread.
+A fresh interpreter costs ~4 s of CPU to start (torch and torch._dynamo imports), so the runs are
+forked from one that has imported them (tests/warm_cm.py); the uninterrupted reference of each
+bitwise comparison is a fresh `python -m consistency_models train`, so that nothing the two
+processes could share hides an unseeded draw. Tests that damage a run work on a copy of the shared
+finished run, made with a relative `--out run`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from consistency_models.training.checkpoint import (
     list_checkpoints,
     load_checkpoint,
 )
+import warm_cm
 from conftest import child_env
 
 ENV = child_env()
@@ -39,7 +42,7 @@ def cm_command(*argv: str) -> list[str]:
 
 
 def cm(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(cm_command(*argv), capture_output=True, text=True, env=ENV, cwd=cwd, timeout=TIMEOUT)
+    return warm_cm.run(argv, ENV, cwd, timeout=TIMEOUT)
 
 
 def train_argv(method: str, out: Path, steps: int, save_every: int, *extra: str, batch: int = 256,
@@ -98,20 +101,18 @@ def test_kill_and_resume_is_bitwise_identical(method, tmp_path):
     reference = subprocess.Popen(cm_command(*train_argv(method, ref, total, every)), stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True, env=ENV)
     try:
-        with open(tmp_path / "killed.err", "w") as err:
-            proc = subprocess.Popen(cm_command(*train_argv(method, run, total, every)), stdout=subprocess.DEVNULL,
-                                    stderr=err, env=ENV)
-            first = checkpoint_path(run, every)
-            deadline = time.monotonic() + TIMEOUT
-            try:
-                while not first.exists():  # os.replace makes a ckpt-*.pt appear complete
-                    assert proc.poll() is None, f"the run ended early: {(tmp_path / 'killed.err').read_text()}"
-                    assert time.monotonic() < deadline, "no checkpoint appeared in time"
-                    time.sleep(0.002)
-                proc.send_signal(signal.SIGKILL)
-            finally:
-                proc.kill()
-                proc.wait(TIMEOUT)
+        proc = warm_cm.start(train_argv(method, run, total, every), ENV)
+        first = checkpoint_path(run, every)
+        deadline = time.monotonic() + TIMEOUT
+        try:
+            while not first.exists():  # os.replace makes a ckpt-*.pt appear complete
+                assert proc.poll() is None, f"the run ended early: {proc.output()[1]}"
+                assert time.monotonic() < deadline, "no checkpoint appeared in time"
+                time.sleep(0.002)
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            proc.kill()
+            proc.wait(TIMEOUT)
         assert proc.returncode == -signal.SIGKILL
         steps = [step for step, _ in list_checkpoints(run)]
         assert steps and steps[0] == every and steps[-1] < total, f"not killed mid-run: checkpoints {steps}"
@@ -327,8 +328,7 @@ def test_kill_between_the_last_checkpoint_and_the_export(tmp_path):
     reference = subprocess.Popen(cm_command(*train_argv("ict", ref, total, total)), stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True, env=ENV)
     try:
-        proc = subprocess.Popen(cm_command(*train_argv("ict", run, total, total)), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, env=ENV)
+        proc = warm_cm.start(train_argv("ict", run, total, total), ENV)
         last = checkpoint_path(run, total)
         deadline = time.monotonic() + TIMEOUT
         try:
