@@ -3,7 +3,8 @@ for bit, as an uninterrupted run, and nothing half-written left anywhere.
 
 The killed runs are real child processes, forked from one that has imported torch
 (tests/warm_cm.py): `tests/kill_at.py` SIGKILLs the process at the N-th write event, so the point
-is chosen, not raced, and one more is killed from outside while it works.
+is chosen, not raced, and one more is killed from outside while it works. The uninterrupted
+reference and the reruns run in this test process, another interpreter than the killed runs'.
 20 images in shards of 4: one settings record, 5 shards, the merged file — 7 renames, 6 `np.savez`.
 """
 

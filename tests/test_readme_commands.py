@@ -9,6 +9,10 @@ substitutions, which only shrink the work (they are listed so that nothing else 
 - `cm train`: `--steps` → 2, `--batch-size` → 8; `--num`/`--num-samples` above 16 → 8;
 - `torchrun --nproc_per_node 8` → 2 (real torchrun processes);
 - the benchmark scripts get their smallest sizes (a few steps, one repeat, a few samples, the `tiny16` network);
+- `cm ...` lines run through the same `main()` in this process, and `python bench/...` and
+  `python scripts/...` lines in a process forked from one that has imported torch (tests/warm_cm.py:
+  the script's own folder first on sys.path, as `python` puts it); `python -m` and torchrun lines
+  start fresh interpreters, as typed;
 - `cm tune-timesteps` gets `--hi 2` (two candidates: each costs a 2048-d FID, ~3.5 s on one thread);
 - the inception weights are a seeded random stand-in (the published file cannot be had offline),
   so its SHA-256 check is switched off here — the check itself is tested in tests/test_inception.py.

@@ -1,14 +1,16 @@
 """`cm train` from the outside: its help, and bad input as one line `cm: error: ...` with exit code 2.
 
-`--help` and one bad input run as real `cm` processes (forked from one that has imported torch,
-tests/warm_cm.py; `python -m consistency_models` itself is tested in tests/test_cli.py); the other
-bad inputs go through the same `main()` in this process. A refused run creates nothing.
+`--help` runs as a real `cm` process forked from one that has imported torch (tests/warm_cm.py), one
+bad input as a fresh `python -m consistency_models` process; the other bad inputs go through the
+same `main()` in this process. A refused run creates nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -102,9 +104,12 @@ def test_case_names(places):
 
 @pytest.fixture(scope="module")
 def processes(places):
-    """`cm train --help` and one bad input as real processes (tests/warm_cm.py), started together."""
-    argvs = {"help": ["train", "--help"], "data-missing": cases(places)["data-missing"][0]}
-    procs = {name: warm_cm.start(argv, ENV, places["root"]) for name, argv in argvs.items()}
+    """`cm train --help` forked (tests/warm_cm.py) and one bad input as a fresh `python -m
+    consistency_models` (its stderr must be the one line, no import-time warning), started together."""
+    refused = cases(places)["data-missing"][0]
+    procs = {"help": warm_cm.start(["train", "--help"], ENV, places["root"]),
+             "data-missing": subprocess.Popen([sys.executable, "-m", "consistency_models", *refused], text=True,
+                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV, cwd=places["root"])}
     return {name: (proc, *proc.communicate(timeout=120)) for name, proc in procs.items()}
 
 

@@ -3,9 +3,9 @@
 Every run here is a real `cm train` process on `toy:mog8` with the default 2-D MLP, writing real
 files; nothing is mocked. Runs are tiny (at most 90 steps of ~15 ms) and use one OpenMP thread.
 A fresh interpreter costs ~4 s of CPU to start (torch and torch._dynamo imports), so the runs are
-forked from one that has imported them (tests/warm_cm.py); the uninterrupted reference of each
-bitwise comparison is a fresh `python -m consistency_models train`, so that nothing the two
-processes could share hides an unseeded draw. Tests that damage a run work on a copy of the shared
+forked from one that has imported them (tests/warm_cm.py); the uninterrupted run each bitwise
+comparison is made against (the references, the shared finished run) is a fresh `python -m
+consistency_models train`, so that nothing the two processes could share hides an unseeded draw. Tests that damage a run work on a copy of the shared
 finished run, made with a relative `--out run`.
 """
 
@@ -161,7 +161,8 @@ def finished_run(tmp_path_factory):
     Tests must not change it: those that damage a run work on a copy.
     """
     parent = tmp_path_factory.mktemp("finished")
-    proc = cm(*finished_argv(), cwd=parent)
+    proc = subprocess.run(cm_command(*finished_argv()), capture_output=True, text=True, env=ENV, cwd=parent,
+                          timeout=TIMEOUT)  # a fresh interpreter: the damaged copy's resume is compared with it
     assert_ok(proc)
     assert "model in run" in proc.stdout
     return parent / "run"

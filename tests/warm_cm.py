@@ -1,24 +1,30 @@
 """Real `cm` child processes without a fresh interpreter's start-up.
 
 A fresh `python -m consistency_models ...` spends 2.5 s of CPU importing torch (4 s with the
-torch._dynamo that `cm train` imports) before it does anything, and the suite starts dozens. Here they are forked from a server process that
-has imported torch and the package once (the standard library's multiprocessing forkserver, with
-the CLI preloaded). Each child is still a process of its own — its own pid, working folder,
-environment, files, signal handlers and exit status, killed by real signals — and runs what
-`python -m consistency_models ARGS` runs: `main(ARGS)`, its return value the exit status.
+torch._dynamo that `cm train` imports) before it does anything, and the suite starts dozens.
+Here they are forked from a server process that has imported torch and the package once (the
+standard library's multiprocessing forkserver, with the CLI preloaded). Each child is still a
+process of its own — its own pid, working folder, environment, output files, signal handlers and
+exit status, killed by real signals — and runs what `python -m consistency_models ARGS` runs:
+`main(ARGS)`, its return value the exit status (an uncaught exception: status 1, its traceback
+after a line naming the process).
 
 What a fork would share and fresh interpreters would not is drawn again in the child: Python's,
-NumPy's and torch's global random states (from the OS, as a fresh interpreter seeds them), and the
-thread count follows the child's OMP_NUM_THREADS. Two things stay the server's: the hash seed of str, and
-what a module read from the environment when it was imported (this package reads its settings
-when it uses them, and the tests set none of torch's). A test that compares two runs bit for bit
-starts one of them as a fresh interpreter (`python -m`), so that nothing the two share could hide
-an unseeded draw. The entry points themselves (`cm`, `python -m consistency_models`, torchrun)
-are tested with fresh interpreters; tests/test_warm_cm.py checks what is said here.
+NumPy's and torch's global random states (from the OS, as a fresh interpreter seeds them), the
+thread count (the child's OMP_NUM_THREADS), and for a script a fresh interpreter's sys.path (its
+folder first, none of pytest's entries). What stays the server's: the hash seed of str, the
+modules it imported — with what they read from the environment and any warning they printed then
+(the package asks nothing of the environment or of CUDA at import) — and the descriptors
+multiprocessing keeps open. So a test of a command's exact output or of an entry point runs a
+fresh interpreter (`cm --help`, `python -m consistency_models` in tests/test_cli.py, a refused
+`cm train` in tests/test_train_cli.py, torchrun), and of two runs compared bit for bit one is a
+fresh interpreter, so that nothing the two share could hide an unseeded draw.
+tests/test_warm_cm.py checks what is said here.
 """
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing
 import os
 import random
@@ -29,32 +35,39 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
+HERE = Path(__file__).resolve().parent
 _CONTEXT = multiprocessing.get_context("forkserver")
-_CONTEXT.set_forkserver_preload(["consistency_models.cli", "torch._dynamo", "warm_cm", "kill_at"])  # cm train imports dynamo
+# Imports only: the server must start no thread, run no OpenMP region and ask nothing of CUDA
+# (a process forked after CUDA is initialized cannot use it), or its children would inherit that.
+_CONTEXT.set_forkserver_preload(["consistency_models.cli", "torch._dynamo"])  # cm train imports torch._dynamo
+_LIVE: set[WarmProcess] = set()
 
 
 def _child(argv: list[str], env: dict[str, str], cwd: str, out: str, err: str, kill_at: tuple[str, int] | None,
            script: str | None) -> None:
     """The child's body: the environment, folder and standard streams of a fresh process, then
     `main(argv)` (or the Python `script` as `python script argv` runs it)."""
-    import numpy as np
-    import torch
-
-    os.environ.clear()
-    os.environ.update(env)
-    os.chdir(cwd)
-    for fd, path in ((1, out), (2, err)):
+    for fd, path in ((1, out), (2, err)):  # first: whatever fails next is this child's to report
         target = os.open(path, os.O_WRONLY | os.O_APPEND)
         os.dup2(target, fd)
         os.close(target)
+    import numpy as np
+    import torch
+
+    if torch.cuda._is_in_bad_fork():
+        raise RuntimeError("warm_cm: the server initialized CUDA before forking; its children cannot use it")
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(cwd)
     random.seed()
     np.random.seed()
     torch.seed()  # a fresh interpreter's torch starts from a non-deterministic seed too
     if env.get("OMP_NUM_THREADS", "").isdigit():
         torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
     sys.argv = [script or "cm", *argv]
-    if script is not None:
-        sys.path.insert(0, str(Path(script).parent))
+    if script is not None:  # `python script` puts the script's folder first, and knows nothing of pytest's
+        pytests = {"", str(HERE), str(HERE.parent)}
+        sys.path[:] = [str(Path(script).parent)] + [entry for entry in sys.path if entry not in pytests]
         runpy.run_path(script, run_name="__main__")
         return
     if kill_at is not None:
@@ -85,11 +98,13 @@ class WarmProcess:
         self._process.start()
         self.pid: int = self._process.pid
         self.returncode: int | None = None
+        _LIVE.add(self)
 
     def poll(self) -> int | None:
         if self.returncode is None and not self._process.is_alive():
             self._process.join()
             self.returncode = self._process.exitcode
+            _LIVE.discard(self)
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
@@ -100,7 +115,10 @@ class WarmProcess:
 
     def send_signal(self, signum: int) -> None:
         if self.poll() is None:
-            os.kill(self.pid, signum)
+            try:
+                os.kill(self.pid, signum)
+            except ProcessLookupError:  # ended and reaped by the server, its status not yet sent
+                pass
 
     def kill(self) -> None:
         self.send_signal(9)
@@ -135,6 +153,15 @@ def run(argv: Sequence[str], env: dict[str, str], cwd: str | os.PathLike | None 
     process = start(argv, env, cwd, kill_at=kill_at, script=script)
     try:
         out, err = process.communicate(timeout)
-    finally:
+    except subprocess.TimeoutExpired:
         process.kill()
+        process.wait()
+        raise subprocess.TimeoutExpired(process.args, timeout, *process.output()) from None
     return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+@atexit.register  # registered after multiprocessing's own hook, so it runs first: that one waits
+def _kill_leftovers() -> None:  # for every child without a timeout, and a test that failed
+    for process in list(_LIVE):  # midway may have left one running
+        process.kill()
+        process.wait(10)

@@ -64,6 +64,12 @@ def existing_device(name: str | torch.device, instead: str = "'cpu'") -> torch.d
     return dev
 
 
+def default_device() -> str:
+    """cuda where this machine has a GPU, else cpu. Asked when a device is needed, never at import:
+    asking CUDA initializes it, and a process forked after that cannot use it."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def check_device(name: str | torch.device) -> torch.device:
     """A device checked against this machine before anything uses it: cpu, cuda or cuda:N with a
     GPU N here (one line naming the value and what is allowed otherwise)."""
@@ -97,9 +103,7 @@ def setup_distributed(device: str | torch.device | None = None) -> DistributedCo
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = check_device(device)
+    dev = check_device(default_device() if device is None else device)
     if dev.type == "cuda":
         dev = rank_device(dev, local_rank, world_size, torch.cuda.device_count())
         torch.cuda.set_device(dev)

@@ -6,13 +6,11 @@ import argparse
 
 import torch
 
-from ..distributed import check_device
+from ..distributed import check_device, default_device
 
-from ..errors import InvalidInputError
 from ..schedule import NoiseLevels
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DEFAULT_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -98,11 +96,15 @@ def seed(text: str) -> int:
     return value
 
 
-device = check_device  # a device name checked against this machine (the one-line error names what is allowed)
+def device(name: str | None) -> torch.device:
+    """`--device` checked against this machine (the one-line error names what is allowed); not
+    given: cuda where there is a GPU, else cpu."""
+    return check_device(default_device() if name is None else name)
 
 
 def add_device(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default=DEFAULT_DEVICE, help="cpu, cuda or cuda:N")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda where this machine has a "
+                                                      "GPU, else cpu)")
 
 
 def add_variant(parser: argparse.ArgumentParser) -> None:
