@@ -129,7 +129,15 @@ def pytest_configure(config):
     config.addinivalue_line("markers", f"slow: takes about a minute on 2 CPU cores; runs only with {SLOW_ENV}=1")
 
 
+# The longest files (seconds on 2 cores, 2026-12-08), started first: pytest-xdist hands files out in
+# collection order, and a long one started last leaves the other workers idle at the end.
+LONGEST_FILES = ("test_readme_commands.py", "test_scm.py", "test_train_distributed.py", "test_train_layout.py",
+                 "test_bench_scripts.py", "test_meanflow.py", "test_fast_paths.py", "test_train_toy.py")
+
+
 def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files and tests keep their order
     if os.environ.get(SLOW_ENV) == "1":
         return
     skip = pytest.mark.skip(reason=f"slow test; set {SLOW_ENV}=1 to run it")

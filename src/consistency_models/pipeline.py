@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .distributed import existing_device
+from .distributed import default_device, existing_device
 from .errors import InvalidInputError, is_integer
 from .fast_paths import FastPaths
 from .io.file_mapping import mapped_storages, release_file
@@ -84,7 +84,7 @@ def _device_argument(device: str | torch.device | None,
     if device is not None:
         raise InvalidInputError(f"device_map: give device={device!r} or device_map={device_map!r}, not both")
     if device_map in ("balanced", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return default_device()
     if isinstance(device_map, (str, torch.device)):
         return device_map
     raise InvalidInputError(f"device_map: {device_map!r} is not allowed; this pipeline has one network: give a device "
