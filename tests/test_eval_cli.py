@@ -42,12 +42,17 @@ def test_same_fid_for_every_batch_size_and_through_saved_statistics(samples, cap
     code, _, err = run_cli(capsys, "eval", "--samples", "digits:test", "--features", "digits",
                            "--save-stats", str(samples / "ref.npz"))
     assert code == 0, err
+    # No --features: the statistics file records its extractor (digits), which is used (not Inception).
     code, _, err = run_cli(capsys, "eval", "--samples", str(samples / "a.npz"), "--ref", str(samples / "ref.npz"),
-                           "--features", "digits", "--metrics", "fid", "--json", str(samples / "s.json"))
+                           "--metrics", "fid", "--json", str(samples / "s.json"))
     assert code == 0, err
-    fids.append(json.loads((samples / "s.json").read_text())["fid"])
-    assert fids[0] == fids[1]
+    saved = json.loads((samples / "s.json").read_text())
+    fids.append(saved["fid"])
+    assert fids[0] == fids[1] and saved["features"] == "digits"
     assert fids[2] == pytest.approx(fids[0], rel=1e-9)
+    code, stdout, err = run_cli(capsys, "tune-timesteps", "--ref", str(samples / "ref.npz"), "--num", "8",
+                                "--lo", "9", "--hi", "10")
+    assert code == 0 and "), FD " in stdout, err   # FD of digits features; FID would be Inception's
 
 
 def test_tune_timesteps_prints_the_best_index(samples, capsys):

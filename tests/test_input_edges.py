@@ -107,7 +107,9 @@ def test_fid_of_two_statistics_files_needs_no_feature_network(tmp_path, capsys, 
     fid = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("FID"))
     assert abs(float(fid.split()[-1])) < 1e-6
     assert one_line(["eval", "--samples", "digits:test", "--features", "digits", "--save-stats", str(tmp_path)],
-                    capsys) == f"save-stats: '{tmp_path}' must end in .npz for a statistics file"
+                    capsys) == f"save-stats: {tmp_path} is a folder; give a file name (in it, or beside it)"
+    assert one_line(["eval", "--samples", "digits:test", "--features", "digits", "--save-stats", str(tmp_path / "s.txt")],
+                    capsys) == f"save-stats: '{tmp_path / 's.txt'}' must end in .npz for a statistics file"
 
 
 def test_messages_name_the_argument(tmp_path, capsys):

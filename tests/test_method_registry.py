@@ -75,13 +75,15 @@ def test_recorded_grid_size(method, settings, expected):
 
 
 @pytest.mark.parametrize("method, settings, message", [
-    ("ict", {"num_scales": 18}, r"^num_scales: 18 is not used by --method ict \(its own settings: distance, lpips_vgg, lpips_lin, s0, s1\)$"),
-    ("ect", {"distance": "l2"}, r"^distance: 'l2' is not used by --method ect \(its own settings: ect_stages\)$"),
-    ("edm", {"s1": 150}, r"^s1: 150 is not used by --method edm \(its own settings: time_input, p_mean, p_std\)$"),
+    ("ict", {"num_scales": 18}, r"^num_scales: 18 is not used by --method ict \(its own options: --distance, --lpips-vgg, --lpips-lin, --s0, --s1\)$"),
+    ("ect", {"distance": "l2"}, r"^distance: 'l2' is not used by --method ect \(its own options: --ect-stages\)$"),
+    ("edm", {"s1": 150}, r"^s1: 150 is not used by --method edm \(its own options: --time-input, --p-mean, --p-std\)$"),
     ("cd", {"mu0": 0.9, "teacher": "t"}, r"^mu0: 0.9 is not used by --method cd"),
     ("edm", {"teacher": "t"}, r"^teacher: --method edm uses no teacher"),
     ("ct", {"init_from_teacher": True}, r"^init_from_teacher: needs --teacher$"),
-    ("ict", {"lpips_vgg": "vgg.pth", "lpips_lin": "lin.pth"}, r"^lpips_vgg/lpips_lin: given, but --distance is not lpips or lpips_standard$"),
+    ("ict", {"lpips_vgg": "vgg.pth", "lpips_lin": "lin.pth"}, r"^lpips_vgg: given, but --distance is not lpips or lpips_standard$"),
+    ("ict", {"s0": 10, "s1": 5}, r"^s1: 5 is below --s0 10; the curriculum grows the grid from s0 to s1 points$"),
+    ("ct", {"s0": 2, "s1": 1}, r"^s1: 1 is below --s0 2; the curriculum grows"),
     ("nope", {}, r"^method: 'nope' is not allowed; use one of edm, cd, ct, ict, ect, sct, scd, meanflow, tcm$"),
     ("ct", {"num_scale": 18}, r"^num_scale: 18 is not a setting of cm train$"),
 ])

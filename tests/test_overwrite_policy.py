@@ -102,7 +102,14 @@ def test_eval_checks_its_output_files_before_it_works(tmp_path, capsys):
     one_line(code, err, f"json: {tmp_path / 'newj'}/ names a folder; give a file name")
     code, err = run(capsys, ["eval", "--samples", str(samples), "--save-stats", f"{samples}/", "--overwrite"])
     one_line(code, err, "save-stats:")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits.npz"]
+    for folder in ("empty", "full"):   # an existing folder, empty or not, --overwrite or not
+        (tmp_path / folder).mkdir()
+    (tmp_path / "full" / "mine.txt").write_text("a user's file")
+    for folder, overwrite in (("empty", []), ("full", []), ("full", ["--overwrite"])):
+        code, err = run(capsys, [*evaluate, "--json", str(tmp_path / folder), *overwrite])
+        one_line(code, err, f"json: {tmp_path / folder} is a folder; give a file name")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits.npz", "empty", "full"]
+    assert [p.name for p in (tmp_path / "full").iterdir()] == ["mine.txt"] and not any((tmp_path / "empty").iterdir())
 
 
 def test_overwrite_names_a_model_folder_as_such(tmp_path, capsys, pipeline_dir):
@@ -135,3 +142,16 @@ def test_every_output_under_a_file_is_named_as_such(tmp_path, pipe):
         with pytest.raises(InvalidInputError, match=rf"^{argument.strip()}: {afile} is a file, not a folder$"):
             write()
     assert afile.read_text() == "a user's file"
+
+
+def test_a_new_model_folder_over_a_file_is_named_as_such(tmp_path, capsys, monkeypatch):
+    """`cm new FILE` and `cm convert openai CKPT CKPT` say the output is a file (as `cm train --out
+    FILE` does), not that it "already exists and is not an empty folder"; the file stays."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile.txt").write_text("a user's file")
+    (tmp_path / "ckpt.pt").write_bytes(b"not read")
+    code, err = run(capsys, ["new", "afile.txt"])
+    one_line(code, err, "out_dir: afile.txt is a file; give a new folder")
+    code, err = run(capsys, ["convert", "openai", "ckpt.pt", "ckpt.pt"])
+    one_line(code, err, "out_dir: ckpt.pt is a file; give a new folder")
+    assert (tmp_path / "afile.txt").read_text() == "a user's file" and (tmp_path / "ckpt.pt").read_bytes() == b"not read"

@@ -278,6 +278,8 @@ def test_resume_with_changed_settings_is_refused(finished_run):
     assert proc.returncode == 2
     line = one_line(proc.stderr)
     assert line.startswith("cm: error: resume: ") and "lr=0.0002 (now 0.001)" in line, line
+    assert line.endswith("train on with new ones in a new run that starts from its weights: --init-from run "
+                         "--out NEW_FOLDER"), line
     assert folder_snapshot(finished_run) == before, "a refused resume must not touch the run"
 
 

@@ -9,7 +9,7 @@ from ..io.overwrite import check_output_file, refuse_existing, refuse_input_as_o
 from ..metrics.scores import (METRICS, compute_statistics, evaluate, format_table, save_statistics,
                               statistics_file, write_results_json)
 from .arguments import DefaultsHelpFormatter, positive_int, seed
-from .features import add_feature_arguments, extractor
+from .features import add_feature_arguments, choose_features, extractor
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> None:
         raise InvalidInputError(f"save_stats: {args.save_stats!r} must end in .npz for a statistics file")
     refuse_existing(args.save_stats, args.overwrite, "save_stats")
     refuse_existing(args.json, args.overwrite, "json")
+    choose_features(args, args.samples, args.ref)
     features = extractor(args, build=not only_statistics(args))
     samples = args.samples
     if args.save_stats is not None:

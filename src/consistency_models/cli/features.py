@@ -6,16 +6,26 @@ import argparse
 
 from ..errors import InvalidInputError
 from ..metrics.features import FeatureExtractor, feature_extractor
+from ..metrics.scores import recorded_extractor
 from .arguments import add_device, device
 
 
 def add_feature_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--features", choices=["inception", "digits"], default="inception",
+    p.add_argument("--features", choices=["inception", "digits"], default=None,
                    help="inception: the standard FID Inception-v3 (its weights file is needed offline); digits: the "
-                        "embedded digits classifier, for 16×16 digit models (no download)")
+                        "embedded digits classifier, for 16×16 digit models (no download). Default: the one a "
+                        "statistics file given as a set records (cm eval --save-stats), else inception")
     p.add_argument("--inception-weights", default=None,
                    help="pt_inception-2015-12-05-6726825d.pth (else $CM_INCEPTION_WEIGHTS or the cache folder)")
     add_device(p)
+
+
+def choose_features(args: argparse.Namespace, *sets: str | None) -> str:
+    """`--features` as given, else the extractor a statistics file among `sets` records, else
+    inception (set on `args`, and returned)."""
+    if args.features is None:
+        args.features = next((name for name in map(recorded_extractor, filter(None, sets)) if name), "inception")
+    return args.features
 
 
 def extractor(args: argparse.Namespace, build: bool = True) -> FeatureExtractor | str:

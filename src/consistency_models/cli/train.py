@@ -12,7 +12,7 @@ from dataclasses import MISSING, Field, fields
 from ..distributed import teardown_distributed
 from ..errors import InvalidInputError
 from ..training import Trainer, TrainConfig
-from ..training.config import option_defaults_text, option_fields
+from ..training.config import option_defaults_text
 from ..training.methods import METHODS, method_options
 from ..training.recipes import RECIPES
 from .arguments import float_list

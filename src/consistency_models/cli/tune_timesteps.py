@@ -14,7 +14,7 @@ from ..io.hub import DEFAULT_MODEL, shadowing_note
 from ..metrics.scores import compute_statistics
 from ..pipeline import ConsistencyModelPipeline
 from .arguments import DefaultsHelpFormatter, add_variant, device, positive_int, seed
-from .features import add_feature_arguments, extractor
+from .features import add_feature_arguments, choose_features, extractor
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> None:
         pipe.prepare_class_labels(1, [args.class_label], None)
     if not 2 <= args.num <= MAX_IMAGES:
         raise InvalidInputError(f"num: {args.num} must be a number of images from 2 to {MAX_IMAGES}")
+    choose_features(args, args.ref)
     features = extractor(args)
     features.check_size(*pipe.sample_shape[1:])  # before the reference's features are computed
     reference = compute_statistics(args.ref, features, argument="ref")

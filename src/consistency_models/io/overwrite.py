@@ -54,13 +54,15 @@ def require_parent_folder(path: str | os.PathLike, argument: str) -> Path:
 
 
 def check_output_file(path: str | os.PathLike | None, argument: str) -> None:
-    """Before any work, a one-line error for a file output spelled as a folder (`r.json/`) or in a
-    folder that does not exist (the result would be lost at the end)."""
+    """Before any work, a one-line error for a file output spelled as a folder (`r.json/`), that is
+    an existing folder, or in a folder that does not exist (the result would be lost at the end)."""
     if path is None:
         return
     if names_a_folder(path):
         raise InvalidInputError(f"{argument}: {path} names a folder; give a file name (e.g. "
                                 f"{str(path).rstrip('/' + os.sep) or 'results'})")
+    if Path(path).is_dir():
+        raise InvalidInputError(f"{argument}: {path} is a folder; give a file name (in it, or beside it)")
     require_parent_folder(path, argument)
 
 

@@ -114,7 +114,9 @@ def write_scheduler_config(folder: str | os.PathLike, config: SchedulerConfig, p
 def require_new_folder(path: str | os.PathLike, what: str) -> Path:
     """`path` as a folder to create: its parent must exist and it must be absent or empty."""
     path = require_parent_folder(path, what)
-    if path.exists() and (not path.is_dir() or any(not p.name.startswith(PARTIAL_PREFIX) for p in path.iterdir())):
+    if path.exists() and not path.is_dir():
+        raise InvalidInputError(f"{what}: {path} is a file; give a new folder")
+    if path.exists() and any(not p.name.startswith(PARTIAL_PREFIX) for p in path.iterdir()):
         raise InvalidInputError(f"{what}: {path} already exists and is not an empty folder; choose a new one")
     return path
 

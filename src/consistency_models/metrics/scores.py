@@ -237,6 +237,19 @@ def statistics_file(source: Source) -> bool:
     return is_statistics(names) and "arr_0" not in names
 
 
+def recorded_extractor(source: Source) -> str | None:
+    """The feature extractor a statistics file of ours records (None: not a statistics file, or
+    one that does not say, e.g. pytorch-fid's)."""
+    if isinstance(source, SetStatistics):
+        return source.extractor
+    if not statistics_file(source):
+        return None
+    with np.load(Path(source), allow_pickle=False) as data:   # the small members only
+        if "format" not in data.files or "extractor" not in data.files:
+            return None
+        return str(data["extractor"])
+
+
 def compute_statistics(
     source: Source,                            # images (see `sample_sets`), a statistics file or SetStatistics
     extractor: FeatureExtractor | str,         # or its name: then built with `feature_extractor(name)` if needed

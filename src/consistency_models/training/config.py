@@ -74,7 +74,8 @@ class TrainConfig(RunSettings):
                 if name not in method_options():
                     raise InvalidInputError(f"{name}: {value!r} is not a setting of cm train")
                 raise InvalidInputError(f"{name}: {value!r} is not used by --method {self.method} (its own "
-                                        f"settings: {', '.join(own) or 'none'}){self._recipe_hint(name, value)}")
+                                        f"options: {', '.join('--' + n.replace('_', '-') for n in own) or 'none'})"
+                                        f"{self._recipe_hint(name, value)}")
         return method.options(**{name: value for name, value in given.items() if name in own})
 
     def _recipe_hint(self, name: str, value: Any) -> str:

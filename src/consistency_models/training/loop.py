@@ -253,7 +253,9 @@ class Trainer:
         changed = [k for k in now if k not in TrainConfig.RESUMABLE and saved.get(k) != now[k]]
         if changed:
             details = ", ".join(f"{k}={saved.get(k)!r} (now {now[k]!r})" for k in changed[:4])
-            raise InvalidInputError(f"resume: {self.out} was trained with other settings: {details}")
+            raise InvalidInputError(f"resume: {self.out} was trained with other settings: {details}; resume with "
+                                    f"its settings, or train on with new ones in a new run that starts from its "
+                                    f"weights: --init-from {self.out} --out NEW_FOLDER")
         self.network.load_state_dict(state["network"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])

@@ -10,14 +10,14 @@ from ..distances import Distance
 from ..ema import ema_update_
 from ..settings import RATE, RunSettings, setting
 from .loss import CurriculumPairLoss, unwrap
-from .options import DistanceOptions, s0_option, s1_option
+from .options import CurriculumOptions, s0_option, s1_option
 from .registry import LossInputs, Method, register
 
 MU_FORMS = ("openai", "paper")
 
 
 @dataclass
-class CTOptions(DistanceOptions):
+class CTOptions(CurriculumOptions):
     """CT's settings; the defaults are OpenAI's CT runs (s0, s1, μ0 of the paper's Table 3)."""
 
     s0: int = s0_option(2)

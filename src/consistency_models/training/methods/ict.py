@@ -11,7 +11,7 @@ from ..curricula import ict_index_probabilities, ict_curriculum
 from ..distances import Distance
 from .loss import CurriculumPairLoss
 from ..settings import BudgetDefault, RunSettings
-from .options import DistanceOptions, distance_option, s0_option, s1_option
+from .options import CurriculumOptions, distance_option, s0_option, s1_option
 from .registry import LossInputs, Method, register
 
 PAPER_DOUBLINGS = 7          # the paper's s1 = s0·2^7 = 1280 over 400k steps (8 stages of 50k)
@@ -26,7 +26,7 @@ def budget_s1(run: RunSettings) -> int:
 
 
 @dataclass
-class ICTOptions(DistanceOptions):
+class ICTOptions(CurriculumOptions):
     """iCT's settings: the paper's pseudo-Huber distance and s0; s1 from the run's length."""
 
     distance: str = distance_option("pseudo_huber")

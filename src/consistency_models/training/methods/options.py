@@ -76,8 +76,21 @@ class DistanceOptions(MethodOptions):
 
     def check(self, run: RunSettings) -> None:
         if (self.lpips_vgg or self.lpips_lin) and self.distance not in LPIPS_DISTANCES:
-            raise InvalidInputError("lpips_vgg/lpips_lin: given, but --distance is not lpips or lpips_standard")
+            given = "lpips_vgg" if self.lpips_vgg else "lpips_lin"
+            raise InvalidInputError(f"{given}: given, but --distance is not lpips or lpips_standard")
         if self.distance in LPIPS_DISTANCES and not (self.lpips_vgg and self.lpips_lin):
             raise InvalidInputError(f"distance: {self.distance} needs --lpips-vgg and --lpips-lin weight files "
                                     "(nothing is downloaded)")
 
+
+
+@dataclass
+class CurriculumOptions(DistanceOptions):
+    """A consistency distance and a grid that a curriculum grows from s0 to s1 (CT, iCT); the
+    method declares `s0` and `s1` with its defaults."""
+
+    def check(self, run: RunSettings) -> None:
+        super().check(run)
+        s0, s1 = getattr(self, "s0"), getattr(self, "s1")
+        if s1 < s0:
+            raise InvalidInputError(f"s1: {s1} is below --s0 {s0}; the curriculum grows the grid from s0 to s1 points")
