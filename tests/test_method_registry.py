@@ -201,6 +201,10 @@ def test_recipe_sets_every_setting_and_options_override_it(tmp_path, capsys):
         if recipe.settings.get("distance") == "lpips":
             needs.update(lpips_vgg="v", lpips_lin="l")
         TrainConfig.from_recipe(name, data="d", out="r", **needs)
+    # A teacher the recipe needs is asked for as the recipe's, not as a setting the user never typed.
+    with pytest.raises(InvalidInputError, match=r"^teacher: --recipe digits-cd starts the student from a teacher; "
+                                                 r"give --teacher, a diffusion model folder$"):
+        TrainConfig.from_recipe("digits-cd", data="d", out="r")
 
     out = tmp_path / "run"
     code = main(["train", "--recipe", "toy-ict", "--data", "toy:mog8", "--out", str(out), "--steps", "3",

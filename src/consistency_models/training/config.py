@@ -92,6 +92,9 @@ class TrainConfig(RunSettings):
             raise InvalidInputError(f"teacher: --method {self.method} uses no teacher; to start from a saved "
                                     "network use --init-from")
         if self.init_from_teacher and not self.teacher:
+            if self._recipe_hint("init_from_teacher", self.init_from_teacher):
+                raise InvalidInputError(f"teacher: --recipe {self.extra['recipe']} starts the student from a teacher; "
+                                        "give --teacher, a diffusion model folder")
             raise InvalidInputError("init_from_teacher: needs --teacher")
         if self.teacher and not method.teacher_in_loss and not self.init_from_teacher:
             way = "drop --teacher, or start from it" if method.teacher == "optional" else \
