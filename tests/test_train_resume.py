@@ -283,6 +283,26 @@ def test_resume_with_changed_settings_is_refused(finished_run):
     assert folder_snapshot(finished_run) == before, "a refused resume must not touch the run"
 
 
+def test_resume_with_only_the_run_folder_continues_with_its_own_settings(finished_run, tmp_path):
+    """`cm train --out run --resume` alone: the settings come from the run's train_config.json, and
+    the run ends as the uninterrupted one did (its newest checkpoint removed, step 7 is trained again)."""
+    run = copy_run(finished_run, tmp_path)
+    checkpoint_path(run, FINISHED_STEPS).unlink()
+    proc = cm("train", "--out", "run", "--resume", "--no-progress", cwd=tmp_path)
+    assert_ok(proc)
+    assert "resume: continuing from step 6 of 7" in proc.stderr, proc.stderr
+    again = load_checkpoint(checkpoint_path(run, FINISHED_STEPS))
+    original = load_checkpoint(checkpoint_path(finished_run, FINISHED_STEPS))
+    for key in ("step", "network", "ema", "optimizer", "rng"):
+        assert_bitwise_equal(again[key], original[key], key)
+    refused = cm("train", "--out", "run", "--resume", "--lr", "1e-3", cwd=tmp_path)   # a setting of the run itself
+    assert refused.returncode == 2 and "lr=0.0002 (now 0.001)" in one_line(refused.stderr)
+    nothing = cm("train", "--out", "nothing", "--resume", cwd=tmp_path)   # no run to take settings from
+    assert nothing.returncode == 2 and one_line(nothing.stderr).startswith("cm: error: method: give --method")
+    no_data = cm("train", "--method", "ict", "--out", "new", cwd=tmp_path)
+    assert no_data.returncode == 2 and one_line(no_data.stderr).startswith("cm: error: data: give --data (digits,")
+
+
 def test_resume_same_folder_by_another_path(finished_run, tmp_path):
     """The run was made with `--out run`; resuming it as `--out /abs/path/run` is the same run."""
     run = copy_run(finished_run, tmp_path / "moved")

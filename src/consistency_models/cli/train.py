@@ -46,8 +46,8 @@ def _add_option(p: argparse._ActionsContainer, f: Field, hint: object) -> None:
     flag = "--" + f.name.replace("_", "-")
     choices = meta["choices"]() if callable(meta["choices"]) else meta["choices"]
     options: dict = {"dest": f.name, "default": argparse.SUPPRESS, "help": meta["help"] + _default_text(f)}
-    required = (f.default is MISSING and f.default_factory is MISSING and f.name != "method"  # or --recipe
-                and f.name not in method_options())
+    required = (f.default is MISSING and f.default_factory is MISSING and f.name not in ("method", "data")
+                and f.name not in method_options())   # --method: or --recipe; both and --data: or --resume
     base = _base_type(hint)
     if base is bool:
         p.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
@@ -65,7 +65,7 @@ EXAMPLES = """examples:
   cm train --method cd --teacher teacher --data digits --out cd            distill it (consistency distillation)
   cm train --method ict --data toy:mog8 --out toy --steps 2000 --s1 160    consistency training, no teacher
   cm train --recipe toy-ict --data toy:mog8 --out toy                      a published run's settings
-  cm train ... --resume                                                    continue a stopped run (Ctrl-C saves it)
+  cm train --out toy --resume                                              continue a stopped run (Ctrl-C saves it)
   torchrun --nproc_per_node 2 -m consistency_models train ...              several processes (global --batch-size)"""
 
 
@@ -109,11 +109,20 @@ def _add_method_groups(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     options = {k: v for k, v in vars(args).items() if k not in ("func", "command", "recipe", "threads")}
     recipe = getattr(args, "recipe", None)
-    if recipe is None and "method" not in options:
+    cfg = None
+    if recipe is None and "method" not in options and options.get("resume"):  # the stopped run's own settings
+        cfg = TrainConfig.of_stopped_run(**options)
+    if cfg is None and recipe is None and "method" not in options:
         raise InvalidInputError(f"method: give --method ({', '.join(METHODS)}) or --recipe")
+    if cfg is None and "data" not in options:
+        raise InvalidInputError("data: give --data (digits, toy:NAME, a folder of images, an EDM .zip or an .npz)"
+                                + ("; only a run folder that holds a run resumes without it" if options.get("resume")
+                                   else ""))
     trainer = None
     try:
-        trainer = Trainer(TrainConfig.from_recipe(recipe, **options) if recipe else TrainConfig.from_settings(**options))
+        if cfg is None:
+            cfg = TrainConfig.from_recipe(recipe, **options) if recipe else TrainConfig.from_settings(**options)
+        trainer = Trainer(cfg)
         out = trainer.run()
         main, cfg = trainer.ctx.is_main, trainer.cfg
     finally:  # leave torchrun's process group (NCCL warns at exit otherwise), the trainer let go first

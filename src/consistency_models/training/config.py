@@ -157,6 +157,18 @@ class TrainConfig(RunSettings):
         except UnusedSigmaSetting:  # the run's kind has no σ (decided by `_check_sigmas` alone)
             return cls.from_settings(**{k: v for k, v in data.items() if k not in SIGMA_SETTINGS})
 
+    @classmethod
+    def of_stopped_run(cls, **settings: Any) -> "TrainConfig | None":
+        """The settings the run folder `settings["out"]` recorded (as `from_dict` reads them), with
+        `settings` over them: `cm train --out RUN --resume` continues RUN without its options typed
+        again. None where the folder holds no recorded run."""
+        from .run_folder import saved_settings
+
+        saved = saved_settings(settings["out"])
+        if saved is None:
+            return None
+        return cls.from_settings(**{**cls.from_dict(saved).to_dict(), **settings})
+
     # Settings that may change between a run and its resumption.
     RESUMABLE = ("resume", "out", "progress", "log_every", "save_every", "sample_every", "keep", "device",
                  "tensorboard", "compile")

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ..errors import InvalidInputError
@@ -40,3 +41,18 @@ def check_run_folder(out: Path, resume: bool, inputs: dict[str, str | None]) -> 
         raise InvalidInputError(f"out: {out} already holds a run; pass --resume to continue it or choose a new folder")
     if not resume and others and not is_run:
         raise InvalidInputError(f"out: {out} exists and is not empty; choose a new folder")
+
+
+def saved_settings(out: str | Path) -> dict | None:
+    """The flat settings a run folder's train_config.json records (None: no such file, e.g. a run not
+    yet started); a damaged file is a one-line error."""
+    path = Path(out) / CONFIG_NAME
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInputError(f"resume: {path} cannot be read ({exc}); give the run's settings again") from None
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"resume: {path} does not hold the run's settings; give them again")
+    return data

@@ -254,7 +254,8 @@ class RunSettings:
     save_every: int = setting(1000, "steps between checkpoints", check=POSITIVE_INTEGER)
     sample_every: int = setting(1000, "steps between sample grids in samples/", check=POSITIVE_INTEGER)
     keep: int = setting(3, "checkpoints kept", check=at_least(1, "at least 1"))
-    resume: bool = setting(False, "continue from the newest complete checkpoint")
+    resume: bool = setting(False, "continue from the newest complete checkpoint; given with --out alone, with "
+                                  "the settings the run folder recorded")
     device: str | None = setting(None, "cpu, cuda or cuda:N (default: cuda when available)")
     tensorboard: bool = setting(False, "also log to RUN_DIR/tensorboard")
     progress: bool = setting(True, "show a progress bar")
