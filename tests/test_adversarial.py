@@ -271,6 +271,8 @@ def test_huge_batch_is_refused(tmp_path, capsys):
 def test_interpolate_frames_are_bounded(tmp_path, capsys):
     code, _, err = run_cm(capsys, ["edit", "interpolate", "--num", "100000", "--out", str(tmp_path / "x.png")])
     assert_one_line_error(code, err, "num: 100000 must be an integer from 2 to 1024")
+    code, _, err = run_cm(capsys, ["edit", "interpolate", "--frames", "100000", "--out", str(tmp_path / "x.png")])
+    assert_one_line_error(code, err, "frames: 100000 must be an integer from 2 to 1024")  # as typed
 
 
 def test_unwritable_output_is_one_line(capsys):

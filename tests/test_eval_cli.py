@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from test_cli import run_cli
 
@@ -53,6 +54,12 @@ def test_same_fid_for_every_batch_size_and_through_saved_statistics(samples, cap
     code, stdout, err = run_cli(capsys, "tune-timesteps", "--ref", str(samples / "ref.npz"), "--num", "8",
                                 "--lo", "9", "--hi", "10")
     assert code == 0 and "), FD " in stdout, err   # FD of digits features; FID would be Inception's
+    from consistency_models.metrics.scores import SetStatistics, save_statistics
+    other = samples / "inception.npz"   # statistics of another extractor: which one to use is not guessed
+    save_statistics(SetStatistics(np.zeros(2048), np.eye(2048), None, None, "inception", 10), other)
+    code, _, err = run_cli(capsys, "eval", "--samples", str(samples / "ref.npz"), "--ref", str(other))
+    assert code == 2 and err == ("cm: error: features: the statistics files hold features of two extractors (--samples "
+                                 "'digits' and --ref 'inception'); compute both sets with one\n"), err
 
 
 def test_tune_timesteps_prints_the_best_index(samples, capsys):

@@ -278,8 +278,8 @@ def test_resume_with_changed_settings_is_refused(finished_run):
     assert proc.returncode == 2
     line = one_line(proc.stderr)
     assert line.startswith("cm: error: resume: ") and "lr=0.0002 (now 0.001)" in line, line
-    assert line.endswith("train on with new ones in a new run that starts from its weights: --init-from run "
-                         "--out NEW_FOLDER"), line
+    assert line.endswith("train on with new ones in a new run that starts from its weights: --method ict --data "
+                         "toy:mog8 --init-from run --out NEW_FOLDER"), line
     assert folder_snapshot(finished_run) == before, "a refused resume must not touch the run"
 
 
@@ -299,6 +299,9 @@ def test_resume_with_only_the_run_folder_continues_with_its_own_settings(finishe
     assert refused.returncode == 2 and "lr=0.0002 (now 0.001)" in one_line(refused.stderr)
     nothing = cm("train", "--out", "nothing", "--resume", cwd=tmp_path)   # no run to take settings from
     assert nothing.returncode == 2 and one_line(nothing.stderr).startswith("cm: error: method: give --method")
+    assert one_line(nothing.stderr).endswith("or --recipe (nothing holds no run to resume)")
+    typed = cm("train", "--method", "ict", "--out", "run", "--resume", "--no-progress", cwd=tmp_path)
+    assert_ok(typed)   # --method given: the recorded settings still fill what is not typed
     no_data = cm("train", "--method", "ict", "--out", "new", cwd=tmp_path)
     assert no_data.returncode == 2 and one_line(no_data.stderr).startswith("cm: error: data: give --data (digits,")
 

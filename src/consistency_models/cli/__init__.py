@@ -100,25 +100,29 @@ def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, argparse.Argu
 # Library parameters that a command holds under another name: an error names the option the user
 # typed ("steps: 40 ..." for --steps, not "num_inference_steps: ...", "class-label: 12" for cm edit's
 # --class-label). Any other parameter is named by the option that stores it ("class-labels: ...").
-CLI_DESTS = {"num_inference_steps": "steps", "sigma_start": "sigma", "class_labels": "class_label"}
+CLI_DESTS = {"num_inference_steps": "steps", "sigma_start": "sigma", "class_labels": "class_label",
+             "reference": "ref"}
 
 
-def option_spelling(parser: argparse.ArgumentParser, dest: str) -> str | None:
-    """How the user writes the option stored in `dest` (`class-labels` for --class-labels), without
-    its dashes; None when `parser` has no such option (a positional argument keeps its name)."""
+def option_spelling(parser: argparse.ArgumentParser, dest: str, words: Sequence[str] = ()) -> str | None:
+    """How the user wrote the option stored in `dest`, without its dashes: the spelling among
+    `words` (`frames` for cm edit interpolate's --frames), else the one named like `dest`
+    (`class-labels`); None when `parser` has no such option (a positional keeps its name)."""
     for action in parser._actions:
         if action.dest == dest and action.option_strings:
             names = [name[2:] for name in action.option_strings if name.startswith("--")]
-            return next((name for name in names if name.replace("-", "_") == dest), names[0] if names else None)
+            typed = [name for name in names if any(w == f"--{name}" or w.startswith(f"--{name}=") for w in words)]
+            return next(iter(typed), next((name for name in names if name.replace("-", "_") == dest),
+                                          names[0] if names else None))
     return None
 
 
-def cli_message(message: str, parser: argparse.ArgumentParser) -> str:
-    """`message` with a library parameter's name replaced by the command's option for it."""
+def cli_message(message: str, parser: argparse.ArgumentParser, words: Sequence[str] = ()) -> str:
+    """`message` with a library parameter's name replaced by the command's option for it, as typed."""
     name, sep, rest = message.partition(": ")
     if not sep:
         return message
-    spelled = option_spelling(parser, CLI_DESTS.get(name, name)) or option_spelling(parser, name)
+    spelled = option_spelling(parser, CLI_DESTS.get(name, name), words) or option_spelling(parser, name, words)
     return f"{spelled}: {rest}" if spelled else message
 
 
@@ -137,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         func(args)
     except InvalidInputError as exc:
-        _say(f"cm: error: {cli_message(str(exc), parser)}")
+        _say(f"cm: error: {cli_message(str(exc), parser, sys.argv[1:] if argv is None else argv)}")
         return 2
     except TrainingDiverged as exc:
         _say(f"cm: training stopped: {exc}")

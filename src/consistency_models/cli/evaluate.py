@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> None:
         raise InvalidInputError(f"save_stats: {args.save_stats!r} must end in .npz for a statistics file")
     refuse_existing(args.save_stats, args.overwrite, "save_stats")
     refuse_existing(args.json, args.overwrite, "json")
-    choose_features(args, args.samples, args.ref)
+    choose_features(args, samples=args.samples, ref=args.ref)
     features = extractor(args, build=not only_statistics(args))
     samples = args.samples
     if args.save_stats is not None:

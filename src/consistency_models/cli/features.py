@@ -20,11 +20,16 @@ def add_feature_arguments(p: argparse.ArgumentParser) -> None:
     add_device(p)
 
 
-def choose_features(args: argparse.Namespace, *sets: str | None) -> str:
-    """`--features` as given, else the extractor a statistics file among `sets` records, else
-    inception (set on `args`, and returned)."""
+def choose_features(args: argparse.Namespace, **sets: str | None) -> str:
+    """`--features` as given, else the extractor the statistics files among `sets` (option name →
+    path) record, else inception (set on `args`, and returned)."""
     if args.features is None:
-        args.features = next((name for name in map(recorded_extractor, filter(None, sets)) if name), "inception")
+        recorded = {option: name for option, path in sets.items() if path and (name := recorded_extractor(path))}
+        if len(set(recorded.values())) > 1:
+            said = " and ".join(f"--{option} {name!r}" for option, name in recorded.items())
+            raise InvalidInputError(f"features: the statistics files hold features of two extractors ({said}); "
+                                    "compute both sets with one")
+        args.features = next(iter(recorded.values()), "inception")
     return args.features
 
 

@@ -110,14 +110,14 @@ def run(args: argparse.Namespace) -> None:
     options = {k: v for k, v in vars(args).items() if k not in ("func", "command", "recipe", "threads")}
     recipe = getattr(args, "recipe", None)
     cfg = None
-    if recipe is None and "method" not in options and options.get("resume"):  # the stopped run's own settings
+    if recipe is None and options.get("resume"):  # the stopped run's own settings, those given over them
         cfg = TrainConfig.of_stopped_run(**options)
+    nothing = f" ({options['out']} holds no run to resume)" if options.get("resume") and recipe is None else ""
     if cfg is None and recipe is None and "method" not in options:
-        raise InvalidInputError(f"method: give --method ({', '.join(METHODS)}) or --recipe")
+        raise InvalidInputError(f"method: give --method ({', '.join(METHODS)}) or --recipe{nothing}")
     if cfg is None and "data" not in options:
-        raise InvalidInputError("data: give --data (digits, toy:NAME, a folder of images, an EDM .zip or an .npz)"
-                                + ("; only a run folder that holds a run resumes without it" if options.get("resume")
-                                   else ""))
+        raise InvalidInputError(f"data: give --data (digits, toy:NAME, a folder of images, an EDM .zip or an .npz)"
+                                f"{nothing}")
     trainer = None
     try:
         if cfg is None:

@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> None:
         pipe.prepare_class_labels(1, [args.class_label], None)
     if not 2 <= args.num <= MAX_IMAGES:
         raise InvalidInputError(f"num: {args.num} must be a number of images from 2 to {MAX_IMAGES}")
-    choose_features(args, args.ref)
+    choose_features(args, ref=args.ref)
     features = extractor(args)
     features.check_size(*pipe.sample_shape[1:])  # before the reference's features are computed
     reference = compute_statistics(args.ref, features, argument="ref")

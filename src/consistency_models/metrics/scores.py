@@ -244,10 +244,13 @@ def recorded_extractor(source: Source) -> str | None:
         return source.extractor
     if not statistics_file(source):
         return None
-    with np.load(Path(source), allow_pickle=False) as data:   # the small members only
-        if "format" not in data.files or "extractor" not in data.files:
-            return None
-        return str(data["extractor"])
+    try:
+        with np.load(Path(source), allow_pickle=False) as data:   # the small members only
+            if "format" not in data.files or "extractor" not in data.files:
+                return None
+            return str(data["extractor"])
+    except (OSError, ValueError, zipfile.BadZipFile):   # a damaged member: reading the file says what
+        return None
 
 
 def compute_statistics(

@@ -167,6 +167,11 @@ class TrainConfig(RunSettings):
         saved = saved_settings(settings["out"])
         if saved is None:
             return None
+        if missing := [name for name in ("method", "data") if not isinstance(saved.get(name), str)]:
+            if all(name in settings for name in ("method", "data")):
+                return None   # the settings given are the run's (the trainer compares them with its checkpoint)
+            raise InvalidInputError(f"resume: {settings['out']}'s train_config.json records no {missing[0]}; give the "
+                                    "run's settings again")
         return cls.from_settings(**{**cls.from_dict(saved).to_dict(), **settings})
 
     # Settings that may change between a run and its resumption.

@@ -255,7 +255,8 @@ class Trainer:
             details = ", ".join(f"{k}={saved.get(k)!r} (now {now[k]!r})" for k in changed[:4])
             raise InvalidInputError(f"resume: {self.out} was trained with other settings: {details}; resume with "
                                     f"its settings, or train on with new ones in a new run that starts from its "
-                                    f"weights: --init-from {self.out} --out NEW_FOLDER")
+                                    f"weights: --method {self.cfg.method} --data {self.cfg.data} --init-from "
+                                    f"{self.out} --out NEW_FOLDER")
         self.network.load_state_dict(state["network"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])

@@ -206,7 +206,8 @@ class RunSettings:
     method: str = setting(help="the training method")  # its choices: the registry's (config.TrainConfig)
     data: str = setting(help="digits, digits:test, toy:mog8|moons|checkerboard, an image folder (class = "
                              "first-level subfolder), an EDM .zip, an ADM .npz (uint8 images) or an .npz of float "
-                             "points (arr_0: (N, D), arr_1: optional labels)")
+                             "points (arr_0: (N, D), arr_1: optional labels); needed unless --resume reads "
+                             "the run folder's settings")
     out: str = setting(help="run folder (created; must be new unless --resume); also a pipeline folder")
     preset: str | None = setting(None, "network preset (default: from the data: tiny16, small32, mlp2d; a "
                                        "network copied with --init-from or from the teacher keeps its own)")
