@@ -13,10 +13,11 @@ import pytest
 
 from conftest import child_env
 
-# Above what one image needs (100,000 digits at once need tens of GiB) and small: the batches tried
-# on the way down compute until they fail, so the cap sets the test's time (768 MiB: ~22 s of CPU,
-# 256 MiB: ~8 s, 195 images fit; at 64 MiB not even tqdm's monitor thread starts).
-HEADROOM = 256 * 2**20
+# Above what one image needs (100,000 digits at once need tens of GiB), with room for how a
+# process's address space varies between runs (thread stacks, allocator arenas): 256 MiB was
+# cheaper (the batches tried on the way down compute until they fail: ~8 s of CPU instead of ~22)
+# but once left not even one image room on a clean CI clone.
+HEADROOM = 768 * 2**20
 
 # Runs `cm` and, as it exits, writes the process's peak address space (VmPeak, kB) to stderr.
 PEAK = ("import atexit, runpy, sys\n"
