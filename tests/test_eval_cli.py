@@ -75,6 +75,9 @@ def test_tune_timesteps_prints_the_best_index(samples, capsys):
      "inception-weights: given, but --features is not inception"),
     (["eval", "--samples", "missing", "--ref", "digits", "--features", "digits"], "'missing' is not a set of images"),
     (["eval", "--samples", "digits:test", "--features", "digits"], "ref: give the reference set"),
+    # said before the samples' features are made (no progress bar of that pass before the line)
+    (["eval", "--samples", "digits:test", "--ref", "nosuch", "--features", "digits"],
+     "cm: error: ref: 'nosuch' is not a set of images (no such file or folder)"),
     (["tune-timesteps", "--ref", "digits:test", "--features", "digits", "--lo", "20"], "search range: [20, 16]"),
 ])
 def test_eval_errors_are_one_line(capsys, monkeypatch, tmp_path, no_network, argv, message):
@@ -82,4 +85,4 @@ def test_eval_errors_are_one_line(capsys, monkeypatch, tmp_path, no_network, arg
     monkeypatch.delenv("CM_INCEPTION_WEIGHTS", raising=False)
     code, _, err = run_cli(capsys, *argv)
     assert code == 2
-    assert message in err and err.count("\n") == 1
+    assert message in err and err.count("\n") == 1 and "features" not in err.split("error:")[0], err

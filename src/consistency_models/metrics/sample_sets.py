@@ -114,6 +114,18 @@ def folder_set(path: str | os.PathLike) -> ImageSet:
     return ImageSet(str(root), len(names), partial(_folder_chunks, root, names))
 
 
+def check_names_a_set(source: ImageSource) -> None:
+    """The one-line error `open_image_set` gives for a path that names no readable set (nothing
+    there, or neither a folder nor an .npz), without reading anything: said before a long pass over
+    another set."""
+    if isinstance(source, (np.ndarray, torch.Tensor)) or os.fspath(source) in BUILTIN_SETS:
+        return
+    path = Path(os.fspath(source))
+    if not (path.is_dir() or (path.is_file() and path.suffix.lower() == ".npz")):
+        why = "no such file or folder" if not path.exists() else "not a folder or .npz"
+        raise InvalidInputError(f"path: {os.fspath(source)!r} is not a set of images ({why}); use {SOURCE_FORMS}")
+
+
 def open_image_set(source: ImageSource) -> ImageSet:
     """The images named by `source`: a folder, an ADM .npz, a built-in digits split or a uint8 NCHW array."""
     if isinstance(source, (np.ndarray, torch.Tensor)):
@@ -121,13 +133,11 @@ def open_image_set(source: ImageSource) -> ImageSet:
     text = os.fspath(source)
     if text in BUILTIN_SETS:
         return digits_set(text)
+    check_names_a_set(text)
     path = Path(text)
     if path.is_dir():
         return folder_set(path)
-    if path.is_file() and path.suffix.lower() == ".npz":
-        arrays = read_npz(path)
-        if is_statistics(arrays) and "arr_0" not in arrays:
-            raise InvalidInputError(f"path: {path} holds statistics (mu, sigma), not images")
-        return npz_set(arrays, path)
-    why = "no such file or folder" if not path.exists() else "not a folder or .npz"
-    raise InvalidInputError(f"path: {text!r} is not a set of images ({why}); use {SOURCE_FORMS}")
+    arrays = read_npz(path)
+    if is_statistics(arrays) and "arr_0" not in arrays:
+        raise InvalidInputError(f"path: {path} holds statistics (mu, sigma), not images")
+    return npz_set(arrays, path)

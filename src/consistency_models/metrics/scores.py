@@ -40,7 +40,8 @@ from .frechet import RunningStatistics, frechet_distance
 from .inception_score import inception_score
 from .kid import kernel_inception_distance
 from .precision_recall import precision_recall
-from .sample_sets import CHUNK_SIZE, ImageSet, ImageSource, is_statistics, npz_set, open_image_set
+from .sample_sets import (CHUNK_SIZE, ImageSet, ImageSource, check_names_a_set, is_statistics, npz_set,
+                          open_image_set)
 
 STATISTICS_FORMAT = "consistency-models/set-statistics/1"
 METRICS = ("fid", "is", "kid", "pr")
@@ -292,6 +293,11 @@ def evaluate(
     real = None
     if statistics_file(reference):  # cheap to load: a bad one is refused before the samples' features are made
         real = _compute(reference, ex, progress, "reference")
+    elif not isinstance(reference, SetStatistics):  # a reference that names nothing: said before that work too
+        try:
+            check_names_a_set(reference)
+        except InvalidInputError as exc:
+            raise about("reference", exc, "path") from None
     fake = _compute(samples, ex, progress, "samples")
     if real is None:
         real = _compute(reference, ex, progress, "reference")
