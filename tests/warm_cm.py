@@ -29,6 +29,7 @@ import multiprocessing
 import os
 import random
 import runpy
+import signal
 import subprocess
 import sys
 import tempfile
@@ -85,11 +86,11 @@ class WarmProcess:
     with `communicate` (or `output`) once it has ended."""
 
     def __init__(self, argv: Sequence[str], env: dict[str, str], cwd: str | os.PathLike | None,
-                 merge_stderr: bool, kill_at: tuple[str, int] | None, script: str | os.PathLike | None):
+                 kill_at: tuple[str, int] | None, script: str | os.PathLike | None):
         self.args = [str(script or "cm"), *argv]
         self._folder = tempfile.TemporaryDirectory(prefix="warm-cm-")
         self._out = Path(self._folder.name, "stdout")
-        self._err = self._out if merge_stderr else Path(self._folder.name, "stderr")
+        self._err = Path(self._folder.name, "stderr")
         self._out.touch()
         self._err.touch()
         self._process = _CONTEXT.Process(target=_child, daemon=False, args=(
@@ -121,10 +122,10 @@ class WarmProcess:
                 pass
 
     def kill(self) -> None:
-        self.send_signal(9)
+        self.send_signal(signal.SIGKILL)
 
     def output(self) -> tuple[str, str]:
-        """What the child wrote to stdout and stderr (stdout only, twice, when they were merged)."""
+        """What the child wrote to stdout and to stderr."""
         return self._out.read_text(errors="replace"), self._err.read_text(errors="replace")
 
     def communicate(self, timeout: float | None = None) -> tuple[str, str]:
@@ -138,11 +139,10 @@ class WarmProcess:
 
 
 def start(argv: Sequence[str], env: dict[str, str], cwd: str | os.PathLike | None = None, *,
-          merge_stderr: bool = False, kill_at: tuple[str, int] | None = None,
-          script: str | os.PathLike | None = None) -> WarmProcess:
+          kill_at: tuple[str, int] | None = None, script: str | os.PathLike | None = None) -> WarmProcess:
     """`cm argv` as a running child process (`kill_at=(event, n)`: SIGKILLed at that write event,
     as tests/kill_at.py does; `script`: `python script argv` instead of cm)."""
-    return WarmProcess(argv, env, cwd, merge_stderr, kill_at, script)
+    return WarmProcess(argv, env, cwd, kill_at, script)
 
 
 def run(argv: Sequence[str], env: dict[str, str], cwd: str | os.PathLike | None = None, *,

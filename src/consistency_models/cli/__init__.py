@@ -122,7 +122,8 @@ def cli_message(message: str, parser: argparse.ArgumentParser, words: Sequence[s
     name, sep, rest = message.partition(": ")
     if not sep:
         return message
-    spelled = option_spelling(parser, CLI_DESTS.get(name, name), words) or option_spelling(parser, name, words)
+    spelled = (name in CLI_DESTS and option_spelling(parser, CLI_DESTS[name], words)) or \
+        option_spelling(parser, name, words)
     return f"{spelled}: {rest}" if spelled else message
 
 

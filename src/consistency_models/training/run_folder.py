@@ -10,10 +10,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import InvalidInputError
+from ..io.diffusers_format import read_json
 from ..io.hub import refuse_embedded_folder
 from ..io.lock import LOCK_NAME
 from ..io.overwrite import refuse_input_as_output, require_parent_folder
@@ -47,12 +47,4 @@ def saved_settings(out: str | Path) -> dict | None:
     """The flat settings a run folder's train_config.json records (None: no such file, e.g. a run not
     yet started); a damaged file is a one-line error."""
     path = Path(out) / CONFIG_NAME
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidInputError(f"resume: {path} cannot be read ({exc}); give the run's settings again") from None
-    if not isinstance(data, dict):
-        raise InvalidInputError(f"resume: {path} does not hold the run's settings; give them again")
-    return data
+    return read_json(path, "resume") if path.is_file() else None

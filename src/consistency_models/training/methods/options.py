@@ -83,7 +83,6 @@ class DistanceOptions(MethodOptions):
                                     "(nothing is downloaded)")
 
 
-
 @dataclass
 class CurriculumOptions(DistanceOptions):
     """A consistency distance and a grid that a curriculum grows from s0 to s1 (CT, iCT); the
