@@ -112,15 +112,31 @@ def test_runs_saved_with_settings_now_refused_still_load(tmp_path):
     assert (loaded.teacher, loaded.init_from_teacher, loaded.options.stage2_lr) == (None, False, 0.1)
 
 
-def test_meanflow_refuses_sigma_settings_and_a_recipe_of_another_method_says_so(tmp_path, capsys):
+def test_meanflow_refuses_sigma_settings_and_a_recipe_of_another_method(tmp_path, capsys):
     out = tmp_path / "run"
     for option, value in (("--sigma-max", "40"), ("--sigma-data", "1.0"), ("--rho", "3")):
         err = refused(["train", "--method", "meanflow", option, value, *TOY, "--out", str(out)], capsys, out)
         assert err.startswith(f"{option[2:]}: ") and "is not used by --method meanflow" in err
-    assert refused(["train", "--recipe", "toy-ict", "--method", "meanflow", *TOY, "--out", str(out)], capsys, out) \
-        .endswith("; it comes from --recipe toy-ict, a recipe for --method ict")
-    assert not refused(["train", "--recipe", "toy-ict", "--method", "meanflow", "--s1", "100", *TOY, "--out",
-                        str(out)], capsys, out).endswith("a recipe for --method ict")   # given, not the recipe's
+    # A recipe's values were chosen for its method: another --method (which would silently train
+    # with them, e.g. toy-ict's s1 = 160 in a CT run) is refused, whatever options come with it.
+    for method, more in (("meanflow", []), ("ct", []), ("ct", ["--s1", "100"])):
+        assert refused(["train", "--recipe", "toy-ict", "--method", method, *more, *TOY, "--out", str(out)],
+                       capsys, out).startswith(f"method: --recipe toy-ict is a recipe for --method ict; to train "
+                                               f"--method {method}, drop --recipe")
+    assert TrainConfig.from_recipe("toy-ict", method="ict", data="toy:mog8", out=str(out)).options.s1 == 160
+
+
+def test_a_recipe_that_starts_from_the_teacher_starts_from_init_from_when_given(tmp_path):
+    """digits-cd starts the student from its teacher; --init-from replaces that start (it said
+    "give --init-from or --init-from-teacher, not both", though the user gave only one)."""
+    cfg = TrainConfig.from_recipe("digits-cd", data="digits", out=str(tmp_path / "r"), teacher="digits-teacher",
+                                  init_from="digits")
+    assert (cfg.init_from, cfg.init_from_teacher, cfg.teacher) == ("digits", False, "digits-teacher")
+    assert TrainConfig.from_recipe("digits-cd", data="digits", out=str(tmp_path / "r"),
+                                   teacher="digits-teacher").init_from_teacher is True
+    with pytest.raises(InvalidInputError, match="^init_from: give --init-from or --init-from-teacher, not both$"):
+        TrainConfig.from_recipe("digits-cd", data="digits", out=str(tmp_path / "r"), teacher="digits-teacher",
+                                init_from="digits", init_from_teacher=True)
 
 
 def test_a_refused_num_command_leaves_nothing_that_blocks_the_corrected_one(tmp_path, capsys):

@@ -78,7 +78,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "it under torchrun for several processes; --batch-size is the global batch. "
                                    f"Methods: {methods}.")
     p.add_argument("--recipe", choices=list(RECIPES), default=argparse.SUPPRESS, metavar="NAME",
-                   help="every setting of a published run (see docs/recipes.md); options given override it: "
+                   help="every setting of a published run (see docs/recipes.md); options given override it, "
+                        "--method excepted: "
                         + ", ".join(RECIPES))
     hints = typing.get_type_hints(TrainConfig)
     common = p.add_argument_group("settings of every run")

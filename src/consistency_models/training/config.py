@@ -74,25 +74,22 @@ class TrainConfig(RunSettings):
                 if name not in method_options():
                     raise InvalidInputError(f"{name}: {value!r} is not a setting of cm train")
                 raise InvalidInputError(f"{name}: {value!r} is not used by --method {self.method} (its own "
-                                        f"options: {', '.join('--' + n.replace('_', '-') for n in own) or 'none'})"
-                                        f"{self._recipe_hint(name, value)}")
+                                        f"options: {', '.join('--' + n.replace('_', '-') for n in own) or 'none'})")
         return method.options(**{name: value for name, value in given.items() if name in own})
 
-    def _recipe_hint(self, name: str, value: Any) -> str:
-        """Where a setting comes from when it is the --recipe's value (a recipe for another method)."""
+    def _from_recipe(self, name: str, value: Any) -> bool:
+        """Whether a setting holds the --recipe's value (said as the recipe's in an error)."""
         from .recipes import get_recipe
 
         recipe = self.extra.get("recipe")
-        if recipe is None or get_recipe(recipe).settings.get(name, MISSING) != value:
-            return ""
-        return f"; it comes from --recipe {recipe}, a recipe for --method {get_recipe(recipe).settings.get('method')}"
+        return recipe is not None and get_recipe(recipe).settings.get(name, MISSING) == value
 
     def _check_teacher(self, method: Method) -> None:
         if method.teacher == "unused" and (self.teacher or self.init_from_teacher):
             raise InvalidInputError(f"teacher: --method {self.method} uses no teacher; to start from a saved "
                                     "network use --init-from")
         if self.init_from_teacher and not self.teacher:
-            if self._recipe_hint("init_from_teacher", self.init_from_teacher):
+            if self._from_recipe("init_from_teacher", self.init_from_teacher):
                 raise InvalidInputError(f"teacher: --recipe {self.extra['recipe']} starts the student from a teacher; "
                                         "give --teacher, a diffusion model folder")
             raise InvalidInputError("init_from_teacher: needs --teacher")
@@ -103,7 +100,7 @@ class TrainConfig(RunSettings):
                                     f"it, and this run does not; {way}")
         if self.init_from and self.init_from_teacher:
             raise InvalidInputError("init_from: give --init-from or --init-from-teacher, not both")
-        if self.preset and (self.init_from or self.init_from_teacher) and self._recipe_hint("preset", self.preset):
+        if self.preset and (self.init_from or self.init_from_teacher) and self._from_recipe("preset", self.preset):
             self.preset = None  # a recipe's network, named for the record: the teacher's is the one copied
         if self.preset and (self.init_from or self.init_from_teacher):
             source = f"--init-from {self.init_from}" if self.init_from else f"the teacher {self.teacher}"
@@ -135,7 +132,15 @@ class TrainConfig(RunSettings):
         from .recipes import get_recipe
 
         recipe = get_recipe(name)
-        merged = {**recipe.settings, **settings}
+        method = recipe.settings["method"]
+        if settings.get("method", method) != method:  # its values were chosen for its own method
+            raise InvalidInputError(f"method: --recipe {name} is a recipe for --method {method}; to train "
+                                    f"--method {settings['method']}, drop --recipe and give that method's settings "
+                                    "(docs/recipes.md lists the recipe's values)")
+        own = dict(recipe.settings)
+        if settings.get("init_from") and "init_from_teacher" not in settings:
+            own.pop("init_from_teacher", None)  # --init-from given: the student starts from it, not the teacher
+        merged = {**own, **settings}
         merged["extra"] = {**merged.get("extra", {}), "recipe": name}
         return cls.from_settings(**merged)
 
