@@ -197,3 +197,49 @@ def test_help_is_grouped_by_method_and_shows_examples(capsys):
     assert "--num-scales" not in heads["settings of every run:"] and "--steps" in heads["settings of every run:"]
     ict = heads["--method ict: improved consistency training:"]
     assert "also reads --distance, --lpips-vgg, --lpips-lin, --s0, --s1 (above)" in " ".join(ict.split())
+
+
+def test_a_run_resumed_from_another_folder_reads_the_files_it_started_with(tmp_path, monkeypatch, capsys):
+    """Inputs given as relative paths are recorded absolute: `cm train --out RUN --resume` from
+    another folder (a requeued job's) trains on the run's own data, even where the relative name
+    finds other data (here a second pts.npz that would change the run silently)."""
+    import json
+
+    import numpy as np
+    import torch
+
+    from consistency_models.training.checkpoint import latest_checkpoint, load_checkpoint
+
+    start, elsewhere = tmp_path / "project", tmp_path / "project" / "jobs"
+    elsewhere.mkdir(parents=True)
+    np.savez(start / "pts.npz", np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32))
+    np.savez(elsewhere / "pts.npz", np.full((64, 2), 9.0, np.float32))   # same name, other data
+    monkeypatch.chdir(start)
+    argv = ["train", "--method", "ict", "--data", "pts.npz", "--out", "run", "--batch-size", "16", "--no-progress",
+            "--save-every", "1", "--sample-every", "100", "--steps", "2"]
+    assert run_main(capsys, argv)[0] == 0
+    latest_checkpoint(start / "run").unlink()   # as if stopped after step 1
+    recorded = json.loads((start / "run" / "train_config.json").read_text())
+    assert recorded["data"] == str(start / "pts.npz") and recorded["out"] == "run"   # out: as given
+    monkeypatch.chdir(elsewhere)
+    code, _, err = run_main(capsys, ["train", "--out", "../run", "--resume", "--no-progress"])
+    assert code == 0, err
+    assert "continuing from step 1 of 2" in err
+    state = load_checkpoint(latest_checkpoint(start / "run"))
+    assert state["step"] == 2 and state["config"]["data"] == str(start / "pts.npz")
+    assert all(torch.isfinite(v).all() for v in state["network"].values())
+    # The same run typed again from where it started, with the relative name, is the same run.
+    latest_checkpoint(start / "run").unlink()
+    monkeypatch.chdir(start)
+    code, _, err = run_main(capsys, [*argv, "--resume"])
+    assert code == 0 and "continuing from step 1 of 2" in err, err
+
+
+def test_relative_and_absolute_inputs_compare_equal_on_resume(tmp_path, monkeypatch):
+    """Runs of older versions recorded paths as typed; the resume's comparison makes both absolute."""
+    from consistency_models.training.run_folder import absolute_paths
+
+    (tmp_path / "imgs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    given = {"data": "imgs", "teacher": "digits-teacher", "init_from": None, "lpips_vgg": "", "lr": "imgs"}
+    assert absolute_paths(given) == {**given, "data": str(tmp_path / "imgs")}   # names that are no local path stay

@@ -43,7 +43,7 @@ from .methods import Loss, LossInputs, get_method
 from .run_networks import LoadedTeacher, build_network, default_preset, load_teacher, use_training_layout
 from .optimizer import build_optimizer
 from .preview import preview
-from .run_folder import CONFIG_NAME, check_run_folder
+from .run_folder import CONFIG_NAME, absolute_inputs, absolute_paths, check_run_folder
 
 AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}  # --precision → autocast dtype
 
@@ -82,14 +82,11 @@ def epoch_order(num_items: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 def _comparable(settings: dict, dataset: ImageDataset | PointDataset) -> dict:
-    """Settings with data/teacher paths resolved and the preset the data chooses written out, so the
+    """Settings with local input paths absolute and the preset the data chooses written out, so the
     same run given another way compares equal."""
-    out = dict(settings)
+    out = absolute_paths(settings)
     if not (out.get("preset") or out.get("init_from") or out.get("init_from_teacher")):
         out["preset"] = default_preset(dataset)
-    for key in ("data", "teacher"):
-        if out.get(key) and Path(out[key]).exists():
-            out[key] = str(Path(out[key]).resolve())
     return out
 
 
@@ -122,7 +119,7 @@ class Trainer:
     ) -> None:
         """`teacher`: a denoiser D(x, σ, class_labels) to use instead of loading `cfg.teacher`
         (e.g. the exact denoiser of a known distribution)."""
-        self.cfg = cfg
+        self.cfg = cfg = absolute_inputs(cfg)  # what the run records: the same files from any folder
         self.method = get_method(cfg.method)
         self.ctx = ctx or setup_distributed(cfg.device)
         self.out = Path(cfg.out)

@@ -6,11 +6,15 @@
   another non-empty folder — a model folder, say — is refused instead of trained into.
 - The folder may not be one of the run's inputs (`--data`, `--teacher`, `--init-from`).
 - One process at a time: the folder is locked while a run writes it (`io/lock.py`).
+- Inputs given as local paths are recorded absolute (`absolute_inputs`): a resume started from
+  another folder (a requeued job's) reads the same files, not whatever the relative name finds there.
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import InvalidInputError
 from ..io.diffusers_format import read_json
@@ -19,7 +23,28 @@ from ..io.lock import LOCK_NAME
 from ..io.overwrite import refuse_input_as_output, require_parent_folder
 from .checkpoint import list_checkpoints
 
+if TYPE_CHECKING:
+    from .config import TrainConfig
+
 CONFIG_NAME = "train_config.json"
+INPUT_PATHS = ("data", "teacher", "init_from", "lpips_vgg", "lpips_lin")  # settings naming files or folders read
+
+
+def absolute_paths(settings: dict) -> dict:
+    """Flat settings with each input that names an existing local file or folder made absolute
+    (other values — digits, toy:mog8, a Hub id — as they are); for comparing a run's settings with
+    a resume's, where older runs recorded paths as typed."""
+    return {k: str(Path(v).resolve()) if k in INPUT_PATHS and isinstance(v, str) and v and Path(v).exists() else v
+            for k, v in settings.items()}
+
+
+def absolute_inputs(cfg: "TrainConfig") -> "TrainConfig":
+    """A copy of `cfg` whose local input paths are absolute, as the run then records them."""
+    cfg = copy.deepcopy(cfg)
+    for holder in (cfg, cfg.options):
+        for name, value in absolute_paths({k: getattr(holder, k) for k in INPUT_PATHS if hasattr(holder, k)}).items():
+            setattr(holder, name, value)
+    return cfg
 
 
 def check_run_folder(out: Path, resume: bool, inputs: dict[str, str | None]) -> None:
