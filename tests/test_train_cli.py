@@ -202,7 +202,8 @@ def test_help_is_grouped_by_method_and_shows_examples(capsys):
 def test_a_run_resumed_from_another_folder_reads_the_files_it_started_with(tmp_path, monkeypatch, capsys):
     """Inputs given as relative paths are recorded absolute: `cm train --out RUN --resume` from
     another folder (a requeued job's) trains on the run's own data, even where the relative name
-    finds other data (here a second pts.npz that would change the run silently)."""
+    finds other data (here a second pts.npz that would change the run silently); the recorded
+    device is the old machine's and is not reused."""
     import json
 
     import numpy as np
@@ -221,6 +222,8 @@ def test_a_run_resumed_from_another_folder_reads_the_files_it_started_with(tmp_p
     latest_checkpoint(start / "run").unlink()   # as if stopped after step 1
     recorded = json.loads((start / "run" / "train_config.json").read_text())
     assert recorded["data"] == str(start / "pts.npz") and recorded["out"] == "run"   # out: as given
+    # Requeued on another machine: the device the run was started with is not taken from the record.
+    (start / "run" / "train_config.json").write_text(json.dumps({**recorded, "device": "cuda:7"}))
     monkeypatch.chdir(elsewhere)
     code, _, err = run_main(capsys, ["train", "--out", "../run", "--resume", "--no-progress"])
     assert code == 0, err

@@ -166,7 +166,8 @@ class TrainConfig(RunSettings):
     def of_stopped_run(cls, **settings: Any) -> "TrainConfig | None":
         """The settings the run folder `settings["out"]` recorded (as `from_dict` reads them), with
         `settings` over them: `cm train --out RUN --resume` continues RUN without its options typed
-        again. None where the folder holds no recorded run."""
+        again. None where the folder holds no recorded run. The device is not taken from the record
+        (`MACHINE`): it is the machine's default unless given."""
         from .run_folder import saved_settings
 
         saved = saved_settings(settings["out"])
@@ -177,11 +178,15 @@ class TrainConfig(RunSettings):
                 return None   # the settings given are the run's (the trainer compares them with its checkpoint)
             raise InvalidInputError(f"resume: {settings['out']}'s train_config.json records no {missing[0]}; give the "
                                     "run's settings again")
-        return cls.from_settings(**{**cls.from_dict(saved).to_dict(), **settings})
+        recorded = {k: v for k, v in cls.from_dict(saved).to_dict().items() if k not in cls.MACHINE}
+        return cls.from_settings(**{**recorded, **settings})
 
     # Settings that may change between a run and its resumption.
     RESUMABLE = ("resume", "out", "progress", "log_every", "save_every", "sample_every", "keep", "device",
                  "tensorboard", "compile")
+    # Settings of the machine, not of the run: a resume from the run folder alone decides them anew
+    # (a run started with --device cuda:1 is requeued on a machine with one GPU, or none).
+    MACHINE = ("device",)
 
 
 def option_fields() -> dict[str, tuple[Field, Any]]:
