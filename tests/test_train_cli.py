@@ -246,3 +246,17 @@ def test_relative_and_absolute_inputs_compare_equal_on_resume(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     given = {"data": "imgs", "teacher": "digits-teacher", "init_from": None, "lpips_vgg": "", "lr": "imgs"}
     assert absolute_paths(given) == {**given, "data": str(tmp_path / "imgs")}   # names that are no local path stay
+
+
+def test_a_warm_up_longer_than_the_run_is_said(places, capsys):
+    """lr at the last step k = steps - 1 is lr·(k + 1)/warmup (`learning_rate`): 4/10 = 40 %."""
+    from consistency_models.training.loop import learning_rate
+
+    out = places["root"] / "long_warmup"
+    code, _, err = run_main(capsys, [*base(out), "--steps", "4", "--warmup-steps", "10", "--lr", "1e-3"])
+    assert code == 0, err
+    assert "warmup-steps: 10 is more than --steps 4: the learning rate rises over the whole run and ends at 40% of " \
+           "--lr\n" in err
+    cfg = TrainConfig.from_settings(method="ict", data="toy:mog8", out=str(out), steps=4, warmup_steps=10, lr=1e-3)
+    assert learning_rate(cfg, 3) == pytest.approx(0.4e-3)
+    assert TrainConfig.from_settings(method="ict", data="toy:mog8", out=str(out), steps=4, warmup_steps=4).notes() == []

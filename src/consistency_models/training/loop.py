@@ -397,9 +397,10 @@ class Trainer:
         if main and first_step < cfg.steps and compiles(cfg, self.ctx.device):  # else a silent bar at 0 for minutes
             print("compile: the first step compiles the networks (torch.compile; minutes on a CPU, less on a GPU)",
                   file=sys.stderr)
-        note = slow_precision_note(cfg.precision, self.ctx.device)
-        if main and first_step < cfg.steps and note:
-            print(note, file=sys.stderr)
+        notes = [*cfg.notes(), slow_precision_note(cfg.precision, self.ctx.device)]
+        for note in notes if main and first_step < cfg.steps else ():
+            if note:
+                print(note, file=sys.stderr)
         if main:
             for folder in (self.out, self.out / "unet", self.out / "scheduler", self.out / "samples"):
                 remove_leftovers(folder)  # temp files of a killed write (checkpoints clean their own)

@@ -276,6 +276,13 @@ class RunSettings:
             raise InvalidInputError(f"accumulation: {self.accumulation!r} is not allowed; use a positive divisor "
                                     "of batch_size")
 
+    def notes(self) -> list[str]:
+        """What the run says before it starts about settings that are allowed but seldom meant."""
+        if self.warmup_steps > self.steps:
+            return [f"warmup-steps: {self.warmup_steps} is more than --steps {self.steps}: the learning rate rises "
+                    f"over the whole run and ends at {self.steps / self.warmup_steps:.0%} of --lr"]
+        return []
+
     def general_dict(self) -> dict:
         """The shared settings as plain values (without the method's options)."""
         d = {f.name: getattr(self, f.name) for f in fields(RunSettings) if f.name != "options"}
