@@ -260,3 +260,16 @@ def test_a_warm_up_longer_than_the_run_is_said(places, capsys):
     cfg = TrainConfig.from_settings(method="ict", data="toy:mog8", out=str(out), steps=4, warmup_steps=10, lr=1e-3)
     assert learning_rate(cfg, 3) == pytest.approx(0.4e-3)
     assert TrainConfig.from_settings(method="ict", data="toy:mog8", out=str(out), steps=4, warmup_steps=4).notes() == []
+
+
+@pytest.mark.parametrize("method, scale", [("ict", "--sigma-data 0.5"), ("meanflow", "1")])
+def test_a_loss_not_finite_before_any_update_blames_the_data_not_the_learning_rate(tmp_path, capsys, method, scale):
+    import numpy as np
+
+    np.savez(tmp_path / "huge.npz", np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32) * 1e30)
+    largest = float(np.abs(np.load(tmp_path / "huge.npz")["arr_0"]).max())
+    code, _, err = run_main(capsys, [*base(tmp_path / "run", method, str(tmp_path / "huge.npz")), "--batch-size", "16"])
+    assert code == 1 and err.startswith("cm: training stopped: the loss became "), err
+    assert err.endswith(f" at step 0, before any update (so not for --lr): the data's largest |value| is "
+                        f"{largest:.3g}, where the model's scalings expect values of about {scale}; rescale the data "
+                        "or check the other settings\n"), err

@@ -303,6 +303,12 @@ class Trainer:
             tmp.write_text("".join(line + "\n" for line in kept))
 
     def _diverged(self, what: str) -> str:
+        if self.step == 0:  # before the first update: the learning rate has changed nothing yet
+            largest = float(self.data_x.abs().max()) if self.data_x.numel() else 0.0
+            scale = f"--sigma-data {self.cfg.sigma_data:g}" if get_kind(self.parametrization).uses_sigmas else "1"
+            return (f"{what} at step 0, before any update (so not for --lr): the data's largest |value| is "
+                    f"{largest:.3g}, where the model's scalings expect values of about {scale}; rescale the data "
+                    "or check the other settings")
         if latest_checkpoint(self.out) is None:
             return f"{what} at step {self.step}; the run stopped before writing any checkpoint (try a lower --lr)"
         return (f"{what} at step {self.step}; the run stopped and its last good checkpoint in "
