@@ -142,6 +142,7 @@ def test_convert_openai_cli(tmp_path, capsys):
 
     code, _, err = run_cli(capsys, "convert", "openai", str(ckpt), str(tmp_path / "conv2"), "--preset", "imagenet64")
     assert code == 2 and "'imagenet64' preset" in err and len(err.strip().splitlines()) == 1
+    assert err.strip().endswith("; it fits the 'test' preset")   # the .pt's own architecture is named
 
     import argparse
     torch.save({"state": argparse.Namespace(payload=1)}, tmp_path / "evil.pt")

@@ -14,7 +14,7 @@ from diffusers import ConsistencyModelPipeline as DiffusersPipeline
 
 from consistency_models import ConsistencyFunction, ConsistencyModelPipeline, Denoiser, InvalidInputError, UNetConfig
 from consistency_models import preset
-from consistency_models.io.openai import convert_openai_checkpoint, load_openai_unet
+from consistency_models.io.openai import convert_openai_checkpoint, fitting_presets, load_openai_unet
 from openai_reference_unet import OpenAIUNet, randomize_
 
 # An additive (no scale-shift), unconditional network with three levels: the other branches
@@ -207,14 +207,24 @@ def test_not_a_state_dict(tmp_path):
 @pytest.mark.parametrize("wrong, message", [
     ("tiny16", r"^checkpoint: keys that do not fit the 'tiny16' preset network: input_blocks\.4\.0\."),
     (preset("test", model_channels=64), r"^weights: .*does not fit the model config; wrong shape keys: .*conv_in\.weight"),
-    (preset("test", num_classes=10), r"wrong shape keys: class_embedding\.weight$"),
+    (preset("test", num_classes=10), r"wrong shape keys: class_embedding\.weight;"),
     (preset("test", num_classes=None), r"^checkpoint: keys that do not fit .*label_emb\.weight"),
     (preset("test", use_scale_shift_norm=False), r"wrong shape keys: .*time_emb_proj\.weight"),
 ], ids=["tiny16", "wider", "fewer-classes", "unconditional", "additive"])
 def test_wrong_preset(checkpoint, wrong, message):
-    """Keys that do not fit the chosen network: listed by name, nothing loaded."""
-    with pytest.raises(InvalidInputError, match=message):
+    """Keys that do not fit the chosen network: listed by name, nothing loaded; the preset the
+    checkpoint does fit is named (the fixture's is 'test')."""
+    with pytest.raises(InvalidInputError, match=message) as refused:
         load_openai_unet(checkpoint, wrong)
+    assert str(refused.value).endswith("; it fits the 'test' preset")
+
+
+def test_a_checkpoint_of_no_preset_says_so(tmp_path):
+    state = reference_for(preset("test", model_channels=64), 0).state_dict()
+    torch.save(state, tmp_path / "other.pt")
+    assert fitting_presets(state) == [] and fitting_presets(reference_for(preset("test"), 0).state_dict()) == ["test"]
+    with pytest.raises(InvalidInputError, match=r"; it fits none of the presets \(imagenet64, lsun256, test, "):
+        load_openai_unet(tmp_path / "other.pt", "test")
 
 
 def test_missing_file(tmp_path):

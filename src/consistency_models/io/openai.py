@@ -139,8 +139,36 @@ def load_openai_unet(path: str | os.PathLike, config: UNetConfig | str) -> UNetM
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise InvalidInputError(f"checkpoint: {path} does not hold a plain state dict of tensors")
     model = UNetModel(cfg)
-    load_state_into(model, convert_openai_state_dict(state, cfg), str(path))
+    try:
+        load_state_into(model, convert_openai_state_dict(state, cfg), str(path))
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"{exc}{_preset_hint(state, cfg)}") from None
     return model
+
+
+def fitting_presets(state: dict[str, torch.Tensor]) -> list[str]:
+    """The presets whose network an OpenAI state dict fits, key for key and shape for shape
+    (checked on the meta device: no weights are copied or allocated)."""
+    shapes = {k: torch.empty(v.shape, device="meta") for k, v in state.items()}
+    found = []
+    for name, cfg in PRESETS.items():
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in UNetModel(cfg).state_dict().items()}
+        try:
+            converted = convert_openai_state_dict(shapes, cfg)
+        except InvalidInputError:
+            continue
+        if {k: tuple(v.shape) for k, v in converted.items()} == expected:
+            found.append(name)
+    return found
+
+
+def _preset_hint(state: dict[str, torch.Tensor], cfg: UNetConfig) -> str:
+    """'; it fits the 'lsun256' preset' — or that it fits none of them."""
+    fits = [name for name in fitting_presets(state) if PRESETS[name] != cfg]
+    if fits:
+        return f"; it fits the {' and the '.join(repr(n) for n in fits)} preset"
+    return f"; it fits none of the presets ({', '.join(PRESETS)}): another architecture"
 
 
 def convert_openai_checkpoint(
