@@ -67,6 +67,24 @@ def test_tune_timesteps_prints_the_best_index(samples, capsys):
                                 "--num", "32", "--lo", "7", "--hi", "10")
     assert code == 0, err
     assert "best: --timesteps" in stdout and stdout.count("t = ") >= 3
+    assert err.startswith("num: fewer images (32) than the 128 digits feature dimensions: far above the many-image "
+                          "value; compare only scores of equal image counts (each candidate's score is of --num "
+                          "samples)\n"), err
+
+
+def test_the_table_says_when_the_distance_comes_from_fewer_images_than_dimensions():
+    """The covariance of N < D features is singular: e.g. 100 digits images (128 dimensions)."""
+    from consistency_models.metrics.scores import format_table
+
+    def fid_row(features: str, samples: int, reference: int = 10_000) -> str:
+        table = format_table({"features": features, "num_samples": samples, "num_reference": reference, "fid": 3.0})
+        return next(line for line in table.splitlines() if line.startswith("F"))
+
+    assert fid_row("digits", 100).endswith("3 (fewer images (100) than the 128 digits feature dimensions: far above the "
+                                           "many-image value; compare only scores of equal image counts)")
+    assert fid_row("digits", 128).endswith("  3") and fid_row("digits", 500, 64).startswith("FD ")
+    assert "(64)" in fid_row("digits", 500, 64) and "2048 inception" in fid_row("inception", 2047)
+    assert fid_row("inception", 2048).endswith("  3")
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -11,7 +11,7 @@ from ..errors import InvalidInputError
 from ..evaluation.generation import MAX_IMAGES
 from ..evaluation.timestep_search import search_range, tune_timesteps
 from ..io.hub import DEFAULT_MODEL, shadowing_note
-from ..metrics.scores import compute_statistics
+from ..metrics.scores import compute_statistics, few_images_note
 from ..pipeline import ConsistencyModelPipeline
 from .arguments import DefaultsHelpFormatter, add_variant, device, positive_int, seed
 from .features import add_feature_arguments, choose_features, extractor
@@ -48,6 +48,8 @@ def run(args: argparse.Namespace) -> None:
     choose_features(args, ref=args.ref)
     features = extractor(args)
     features.check_size(*pipe.sample_shape[1:])  # before the reference's features are computed
+    if note := few_images_note(args.num, args.features):  # the search compares noise then
+        print(f"num: {note} (each candidate's score is of --num samples)", file=sys.stderr)
     reference = compute_statistics(args.ref, features, argument="ref")
     result = tune_timesteps(pipe, features, (torch.as_tensor(reference.mu), torch.as_tensor(reference.sigma)),
                             num=args.num, batch_size=args.batch_size, seed=args.seed,

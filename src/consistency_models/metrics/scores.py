@@ -327,6 +327,17 @@ def _number(value: float | int | None) -> str:
     return str(value) if isinstance(value, int) else f"{value:.6g}"
 
 
+def few_images_note(count: int, features: str) -> str | None:
+    """Said where a Fréchet distance comes from fewer images than its features have dimensions: the
+    covariance is then singular and the distance far above its many-image value (its bias falls as
+    1/N, Chong & Forsyth 2020), so only scores of equal image counts compare."""
+    dim = FEATURE_DIMS.get(features)
+    if dim is None or count >= dim:
+        return None
+    return (f"fewer images ({count}) than the {dim} {features} feature dimensions: far above the many-image value; "
+            "compare only scores of equal image counts")
+
+
 def format_table(results: dict[str, float | int | None]) -> str:
     """`evaluate`'s results as an aligned two-column table; "n/a" where a value could not be computed."""
     rows = []
@@ -342,6 +353,10 @@ def format_table(results: dict[str, float | int | None]) -> str:
             text += f" ± {_number(results[std])}"
         elif mean == "kid_mean" and results.get(mean) is not None:
             text += " (one subset: every image; no spread)"
+        counts = [results.get(k) for k in ("num_samples", "num_reference") if isinstance(results.get(k), int)]
+        if mean == "fid" and results.get(mean) is not None and "features" in results and counts and \
+                (note := few_images_note(min(counts), str(results["features"]))):
+            text += f" ({note})"
         if mean == "is_mean" and results.get(mean) is not None and results.get("is_splits", 10) < 10:
             text += f" ({results['is_splits']} splits: fewer images than the usual 10)"
         rows.append((label, text))
