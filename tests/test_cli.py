@@ -165,3 +165,21 @@ def test_python_dash_m_and_help(capsys):
     assert proc.returncode == 2 and proc.stderr.strip() == "cm: error: model: no such folder '/no/such', and it is " \
         "neither a Hub id like owner/name nor an embedded model (digits, digits-teacher, digits-teacher-trigflow, " \
         "digits-color)"
+
+
+@pytest.mark.parametrize("argv", [
+    ["sample", "--model", "digits", "--steps", "3", "--batch-size", "2", "--out", "{tmp}/grid.png"],
+    ["sample", "--model", "digits", "--num", "4", "--batch-size", "2", "--out", "{tmp}/many.npz"],
+    ["edit", "interpolate", "--model", "digits-teacher", "--frames", "2", "--out", "{tmp}/strip.png"],
+    ["eval", "--samples", "digits:test", "--ref", "digits", "--features", "digits", "--metrics", "fid"],
+    ["tune-timesteps", "--ref", "digits:test", "--features", "digits", "--num", "8", "--lo", "9", "--hi", "10"],
+], ids=["sample", "sample-num", "edit", "eval", "tune-timesteps"])
+def test_no_progress_turns_every_bar_off(argv, tmp_path, capsys):
+    """Each command that shows progress bars takes --no-progress (batch jobs' logs), as cm train does."""
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 0 and "%|" in err, err   # the bars are there by default (tqdm writes to a pipe too)
+    for path in tmp_path.iterdir():
+        path.unlink()
+    code, _, err = run_cli(capsys, *argv, "--no-progress")
+    assert code == 0 and "%|" not in err and "it/s" not in err and "img/s" not in err, err

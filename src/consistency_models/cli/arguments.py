@@ -107,6 +107,11 @@ def add_device(parser: argparse.ArgumentParser) -> None:
                                                       "GPU, else cpu)")
 
 
+def add_progress(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                        help="show progress bars (--no-progress: none, e.g. in a batch job's log)")
+
+
 def add_variant(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variant", default=None,
                         help="read the model's weights of this variant (unet/diffusion_pytorch_model.VARIANT."

@@ -25,6 +25,7 @@ from .arguments import (
     plural,
     add_device,
     add_noise_levels,
+    add_progress,
     add_variant,
     device,
     noise_levels,
@@ -117,6 +118,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        help="class of a conditional model (random if omitted)")
         e.add_argument("--seed", type=seed, default=0, help="seed of the noise")
         add_device(e)
+        add_progress(e)
         e.set_defaults(func=run, resize=False)
 
 
@@ -135,6 +137,8 @@ def run(args: argparse.Namespace) -> None:
                                              "mask": getattr(args, "mask", None)})
     spec = EDITS[args.edit]
     pipe = ConsistencyModelPipeline.from_pretrained(args.model, device=device(args.device), variant=args.variant)
+    if not args.progress:
+        pipe.set_progress_bar_config(disable=True)
     if note := shadowing_note(args.model):
         print(note, file=sys.stderr)
     if not pipe.is_image_model:

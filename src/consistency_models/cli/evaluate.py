@@ -8,7 +8,7 @@ from ..errors import InvalidInputError
 from ..io.overwrite import check_output_file, refuse_existing, refuse_input_as_output
 from ..metrics.scores import (METRICS, compute_statistics, evaluate, format_table, save_statistics,
                               statistics_file, write_results_json)
-from .arguments import DefaultsHelpFormatter, positive_int, seed
+from .arguments import DefaultsHelpFormatter, add_progress, positive_int, seed
 from .features import add_feature_arguments, choose_features, extractor
 
 
@@ -29,6 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-stats", default=None, help="also write the statistics of --samples to this .npz")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
     p.add_argument("--overwrite", action="store_true", help="replace existing --save-stats/--json files")
+    add_progress(p)
     p.set_defaults(func=run)
 
 
@@ -48,13 +49,13 @@ def run(args: argparse.Namespace) -> None:
     features = extractor(args, build=not only_statistics(args))
     samples = args.samples
     if args.save_stats is not None:
-        samples = compute_statistics(args.samples, features, argument="samples")
+        samples = compute_statistics(args.samples, features, progress=args.progress, argument="samples")
         save_statistics(samples, args.save_stats)
         print(f"wrote the {args.features} statistics of {samples.count} images to {args.save_stats}")
     if args.ref is None:
         return
     results = evaluate(samples, args.ref, features, metrics=args.metrics, kid_subsets=args.kid_subsets,
-                       kid_subset_size=args.kid_subset_size, seed=args.seed)
+                       kid_subset_size=args.kid_subset_size, seed=args.seed, progress=args.progress)
     results = {"samples": str(args.samples), "reference": str(args.ref), "features": args.features, **results}
     print(format_table(results))
     if args.json is not None:

@@ -22,6 +22,7 @@ from .arguments import (
     DefaultsHelpFormatter,
     add_device,
     add_noise_levels,
+    add_progress,
     add_variant,
     device,
     int_list,
@@ -58,6 +59,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="one label for all images or one per image, e.g. 0,5,9; random when omitted")
     p.add_argument("--seed", type=seed, default=0, help="seed of the noise and of random labels")
     add_device(p)
+    add_progress(p)
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
                    help="network precision; bfloat16/float16 keep GroupNorm and the skip path in float32")
     p.add_argument("--compile", action="store_true",
@@ -72,6 +74,8 @@ def sampling_pipeline(args: argparse.Namespace, dev: torch.device, main: bool = 
     """The model in the asked precision, with the asked fast paths (`main`: the process that speaks)."""
     pipe = ConsistencyModelPipeline.from_pretrained(args.model, torch_dtype=DTYPES[args.dtype], device=dev,
                                                     variant=args.variant, fast_kernels=args.fast_kernels)
+    if not args.progress:
+        pipe.set_progress_bar_config(disable=True)
     if main and (note := shadowing_note(args.model)):
         print(note, file=sys.stderr)
     if args.compile:
@@ -162,7 +166,7 @@ def run_many(args: argparse.Namespace) -> None:
         out = generate_samples(pipe, args.num, args.out, batch_size=args.batch_size, seed=args.seed,
                                class_labels=None if args.class_labels is None else args.class_labels[0],
                                levels=noise_levels(args), compute_batch=args.compute_batch, context=context,
-                               overwrite=args.overwrite)
+                               overwrite=args.overwrite, progress=args.progress)
     finally:
         teardown_distributed()
     if out is not None:

@@ -13,7 +13,7 @@ from ..evaluation.timestep_search import search_range, tune_timesteps
 from ..io.hub import DEFAULT_MODEL, shadowing_note
 from ..metrics.scores import compute_statistics, few_images_note
 from ..pipeline import ConsistencyModelPipeline
-from .arguments import DefaultsHelpFormatter, add_variant, device, positive_int, seed
+from .arguments import DefaultsHelpFormatter, add_progress, add_variant, device, positive_int, seed
 from .features import add_feature_arguments, choose_features, extractor
 
 
@@ -33,6 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lo", type=positive_int, default=1, help="lowest grid index tried")
     p.add_argument("--hi", type=positive_int, default=None, help="highest grid index tried (default N-2)")
     add_feature_arguments(p)
+    add_progress(p)
     p.set_defaults(func=run)
 
 
@@ -50,10 +51,10 @@ def run(args: argparse.Namespace) -> None:
     features.check_size(*pipe.sample_shape[1:])  # before the reference's features are computed
     if note := few_images_note(args.num, args.features):  # the search compares noise then
         print(f"num: {note} (each candidate's score is of --num samples)", file=sys.stderr)
-    reference = compute_statistics(args.ref, features, argument="ref")
+    reference = compute_statistics(args.ref, features, progress=args.progress, argument="ref")
     result = tune_timesteps(pipe, features, (torch.as_tensor(reference.mu), torch.as_tensor(reference.sigma)),
                             num=args.num, batch_size=args.batch_size, seed=args.seed,
-                            class_labels=args.class_label, lo=args.lo, hi=args.hi)
+                            class_labels=args.class_label, lo=args.lo, hi=args.hi, progress=args.progress)
     for index, score in result.scores.items():
         print(f"  t = {index:4d}  sigma = {result.sigmas[index]:9.4f}  FD = {score:.5g}")
     print(f"best: --timesteps {result.index},0  (sigma {result.sigma:.4g}), "
