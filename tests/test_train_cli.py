@@ -246,6 +246,14 @@ def test_relative_and_absolute_inputs_compare_equal_on_resume(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     given = {"data": "imgs", "teacher": "digits-teacher", "init_from": None, "lpips_vgg": "", "lr": "imgs"}
     assert absolute_paths(given) == {**given, "data": str(tmp_path / "imgs")}   # names that are no local path stay
+    # A data set's name wins over a folder of that name (load_dataset), so it is recorded as a name;
+    # a model folder wins over the embedded model of its name, so it is recorded as a path.
+    for name in ("digits", "digits:test", "toy:mog8", "digits-teacher"):
+        (tmp_path / name).mkdir()
+    assert absolute_paths({"data": "digits"}) == {"data": "digits"}
+    assert absolute_paths({"data": "toy:mog8"}) == {"data": "toy:mog8"}
+    assert absolute_paths({"data": "digits:test"}) == {"data": "digits:test"}
+    assert absolute_paths({"teacher": "digits-teacher"}) == {"teacher": str(tmp_path / "digits-teacher")}
 
 
 def test_a_warm_up_longer_than_the_run_is_said(places, capsys):
@@ -273,3 +281,21 @@ def test_a_loss_not_finite_before_any_update_blames_the_data_not_the_learning_ra
     assert err.endswith(f" at step 0, before any update (so not for --lr): the data's largest |value| is "
                         f"{largest:.3g}, where the model's scalings expect values of about {scale}; rescale the data "
                         "or check the other settings\n"), err
+
+
+def test_a_folder_that_hides_an_embedded_teacher_is_said(tmp_path, monkeypatch, capsys):
+    """--teacher digits-teacher where ./digits-teacher exists takes the folder (as cm sample does,
+    which says so): the run says it too, and records the folder's absolute path."""
+    import json
+    import shutil
+
+    from consistency_models.io.hub import embedded_root
+
+    shutil.copytree(embedded_root() / "digits-teacher", tmp_path / "digits-teacher")
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main(capsys, ["train", "--method", "cd", "--teacher", "digits-teacher", "--data", "digits",
+                                     "--out", "run", "--steps", "1", "--batch-size", "4", "--no-progress"])
+    assert code == 0, err
+    assert "teacher: digits-teacher is the folder ./digits-teacher here, not the embedded model of that name" in err
+    recorded = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert recorded["teacher"] == str(tmp_path / "digits-teacher") and recorded["data"] == "digits"

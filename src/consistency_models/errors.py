@@ -11,14 +11,17 @@ class InvalidInputError(ValueError):
     """
 
 
-def about(argument: str, exc: InvalidInputError, loader: str = "model") -> InvalidInputError:
+def about(argument: str, exc: InvalidInputError, loader: str | tuple[str, ...] = "model") -> InvalidInputError:
     """`exc` of a loader, said of the argument the user gave its input with: "model: no such folder
-    'x'" becomes "teacher: no such folder 'x'" (`loader`: the name the loader gives its input); a
-    message naming another argument gets `argument` in front."""
+    'x'" becomes "teacher: no such folder 'x'" (`loader`: the name or names the loader gives its
+    input); a message naming another argument gets `argument` in front."""
     message = str(exc)
     if message.startswith(f"{argument}:"):
         return InvalidInputError(message)
-    return InvalidInputError(f"{argument}: {message.removeprefix(f'{loader}: ')}")
+    for name in (loader,) if isinstance(loader, str) else loader:
+        if message.startswith(f"{name}: "):
+            return InvalidInputError(f"{argument}: {message.removeprefix(f'{name}: ')}")
+    return InvalidInputError(f"{argument}: {message}")
 
 
 def is_integer(value: object) -> bool:

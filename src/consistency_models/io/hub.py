@@ -29,11 +29,11 @@ def is_embedded(name: str | os.PathLike | None) -> bool:
     return name is not None and str(name) in EMBEDDED and not (Path(name) / "model_index.json").is_file()
 
 
-def shadowing_note(name: str | os.PathLike | None) -> str | None:
+def shadowing_note(name: str | os.PathLike | None, argument: str = "model") -> str | None:
     """A line to say when a pipeline folder here hides the embedded model of the same name."""
     if name is None or str(name) not in EMBEDDED or is_embedded(name):
         return None
-    return (f"model: {name} is the folder ./{name} here, not the embedded model of that name "
+    return (f"{argument}: {name} is the folder ./{name} here, not the embedded model of that name "
             "(run elsewhere for the embedded one)")
 
 

@@ -28,6 +28,7 @@ from ..distributed import DistributedContext, setup_distributed
 from ..errors import InvalidInputError, about
 from ..io.atomic import atomic_path, remove_leftovers, write_json
 from ..io.lock import hold_folder
+from ..io.hub import shadowing_note
 from ..kinds import get_kind, teacher_kind
 from ..networks.half_compute import half_arithmetic
 from ..parametrization import Preconditioned
@@ -119,6 +120,8 @@ class Trainer:
     ) -> None:
         """`teacher`: a denoiser D(x, σ, class_labels) to use instead of loading `cfg.teacher`
         (e.g. the exact denoiser of a known distribution)."""
+        self.notes = [note for argument in ("teacher", "init_from")   # said when the run starts
+                      if (note := shadowing_note(getattr(cfg, argument), argument.replace("_", "-")))]
         self.cfg = cfg = absolute_inputs(cfg)  # what the run records: the same files from any folder
         self.method = get_method(cfg.method)
         self.ctx = ctx or setup_distributed(cfg.device)
@@ -171,7 +174,7 @@ class Trainer:
             dataset = load_dataset(cfg.data, resolution=cfg.resolution, use_labels=cfg.use_labels, xflip=cfg.xflip,
                                    image_mode=cfg.image_mode)
         except InvalidInputError as exc:
-            raise about("data", exc, "path") from None
+            raise about("data", exc, ("spec", "path")) from None
         if len(dataset) < cfg.batch_size:
             raise InvalidInputError(f"batch_size: {cfg.batch_size} is larger than the data set ({len(dataset)} items)")
         return dataset
@@ -403,7 +406,7 @@ class Trainer:
         if main and first_step < cfg.steps and compiles(cfg, self.ctx.device):  # else a silent bar at 0 for minutes
             print("compile: the first step compiles the networks (torch.compile; minutes on a CPU, less on a GPU)",
                   file=sys.stderr)
-        notes = [*cfg.notes(), slow_precision_note(cfg.precision, self.ctx.device)]
+        notes = [*self.notes, *cfg.notes(), slow_precision_note(cfg.precision, self.ctx.device)]
         for note in notes if main and first_step < cfg.steps else ():
             if note:
                 print(note, file=sys.stderr)

@@ -16,6 +16,7 @@ import copy
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..data import is_named_set
 from ..errors import InvalidInputError
 from ..io.diffusers_format import read_json
 from ..io.hub import refuse_embedded_folder
@@ -32,10 +33,11 @@ INPUT_PATHS = ("data", "teacher", "init_from", "lpips_vgg", "lpips_lin")  # sett
 
 def absolute_paths(settings: dict) -> dict:
     """Flat settings with each input that names an existing local file or folder made absolute
-    (other values — digits, toy:mog8, a Hub id — as they are); for comparing a run's settings with
-    a resume's, where older runs recorded paths as typed."""
-    return {k: str(Path(v).resolve()) if k in INPUT_PATHS and isinstance(v, str) and v and Path(v).exists() else v
-            for k, v in settings.items()}
+    (other values — digits, toy:mog8, a Hub id — as they are, and a data set's name even where a
+    folder of that name exists: the name wins); for comparing a run's settings with a resume's,
+    where older runs recorded paths as typed."""
+    return {k: str(Path(v).resolve()) if k in INPUT_PATHS and isinstance(v, str) and v and Path(v).exists()
+            and not (k == "data" and is_named_set(v)) else v for k, v in settings.items()}
 
 
 def absolute_inputs(cfg: "TrainConfig") -> "TrainConfig":
