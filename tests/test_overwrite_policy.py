@@ -155,3 +155,85 @@ def test_a_new_model_folder_over_a_file_is_named_as_such(tmp_path, capsys, monke
     code, err = run(capsys, ["convert", "openai", "ckpt.pt", "ckpt.pt"])
     one_line(code, err, "out_dir: ckpt.pt is a file; give a new folder")
     assert (tmp_path / "afile.txt").read_text() == "a user's file" and (tmp_path / "ckpt.pt").read_bytes() == b"not read"
+
+
+# -- an output that another process writes while this one runs ----------------------------------
+def test_a_file_that_appears_meanwhile_is_kept_without_overwrite(tmp_path):
+    """`atomic_path(replace=False)` commits with a hard link, which fails where a file stands: the
+    other process's file stays, this write is refused and leaves no temp file; with `replace` the
+    later write wins, as before."""
+    from consistency_models.errors import InvalidInputError
+    from consistency_models.io.atomic import atomic_path
+
+    out = tmp_path / "grid.png"
+    with pytest.raises(InvalidInputError, match=r"^out: .*grid\.png was written by another process while this one "
+                                                r"ran; it is kept \(give another name, or --overwrite to replace it\)$"):
+        with atomic_path(out, replace=False, argument="out") as tmp:
+            tmp.write_bytes(b"ours")
+            out.write_bytes(b"theirs")   # the other process finishes first
+    assert out.read_bytes() == b"theirs" and sorted(p.name for p in tmp_path.iterdir()) == ["grid.png"]
+    with atomic_path(tmp_path / "new.png", replace=False) as tmp:
+        tmp.write_bytes(b"ours")
+    assert (tmp_path / "new.png").read_bytes() == b"ours" and (tmp_path / "new.png").stat().st_nlink == 1
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(b"ours")
+    assert out.read_bytes() == b"ours"
+
+
+def test_a_folder_filled_meanwhile_is_kept_without_overwrite(tmp_path):
+    from consistency_models.errors import InvalidInputError
+    from consistency_models.io.overwrite import replaced_folder
+
+    out = tmp_path / "samples"
+    with pytest.raises(InvalidInputError, match=r"^out: .*samples was written by another process"):
+        with replaced_folder(out, r"\d{6}\.png", replace=False) as fresh:
+            (fresh / "000000.png").write_bytes(b"ours")
+            out.mkdir()
+            (out / "000000.png").write_bytes(b"theirs")
+    assert [p.read_bytes() for p in out.iterdir()] == [b"theirs"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["samples"]   # no temp folder left
+    (tmp_path / "empty").mkdir()   # an empty folder is taken, as refuse_existing allows it
+    with replaced_folder(tmp_path / "empty", r"\d{6}\.png", replace=False) as fresh:
+        (fresh / "000000.png").write_bytes(b"ours")
+    assert [p.read_bytes() for p in (tmp_path / "empty").iterdir()] == [b"ours"]
+
+
+def test_two_cm_sample_processes_on_one_new_output_the_later_is_refused(tmp_path, capsys):
+    """Two real processes: the second starts after the first passed its existence check and
+    finishes first; the first then refuses to replace it (exit 2) instead of both saying 'wrote'."""
+    import time
+
+    import warm_cm
+    from conftest import child_env
+
+    out = tmp_path / "race.png"
+    first = warm_cm.start(["sample", "--model", "digits-teacher", "--steps", "20", "--batch-size", "8", "--out",
+                           str(out), "--threads", "1"], child_env(), tmp_path)
+    deadline = time.monotonic() + 120
+    while "sampling" not in first.output()[1]:   # its bar: the check is behind it, the write ahead
+        assert first.poll() is None and time.monotonic() < deadline, first.output()
+        time.sleep(0.05)
+    assert main(["sample", "--model", "digits", "--batch-size", "4", "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    theirs = out.read_bytes()
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 2, err
+    assert err.strip().splitlines()[-1].endswith("race.png was written by another process while this one ran; it "
+                                                 "is kept (give another name, or --overwrite to replace it)"), err
+    assert out.read_bytes() == theirs and sorted(p.name for p in tmp_path.iterdir()) == ["race.png"]
+
+
+def test_a_folder_named_like_a_file_output_is_refused_before_any_work(tmp_path, capsys):
+    """`--out x.npz` where x.npz is a folder wrote PNGs into it (cm sample) or ran the whole edit
+    before failing (cm edit); `--out x.npz/` still asks for the folder."""
+    for name in ("dir.png", "dir.npz"):
+        (tmp_path / name).mkdir()
+        code, err = run(capsys, ["sample", "--out", str(tmp_path / name), "--no-progress"])
+        one_line(code, err, f"out: {tmp_path / name} is a folder, but its name asks for a {name[3:]} file; give "
+                            f"another name, or {tmp_path / name}/ to write one PNG per image into that folder")
+        assert not any((tmp_path / name).iterdir())
+    code, err = run(capsys, ["edit", "interpolate", "--out", str(tmp_path / "dir.png")])
+    one_line(code, err, f"out: {tmp_path / 'dir.png'} is a folder; give a file name (in it, or beside it)")
+    assert "%|" not in err   # refused before the edit ran
+    assert run(capsys, ["sample", "--out", f"{tmp_path / 'dir.npz'}/", "--batch-size", "2", "--no-progress"])[0] == 0
+    assert sorted(p.name for p in (tmp_path / "dir.npz").iterdir()) == ["000000.png", "000001.png"]

@@ -17,7 +17,7 @@ from .. import editing
 from ..errors import InvalidInputError
 from ..io.hub import COLOR_MODEL, DEFAULT_MODEL, is_embedded, shadowing_note
 from ..io.images import make_grid, output_kind, read_image, read_mask, save_png, to_uint8
-from ..io.overwrite import names_a_folder, refuse_existing, refuse_input_as_output
+from ..io.overwrite import check_output_file, names_a_folder, refuse_existing, refuse_input_as_output
 from ..pipeline import ConsistencyModelPipeline
 from .arguments import (
     DefaultsHelpFormatter,
@@ -127,6 +127,7 @@ def run(args: argparse.Namespace) -> None:
         raise InvalidInputError("out: '' is empty; give the PNG to write, e.g. edited.png")
     if not str(args.out).lower().endswith(".png") or names_a_folder(args.out):
         raise InvalidInputError(f"out: {args.out!r} must be a .png file (cm edit writes one image or one strip)")
+    check_output_file(args.out, "out")  # not a folder: refused before the edit, not after it
     output_kind(args.out)  # a name, and a folder that exists
     for name in ("image", "mask"):
         if getattr(args, name, None) is not None and not str(getattr(args, name)).strip():
@@ -153,5 +154,5 @@ def run(args: argparse.Namespace) -> None:
         common["levels"] = noise_levels(args)
     result = spec.run(pipe, args, read, common)
     images = to_uint8(result.cpu().permute(0, 2, 3, 1).numpy())
-    save_png(make_grid(images, nrow=len(images)) if len(images) > 1 else images[0], args.out)
+    save_png(make_grid(images, nrow=len(images)) if len(images) > 1 else images[0], args.out, replace=args.overwrite)
     print(f"wrote {args.out} ({args.edit}, {plural(len(images), 'image')})")

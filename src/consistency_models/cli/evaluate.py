@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> None:
     samples = args.samples
     if args.save_stats is not None:
         samples = compute_statistics(args.samples, features, progress=args.progress, argument="samples")
-        save_statistics(samples, args.save_stats)
+        save_statistics(samples, args.save_stats, replace=args.overwrite, argument="save-stats")
         print(f"wrote the {args.features} statistics of {samples.count} images to {args.save_stats}")
     if args.ref is None:
         return
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> None:
     results = {"samples": str(args.samples), "reference": str(args.ref), "features": args.features, **results}
     print(format_table(results))
     if args.json is not None:
-        write_results_json(results, args.json)
+        write_results_json(results, args.json, replace=args.overwrite, argument="json")
         print(f"wrote {args.json}")
 
 

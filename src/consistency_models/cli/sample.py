@@ -132,15 +132,15 @@ def run(args: argparse.Namespace) -> None:
         raise InvalidInputError(too_large(args.batch_size, fitting_batch(attempt, args.batch_size), kind)) from None
     labels = result.class_labels.cpu().numpy() if result.class_labels is not None else None
     if not pipe.is_image_model:
-        save_points(result.images, args.out, labels)
+        save_points(result.images, args.out, labels, replace=args.overwrite)
         print(f"wrote {plural(len(result.images), 'point')} to {args.out}")
         return
     if kind == "dir":  # replaced as a whole: no earlier image stays mixed in
-        with replaced_folder(args.out, FOLDER_IMAGE) as fresh:
+        with replaced_folder(args.out, FOLDER_IMAGE, replace=args.overwrite) as fresh:
             files = save_images(to_uint8(result.images), fresh, labels)
         files = [Path(args.out) / f.name for f in files]
     else:
-        files = save_images(to_uint8(result.images), args.out, labels)
+        files = save_images(to_uint8(result.images), args.out, labels, replace=args.overwrite)
     where = files[0] if len(files) == 1 else f"{plural(len(files), 'file')} in {files[0].parent}"
     print(f"wrote {plural(len(result.images), 'image')} to {where}")
 

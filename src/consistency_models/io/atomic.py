@@ -70,6 +70,30 @@ def write_error(exc: OSError, path: Path) -> Exception:
     return OSError(exc.errno, f"cannot write it: {reason}", str(path))
 
 
+def appeared_meanwhile(path: Path, argument: str) -> InvalidInputError:
+    """The error of an output that another process wrote while this one ran (no --overwrite)."""
+    return InvalidInputError(f"{argument}: {path} was written by another process while this one ran; it is kept "
+                             "(give another name, or --overwrite to replace it)")
+
+
+def commit_new(tmp: Path, path: Path, argument: str) -> None:
+    """Move the finished `tmp` to `path` only where nothing stands there now: a hard link fails if
+    `path` exists (so two writers cannot both win), then the temp name goes. Where the file system
+    has no hard links, an existence check then a rename (a narrow race instead of none)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise appeared_meanwhile(path, argument) from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.EXDEV):
+            raise
+        if path.exists() or path.is_symlink():
+            raise appeared_meanwhile(path, argument) from None
+        os.replace(tmp, path)
+        return
+    tmp.unlink()
+
+
 def current_umask() -> int:
     """The process's umask (read by setting and restoring it): temp files and folders, made private
     by `tempfile`, get the permissions a plain `open` or `mkdir` would have given them."""
@@ -79,12 +103,15 @@ def current_umask() -> int:
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike, fsync: bool = False) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, fsync: bool = False, replace: bool = True,
+                argument: str = "path") -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` in one rename.
 
     With `fsync`, the file's data and the folder entry reach the disk before returning, so a
     power loss or SIGKILL leaves either the old file or the complete new one. An OS error about
     the temp file is raised naming `path` (see `write_error`); the temp file never stays behind.
+    With `replace` False, a file that appeared at `path` meanwhile (another process's output) is
+    kept and the write refused, naming `argument` (`commit_new`).
     """
     path = Path(path)
     if path.is_dir():
@@ -103,7 +130,10 @@ def atomic_path(path: str | os.PathLike, fsync: bool = False) -> Iterator[Path]:
         if fsync:
             with open(tmp_path, "rb+") as f:
                 os.fsync(f.fileno())
-        os.replace(tmp_path, path)
+        if replace:
+            os.replace(tmp_path, path)
+        else:
+            commit_new(tmp_path, path, argument)
         if fsync:
             fsync_dir(path.parent)
     except OSError as exc:
@@ -116,9 +146,9 @@ def atomic_path(path: str | os.PathLike, fsync: bool = False) -> Iterator[Path]:
                 tmp_path.unlink()
 
 
-def write_json(path: str | os.PathLike, data: dict) -> None:
-    """Write `data` as indented, key-sorted JSON, atomically."""
-    with atomic_path(path) as tmp:
+def write_json(path: str | os.PathLike, data: dict, replace: bool = True, argument: str = "path") -> None:
+    """Write `data` as indented, key-sorted JSON, atomically (`replace`: as `atomic_path`)."""
+    with atomic_path(path, replace=replace, argument=argument) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 

@@ -100,8 +100,9 @@ def pil_image(image: np.ndarray) -> Image.Image:
     return Image.fromarray(image[..., 0], mode="L") if image.shape[-1] == 1 else Image.fromarray(image)
 
 
-def save_png(image: np.ndarray, path: Path) -> None:
-    with atomic_path(path) as tmp:
+def save_png(image: np.ndarray, path: Path, replace: bool = True, argument: str = "out") -> None:
+    """One PNG, atomically; with `replace` False a file that appeared meanwhile is kept (`atomic_path`)."""
+    with atomic_path(path, replace=replace, argument=argument) as tmp:
         pil_image(image).save(tmp, format="PNG")
 
 
@@ -111,6 +112,9 @@ def output_kind(out: str | os.PathLike) -> str:
     if not text.strip():
         raise InvalidInputError("out: '' is empty; give samples.png (a grid), DIR/ (PNGs) or samples.npz")
     path = Path(text)
+    if path.is_dir() and not names_a_folder(text) and path.suffix.lower() in (".png", ".npz"):
+        raise InvalidInputError(f"out: {text} is a folder, but its name asks for a {path.suffix.lower()} file; give "
+                                f"another name, or {text}/ to write one PNG per image into that folder")
     if names_a_folder(text) or path.is_dir():
         kind = "dir"
         here = Path.cwd().resolve()
@@ -130,37 +134,41 @@ def output_kind(out: str | os.PathLike) -> str:
     return kind
 
 
-def _save_npz(path: Path, arrays: dict) -> None:
-    with atomic_path(path) as tmp:
+def _save_npz(path: Path, arrays: dict, replace: bool = True) -> None:
+    with atomic_path(path, replace=replace, argument="out") as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
 
 
-def save_points(points: np.ndarray, out: str | os.PathLike, labels: np.ndarray | None = None) -> None:
-    """Low-dimensional samples (N, D) as an .npz: arr_0 float32, arr_1 labels when given."""
+def save_points(points: np.ndarray, out: str | os.PathLike, labels: np.ndarray | None = None,
+                replace: bool = True) -> None:
+    """Low-dimensional samples (N, D) as an .npz: arr_0 float32, arr_1 labels when given (`replace`
+    False: a file that appeared at `out` meanwhile is kept, the write refused)."""
     if output_kind(out) != "npz":
         raise InvalidInputError(f"out: {str(out)!r} must end in .npz for a model that makes points, not images")
     arrays = {"arr_0": np.asarray(points, dtype=np.float32)}
     if labels is not None:
         arrays["arr_1"] = np.asarray(labels, dtype=np.int64)
-    _save_npz(Path(out), arrays)
+    _save_npz(Path(out), arrays, replace)
 
 
 FOLDER_IMAGE = r"\d{6}\.png"   # the names save_images gives the images of a folder output
 
 
-def save_images(images: np.ndarray, out: str | os.PathLike, labels: np.ndarray | None = None) -> list[Path]:
-    """Write uint8 NHWC `images` as `out` says (see `output_kind`); returns the files written."""
+def save_images(images: np.ndarray, out: str | os.PathLike, labels: np.ndarray | None = None,
+                replace: bool = True) -> list[Path]:
+    """Write uint8 NHWC `images` as `out` says (see `output_kind`); returns the files written.
+    `replace` False: a grid or .npz that appeared at `out` meanwhile is kept, the write refused."""
     kind = output_kind(out)
     path = Path(out)
     if kind == "grid":
-        save_png(make_grid(images), path)
+        save_png(make_grid(images), path, replace)
         return [path]
     if kind == "npz":
         arrays = {"arr_0": images}
         if labels is not None:
             arrays["arr_1"] = np.asarray(labels, dtype=np.int64)
-        _save_npz(path, arrays)
+        _save_npz(path, arrays, replace)
         return [path]
     try:
         path.mkdir(exist_ok=True)

@@ -3,6 +3,7 @@ when the user says so (`--overwrite`) — a folder as a whole."""
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import InvalidInputError
-from .atomic import current_umask, write_error
+from .atomic import appeared_meanwhile, current_umask, write_error
 
 
 def refuse_input_as_output(out: str | os.PathLike | None, argument: str,
@@ -83,11 +84,13 @@ def refuse_existing(path: str | os.PathLike | None, overwrite: bool, argument: s
 
 
 @contextmanager
-def replaced_folder(path: str | os.PathLike, ours: str, argument: str = "out") -> Iterator[Path]:
+def replaced_folder(path: str | os.PathLike, ours: str, argument: str = "out", replace: bool = True) -> Iterator[Path]:
     """Yields an empty folder to write an output folder into; on success it takes `path`'s place as
     a whole (no file of an earlier output stays mixed in). An existing `path` must hold only files
     whose names match `ours` (what this command writes), else it is refused naming a stranger: a
-    user's folder is never emptied by mistake. On an error the earlier folder stays as it was."""
+    user's folder is never emptied by mistake. On an error the earlier folder stays as it was.
+    With `replace` False (no --overwrite) only an absent or empty `path` is taken: a folder that
+    another process filled meanwhile is kept and the write refused."""
     target = Path(path)
     pattern = re.compile(ours)
     if target.is_dir():
@@ -106,6 +109,14 @@ def replaced_folder(path: str | os.PathLike, ours: str, argument: str = "out") -
         raise write_error(exc, target) from exc
     try:
         yield fresh
+        if not replace:
+            try:
+                os.rename(fresh, target)  # replaces only an empty folder (POSIX), never one with files
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                    raise
+                raise appeared_meanwhile(target, argument) from None
+            return
         old = target.with_name(f".{target.name}.old")
         if target.is_dir():
             shutil.rmtree(old, ignore_errors=True)

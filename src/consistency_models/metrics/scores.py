@@ -174,8 +174,10 @@ def load_statistics(path: str | os.PathLike) -> SetStatistics:
     return _statistics_from_arrays(arrays, str(path))
 
 
-def save_statistics(stats: SetStatistics, path: str | os.PathLike) -> None:
-    """Write `stats` as an uncompressed .npz (mu, sigma, features, logits, extractor, count, format), atomically."""
+def save_statistics(stats: SetStatistics, path: str | os.PathLike, replace: bool = True,
+                    argument: str = "path") -> None:
+    """Write `stats` as an uncompressed .npz (mu, sigma, features, logits, extractor, count, format),
+    atomically (`replace` False: a file that appeared meanwhile is kept, the write refused)."""
     path = Path(path)
     if path.suffix.lower() != ".npz":
         raise InvalidInputError(f"path: {str(path)!r} must end in .npz for a statistics file")
@@ -190,7 +192,7 @@ def save_statistics(stats: SetStatistics, path: str | os.PathLike) -> None:
         arrays["extractor"] = np.str_(stats.extractor)
     if stats.count is not None:
         arrays["count"] = np.int64(stats.count)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, replace=replace, argument=argument) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
 
@@ -364,6 +366,7 @@ def format_table(results: dict[str, float | int | None]) -> str:
     return "\n".join(f"{label:<{width}}  {text}" for label, text in rows)
 
 
-def write_results_json(results: dict[str, float | int | None], path: str | os.PathLike) -> None:
-    """Write `evaluate`'s results as JSON (None → null), atomically."""
-    write_json(require_parent_folder(path, "path"), dict(results))
+def write_results_json(results: dict[str, float | int | None], path: str | os.PathLike, replace: bool = True,
+                       argument: str = "path") -> None:
+    """Write `evaluate`'s results as JSON (None → null), atomically (`replace`: as `save_statistics`)."""
+    write_json(require_parent_folder(path, "path"), dict(results), replace, argument)
