@@ -479,3 +479,25 @@ def test_devices_and_dtypes_that_cannot_be_are_one_line_naming_the_argument():
         with pytest.raises(InvalidInputError, match=r"^device: 'cuda' was asked for, but CUDA is not available here"):
             pipe.to("cuda")
     assert pipe.to("cpu", torch.float32).unet.conv_in.weight.dtype == torch.float32
+
+
+def test_numpy_scalars_in_a_scheduler_config_become_python_numbers_and_save(tmp_path):
+    """from_config(sigma_max=np.float32(80)) was kept as a NumPy scalar: save_pretrained then
+    raised a raw TypeError after writing the new weights over an existing folder's (a folder whose
+    network and scheduler came from two models)."""
+    from consistency_models import CMStochasticIterativeScheduler, ConsistencyModelPipeline
+    from consistency_models.io.atomic import write_json
+    from consistency_models.schedule import SchedulerConfig
+
+    config = SchedulerConfig(num_train_timesteps=np.int64(18), sigma_max=np.float32(80.0), rho=np.float64(7.0))
+    assert [type(config[k]) for k in ("num_train_timesteps", "sigma_max", "rho")] == [int, float, float]
+    pipe = ConsistencyModelPipeline.from_pretrained("digits")
+    pipe.scheduler = CMStochasticIterativeScheduler.from_config(pipe.scheduler.config, sigma_max=np.float32(40.0))
+    pipe.save_pretrained(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "scheduler" / "scheduler_config.json").read_text())["sigma_max"] == 40.0
+    assert ConsistencyModelPipeline.from_pretrained(tmp_path / "m").scheduler.config.sigma_max == 40.0
+    write_json(tmp_path / "n.json", {"a": np.int64(3), "b": [np.float32(0.5)]})
+    assert json.loads((tmp_path / "n.json").read_text()) == {"a": 3, "b": [0.5]}
+    with pytest.raises(InvalidInputError, match=r"^path: .*o\.json: a object value cannot be written as JSON$"):
+        write_json(tmp_path / "o.json", {"a": object()})
+    assert not (tmp_path / "o.json").exists()

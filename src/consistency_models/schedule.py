@@ -54,6 +54,10 @@ class SchedulerConfig(dict):
         super().__init__(num_train_timesteps=num_train_timesteps, sigma_min=sigma_min, sigma_max=sigma_max,
                          sigma_data=sigma_data, s_noise=s_noise, rho=rho, clip_denoised=clip_denoised)
         self._check()
+        # Python numbers from here on (a NumPy scalar passed the check): float64 grids, and a
+        # config that JSON, and so save_pretrained, can write.
+        dict.update(self, {name: int(value) if name == "num_train_timesteps" else value if name == "clip_denoised"
+                           else float(value) for name, value in self.items()})
 
     def _check(self) -> None:
         """Every value within what sampling can use (a one-line error naming it otherwise)."""

@@ -15,6 +15,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
+
 from ..errors import InvalidInputError
 
 TMP_SUFFIX = ".tmp"
@@ -147,9 +149,16 @@ def atomic_path(path: str | os.PathLike, fsync: bool = False, replace: bool = Tr
 
 
 def write_json(path: str | os.PathLike, data: dict, replace: bool = True, argument: str = "path") -> None:
-    """Write `data` as indented, key-sorted JSON, atomically (`replace`: as `atomic_path`)."""
+    """Write `data` as indented, key-sorted JSON, atomically (`replace`: as `atomic_path`); a NumPy
+    scalar is written as the Python number it holds. The text is made before anything is written."""
+    def plain(value: object) -> object:
+        if isinstance(value, np.generic):
+            return value.item()
+        raise InvalidInputError(f"{argument}: {path}: a {type(value).__name__} value cannot be written as JSON")
+
+    text = json.dumps(data, indent=2, sort_keys=True, default=plain) + "\n"
     with atomic_path(path, replace=replace, argument=argument) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        tmp.write_text(text)
 
 
 def remove_leftovers(folder: str | os.PathLike, prefix: str = "") -> list[Path]:
