@@ -231,6 +231,18 @@ def test_callback_steps_and_tensor_timesteps(our_pipe, ref_pipe):
         our_pipe(batch_size=1, class_labels=3, callback=print, callback_steps=0)
 
 
+def test_positional_arguments_mean_what_they_mean_in_diffusers(our_pipe, ref_pipe):
+    """`pipe(1, 3, None, [20, 0], generator)` is diffusers' order (`sigmas`, ours, comes last)."""
+    import inspect
+
+    theirs = list(inspect.signature(DiffusersPipeline.__call__).parameters)
+    ours = list(inspect.signature(ConsistencyModelPipeline.__call__).parameters)
+    assert ours[:len(theirs)] == theirs and ours[len(theirs):] == ["sigmas"]
+    a = our_pipe(1, 3, None, [20, 0], gen(), None, "np").images
+    b = ref_pipe(1, 3, None, [20, 0], gen(), None, "np").images
+    np.testing.assert_allclose(a, b, **TOL)
+
+
 # -- D6: loading and saving keywords --------------------------------------------------------------------
 def test_dtype_keywords(pipeline_dir):
     assert ConsistencyModelPipeline.from_pretrained(pipeline_dir, dtype=torch.float16).unet.dtype == torch.float16

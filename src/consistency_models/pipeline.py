@@ -465,16 +465,18 @@ class ConsistencyModelPipeline:
         class_labels: torch.Tensor | Sequence[int] | int | None = None,
         num_inference_steps: int | None = None,
         timesteps: Sequence[int] | None = None,
-        sigmas: Sequence[float] | None = None,
         generator: Generator = None,
         latents: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
         callback_steps: int = 1,
+        sigmas: Sequence[float] | None = None,
     ) -> ImagePipelineOutput | tuple:
         """Sample `batch_size` images; `callback(step, timestep, x)` after every `callback_steps`-th
-        step (the timestep a 0-d tensor, as diffusers passes it).
+        step (the timestep a 0-d tensor, as diffusers passes it). The parameters up to
+        `callback_steps` are diffusers', in its order (positional calls mean the same); `sigmas`,
+        the noise levels themselves instead of grid `timesteps`, is ours.
 
         A consistency model samples with Algorithm 1 (default: one step). An EDM denoiser
         (`parametrization="edm"`, e.g. a teacher) samples with the deterministic Heun sampler
