@@ -362,6 +362,24 @@ def test_a_misspelt_option_is_named_with_the_one_meant(capsys, tmp_path, monkeyp
     assert run_cm(capsys, ["sample", "--ou", "x.png", "--batch-size", "1"])[0] == 0   # an abbreviation still works
 
 
+@pytest.mark.parametrize("argv, said", [
+    # A misspelt (sub)command is said as such, not blamed on the options after it.
+    (["edit", "inpait", "--image", "a.png", "--mask", "m.png", "--out", "b.png"],
+     "argument EDIT: invalid choice: 'inpait' (choose from 'inpaint', "),
+    (["convert", "opena", "a.pt", "out", "--preset", "test"], "argument SOURCE: invalid choice: 'opena' (choose from"),
+    # An option before the command it belongs to: said where it goes, not "invalid choice: '1'".
+    (["--threads", "1", "sample", "--out", "x.png"],
+     "--threads goes after the command it belongs to: cm sample --threads ... (see 'cm --help')"),
+    (["edit", "--threads=1", "inpaint", "--image", "a.png"],
+     "--threads goes after the command it belongs to: cm edit inpaint --threads ... (see 'cm --help')"),
+])
+def test_a_misspelt_command_and_a_misplaced_option_are_said_as_such(capsys, tmp_path, monkeypatch, argv, said):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cm(capsys, argv)
+    assert_one_line_error(code, err, said)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_version(capsys):
     code, out, _ = run_cm(capsys, ["--version"])
     assert code == 0 and out.startswith("cm (consistency-models) ")

@@ -83,13 +83,53 @@ def misspelt_option(parser: argparse.ArgumentParser, argv: list[str]) -> str | N
     return None
 
 
+def _subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction | None:
+    return next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+
+
+def misplaced_option(parser: argparse.ArgumentParser, argv: list[str], path: tuple[str, ...] = ()) -> str | None:
+    """An option written before the (sub)command it belongs to (`cm --threads 1 sample`, `cm edit
+    --threads 1 inpaint`), said with where it goes; argparse would call its value an invalid command."""
+    subparsers = _subcommands(parser)
+    if subparsers is None:
+        return None
+    own = {name for action in parser._actions for name in action.option_strings}
+    misplaced = None
+    for i, word in enumerate(argv):
+        if word == "--":
+            return None
+        if word in subparsers.choices:
+            inner = misplaced_option(subparsers.choices[word], argv[i + 1:], (*path, word))
+            if misplaced is None:
+                return inner
+            chain = chosen_chain(subparsers.choices[word], argv[i + 1:], (*path, word))
+            return f"{misplaced} goes after the command it belongs to: cm {' '.join(chain)} {misplaced} ..."
+        if misplaced is None and word.startswith("-") and word.split("=", 1)[0] not in own:
+            misplaced = word.split("=", 1)[0]
+    return None
+
+
+def chosen_chain(parser: argparse.ArgumentParser, argv: list[str], path: tuple[str, ...]) -> tuple[str, ...]:
+    """The command words `argv` names below `parser` (`("edit", "inpaint")`), after `path`."""
+    subparsers = _subcommands(parser)
+    for i, word in enumerate(argv):
+        if subparsers is None or word == "--":
+            break
+        if word in subparsers.choices:
+            return chosen_chain(subparsers.choices[word], argv[i + 1:], (*path, word))
+    return path
+
+
 def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
     """Parse `argv`, and the (sub)subcommand's parser; an unknown option is reported by the
-    subcommand it was given to, whose help lists what it takes."""
+    subcommand it was given to, whose help lists what it takes. A misspelt (sub)command is left
+    to argparse ("invalid choice"), not blamed on the options after it."""
     parser = build_parser()
     words = list(sys.argv[1:] if argv is None else argv)
+    if misplaced := misplaced_option(parser, words):
+        parser.error(misplaced)
     leaf, rest = chosen_parser(parser, words)
-    if leaf is not parser and (misspelt := misspelt_option(leaf, rest)):
+    if leaf is not parser and _subcommands(leaf) is None and (misspelt := misspelt_option(leaf, rest)):
         leaf.error(f"unrecognized arguments: {misspelt}")
     args, unknown = parser.parse_known_args(words)
     if unknown:
