@@ -171,8 +171,15 @@ def test_a_folder_named_like_an_embedded_model_says_that_it_hides_it(tmp_path, c
     assert main(["new", "digits", "--preset", "tiny16"]) == 0
     note = "model: digits is the folder ./digits here, not the embedded model of that name"
     assert note in capsys.readouterr().err
-    assert main(["sample", "--out", "q.png", "--batch-size", "1"]) == 0
+    assert main(["sample", "--model", "digits", "--out", "q.png", "--batch-size", "2", "--no-progress"]) == 0
     assert note in capsys.readouterr().err
+    # Without --model the user named no folder: the embedded default model, whatever is here.
+    from consistency_models.io.hub import embedded_folder
+
+    for argv in (["sample", "--out", "d.png"], ["sample", "--model", str(embedded_folder("digits")), "--out", "e.png"]):
+        assert main([*argv, "--batch-size", "2", "--no-progress"]) == 0
+        assert "model:" not in capsys.readouterr().err
+    assert (tmp_path / "d.png").read_bytes() == (tmp_path / "e.png").read_bytes() != (tmp_path / "q.png").read_bytes()
 
 
 def test_the_timestep_search_refuses_early_and_counts_images(tmp_path, capsys):

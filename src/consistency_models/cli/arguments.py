@@ -7,6 +7,7 @@ import argparse
 import torch
 
 from ..distributed import check_device, default_device
+from ..io.hub import EMBEDDED, embedded_folder
 
 from ..schedule import NoiseLevels
 
@@ -105,6 +106,20 @@ def device(name: str | None) -> torch.device:
 def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda where this machine has a "
                                                       "GPU, else cpu)")
+
+
+def add_model(parser: argparse.ArgumentParser, default: str) -> None:
+    """--model, read back by `chosen_model`."""
+    parser.add_argument("--model", default=None, help=f"embedded model name ({', '.join(EMBEDDED)}), pipeline "
+                        "folder (diffusers format) or Hugging Face Hub id such as openai/diffusers-cd_imagenet64_l2 "
+                        f"(default: the embedded {default} model)")
+    parser.set_defaults(default_model=default)
+
+
+def chosen_model(args: argparse.Namespace) -> str:
+    """--model as given, else the embedded default model's own folder: a folder of that name in the
+    working folder does not stand in for a model the user did not name."""
+    return str(embedded_folder(args.default_model)) if args.model is None else args.model
 
 
 def add_progress(parser: argparse.ArgumentParser) -> None:

@@ -24,9 +24,11 @@ from .arguments import (
     OneLineErrorParser,
     plural,
     add_device,
+    add_model,
     add_noise_levels,
     add_progress,
     add_variant,
+    chosen_model,
     device,
     noise_levels,
     positive_int,
@@ -103,7 +105,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     for name, spec in EDITS.items():
         e = kinds.add_parser(name, help=spec.help, description=spec.help[0].upper() + spec.help[1:] + ".",
                              formatter_class=DefaultsHelpFormatter)
-        e.add_argument("--model", default=spec.model, help="embedded model name, pipeline folder or Hub id")
+        add_model(e, spec.model)
         add_variant(e)
         if spec.image:
             e.add_argument("--image", required=True, help=spec.image_help)
@@ -123,6 +125,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    args.model = chosen_model(args)
     if not str(args.out).strip():
         raise InvalidInputError("out: '' is empty; give the PNG to write, e.g. edited.png")
     if not str(args.out).lower().endswith(".png") or names_a_folder(args.out):

@@ -11,7 +11,7 @@ import torch
 from ..distributed import setup_distributed, teardown_distributed
 from ..errors import InvalidInputError
 from ..evaluation.generation import DEFAULT_COMPUTE_BATCH, generate_samples, shard_folder
-from ..io.hub import DEFAULT_MODEL, EMBEDDED, is_embedded, shadowing_note
+from ..io.hub import DEFAULT_MODEL, is_embedded, shadowing_note
 from ..io.images import FOLDER_IMAGE, output_kind, save_images, save_points, to_uint8
 from ..io.overwrite import refuse_existing, refuse_input_as_output, replaced_folder
 from ..networks.half_compute import half_arithmetic
@@ -21,9 +21,11 @@ from .arguments import (
     DTYPES,
     DefaultsHelpFormatter,
     add_device,
+    add_model,
     add_noise_levels,
     add_progress,
     add_variant,
+    chosen_model,
     device,
     int_list,
     noise_levels,
@@ -37,9 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="generate images from a model",
                        description="Generate images with one-step or multistep consistency sampling (Algorithm 1).",
                        formatter_class=DefaultsHelpFormatter)
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"embedded model name ({', '.join(EMBEDDED)}), pipeline folder (diffusers "
-                        "format) or Hugging Face Hub id such as openai/diffusers-cd_imagenet64_l2")
+    add_model(p, DEFAULT_MODEL)
     add_variant(p)
     p.add_argument("--out", required=True,
                    help="samples.png (a grid), DIR/ (one PNG per image) or samples.npz (arr_0: uint8 NHWC, arr_1: labels)")
@@ -109,6 +109,7 @@ def fallback_kernels_note(args: argparse.Namespace, dev: torch.device, pipe: Con
 
 
 def run(args: argparse.Namespace) -> None:
+    args.model = chosen_model(args)
     kind = output_kind(args.out)  # refuse a bad output path before any work
     refuse_input_as_output(args.out, "out", {"model": None if is_embedded(args.model) else args.model})
     if args.num is not None:

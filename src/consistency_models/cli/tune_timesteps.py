@@ -13,7 +13,8 @@ from ..evaluation.timestep_search import search_range, tune_timesteps
 from ..io.hub import DEFAULT_MODEL, shadowing_note
 from ..metrics.scores import compute_statistics, few_images_note
 from ..pipeline import ConsistencyModelPipeline
-from .arguments import DefaultsHelpFormatter, add_progress, add_variant, device, positive_int, seed
+from .arguments import (DefaultsHelpFormatter, add_model, add_progress, add_variant, chosen_model, device,
+                        positive_int, seed)
 from .features import add_feature_arguments, choose_features, extractor
 
 
@@ -22,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="OpenAI's ternary search of t in --timesteps t,0, scored by the FID (or digits "
                                    "FD) of --num samples against --ref.",
                        formatter_class=DefaultsHelpFormatter)
-    p.add_argument("--model", default=DEFAULT_MODEL, help="embedded model name, pipeline folder or Hub id")
+    add_model(p, DEFAULT_MODEL)
     add_variant(p)
     p.add_argument("--ref", required=True, help="reference set or statistics (see cm eval)")
     p.add_argument("--num", type=positive_int, default=5000, help="samples per candidate")
@@ -38,6 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    args.model = chosen_model(args)
     pipe = ConsistencyModelPipeline.from_pretrained(args.model, device=device(args.device), variant=args.variant)
     if note := shadowing_note(args.model):
         print(note, file=sys.stderr)

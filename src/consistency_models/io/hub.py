@@ -42,6 +42,11 @@ def embedded_root() -> Path:
     return Path(__file__).resolve().parent.parent / "weights"
 
 
+def embedded_folder(name: str) -> Path:
+    """The folder of the embedded model `name`, whatever the working folder holds."""
+    return embedded_root() / EMBEDDED[name]
+
+
 def refuse_embedded_folder(argument: str, path: str | os.PathLike) -> None:
     """Writing into the package's shipped models would change them for every later run: refused."""
     root = embedded_root()
