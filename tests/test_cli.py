@@ -59,7 +59,7 @@ def test_png_grid_npz_and_folder(model_dir, tmp_path, capsys):
     code, _, _ = run_cli(capsys, "sample", "--model", str(model_dir), "--out", str(tmp_path / "imgs") + "/",
                          "--batch-size", "2", "--sigmas", "80,1.38")
     assert code == 0
-    assert sorted(p.name for p in (tmp_path / "imgs").iterdir()) == ["000000.png", "000001.png"]
+    assert sorted(p.name for p in (tmp_path / "imgs").iterdir()) == [".cm-output", "000000.png", "000001.png"]
 
 
 def test_sigmas_and_timesteps_agree_from_cli(model_dir, tmp_path, capsys):

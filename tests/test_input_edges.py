@@ -94,7 +94,7 @@ def test_a_folder_named_like_an_embedded_model_does_not_hide_it(tmp_path, capsys
     assert main(["sample", "--out", "digits/", "--batch-size", "2"]) == 0     # the README's DIR/ form
     assert main(["sample", "--out", "grid.png", "--batch-size", "2"]) == 0    # --model digits: still embedded
     assert main(["sample", "--out", "digits/", "--batch-size", "2", "--overwrite"]) == 0
-    assert sorted(p.name for p in (tmp_path / "digits").iterdir()) == ["000000.png", "000001.png"]
+    assert sorted(p.name for p in (tmp_path / "digits").iterdir()) == [".cm-output", "000000.png", "000001.png"]
 
 
 def test_fid_of_two_statistics_files_needs_no_feature_network(tmp_path, capsys, monkeypatch):

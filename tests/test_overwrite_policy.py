@@ -24,7 +24,7 @@ def one_line(code, err, text):
 def test_overwrite_replaces_a_folder_of_earlier_images_as_a_whole(tmp_path, capsys):
     out = tmp_path / "grid"
     assert run(capsys, ["sample", "--out", f"{out}/", "--batch-size", "16"])[0] == 0
-    assert len(list(out.iterdir())) == 16
+    assert len(list(out.glob("*.png"))) == 16 and (out / ".cm-output").is_file()   # cm's mark beside them
     (tmp_path / "plain").mkdir()                                   # the mode any new folder gets here
     (tmp_path / "plain.png").write_bytes(b"")                     # and any new file
     assert out.stat().st_mode == (tmp_path / "plain").stat().st_mode  # not mkdtemp's private 0700
@@ -32,8 +32,22 @@ def test_overwrite_replaces_a_folder_of_earlier_images_as_a_whole(tmp_path, caps
     code, err = run(capsys, ["sample", "--out", f"{out}/", "--batch-size", "2"])
     one_line(code, err, "is not empty; pass --overwrite")
     assert run(capsys, ["sample", "--out", f"{out}/", "--batch-size", "2", "--overwrite", "--seed", "1"])[0] == 0
-    assert sorted(p.name for p in out.iterdir()) == ["000000.png", "000001.png"]  # no stale 000002 … 000015
+    assert sorted(p.name for p in out.iterdir()) == [".cm-output", "000000.png", "000001.png"]  # no stale 000002 …
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp or old folder left
+
+
+def test_overwrite_never_replaces_a_users_folder_of_files_named_like_samples(tmp_path, capsys):
+    """A folder of the user's own images named 000000.png, ... is not an earlier output: only a
+    folder holding cm's mark (.cm-output) is replaced with --overwrite."""
+    out = tmp_path / "mydata"
+    out.mkdir()
+    for i in range(5):
+        Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(out / f"{i:06d}.png")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code, err = run(capsys, ["sample", "--out", f"{out}/", "--batch-size", "2", "--overwrite"])
+    one_line(code, err, f"out: {out}/ was not written by cm (a folder of samples it writes holds .cm-output); choose "
+                        "another folder")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
 def test_overwrite_refuses_a_folder_holding_files_it_did_not_write(tmp_path, capsys):
@@ -236,4 +250,4 @@ def test_a_folder_named_like_a_file_output_is_refused_before_any_work(tmp_path, 
     one_line(code, err, f"out: {tmp_path / 'dir.png'} is a folder; give a file name (in it, or beside it)")
     assert "%|" not in err   # refused before the edit ran
     assert run(capsys, ["sample", "--out", f"{tmp_path / 'dir.npz'}/", "--batch-size", "2", "--no-progress"])[0] == 0
-    assert sorted(p.name for p in (tmp_path / "dir.npz").iterdir()) == ["000000.png", "000001.png"]
+    assert sorted(p.name for p in (tmp_path / "dir.npz").iterdir()) == [".cm-output", "000000.png", "000001.png"]

@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> None:
         print(f"wrote {plural(len(result.images), 'point')} to {args.out}")
         return
     if kind == "dir":  # replaced as a whole: no earlier image stays mixed in
-        with replaced_folder(args.out, FOLDER_IMAGE, replace=args.overwrite) as fresh:
+        with replaced_folder(args.out, FOLDER_IMAGE, replace=args.overwrite, mark=True) as fresh:
             files = save_images(to_uint8(result.images), fresh, labels)
         files = [Path(args.out) / f.name for f in files]
     else:

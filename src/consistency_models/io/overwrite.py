@@ -83,28 +83,41 @@ def refuse_existing(path: str | os.PathLike | None, overwrite: bool, argument: s
         raise InvalidInputError(f"{argument}: {path} exists; pass --overwrite to replace it")
 
 
+OUTPUT_MARK = ".cm-output"   # the empty file in a folder of samples cm wrote (what --overwrite may replace)
+
+
 @contextmanager
-def replaced_folder(path: str | os.PathLike, ours: str, argument: str = "out", replace: bool = True) -> Iterator[Path]:
+def replaced_folder(path: str | os.PathLike, ours: str, argument: str = "out", replace: bool = True,
+                    mark: bool = False) -> Iterator[Path]:
     """Yields an empty folder to write an output folder into; on success it takes `path`'s place as
     a whole (no file of an earlier output stays mixed in). An existing `path` must hold only files
     whose names match `ours` (what this command writes), else it is refused naming a stranger: a
     user's folder is never emptied by mistake. On an error the earlier folder stays as it was.
     With `replace` False (no --overwrite) only an absent or empty `path` is taken: a folder that
-    another process filled meanwhile is kept and the write refused."""
+    another process filled meanwhile is kept and the write refused. With `mark`, the folder
+    written holds `OUTPUT_MARK`, and a non-empty `path` is replaced only if it holds it too: a
+    user's folder whose files happen to be named like ours (000000.png, ...) is not an output."""
     target = Path(path)
     pattern = re.compile(ours)
     if target.is_dir():
-        strangers = sorted(p.name for p in target.iterdir() if not (p.is_file() and pattern.fullmatch(p.name)))
+        strangers = sorted(p.name for p in target.iterdir()
+                           if not (p.is_file() and (pattern.fullmatch(p.name) or (mark and p.name == OUTPUT_MARK))))
         if "model_index.json" in strangers:  # a model or training run folder (its .lock would be named first)
             raise InvalidInputError(f"{argument}: {path} is a model folder (it holds model_index.json); choose "
                                     "another folder (--overwrite replaces only an earlier output)")
         if strangers:
             raise InvalidInputError(f"{argument}: {path} holds {strangers[0]}, which this command did not write; "
                                     "choose another folder (--overwrite replaces only an earlier output)")
+        if mark and any(target.iterdir()) and not (target / OUTPUT_MARK).is_file():
+            raise InvalidInputError(f"{argument}: {path} was not written by cm (a folder of samples it writes holds "
+                                    f"{OUTPUT_MARK}); choose another folder (--overwrite replaces only an earlier "
+                                    "output)")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fresh = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
         os.chmod(fresh, 0o777 & ~current_umask())  # mkdtemp makes 0700; the output gets mkdir's usual mode
+        if mark:
+            (fresh / OUTPUT_MARK).touch()
     except OSError as exc:  # the place cannot hold it: named as the user wrote it, not the temp folder
         raise write_error(exc, target) from exc
     try:
