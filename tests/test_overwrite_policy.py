@@ -251,3 +251,22 @@ def test_a_folder_named_like_a_file_output_is_refused_before_any_work(tmp_path, 
     assert "%|" not in err   # refused before the edit ran
     assert run(capsys, ["sample", "--out", f"{tmp_path / 'dir.npz'}/", "--batch-size", "2", "--no-progress"])[0] == 0
     assert sorted(p.name for p in (tmp_path / "dir.npz").iterdir()) == [".cm-output", "000000.png", "000001.png"]
+
+
+def test_sharded_generation_never_takes_a_users_folder_of_its_shards_name(tmp_path, capsys):
+    """`--num` writes its shards into OUT.shards/ and removes that folder once they are merged: a
+    folder of that name holding anything cm did not write is refused, not emptied."""
+    folder = tmp_path / "u.npz.shards"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    for argv in ([], ["--overwrite"]):
+        code, err = run(capsys, ["sample", "--num", "4", "--batch-size", "2", "--out", str(tmp_path / "u.npz"),
+                                 "--no-progress", *argv])
+        one_line(code, err, f"out: {folder} holds notes.txt, which cm did not write, but the shards of "
+                            f"{tmp_path / 'u.npz'} go into a folder of that name (removed when they are merged); "
+                            "move it away")
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"] and not (tmp_path / "u.npz").exists()
+    (folder / "notes.txt").unlink()   # an empty folder of that name is taken
+    assert run(capsys, ["sample", "--num", "4", "--batch-size", "2", "--out", str(tmp_path / "u.npz"),
+                        "--no-progress"])[0] == 0
+    assert (tmp_path / "u.npz").is_file() and not folder.exists()

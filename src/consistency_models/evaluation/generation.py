@@ -312,6 +312,9 @@ def generate_samples(
     if folder.exists() and not folder.is_dir():
         raise InvalidInputError(f"out: {folder} is a file, but the shards of {out} go into a folder of that name; "
                                 "move it away")
+    if folder.is_dir() and (stranger := next((p.name for p in sorted(folder.iterdir()) if not _ours(p.name)), None)):
+        raise InvalidInputError(f"out: {folder} holds {stranger}, which cm did not write, but the shards of {out} go "
+                                "into a folder of that name (removed when they are merged); move it away")
     try:
         folder.mkdir(exist_ok=True)
     except OSError as exc:  # the output's folder is not writable, ...: named as the output, which cannot be made
@@ -319,6 +322,13 @@ def generate_samples(
     with hold_folder(folder, "cm sample --num", name=f".lock-r{context.rank}"):
         return _generate_locked(pipe, num, path, folder, batch_size, settings, seed, class_labels, levels,
                                 context, progress, ShardSpec.of(pipe))
+
+
+def _ours(name: str) -> bool:
+    """Whether a shard folder's entry is one a run writes: shards, the run record, a rank's lock, or
+    the temp file of a write in progress (`atomic_path`)."""
+    return bool(SHARD_NAME.fullmatch(name) or name == RUN_RECORD or re.fullmatch(r"\.lock-r\d+", name)
+                or re.fullmatch(rf"\.(r\d+-\d+\.npz|{re.escape(RUN_RECORD)})\..*\.tmp", name))
 
 
 def _merged_but_not_cleaned(folder: Path, out: Path, settings: dict, num: int) -> bool:
