@@ -144,3 +144,25 @@ def test_other_errors_of_the_writer_pass_unchanged(tmp_path):
         with atomic_path(path):
             raise ConnectionResetError(errno.ECONNRESET, os.strerror(errno.ECONNRESET))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or sys.platform == "darwin", reason="RLIMIT_FSIZE as on Linux")
+def test_a_file_size_limit_while_writing_weights_is_one_line_naming_the_users_folder(tmp_path, capsys):
+    """The OS refusing the weights file (here a real file-size limit, EFBIG; a full disk is ENOSPC):
+    safetensors raised its own error type (a 20-line traceback), and the folder named was the hidden
+    temp folder. Now one line naming m/unet/..., and nothing left behind."""
+    import resource
+    import signal
+
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # else the process is killed
+    resource.setrlimit(resource.RLIMIT_FSIZE, (65536, limits[1]))
+    try:
+        code = main(["new", str(tmp_path / "m"), "--preset", "tiny16"])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, old_handler)
+    err = capsys.readouterr().err
+    assert code == 1 and err == (f"cm: error: {tmp_path / 'm' / 'unet' / 'diffusion_pytorch_model.safetensors'}: "
+                                 f"cannot write it: {os.strerror(errno.EFBIG)}\n"), err
+    assert list(tmp_path.iterdir()) == []

@@ -110,7 +110,7 @@ def fallback_kernels_note(args: argparse.Namespace, dev: torch.device, pipe: Con
 
 def run(args: argparse.Namespace) -> None:
     args.model = chosen_model(args)
-    kind = output_kind(args.out)  # refuse a bad output path before any work
+    kind = output_kind(args.out, folders=args.num is None)  # refuse a bad output path before any work
     refuse_input_as_output(args.out, "out", {"model": None if is_embedded(args.model) else args.model})
     if args.num is not None:
         if not shard_folder(args.out).is_dir():  # else a killed run may have left its merged file: decided there

@@ -452,8 +452,16 @@ def save_network(model: torch.nn.Module, folder: str | os.PathLike, variant: str
 
 
 def write_weights(state: dict[str, torch.Tensor], path: Path, safe_serialization: bool) -> None:
-    """One weights file: safetensors (with diffusers' metadata), or a torch.save state dict."""
-    if safe_serialization:
-        save_file(state, str(path), metadata={"format": "pt"})
-    else:
+    """One weights file: safetensors (with diffusers' metadata), or a torch.save state dict. The
+    OS refusing the write (a full disk, a file-size limit) is an OSError naming `path` as any other
+    write's is; safetensors reports it as its own error type, with the OS's code in the text."""
+    if not safe_serialization:
         torch.save(state, path)
+        return
+    try:
+        save_file(state, str(path), metadata={"format": "pt"})
+    except Exception as exc:  # noqa: BLE001 — safetensors' SafetensorError, only an OS error is turned
+        code = re.search(r"\(os error (\d+)\)", str(exc))
+        if type(exc).__name__ != "SafetensorError" or code is None:
+            raise
+        raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from None

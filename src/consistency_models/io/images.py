@@ -106,13 +106,14 @@ def save_png(image: np.ndarray, path: Path, replace: bool = True, argument: str 
         pil_image(image).save(tmp, format="PNG")
 
 
-def output_kind(out: str | os.PathLike) -> str:
-    """'grid' for *.png, 'npz' for *.npz, 'dir' for a folder (trailing slash or existing folder)."""
+def output_kind(out: str | os.PathLike, folders: bool = True) -> str:
+    """'grid' for *.png, 'npz' for *.npz, 'dir' for a folder (trailing slash or existing folder).
+    `folders` False: the caller writes no folder output (it refuses one itself)."""
     text = str(out)
     if not text.strip():
         raise InvalidInputError("out: '' is empty; give samples.png (a grid), DIR/ (PNGs) or samples.npz")
     path = Path(text)
-    if path.is_dir() and not names_a_folder(text) and path.suffix.lower() in (".png", ".npz"):
+    if folders and path.is_dir() and not names_a_folder(text) and path.suffix.lower() in (".png", ".npz"):
         raise InvalidInputError(f"out: {text} is a folder, but its name asks for a {path.suffix.lower()} file; give "
                                 f"another name, or {text}/ to write one PNG per image into that folder")
     if names_a_folder(text) or path.is_dir():

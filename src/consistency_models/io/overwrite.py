@@ -83,6 +83,21 @@ def refuse_existing(path: str | os.PathLike | None, overwrite: bool, argument: s
         raise InvalidInputError(f"{argument}: {path} exists; pass --overwrite to replace it")
 
 
+@contextmanager
+def named_as_target(fresh: Path, target: Path) -> Iterator[None]:
+    """An OS error about a file in the hidden folder `fresh` is said of the same file in `target`,
+    the folder the user named (a full disk while writing `.m.x1y2.tmp/unet/...` is `m/unet/...`)."""
+    try:
+        yield
+    except OSError as exc:
+        name = Path(os.path.abspath(exc.filename)) if isinstance(exc.filename, (str, os.PathLike)) else None
+        inside = name is not None and Path(os.path.abspath(fresh)) in (name, *name.parents)
+        if not inside:
+            raise
+        shown = target / name.relative_to(os.path.abspath(fresh))
+        raise OSError(exc.errno, exc.strerror, str(shown)) from exc
+
+
 OUTPUT_MARK = ".cm-output"   # the empty file in a folder of samples cm wrote (what --overwrite may replace)
 
 
@@ -121,7 +136,8 @@ def replaced_folder(path: str | os.PathLike, ours: str, argument: str = "out", r
     except OSError as exc:  # the place cannot hold it: named as the user wrote it, not the temp folder
         raise write_error(exc, target) from exc
     try:
-        yield fresh
+        with named_as_target(fresh, target):
+            yield fresh
         if not replace:
             try:
                 os.rename(fresh, target)  # replaces only an empty folder (POSIX), never one with files
@@ -155,7 +171,8 @@ def filled_in_place(target: str | os.PathLike, last: str) -> Iterator[Path]:
     except OSError as exc:
         raise write_error(exc, target) from exc
     try:
-        yield fresh
+        with named_as_target(fresh, target):
+            yield fresh
         for entry in sorted(fresh.iterdir(), key=lambda p: p.name == last):
             os.replace(entry, target / entry.name)
     finally:
