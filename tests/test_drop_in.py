@@ -399,3 +399,21 @@ def test_from_config_returns_the_unused_keywords_when_asked_as_diffusers_does():
     assert our_unused == their_unused == {"sigma_mx": 40.0}
     assert ours.config.rho == theirs.config.rho == 5.0
     assert isinstance(CMStochasticIterativeScheduler.from_config(config, rho=5.0), CMStochasticIterativeScheduler)
+
+
+def test_after_a_call_the_scheduler_holds_its_schedule_as_in_diffusers(our_pipe, ref_pipe):
+    """diffusers' pipeline calls `scheduler.set_timesteps` and steps it: code reading
+    `pipe.scheduler.timesteps`/`.sigmas`/`.step_index` in a callback or after a call finds the
+    call's schedule (with the grid's full list before)."""
+    for kwargs in (dict(timesteps=[30, 20, 0]), dict(num_inference_steps=4), dict()):
+        seen = {}
+        for name, pipe in (("ours", our_pipe), ("theirs", ref_pipe)):
+            steps = []
+            pipe(batch_size=1, class_labels=3, generator=gen(), output_type="np", **kwargs,
+                 callback=lambda i, t, x, pipe=pipe, steps=steps: steps.append((i, pipe.scheduler.step_index)))
+            seen[name] = (pipe.scheduler.timesteps.tolist(), pipe.scheduler.sigmas.tolist(), steps)
+        (ours_t, ours_s, ours_steps), (theirs_t, theirs_s, theirs_steps) = seen["ours"], seen["theirs"]
+        np.testing.assert_allclose(ours_t, theirs_t, rtol=0, atol=1e-4)
+        np.testing.assert_allclose(ours_s, theirs_s, rtol=1e-6)
+        assert ours_steps == theirs_steps and len(ours_t) == len(kwargs.get("timesteps", [0] * kwargs.get(
+            "num_inference_steps", 1)))

@@ -41,7 +41,7 @@ from .io.pipeline_folder import (
     trigflow_settings,
 )
 from .io.shards import DEFAULT_MAX_SHARD_SIZE
-from .kinds import SCHEDULER_CLASS, get_kind, kind_of_scheduler
+from .kinds import SCHEDULER_CLASS, default_kind, get_kind, kind_of_scheduler
 from .networks import UNetModel, preset
 from .outputs import BaseOutput
 from .parametrization import Preconditioned
@@ -487,6 +487,7 @@ class ConsistencyModelPipeline:
             raise InvalidInputError(f"callback: {callback!r} is not callable; give a function (step, timestep, sample)")
         callback_steps = int(callback_steps)
         schedule = self.noise_schedule(NoiseLevels.of(num_inference_steps, timesteps, sigmas))
+        self._show_schedule(schedule, timesteps, sigmas)
         noise = self.prepare_latents(batch_size, latents, generator)
         labels = self.prepare_class_labels(batch_size, class_labels, generator)
         x = self.sample(noise * self.sampler.initial_scale(schedule, self.sampling_config), schedule, labels,
@@ -495,6 +496,18 @@ class ConsistencyModelPipeline:
         if not return_dict:
             return (images,)
         return ImagePipelineOutput(images=images, class_labels=labels)
+
+    def _show_schedule(self, schedule: list[float], timesteps: Sequence[int] | None,
+                       sigmas: Sequence[float] | None) -> None:
+        """As diffusers' pipeline leaves it: `scheduler.timesteps`/`.sigmas` those of the call (set by
+        `set_timesteps`, for code that reads them in a callback or after), for a consistency model
+        sampled on its grid (the sampling itself does not read them)."""
+        if self.kind is not default_kind() or sigmas is not None:
+            return
+        if timesteps is not None:
+            self.scheduler.set_timesteps(timesteps=list(timesteps), device=self.device)
+        else:
+            self.scheduler.set_timesteps(num_inference_steps=len(schedule) - 1, device=self.device)
 
     def sample(
         self,
@@ -507,6 +520,8 @@ class ConsistencyModelPipeline:
     ) -> torch.Tensor:
         """Run the model's sampler from x (noise already scaled by schedule[0]) through the fast paths."""
         def user_callback(i: int, sigma: float, sample: torch.Tensor) -> None:
+            if self.kind is default_kind():
+                self.scheduler._step_index = i + 1   # diffusers' callback comes after scheduler.step
             if i % callback_steps == 0:
                 t = self.sampler.timestep(sigma, self.sampling_config)
                 callback(i, torch.tensor(t, dtype=torch.float64, device=sample.device), sample)
