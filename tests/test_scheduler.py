@@ -199,3 +199,37 @@ def test_from_pretrained_missing_and_corrupt(tmp_path):
     (tmp_path / "scheduler_config.json").write_text("[1, 2]")
     with pytest.raises(InvalidInputError, match="^scheduler: .*JSON object"):
         CMStochasticIterativeScheduler.from_pretrained(tmp_path)
+
+
+def test_from_pretrained_takes_an_embedded_name_and_a_hub_id_as_diffusers_does(tmp_path, monkeypatch):
+    """`from_pretrained("digits", subfolder="scheduler")`, and a Hub id whose scheduler config
+    alone is fetched (huggingface_hub's snapshot_download stands in for the network here: the
+    machine that runs the tests has none), with the Hub's options; offline, a one-line error."""
+    import shutil
+
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    from consistency_models import ConsistencyModelPipeline
+
+    embedded = CMStochasticIterativeScheduler.from_pretrained("digits", subfolder="scheduler")
+    assert embedded.config == ConsistencyModelPipeline.from_pretrained("digits").scheduler.config
+    CMStochasticIterativeScheduler(num_train_timesteps=201).save_pretrained(tmp_path / "repo" / "scheduler")
+    asked = []
+
+    def snapshot_download(repo_id, allow_patterns, **options):
+        asked.append((repo_id, allow_patterns, options))
+        served = tmp_path / "served"
+        shutil.copytree(tmp_path / "repo", served, dirs_exist_ok=True)
+        return str(served)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    loaded = CMStochasticIterativeScheduler.from_pretrained("owner/cm", subfolder="scheduler", revision="v1",
+                                                            sigma_max=40.0)
+    assert (loaded.config.num_train_timesteps, loaded.config.sigma_max) == (201, 40.0)
+    assert asked == [("owner/cm", ["scheduler/*.json"], {"revision": "v1", "local_files_only": False})]
+    monkeypatch.undo()   # the real snapshot_download, offline: nothing is fetched
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(InvalidInputError, match=r"^path: could not fetch Hub id 'owner/cm' "):
+        CMStochasticIterativeScheduler.from_pretrained("owner/cm", subfolder="scheduler")
+    with pytest.raises(InvalidInputError, match=r"^path: no such folder 'nothere'"):
+        CMStochasticIterativeScheduler.from_pretrained("nothere", subfolder="scheduler")

@@ -19,8 +19,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from .errors import InvalidInputError
+from .errors import InvalidInputError, about
 from .io.pipeline_folder import SCHEDULER_CONFIG as CONFIG_NAME
+from .io.hub import DOWNLOAD_OPTIONS, is_embedded, resolve_model_path
 from .io.pipeline_folder import read_scheduler_config, write_scheduler_config
 from .outputs import BaseOutput
 from .parametrization import (
@@ -100,8 +101,18 @@ class CMStochasticIterativeScheduler:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, subfolder: str | None = None,
                         **overrides: Any) -> "CMStochasticIterativeScheduler":
-        """From `path/[subfolder/]scheduler_config.json`."""
-        folder = Path(path) / subfolder if subfolder else Path(path)
+        """From `path/[subfolder/]scheduler_config.json`: `path` a folder, an embedded model's name
+        (`"digits", subfolder="scheduler"`) or a Hub id (when online; only that config is fetched,
+        with the Hub's options — revision, token, ... — as diffusers takes them)."""
+        download = {k: overrides.pop(k) for k in DOWNLOAD_OPTIONS if k in overrides}
+        root = Path(path)
+        if not root.exists() or is_embedded(path):
+            try:
+                root = resolve_model_path(path, allow_patterns=[f"{subfolder}/*.json" if subfolder else "*.json"],
+                                          **download)
+            except InvalidInputError as exc:
+                raise about("path", exc) from None
+        folder = root / subfolder if subfolder else root
         return cls.from_config(read_scheduler_config(folder), **overrides)
 
     def save_config(self, save_directory: str | os.PathLike) -> None:

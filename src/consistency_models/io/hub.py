@@ -64,11 +64,13 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def resolve_model_path(name: str | os.PathLike, use_safetensors: bool | None = None, **download: Any) -> Path:
+def resolve_model_path(name: str | os.PathLike, use_safetensors: bool | None = None,
+                       allow_patterns: list[str] | None = None, **download: Any) -> Path:
     """An embedded model name ("digits"), a local folder, or an `owner/name` Hub id (fetched when
-    online: the weights `use_safetensors` asks for — None: .safetensors, else .bin; `download`:
-    `DOWNLOAD_OPTIONS` for huggingface_hub, e.g. revision="main", local_files_only=True; a local
-    folder or embedded model reads none of them)."""
+    online: the weights `use_safetensors` asks for — None: .safetensors, else .bin — or only the
+    files `allow_patterns` names, e.g. a scheduler's config; `download`: `DOWNLOAD_OPTIONS` for
+    huggingface_hub, e.g. revision="main", local_files_only=True; a local folder or embedded model
+    reads none of them)."""
     unknown = sorted(set(download) - set(DOWNLOAD_OPTIONS))
     if unknown:
         raise TypeError(f"from_pretrained() got an unexpected keyword argument {unknown[0]!r} "
@@ -97,6 +99,8 @@ def resolve_model_path(name: str | os.PathLike, use_safetensors: bool | None = N
     options = {**download, "local_files_only": bool(download.get("local_files_only")) or hub_offline()}
     bin_patterns = [*(p for p in _PATTERNS if not p.endswith(".safetensors")), "unet/*.bin"]
     try:
+        if allow_patterns is not None:
+            return Path(snapshot_download(text, allow_patterns=allow_patterns, **options))
         folder = Path(snapshot_download(text, allow_patterns=bin_patterns if use_safetensors is False else _PATTERNS,
                                         **options))
         if use_safetensors is None and not any((folder / "unet").glob("*.safetensors")):  # older repos: only .bin
