@@ -417,3 +417,36 @@ def test_after_a_call_the_scheduler_holds_its_schedule_as_in_diffusers(our_pipe,
         np.testing.assert_allclose(ours_s, theirs_s, rtol=1e-6)
         assert ours_steps == theirs_steps and len(ours_t) == len(kwargs.get("timesteps", [0] * kwargs.get(
             "num_inference_steps", 1)))
+
+
+def test_diffusers_members_that_drop_in_code_calls(our_pipe, ref_pipe, diffusers_pipeline_dir):
+    """`pipe.config`, `name_or_path`, `numpy_to_pil`, `progress_bar(iterable=/total=)`,
+    `unet.config.sample_size`/`num_class_embeds`, `unet.device`; the scheduler's `begin_index`,
+    `set_begin_index` and `index_for_timestep` — each against diffusers' own."""
+    assert dict(our_pipe.config) == dict(ref_pipe.config) and our_pipe.name_or_path == ref_pipe.name_or_path
+    assert ConsistencyModelPipeline(our_pipe.unet, our_pipe.scheduler).name_or_path is None
+    images = np.random.default_rng(0).random((2, 5, 5, 3))
+    for ours, theirs in ((our_pipe.numpy_to_pil(images), ref_pipe.numpy_to_pil(images)),
+                         (our_pipe.numpy_to_pil(images[0, ..., :1]), ref_pipe.numpy_to_pil(images[0, ..., :1]))):
+        assert [i.mode for i in ours] == [i.mode for i in theirs]
+        assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(ours, theirs))
+    assert list(our_pipe.progress_bar(iterable=range(3))) == [0, 1, 2]
+    assert our_pipe.progress_bar(total=3).total == 3
+    for pipe in (our_pipe, ref_pipe):
+        with pytest.raises(ValueError):   # neither given (ours: InvalidInputError, a ValueError)
+            pipe.progress_bar()
+    for key in ("sample_size", "in_channels", "out_channels", "num_class_embeds"):
+        assert getattr(our_pipe.unet.config, key) == ref_pipe.unet.config[key], key
+    assert our_pipe.unet.device == ref_pipe.unet.device and our_pipe.unet.dtype == ref_pipe.unet.dtype
+    ours, theirs = CMStochasticIterativeScheduler.from_config(our_pipe.scheduler.config), \
+        DiffusersScheduler.from_config(our_pipe.scheduler.config)
+    for scheduler in (ours, theirs):
+        scheduler.set_timesteps(timesteps=[30, 20, 10, 0])
+        assert scheduler.begin_index is None
+        scheduler.set_begin_index(2)
+    assert ours.begin_index == theirs.begin_index == 2
+    assert [ours.index_for_timestep(t) for t in ours.timesteps] == \
+        [theirs.index_for_timestep(t) for t in theirs.timesteps] == [0, 1, 2, 3]
+    x = torch.randn(1, 3, 32, 32, generator=gen())
+    torch.testing.assert_close(ours.scale_model_input(x, ours.timesteps[0]), theirs.scale_model_input(x, theirs.timesteps[0]))
+    assert ours.step_index == theirs.step_index == 2   # the begin index, not the timestep's position

@@ -236,7 +236,7 @@ def edit(
         x0 = pipe.denoiser(x, sigma, labels).clamp(-1, 1)  # OpenAI clips before the replacement
         return x0 if replacement is None else replacement(x0, known)
 
-    with pipe.progress_bar(len(sigmas) - 1, "editing") as bar:
+    with pipe.progress_bar(total=len(sigmas) - 1, desc="editing") as bar:
         return pipe.sampler.run(projected, known + sigmas[0] * noise, sigmas, config, class_labels=labels,
                                 generator=generator, progress=bar.update)
 
@@ -472,5 +472,5 @@ def interpolate(
     schedule = pipe.noise_schedule(NoiseLevels())   # the model's default: one step at σ_max (EDM: its ODE grid)
     scale = pipe.sampler.initial_scale(schedule, cfg)  # σ_max; TrigFlow's x = σ_d·z at t_max: √(σ_max² + σ_d²)
     x = slerp(ends[0][0], ends[1][0], torch.linspace(0, 1, num)).to(pipe.device) * scale
-    with pipe.progress_bar(len(schedule) - 1, "interpolating") as bar:
+    with pipe.progress_bar(total=len(schedule) - 1, desc="interpolating") as bar:
         return _to_image(pipe.sampler.run(pipe.denoiser, x, schedule, cfg, class_labels=labels, progress=bar.update))

@@ -19,10 +19,12 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from types import MappingProxyType
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from .distributed import default_device, existing_device
@@ -35,6 +37,7 @@ from .io.pipeline_folder import (
     TRIGFLOW_SCHEDULER_CLASS,
     PipelineParts,
     load_pipeline_folder,
+    model_index,
     new_folder,
     require_new_folder,
     save_pipeline_folder,
@@ -241,6 +244,7 @@ class ConsistencyModelPipeline:
         pipe = cls.from_parts(parts) if scheduler is None else cls(parts.network, scheduler, parts.parametrization)
         pipe.to(device=device, dtype=chosen).enable_fast_kernels(fast_kernels)
         release_file(pipe.unet, mapped)  # what no conversion copied: nothing keeps the file mapped
+        pipe._name_or_path = path_or_id   # as given, as diffusers keeps it
         return pipe
 
     @classmethod
@@ -369,10 +373,39 @@ class ConsistencyModelPipeline:
     def set_progress_bar_config(self, **kwargs: Any) -> None:
         self.progress_bar_config.update(kwargs)
 
-    def progress_bar(self, steps: int, desc: str) -> tqdm:
-        """The bar of one call of `steps` sampling steps (none for one step), as configured by
-        `set_progress_bar_config`."""
-        return tqdm(total=steps, **{"disable": steps <= 1, "desc": desc, "leave": False, **self.progress_bar_config})
+    def progress_bar(self, iterable: Iterable | None = None, total: int | None = None, desc: str | None = None) -> tqdm:
+        """A bar as configured by `set_progress_bar_config`, over `iterable` or of `total` steps, as
+        diffusers' `progress_bar(iterable=None, total=None)`; a bar of one step or none stays hidden
+        unless the configuration says otherwise."""
+        if iterable is not None:
+            return tqdm(iterable, **{"desc": desc, **self.progress_bar_config})
+        if not is_integer(total) or total < 0:
+            raise InvalidInputError(f"total: {total!r} is not allowed; give an iterable or a number of steps")
+        return tqdm(total=total, **{"disable": total <= 1, "desc": desc, "leave": False, **self.progress_bar_config})
+
+    @staticmethod
+    def numpy_to_pil(images: np.ndarray) -> list[Image.Image]:
+        """diffusers' helper: images in [0, 1], (N, H, W, C) or one (H, W, C), as PIL images (one
+        channel: mode L), rounded to the nearest of 256 levels."""
+        images = np.asarray(images)
+        if images.ndim == 3:
+            images = images[None]
+        if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+            raise InvalidInputError(f"images: shape {images.shape} is not (N, H, W, C) with C = 1, 3 or 4")
+        return [pil_image(a) for a in to_uint8(images)]
+
+    @property
+    def config(self) -> Mapping[str, Any]:
+        """What diffusers' `pipe.config` holds: each component's (library, class), as model_index.json
+        names them, and `_name_or_path` (None: built in memory); read-only."""
+        index = model_index(self.kind.name)
+        return MappingProxyType({"unet": tuple(index["unet"]), "scheduler": tuple(index["scheduler"]),
+                                 "_name_or_path": self.name_or_path})
+
+    @property
+    def name_or_path(self) -> str | os.PathLike | None:
+        """The folder, embedded name or Hub id the pipeline was loaded from (None: built in memory)."""
+        return getattr(self, "_name_or_path", None)
 
     @contextmanager
     def progress_bar_off(self) -> Iterator[None]:
@@ -526,7 +559,7 @@ class ConsistencyModelPipeline:
                 t = self.sampler.timestep(sigma, self.sampling_config)
                 callback(i, torch.tensor(t, dtype=torch.float64, device=sample.device), sample)
 
-        with self.progress_bar(len(schedule) - 1, "sampling") as bar:
+        with self.progress_bar(total=len(schedule) - 1, desc="sampling") as bar:
             return self.fast_paths.sample(self.sampler, self.denoiser, self.unet, x, schedule, self.sampling_config,
                                           class_labels=labels, generator=generator,
                                           callback=None if callback is None else user_callback,

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from .errors import InvalidInputError, about
+from .errors import InvalidInputError, about, is_integer
 from .io.pipeline_folder import SCHEDULER_CONFIG as CONFIG_NAME
 from .io.hub import DOWNLOAD_OPTIONS, is_embedded, resolve_model_path
 from .io.pipeline_folder import read_scheduler_config, write_scheduler_config
@@ -76,6 +76,7 @@ class CMStochasticIterativeScheduler:
         self.num_inference_steps: int | None = None
         self.custom_timesteps = False
         self._step_index: int | None = None
+        self._begin_index: int | None = None
         # The model kind of the pipeline folder it was read with (not a config entry): so that
         # `type(pipe)(**pipe.components)` is the same kind of pipeline, and save_config writes its scheduler.
         self.parametrization: str | None = None
@@ -156,17 +157,36 @@ class CMStochasticIterativeScheduler:
         self.sigmas = torch.tensor(sigmas, dtype=torch.float32)
         self.timesteps = torch.from_numpy(self.sigma_to_t(np.array(sigmas[:-1]))).to(device)
         self._step_index = None
+        self._begin_index = None
 
-    def _sigma_index(self, timestep: float | torch.Tensor) -> int:
-        matches = (self.timesteps.cpu() == torch.as_tensor(timestep, dtype=self.timesteps.dtype).cpu()).nonzero()
+    @property
+    def begin_index(self) -> int | None:
+        """The step to start from, set by a pipeline (`set_begin_index`); None: found from the first
+        timestep given to `scale_model_input` or `step` (diffusers' API)."""
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        if not is_integer(begin_index) or begin_index < 0:
+            raise InvalidInputError(f"begin_index: {begin_index!r} is not allowed; use an integer >= 0")
+        self._begin_index = int(begin_index)
+
+    def index_for_timestep(self, timestep: float | torch.Tensor,
+                           schedule_timesteps: torch.Tensor | None = None) -> int:
+        """The position of `timestep` in `schedule_timesteps` (default: `timesteps`); of two equal
+        entries the second, as diffusers picks it."""
+        schedule = self.timesteps if schedule_timesteps is None else torch.as_tensor(schedule_timesteps)
+        matches = (schedule.cpu() == torch.as_tensor(timestep, dtype=schedule.dtype).cpu()).nonzero()
         if len(matches) == 0:
             raise InvalidInputError(f"timestep: {float(timestep)} is not one of scheduler.timesteps")
         return int(matches[1 if len(matches) > 1 else 0])
 
+    def _init_step_index(self, timestep: float | torch.Tensor) -> None:
+        if self._step_index is None:
+            self._step_index = self.index_for_timestep(timestep) if self._begin_index is None else self._begin_index
+
     def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor) -> torch.Tensor:
         """c_in(σ)·x = x / √(σ² + σ_d²)."""
-        if self._step_index is None:
-            self._step_index = self._sigma_index(timestep)
+        self._init_step_index(timestep)
         return sample * input_scaling(self.sigmas[self._step_index], self.config.sigma_data)
 
     def get_scalings_for_boundary_condition(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -187,8 +207,7 @@ class CMStochasticIterativeScheduler:
                 "timestep: pass one of scheduler.timesteps (a float), not an integer index from enumerate()"
             )
         cfg = self.config
-        if self._step_index is None:
-            self._step_index = self._sigma_index(timestep)
+        self._init_step_index(timestep)
         sigma = self.sigmas[self._step_index]
         last = len(self.sigmas) - 1
         sigma_next = self.sigmas[min(self._step_index + 1, last)]

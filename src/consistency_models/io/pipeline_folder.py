@@ -161,7 +161,8 @@ def read_model_index(folder: Path) -> dict:
     return index
 
 
-def write_model_index(folder: Path, parametrization: str) -> None:
+def model_index(parametrization: str) -> dict[str, Any]:
+    """The model_index.json of a pipeline folder of this model kind."""
     index = {
         "_class_name": PIPELINE_CLASS,
         "_diffusers_version": DIFFUSERS_VERSION,
@@ -170,7 +171,11 @@ def write_model_index(folder: Path, parametrization: str) -> None:
     }
     if get_kind(parametrization) is not default_kind():
         index["_parametrization"] = parametrization
-    write_json(folder / MODEL_INDEX, index)
+    return index
+
+
+def write_model_index(folder: Path, parametrization: str) -> None:
+    write_json(folder / MODEL_INDEX, model_index(parametrization))
 
 
 def load_pipeline_folder(path_or_id: str | os.PathLike, variant: str | None = None,

@@ -84,6 +84,10 @@ class MLP(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.proj_in.weight.dtype
 
+    @property
+    def device(self) -> torch.device:
+        return self.proj_in.weight.device
+
     def forward(
         self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor | None = None
     ) -> torch.Tensor:

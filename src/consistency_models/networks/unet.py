@@ -48,6 +48,16 @@ class UNetConfig:
     norm_eps: float = 1e-5                    # GroupNorm epsilon
     time_inputs: int = 1                      # time inputs per sample: 1, or 2 (MeanFlow's (t, t − r))
 
+    @property
+    def sample_size(self) -> int:
+        """`image_size` under diffusers' `UNet2DModel` name (`pipe.unet.config.sample_size`)."""
+        return self.image_size
+
+    @property
+    def num_class_embeds(self) -> int | None:
+        """`num_classes` under diffusers' `UNet2DModel` name."""
+        return self.num_classes
+
     def __post_init__(self) -> None:
         self._check_fields()
         object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
@@ -434,6 +444,11 @@ class UNetModel(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.conv_in.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are (diffusers' `ModelMixin.device`)."""
+        return self.conv_in.weight.device
 
     def use_fast_kernels(self, enabled: bool = True) -> UNetModel:
         """Inference speed-ups that keep the numbers (to ~1e-5 in float32), for where the weights
