@@ -501,3 +501,24 @@ def test_numpy_scalars_in_a_scheduler_config_become_python_numbers_and_save(tmp_
     with pytest.raises(InvalidInputError, match=r"^path: .*o\.json: a object value cannot be written as JSON$"):
         write_json(tmp_path / "o.json", {"a": object()})
     assert not (tmp_path / "o.json").exists()
+
+
+def test_switches_and_empty_names_are_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    """enable_fast_kernels("no") turned the kernels on; from_pretrained(None) was pathlib's
+    TypeError and from_pretrained("") read the working folder; `cm new ''` named '.'."""
+    from consistency_models import ConsistencyModelPipeline
+
+    pipe = ConsistencyModelPipeline.from_pretrained("digits")
+    for method in (pipe.enable_fast_kernels, pipe.compile, pipe.enable_cuda_graph):
+        with pytest.raises(InvalidInputError, match=r"^enabled: 'no' is not allowed; use True or False$"):
+            method("no")
+    with pytest.raises(InvalidInputError, match=r"^fast_kernels: 'x' is not allowed; use True or False$"):
+        ConsistencyModelPipeline.from_pretrained("digits", fast_kernels="x")
+    monkeypatch.chdir(tmp_path)
+    for name in (None, "", "  "):
+        with pytest.raises(InvalidInputError, match=rf"^model: {re.escape(repr(name))} is not allowed; give a "
+                                                    r"pipeline folder, an embedded model's name \("):
+            ConsistencyModelPipeline.from_pretrained(name)
+    assert main(["new", "", "--preset", "tiny16"]) == 2
+    assert capsys.readouterr().err == "cm: error: out_dir: '' is empty; give the new folder to write, e.g. my-model\n"
+    assert list(tmp_path.iterdir()) == []

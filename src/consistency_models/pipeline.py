@@ -237,8 +237,9 @@ class ConsistencyModelPipeline:
         if unet is not None and (chosen is not None or device is not None):
             raise InvalidInputError("unet: a given unet is used as it is (diffusers neither moves nor casts it); "
                                     "drop dtype/device/device_map, or call .to(...) on the pipeline")
-        if not isinstance(low_cpu_mem_usage, bool):
-            raise InvalidInputError(f"low_cpu_mem_usage: {low_cpu_mem_usage!r} is not allowed; use True or False")
+        for name, value in (("low_cpu_mem_usage", low_cpu_mem_usage), ("fast_kernels", fast_kernels)):
+            if not isinstance(value, bool):
+                raise InvalidInputError(f"{name}: {value!r} is not allowed; use True or False")
         parts = load_pipeline_folder(path_or_id, variant, use_safetensors, unet, **download)
         mapped = mapped_storages(parts.network) if unet is None else set()  # the file's (`io/file_mapping.py`)
         pipe = cls.from_parts(parts) if scheduler is None else cls(parts.network, scheduler, parts.parametrization)
@@ -333,7 +334,7 @@ class ConsistencyModelPipeline:
         """Winograd F(2×2, 3×3) for the wide 3×3 convolutions on CPU and channels_last weights and
         activations for wide networks (`UNetModel.use_fast_kernels`). Agrees with the default
         float32 path to ~1e-5; a point model (MLP) is left as it is."""
-        self.fast_paths.set_fast_kernels(self.unet, enabled)
+        self.fast_paths.set_fast_kernels(self.unet, _switch(enabled))
         return self
 
     def compile(self, enabled: bool = True, **options: Any) -> ConsistencyModelPipeline:
@@ -343,14 +344,14 @@ class ConsistencyModelPipeline:
         constants of the graph, so call compile() again after changing them in place. E.g.
         `compile(options={"max_autotune": True})` also benchmarks kernel choices (minutes). Compilation happens on
         the first call for each batch shape and dtype."""
-        self.fast_paths.set_compile(enabled, **options)
+        self.fast_paths.set_compile(_switch(enabled), **options)
         return self
 
     def enable_cuda_graph(self, enabled: bool = True) -> ConsistencyModelPipeline:
         """On CUDA, capture the whole consistency sampling loop as one CUDA graph, the first time a
         batch shape, schedule and label shape is seen, and replay it on later calls (same images as
         without). Calls with a `callback`, EDM models and other devices run without it."""
-        self.fast_paths.set_cuda_graph(enabled)
+        self.fast_paths.set_cuda_graph(_switch(enabled))
         return self
 
     @property
@@ -574,6 +575,13 @@ class ConsistencyModelPipeline:
             return images
         images = images.cpu().permute(0, 2, 3, 1).numpy()
         return [pil_image(a) for a in to_uint8(images)] if output_type == "pil" else images
+
+
+def _switch(enabled: bool) -> bool:
+    """A fast path's on/off argument: True or False only ("no" would have turned it on)."""
+    if not isinstance(enabled, bool):
+        raise InvalidInputError(f"enabled: {enabled!r} is not allowed; use True or False")
+    return enabled
 
 
 def create_model_folder(

@@ -71,6 +71,9 @@ def resolve_model_path(name: str | os.PathLike, use_safetensors: bool | None = N
     files `allow_patterns` names, e.g. a scheduler's config; `download`: `DOWNLOAD_OPTIONS` for
     huggingface_hub, e.g. revision="main", local_files_only=True; a local folder or embedded model
     reads none of them)."""
+    if not isinstance(name, (str, os.PathLike)) or not os.fspath(name).strip():
+        raise InvalidInputError(f"model: {name!r} is not allowed; give a pipeline folder, an embedded model's name "
+                                f"({', '.join(EMBEDDED)}) or a Hub id like owner/name")
     unknown = sorted(set(download) - set(DOWNLOAD_OPTIONS))
     if unknown:
         raise TypeError(f"from_pretrained() got an unexpected keyword argument {unknown[0]!r} "

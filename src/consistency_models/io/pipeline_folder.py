@@ -113,6 +113,8 @@ def write_scheduler_config(folder: str | os.PathLike, config: SchedulerConfig, p
 
 def require_new_folder(path: str | os.PathLike, what: str) -> Path:
     """`path` as a folder to create: its parent must exist and it must be absent or empty."""
+    if not os.fspath(path).strip():
+        raise InvalidInputError(f"{what}: {os.fspath(path)!r} is empty; give the new folder to write, e.g. my-model")
     path = require_parent_folder(path, what)
     if path.exists() and not path.is_dir():
         raise InvalidInputError(f"{what}: {path} is a file; give a new folder")
