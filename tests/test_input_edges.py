@@ -522,3 +522,12 @@ def test_switches_and_empty_names_are_refused_in_one_line(tmp_path, capsys, monk
     assert main(["new", "", "--preset", "tiny16"]) == 2
     assert capsys.readouterr().err == "cm: error: out_dir: '' is empty; give the new folder to write, e.g. my-model\n"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_images_of_different_sizes_in_one_edit_are_one_line(tmp_path):
+    from consistency_models import ConsistencyModelPipeline, editing
+
+    pipe = ConsistencyModelPipeline.from_pretrained("digits")
+    a, b = Image.new("L", (16, 16), 30), Image.new("L", (8, 8), 30)
+    with pytest.raises(InvalidInputError, match=r"^image: image 1 is 8×8 with 1 channel\(s\), image 0 16×16 with 1; "):
+        editing.inpaint(pipe, [a, b], torch.ones(16, 16))

@@ -132,7 +132,14 @@ def super_resolution_transform(factor: int) -> PatchTransform:
 def _as_batch(image: torch.Tensor | np.ndarray | object | Sequence[object], argument: str) -> torch.Tensor:
     """A tensor/array (CHW or NCHW) in [0, 1] or PIL image(s) → float32 NCHW in [0, 1]."""
     if isinstance(image, (list, tuple)) and image and not isinstance(image[0], (int, float)):
-        return torch.cat([_as_batch(im, argument) for im in image])
+        batches = [_as_batch(im, argument) for im in image]
+        for i, batch in enumerate(batches[1:], 1):
+            if batch.shape[1:] != batches[0].shape[1:]:
+                c, h, w = batch.shape[1:]
+                c0, h0, w0 = batches[0].shape[1:]
+                raise InvalidInputError(f"{argument}: image {i} is {w}×{h} with {c} channel(s), image 0 {w0}×{h0} "
+                                        f"with {c0}; the images of one call must have one size and channel count")
+        return torch.cat(batches)
     if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
         return _pil_batch(image, argument)
     try:
