@@ -107,6 +107,8 @@ def test_edit_outputs_and_inputs_named_wrongly(tmp_path, capsys, monkeypatch):
     assert one_line([*edit, "--image", "", "--out", "o.png"], capsys) == "image: '' is empty; give a PNG/JPEG file"
     (tmp_path / "folder").mkdir()
     assert one_line([*edit, "--image", "folder", "--out", "o.png"], capsys) == "image: folder is a folder, not an image file"
+    # the folder, not "out: o.png lies inside the --image folder ." (moving the output would not help)
+    assert one_line([*edit, "--image", ".", "--out", "o.png"], capsys) == "image: . is a folder, not an image file"
     assert one_line([*edit, "--image", "/dev/null", "--out", "o.png"], capsys) == "image: /dev/null is not a regular file"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -135,6 +136,8 @@ def run(args: argparse.Namespace) -> None:
     for name in ("image", "mask"):
         if getattr(args, name, None) is not None and not str(getattr(args, name)).strip():
             raise InvalidInputError(f"{name}: '' is empty; give a PNG/JPEG file")
+        if getattr(args, name, None) is not None and Path(getattr(args, name)).is_dir():  # before "out lies in it"
+            raise InvalidInputError(f"{name}: {getattr(args, name)} is a folder, not an image file")
     refuse_existing(args.out, args.overwrite)
     model = None if is_embedded(args.model) else args.model  # an embedded model lies in the package: no output is it
     refuse_input_as_output(args.out, "out", {"model": model, "image": getattr(args, "image", None),
