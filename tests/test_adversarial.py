@@ -513,3 +513,11 @@ def test_thread_counts_are_bounded(capsys, tmp_path, value):
     code, _, err = run_cm(capsys, ["sample", "--threads", value, "--out", str(tmp_path / "x.png")])
     assert code == 2 and "Traceback" not in err and f"--threads: {value!r} is more than 1024 threads" in err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_compute_batch_without_num_is_refused(capsys, tmp_path, monkeypatch):
+    """--compute-batch is read only by sharded generation; alone it changed nothing, silently."""
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cm(capsys, ["sample", "--compute-batch", "4", "--out", "n.npz"])
+    assert_one_line_error(code, err, "compute-batch: 4 is read only with --num (sharded generation)")
+    assert list(tmp_path.iterdir()) == []

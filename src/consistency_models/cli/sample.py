@@ -45,14 +45,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="samples.png (a grid), DIR/ (one PNG per image) or samples.npz (arr_0: uint8 NHWC, arr_1: labels)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out (else it is refused)")
     p.add_argument("--batch-size", type=positive_int, default=16,
-                   help="number of images (with --num: images per network call)")
+                   help="number of images (with --num: images per shard file; --compute-batch is per network call)")
     p.add_argument("--num", "--num-samples", dest="num", type=positive_int, default=None,
                    help="generate this many images into an .npz with per-image seeds, resumable, sharded over "
                         "processes under torchrun (for FID); under torchrun spell it --num-samples (torchrun's own "
                         "parser mistakes --num for --numa-binding)")
-    p.add_argument("--compute-batch", type=positive_int, default=DEFAULT_COMPUTE_BATCH,
+    p.add_argument("--compute-batch", type=positive_int, default=None,
                    help="with --num: images per network call; the images depend on it (float rounding follows the "
-                        "batch shape) but not on --batch-size; raise it on a GPU")
+                        f"batch shape) but not on --batch-size; raise it on a GPU (default: {DEFAULT_COMPUTE_BATCH})")
     add_noise_levels(p, "sampling steps: evenly spaced grid points for a consistency model (default 1); "
                         "Heun steps for a diffusion (EDM) model (default 18)")
     p.add_argument("--class-labels", "--class-label", dest="class_labels", type=int_list, default=None,
@@ -112,6 +112,9 @@ def run(args: argparse.Namespace) -> None:
     args.model = chosen_model(args)
     kind = output_kind(args.out, folders=args.num is None)  # refuse a bad output path before any work
     refuse_input_as_output(args.out, "out", {"model": None if is_embedded(args.model) else args.model})
+    if args.compute_batch is not None and args.num is None:
+        raise InvalidInputError(f"compute_batch: {args.compute_batch} is read only with --num (sharded generation); "
+                                "without it --batch-size images are made in one call")
     if args.num is not None:
         if not shard_folder(args.out).is_dir():  # else a killed run may have left its merged file: decided there
             refuse_existing(args.out, args.overwrite)
@@ -166,7 +169,8 @@ def run_many(args: argparse.Namespace) -> None:
         pipe = sampling_pipeline(args, context.device, context.is_main)
         out = generate_samples(pipe, args.num, args.out, batch_size=args.batch_size, seed=args.seed,
                                class_labels=None if args.class_labels is None else args.class_labels[0],
-                               levels=noise_levels(args), compute_batch=args.compute_batch, context=context,
+                               levels=noise_levels(args), context=context,
+                               compute_batch=DEFAULT_COMPUTE_BATCH if args.compute_batch is None else args.compute_batch,
                                overwrite=args.overwrite, progress=args.progress)
     finally:
         teardown_distributed()
