@@ -213,9 +213,16 @@ def load_weights(path: Path, raw: bool = False) -> dict[str, torch.Tensor]:
                                 f"checkpoint ({type(exc).__name__}{': ' + reason if reason else ''})") from None
     if raw:
         return loaded
-    if not isinstance(loaded, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in loaded.items()):
-        raise InvalidInputError(f"weights: {path} does not hold a plain state dict of tensors (names → tensors), "
-                                f"but a {type(loaded).__name__}")
+    if not isinstance(loaded, dict):
+        raise InvalidInputError(f"weights: {path} holds a {type(loaded).__name__}, not a state dict (names → "
+                                "tensors)")
+    other = next(((k, v) for k, v in loaded.items() if not (isinstance(k, str) and torch.is_tensor(v))), None)
+    if other is not None:
+        key, value = other
+        nested = (f"; if it holds the weights, save checkpoint[{key!r}] alone"
+                  if isinstance(value, dict) and value and all(torch.is_tensor(v) for v in value.values()) else "")
+        raise InvalidInputError(f"weights: {path} is a dict, but not of names → tensors: its entry {key!r} is a "
+                                f"{type(value).__name__}{nested}")
     return loaded
 
 
