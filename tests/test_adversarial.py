@@ -125,13 +125,14 @@ def test_weights_holding_no_tensors(tmp_path, capsys, model):
     (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
     torch.save({"net.0.weight": [1, 2, 3]}, folder / "unet" / "diffusion_pytorch_model.bin")
     code, _, err = run_cm(capsys, ["sample", "--model", str(folder), "--out", str(tmp_path / "x.npz")])
-    assert_one_line_error(code, err, "is a dict, but not of names → tensors: its entry 'net.0.weight' is a list")
+    assert_one_line_error(code, err, "is a dict, but not of names → tensors: its entry 'net.0.weight' is not a tensor "
+                                     "(list)")
     wrapped = shutil.copytree(model, tmp_path / "w")   # a training checkpoint: the weights one level down
     (wrapped / "unet" / "diffusion_pytorch_model.safetensors").unlink()
     torch.save({"model": {"net.0.weight": torch.zeros(2)}}, wrapped / "unet" / "diffusion_pytorch_model.bin")
     code, _, err = run_cm(capsys, ["sample", "--model", str(wrapped), "--out", str(tmp_path / "x.npz")])
-    assert_one_line_error(code, err, "its entry 'model' is a dict; if it holds the weights, save checkpoint['model'] "
-                                     "alone")
+    assert_one_line_error(code, err, "its entry 'model' is not a tensor (dict); if it holds the weights, save "
+                                     "checkpoint['model'] alone")
     torch.save([torch.zeros(2)], wrapped / "unet" / "diffusion_pytorch_model.bin")
     code, _, err = run_cm(capsys, ["sample", "--model", str(wrapped), "--out", str(tmp_path / "x.npz")])
     assert_one_line_error(code, err, "diffusion_pytorch_model.bin holds a list, not a state dict (names → tensors)")

@@ -221,8 +221,8 @@ def load_weights(path: Path, raw: bool = False) -> dict[str, torch.Tensor]:
         key, value = other
         nested = (f"; if it holds the weights, save checkpoint[{key!r}] alone"
                   if isinstance(value, dict) and value and all(torch.is_tensor(v) for v in value.values()) else "")
-        raise InvalidInputError(f"weights: {path} is a dict, but not of names → tensors: its entry {key!r} is a "
-                                f"{type(value).__name__}{nested}")
+        raise InvalidInputError(f"weights: {path} is a dict, but not of names → tensors: its entry {key!r} is not a "
+                                f"tensor ({type(value).__name__}){nested}")
     return loaded
 
 
