@@ -130,6 +130,20 @@ def test_edm_file_name_gives_denoiser(tmp_path, checkpoint):
     assert json.loads((out / "model_index.json").read_text())["_parametrization"] == "edm"
     pipe = ConsistencyModelPipeline.from_pretrained(out)
     assert pipe.parametrization == "edm" and isinstance(pipe.denoiser, Denoiser)
+    upper = tmp_path / "EDM_test_ema.pt"   # the prefix in any case
+    upper.write_bytes(checkpoint.read_bytes())
+    assert convert_openai_checkpoint(upper, tmp_path / "upper", config="test").parametrization == "edm"
+
+
+def test_convert_says_when_the_file_name_chose_the_kind(tmp_path, checkpoint, capsys):
+    from consistency_models.cli import main
+
+    assert main(["convert", "openai", str(checkpoint), str(tmp_path / "a"), "--preset", "test"]) == 0
+    assert capsys.readouterr().out == (f"wrote {tmp_path / 'a'} (consistency, 40-point grid; consistency chosen from "
+                                       "the file name, --parametrization to choose (edm for a teacher))\n")
+    assert main(["convert", "openai", str(checkpoint), str(tmp_path / "b"), "--preset", "test",
+                 "--parametrization", "consistency"]) == 0
+    assert capsys.readouterr().out == f"wrote {tmp_path / 'b'} (consistency, 40-point grid)\n"
 
 
 def test_explicit_parametrization_and_ct_scheduler(tmp_path, checkpoint):

@@ -141,7 +141,7 @@ def add_noise_levels(parser: argparse.ArgumentParser, steps_help: str) -> None:
                        help="descending indices into the model's N-point grid (index 0 = sigma_max), e.g. 9,0 on "
                             "the digits consistency model's 18 points or 22,0 on OpenAI's 40; for an sCM (TrigFlow "
                             "consistency) model descending times t in (0, pi/2), e.g. 1.56454,1.1; for a MeanFlow "
-                            "model descending flow times from 1 to 0, e.g. 1,0.5")
+                            "model descending flow times t in (0, 1], 1 = pure noise (the end, 0, is implied), e.g. 1,0.5")
     group.add_argument("--sigmas", type=float_list, default=None,
                        help="descending noise levels to evaluate at, e.g. 80,1.38 (sigma_min is appended)")
 

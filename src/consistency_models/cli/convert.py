@@ -32,4 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> None:
     refuse_embedded_folder("out_dir", args.out_dir)
     parts = convert_openai_checkpoint(args.checkpoint, args.out_dir, args.preset, args.scheduler, args.parametrization)
-    print(f"wrote {args.out_dir} ({parts.parametrization}, {parts.scheduler_config.num_train_timesteps}-point grid)")
+    how = "" if args.parametrization else (f"; {parts.parametrization} chosen from the file name, --parametrization "
+                                           "to choose (edm for a teacher)")
+    print(f"wrote {args.out_dir} ({parts.parametrization}, {parts.scheduler_config.num_train_timesteps}-point grid"
+          f"{how})")

@@ -101,10 +101,10 @@ def openai_kinds() -> list[str]:
 
 
 def kind_of_openai_file(file_name: str) -> ModelKind:
-    """The kind an OpenAI checkpoint converts to by its file name: the longest matching prefix
-    (edm_* → the EDM denoiser, anything else → a consistency function)."""
+    """The kind an OpenAI checkpoint converts to by its file name: the longest matching prefix, in
+    any case (edm_* or EDM_* → the EDM denoiser, anything else → a consistency function)."""
     matches = [kind for kind in KINDS.values() if kind.openai_prefix is not None
-               and file_name.startswith(kind.openai_prefix)]
+               and file_name.lower().startswith(kind.openai_prefix.lower())]
     return max(matches, key=lambda kind: len(kind.openai_prefix))
 
 
