@@ -216,7 +216,8 @@ def test_keys_that_do_not_fit(pipeline_copy, changes, message):
 
 
 @pytest.mark.parametrize("changes, message", [
-    (dict(time_embedding_type="fourier"), r"config\.json: time_embedding_type='fourier' is not supported; allowed: 'positional'"),
+    (dict(time_embedding_type="fourier"),
+     r"^unet: .*config\.json: time_embedding_type='fourier' is not supported; allowed: 'positional'"),  # the component
     (dict(act_fn="gelu"), r"act_fn='gelu' is not supported"),
     (dict(class_embed_type="timestep"), r"class_embed_type='timestep' is not supported"),
     (dict(resnet_time_scale_shift="ada_group"), r"resnet_time_scale_shift='ada_group' is not supported"),

@@ -70,7 +70,7 @@ class SchedulerConfig(dict):
              and 2 <= n <= MAX_GRID, f"an integer from 2 to {MAX_GRID}"),
             ("sigma_min", real(self["sigma_min"]) and self["sigma_min"] > 0, "a number > 0"),
             ("sigma_max", real(self["sigma_max"]) and real(self["sigma_min"]) and self["sigma_max"] > self["sigma_min"],
-             "a number > sigma_min"),
+             f"a number > sigma_min ({self['sigma_min']!r})"),
             ("sigma_data", real(self["sigma_data"]) and self["sigma_data"] > 0, "a number > 0"),
             ("s_noise", real(self["s_noise"]) and self["s_noise"] >= 0, "a number >= 0"),
             ("rho", real(self["rho"]) and self["rho"] > 0, "a number > 0"),

@@ -388,7 +388,7 @@ def load_network(folder: str | os.PathLike, variant: str | None = None,
         raise InvalidInputError(f"use_safetensors: {use_safetensors!r} is not allowed; use True, False or None")
     folder = Path(folder)
     with nullcontext() if draw_initial_weights else without_random_init():
-        model = network_from_config(read_json(folder / CONFIG_NAME, "unet config"), str(folder / CONFIG_NAME))
+        model = network_from_config(read_json(folder / CONFIG_NAME, "unet config"), f"unet: {folder / CONFIG_NAME}")
     weights = weights_source(folder, variant, use_safetensors)
     if weights is None:  # one line saying what is there instead
         found = sorted(p.name for p in folder.glob("diffusion_pytorch_model*"))
