@@ -104,16 +104,28 @@ def test_resume_after_an_interruption_makes_only_the_missing_images(pipe, tmp_pa
 def test_shards_of_other_settings_are_refused(pipe, tmp_path, monkeypatch):
     folder = shard_folder(tmp_path / "s.npz")
 
-    def interrupt(self, *args, **kw):
-        raise KeyboardInterrupt
+    calls = []
+    original = type(pipe).__call__
+
+    def interrupt(self, *args, **kw):   # the second batch is interrupted: the first one's shard stays
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return original(self, *args, **kw)
 
     with monkeypatch.context() as m:
         m.setattr(type(pipe), "__call__", interrupt)
         with pytest.raises(KeyboardInterrupt):
-            generate_samples(pipe, 4, tmp_path / "s.npz", seed=1, progress=False)
-    assert (folder / "run.json").is_file()
-    with pytest.raises(cm.InvalidInputError, match=r"other settings \(seed\)"):
-        generate_samples(pipe, 4, tmp_path / "s.npz", seed=2, progress=False)
+            generate_samples(pipe, 4, tmp_path / "s.npz", seed=1, batch_size=2, compute_batch=2, progress=False)
+    assert (folder / "run.json").is_file() and len(list(folder.glob("r0-*.npz"))) == 1
+    with pytest.raises(cm.InvalidInputError, match=r"other settings \(seed\); run the same command as before, or "
+                                                   r"pass --overwrite to start over$"):
+        generate_samples(pipe, 4, tmp_path / "s.npz", seed=2, batch_size=2, compute_batch=2, progress=False)
+    # start_over (cm sample --num ... --overwrite): the other run's shards go, this run's settings count
+    out = generate_samples(pipe, 4, tmp_path / "s.npz", seed=2, batch_size=2, compute_batch=2, progress=False,
+                           start_over=True)
+    again = generate_samples(pipe, 4, tmp_path / "t.npz", seed=2, batch_size=2, compute_batch=2, progress=False)
+    assert np.array_equal(np.load(out)["arr_0"], np.load(again)["arr_0"]) and not folder.exists()
 
 
 @pytest.mark.parametrize("kwargs, message", [

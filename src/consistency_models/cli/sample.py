@@ -171,7 +171,7 @@ def run_many(args: argparse.Namespace) -> None:
                                class_labels=None if args.class_labels is None else args.class_labels[0],
                                levels=noise_levels(args), context=context,
                                compute_batch=DEFAULT_COMPUTE_BATCH if args.compute_batch is None else args.compute_batch,
-                               overwrite=args.overwrite, progress=args.progress)
+                               overwrite=args.overwrite, start_over=args.overwrite, progress=args.progress)
     finally:
         teardown_distributed()
     if out is not None:

@@ -243,18 +243,24 @@ def _read_record(folder: Path) -> tuple[dict | None, dict | None]:
     return record, merged if isinstance(merged, dict) else None
 
 
-def check_run_settings(folder: Path, settings: dict) -> None:
-    """Refuse to mix shards made with other settings; record them for the first run."""
+def check_run_settings(folder: Path, settings: dict, start_over: bool = False, one_process: bool = True) -> None:
+    """Refuse to mix shards made with other settings (`start_over`: remove them instead, as
+    --overwrite asks of one process); record the settings for the first run."""
     settings = json.loads(json.dumps(settings))  # tuples → lists, as they read back
     if (folder / RUN_RECORD).is_file():
         previous, _ = _read_record(folder)  # a merged file that was since deleted: its shards merge again
-        if previous != settings:
+        if previous == settings:
+            return
+        if not start_over:
             changed = sorted(k for k in settings if not isinstance(previous, dict) or previous.get(k) != settings[k])
             raise InvalidInputError(
                 f"out: the shards in {folder} were made with other settings ({', '.join(changed) or 'unreadable'}); "
-                "run the same command as before, or delete that folder to start over"
+                "run the same command as before, or " + ("pass --overwrite to start over" if one_process else
+                                                         "delete that folder to start over")
             )
-        return
+        for shard in folder.iterdir():  # only what a run writes is there (`_ours`, checked before)
+            if SHARD_NAME.fullmatch(shard.name):
+                shard.unlink()
     write_json(folder / RUN_RECORD, settings)
 
 
@@ -285,6 +291,7 @@ def generate_samples(
     context: DistributedContext | None = None,  # this process's rank (torchrun); None: one process
     progress: bool = True,
     overwrite: bool = True,                     # replace an existing `out` (the CLI passes --overwrite)
+    start_over: bool = False,                   # remove shards of other settings (one process; cm's --overwrite)
     **schedule: Any,                            # or num_inference_steps/timesteps/sigmas, as before `levels`
 ) -> Path | None:
     """Generate images 0 … num−1 (this rank's share), resuming from shards; rank 0 returns the merged file."""
@@ -321,7 +328,7 @@ def generate_samples(
         raise write_error(exc, path) from exc
     with hold_folder(folder, "cm sample --num", name=f".lock-r{context.rank}"):
         return _generate_locked(pipe, num, path, folder, batch_size, settings, seed, class_labels, levels,
-                                context, progress, ShardSpec.of(pipe))
+                                context, progress, ShardSpec.of(pipe), start_over)
 
 
 def _ours(name: str) -> bool:
@@ -342,10 +349,10 @@ def _merged_but_not_cleaned(folder: Path, out: Path, settings: dict, num: int) -
 def _generate_locked(pipe: ConsistencyModelPipeline, num: int, path: Path, folder: Path, batch_size: int,
                      settings: dict, seed: int,
                      class_labels: int | None, levels: NoiseLevels, context: DistributedContext,
-                     progress: bool, spec: ShardSpec) -> Path | None:
+                     progress: bool, spec: ShardSpec, start_over: bool = False) -> Path | None:
     """generate_samples once this process holds its rank's lock of the shard folder."""
     remove_leftovers(folder, prefix=f"r{context.rank}-")  # this rank's temp files of a killed run
-    check_run_settings(folder, settings)
+    check_run_settings(folder, settings, start_over=start_over and not context.enabled, one_process=not context.enabled)
     compute_batch = settings["compute_batch"]
     done = existing_indices(folder, spec)
     todo = [i for i in range(context.rank, num, context.world_size) if i not in done]
