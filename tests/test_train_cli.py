@@ -246,14 +246,17 @@ def test_relative_and_absolute_inputs_compare_equal_on_resume(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     given = {"data": "imgs", "teacher": "digits-teacher", "init_from": None, "lpips_vgg": "", "lr": "imgs"}
     assert absolute_paths(given) == {**given, "data": str(tmp_path / "imgs")}   # names that are no local path stay
-    # A data set's name wins over a folder of that name (load_dataset), so it is recorded as a name;
-    # a model folder wins over the embedded model of its name, so it is recorded as a path.
-    for name in ("digits", "digits:test", "toy:mog8", "digits-teacher"):
+    # Recorded as the loaders read them: a data set's name wins over a folder of that name
+    # (load_dataset); an embedded model's name wins over a folder that holds no model (the
+    # README's `cm sample --out digits/` makes one), and a model folder wins over the name.
+    for name in ("digits", "digits:test", "toy:mog8", "digits-teacher", "digits-color"):
         (tmp_path / name).mkdir()
+    (tmp_path / "digits-color" / "model_index.json").write_text("{}")
     assert absolute_paths({"data": "digits"}) == {"data": "digits"}
     assert absolute_paths({"data": "toy:mog8"}) == {"data": "toy:mog8"}
     assert absolute_paths({"data": "digits:test"}) == {"data": "digits:test"}
-    assert absolute_paths({"teacher": "digits-teacher"}) == {"teacher": str(tmp_path / "digits-teacher")}
+    assert absolute_paths({"teacher": "digits-teacher"}) == {"teacher": "digits-teacher"}
+    assert absolute_paths({"init_from": "digits-color"}) == {"init_from": str(tmp_path / "digits-color")}
 
 
 def test_a_warm_up_longer_than_the_run_is_said(places, capsys):

@@ -14,33 +14,38 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TypeVar
 
 from ..data import is_named_set
 from ..errors import InvalidInputError
 from ..io.diffusers_format import read_json
-from ..io.hub import refuse_embedded_folder
+from ..io.hub import is_embedded, refuse_embedded_folder
 from ..io.lock import LOCK_NAME
 from ..io.overwrite import refuse_input_as_output, require_parent_folder
 from .checkpoint import list_checkpoints
+from .settings import RunSettings
 
-if TYPE_CHECKING:
-    from .config import TrainConfig
+Settings = TypeVar("Settings", bound=RunSettings)
 
 CONFIG_NAME = "train_config.json"
 INPUT_PATHS = ("data", "teacher", "init_from", "lpips_vgg", "lpips_lin")  # settings naming files or folders read
 
 
 def absolute_paths(settings: dict) -> dict:
-    """Flat settings with each input that names an existing local file or folder made absolute
-    (other values — digits, toy:mog8, a Hub id — as they are, and a data set's name even where a
-    folder of that name exists: the name wins); for comparing a run's settings with a resume's,
-    where older runs recorded paths as typed."""
-    return {k: str(Path(v).resolve()) if k in INPUT_PATHS and isinstance(v, str) and v and Path(v).exists()
-            and not (k == "data" and is_named_set(v)) else v for k, v in settings.items()}
+    """Flat settings with each input that names an existing local file or folder made absolute;
+    other values — digits, toy:mog8, a Hub id — as they are, and so is a name that the loaders take
+    for a built-in even where a local entry of that name exists: a data set's name (always), an
+    embedded model's (unless the folder holds a model, `io.hub.is_embedded`). For comparing a
+    run's settings with a resume's too, where older runs recorded paths as typed."""
+    def local(key: str, value: object) -> bool:
+        if key not in INPUT_PATHS or not isinstance(value, str) or not value or not Path(value).exists():
+            return False
+        return not (is_named_set(value) if key == "data" else is_embedded(value))
+
+    return {k: str(Path(v).resolve()) if local(k, v) else v for k, v in settings.items()}
 
 
-def absolute_inputs(cfg: "TrainConfig") -> "TrainConfig":
+def absolute_inputs(cfg: Settings) -> Settings:
     """A copy of `cfg` whose local input paths are absolute, as the run then records them."""
     cfg = copy.deepcopy(cfg)
     for holder in (cfg, cfg.options):
