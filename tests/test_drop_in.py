@@ -417,6 +417,9 @@ def test_after_a_call_the_scheduler_holds_its_schedule_as_in_diffusers(our_pipe,
         np.testing.assert_allclose(ours_s, theirs_s, rtol=1e-6)
         assert ours_steps == theirs_steps and len(ours_t) == len(kwargs.get("timesteps", [0] * kwargs.get(
             "num_inference_steps", 1)))
+        for pipe in (our_pipe, ref_pipe):   # without a callback too (the compiled and graph paths take no callback)
+            pipe(batch_size=1, class_labels=3, generator=gen(), output_type="np", **kwargs)
+        assert our_pipe.scheduler.step_index == ref_pipe.scheduler.step_index == len(ours_t)
 
 
 def test_diffusers_members_that_drop_in_code_calls(our_pipe, ref_pipe, diffusers_pipeline_dir):

@@ -153,3 +153,19 @@ def test_two_torchrun_processes_make_the_same_file(reference, tmp_path):
     np.testing.assert_array_equal(labels, reference[1])
     np.testing.assert_array_equal(images, reference[0])
     assert not shard_folder(out).exists()
+
+
+def test_a_merged_file_written_meanwhile_by_another_process_is_kept_without_overwrite(pipe, tmp_path, monkeypatch):
+    out = tmp_path / "s.npz"
+    original = type(pipe).__call__
+
+    def and_another_writer(self, *args, **kw):   # the other process finishes while this one samples
+        if not out.exists():
+            out.write_bytes(b"theirs")
+        return original(self, *args, **kw)
+
+    monkeypatch.setattr(type(pipe), "__call__", and_another_writer)
+    with pytest.raises(cm.InvalidInputError, match=r"^out: .*s\.npz was written by another process while this one "
+                                                   r"ran; it is kept"):
+        generate_samples(pipe, 2, out, batch_size=2, compute_batch=2, progress=False, overwrite=False)
+    assert out.read_bytes() == b"theirs"

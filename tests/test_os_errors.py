@@ -166,3 +166,26 @@ def test_a_file_size_limit_while_writing_weights_is_one_line_naming_the_users_fo
     assert code == 1 and err == (f"cm: error: {tmp_path / 'm' / 'unet' / 'diffusion_pytorch_model.safetensors'}: "
                                  f"cannot write it: {os.strerror(errno.EFBIG)}\n"), err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("message", ["Error while serializing: I/O error: No space left on device (os error 28)",
+                                     'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: '
+                                     '"No space left on device" })'],
+                         ids=["safetensors-0.7-and-later", "safetensors-0.4-to-0.6"])
+def test_both_forms_of_safetensors_os_errors_become_os_errors(tmp_path, monkeypatch, message):
+    """The installed safetensors says "(os error N)"; the versions pyproject still allows (>= 0.4)
+    said "Os { code: N, ... }". Their error type stands in here (the disk cannot be filled)."""
+    import torch
+
+    from consistency_models.io import diffusers_format
+
+    class SafetensorError(Exception):
+        pass
+
+    def full_disk(*args, **kwargs):
+        raise SafetensorError(message)
+
+    monkeypatch.setattr(diffusers_format, "save_file", full_disk)
+    with pytest.raises(OSError) as raised:
+        diffusers_format.write_weights({"w": torch.zeros(2)}, tmp_path / "w.safetensors", True)
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(tmp_path / "w.safetensors")

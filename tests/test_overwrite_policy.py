@@ -44,9 +44,11 @@ def test_overwrite_never_replaces_a_users_folder_of_files_named_like_samples(tmp
     for i in range(5):
         Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(out / f"{i:06d}.png")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    code, err = run(capsys, ["sample", "--out", f"{out}/", "--batch-size", "2", "--overwrite"])
+    code, err = run(capsys, ["sample", "--model", "digits-teacher", "--out", f"{out}/", "--batch-size", "2",
+                             "--overwrite"])
     one_line(code, err, f"out: {out}/ was not written by cm (a folder of samples it writes holds .cm-output); choose "
                         "another folder")
+    assert "%|" not in err   # refused before the 18 sampling steps, not after them
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 

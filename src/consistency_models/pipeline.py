@@ -526,6 +526,8 @@ class ConsistencyModelPipeline:
         labels = self.prepare_class_labels(batch_size, class_labels, generator)
         x = self.sample(noise * self.sampler.initial_scale(schedule, self.sampling_config), schedule, labels,
                         generator, callback, callback_steps)
+        if self.kind is default_kind() and sigmas is None:
+            self.scheduler._step_index = len(schedule) - 1   # as diffusers' last `step` leaves it
         images = self._convert(x, output_type)
         if not return_dict:
             return (images,)

@@ -13,7 +13,7 @@ from ..errors import InvalidInputError
 from ..evaluation.generation import DEFAULT_COMPUTE_BATCH, generate_samples, shard_folder
 from ..io.hub import DEFAULT_MODEL, is_embedded, shadowing_note
 from ..io.images import FOLDER_IMAGE, output_kind, save_images, save_points, to_uint8
-from ..io.overwrite import refuse_existing, refuse_input_as_output, replaced_folder
+from ..io.overwrite import check_replaceable, refuse_existing, refuse_input_as_output, replaced_folder
 from ..networks.half_compute import half_arithmetic
 from ..pipeline import ConsistencyModelPipeline
 from .out_of_memory import fitting_batch, is_out_of_memory
@@ -120,6 +120,8 @@ def run(args: argparse.Namespace) -> None:
             refuse_existing(args.out, args.overwrite)
         return run_many(args)
     refuse_existing(args.out, args.overwrite)
+    if kind == "dir":   # a folder --overwrite may not replace: said before the work, not after it
+        check_replaceable(args.out, FOLDER_IMAGE, mark=True)
     pipe = sampling_pipeline(args, device(args.device))
 
     def attempt(batch_size: int):

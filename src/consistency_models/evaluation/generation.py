@@ -328,7 +328,7 @@ def generate_samples(
         raise write_error(exc, path) from exc
     with hold_folder(folder, "cm sample --num", name=f".lock-r{context.rank}"):
         return _generate_locked(pipe, num, path, folder, batch_size, settings, seed, class_labels, levels,
-                                context, progress, ShardSpec.of(pipe), start_over)
+                                context, progress, ShardSpec.of(pipe), start_over, overwrite)
 
 
 def _ours(name: str) -> bool:
@@ -349,7 +349,8 @@ def _merged_but_not_cleaned(folder: Path, out: Path, settings: dict, num: int) -
 def _generate_locked(pipe: ConsistencyModelPipeline, num: int, path: Path, folder: Path, batch_size: int,
                      settings: dict, seed: int,
                      class_labels: int | None, levels: NoiseLevels, context: DistributedContext,
-                     progress: bool, spec: ShardSpec, start_over: bool = False) -> Path | None:
+                     progress: bool, spec: ShardSpec, start_over: bool = False,
+                     overwrite: bool = True) -> Path | None:
     """generate_samples once this process holds its rank's lock of the shard folder."""
     remove_leftovers(folder, prefix=f"r{context.rank}-")  # this rank's temp files of a killed run
     check_run_settings(folder, settings, start_over=start_over and not context.enabled, one_process=not context.enabled)
@@ -371,11 +372,12 @@ def _generate_locked(pipe: ConsistencyModelPipeline, num: int, path: Path, folde
     if not context.is_main:
         return None
     remove_leftovers(path.parent, prefix=path.name)  # the temp file of a merge that was killed
-    return merge_shards(folder, num, path, spec)
+    return merge_shards(folder, num, path, spec, replace=overwrite)
 
 
-def merge_shards(folder: Path, num: int, out: Path, spec: ShardSpec | None = None) -> Path:
-    """Write images 0 … num−1 from the shards in index order into `out`, then delete the shards.
+def merge_shards(folder: Path, num: int, out: Path, spec: ShardSpec | None = None, replace: bool = True) -> Path:
+    """Write images 0 … num−1 from the shards in index order into `out`, then delete the shards
+    (`replace` False: a file another process wrote at `out` meanwhile is kept, the merge refused).
 
     Every shard is checked against `spec` (the run's layout; None: the first shard's) and a damaged
     one is removed, so a rerun makes its images again."""
@@ -397,7 +399,7 @@ def merge_shards(folder: Path, num: int, out: Path, spec: ShardSpec | None = Non
         if labels is not None:
             labels[idx] = shard["labels"][keep]
     arrays = {"arr_0": images} if labels is None else {"arr_0": images, "arr_1": labels}
-    with atomic_path(out) as tmp:  # ADM's layout, as save_images writes it
+    with atomic_path(out, replace=replace, argument="out") as tmp:  # ADM's layout, as save_images writes it
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
         record, _ = _read_record(folder)  # a kill after the rename below is then recognised

@@ -87,7 +87,7 @@ def commit_new(tmp: Path, path: Path, argument: str) -> None:
     except FileExistsError:
         raise appeared_meanwhile(path, argument) from None
     except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.EXDEV):
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.EXDEV, errno.ENOSYS):
             raise
         if path.exists() or path.is_symlink():
             raise appeared_meanwhile(path, argument) from None

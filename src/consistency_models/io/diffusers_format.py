@@ -468,7 +468,9 @@ def write_weights(state: dict[str, torch.Tensor], path: Path, safe_serialization
     try:
         save_file(state, str(path), metadata={"format": "pt"})
     except Exception as exc:  # noqa: BLE001 — safetensors' SafetensorError, only an OS error is turned
-        code = re.search(r"\(os error (\d+)\)", str(exc))
+        # "(os error 28)" (safetensors 0.7 and later) or "Os { code: 28, ... }" (earlier)
+        code = re.search(r"\(os error (\d+)\)|Os \{ code: (\d+)", str(exc))
         if type(exc).__name__ != "SafetensorError" or code is None:
             raise
-        raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from None
+        number = int(code[1] or code[2])
+        raise OSError(number, os.strerror(number), str(path)) from None

@@ -101,17 +101,10 @@ def named_as_target(fresh: Path, target: Path) -> Iterator[None]:
 OUTPUT_MARK = ".cm-output"   # the empty file in a folder of samples cm wrote (what --overwrite may replace)
 
 
-@contextmanager
-def replaced_folder(path: str | os.PathLike, ours: str, argument: str = "out", replace: bool = True,
-                    mark: bool = False) -> Iterator[Path]:
-    """Yields an empty folder to write an output folder into; on success it takes `path`'s place as
-    a whole (no file of an earlier output stays mixed in). An existing `path` must hold only files
-    whose names match `ours` (what this command writes), else it is refused naming a stranger: a
-    user's folder is never emptied by mistake. On an error the earlier folder stays as it was.
-    With `replace` False (no --overwrite) only an absent or empty `path` is taken: a folder that
-    another process filled meanwhile is kept and the write refused. With `mark`, the folder
-    written holds `OUTPUT_MARK`, and a non-empty `path` is replaced only if it holds it too: a
-    user's folder whose files happen to be named like ours (000000.png, ...) is not an output."""
+def check_replaceable(path: str | os.PathLike, ours: str, argument: str = "out", mark: bool = False) -> None:
+    """Refuse (one line) an existing folder that `replaced_folder` may not replace: one holding a
+    file whose name does not match `ours`, a model folder, or (with `mark`) one without
+    `OUTPUT_MARK`. Callers may check up front, before the work."""
     target = Path(path)
     pattern = re.compile(ours)
     if target.is_dir():
@@ -127,6 +120,21 @@ def replaced_folder(path: str | os.PathLike, ours: str, argument: str = "out", r
             raise InvalidInputError(f"{argument}: {path} was not written by cm (a folder of samples it writes holds "
                                     f"{OUTPUT_MARK}); choose another folder (--overwrite replaces only an earlier "
                                     "output)")
+
+
+@contextmanager
+def replaced_folder(path: str | os.PathLike, ours: str, argument: str = "out", replace: bool = True,
+                    mark: bool = False) -> Iterator[Path]:
+    """Yields an empty folder to write an output folder into; on success it takes `path`'s place as
+    a whole (no file of an earlier output stays mixed in). An existing `path` must hold only files
+    whose names match `ours` (what this command writes), else it is refused naming a stranger: a
+    user's folder is never emptied by mistake. On an error the earlier folder stays as it was.
+    With `replace` False (no --overwrite) only an absent or empty `path` is taken: a folder that
+    another process filled meanwhile is kept and the write refused. With `mark`, the folder
+    written holds `OUTPUT_MARK`, and a non-empty `path` is replaced only if it holds it too: a
+    user's folder whose files happen to be named like ours (000000.png, ...) is not an output."""
+    target = Path(path)
+    check_replaceable(target, ours, argument, mark)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fresh = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))

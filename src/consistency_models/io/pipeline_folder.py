@@ -133,7 +133,7 @@ def new_folder(path: str | os.PathLike, what: str) -> Iterator[Path]:
     target = require_new_folder(path, what)
     refuse_embedded_folder(what, target)
     if not target.exists():
-        with replaced_folder(target, NOTHING, what) as fresh:
+        with replaced_folder(target, NOTHING, what, replace=False) as fresh:   # never over a folder made meanwhile
             yield fresh
         return
     lock = f"{PARTIAL_PREFIX}lock"
