@@ -382,6 +382,9 @@ def test_a_misspelt_option_is_named_with_the_one_meant(capsys, tmp_path, monkeyp
      "--threads goes after the command it belongs to: cm sample --threads ... (see 'cm --help')"),
     (["edit", "--threads=1", "inpaint", "--image", "a.png"],
      "--threads goes after the command it belongs to: cm edit inpaint --threads ... (see 'cm --help')"),
+    (["edit", "--image", "a.png", "--out", "b.png"],   # the edit forgotten
+     "--image goes after the command it belongs to: cm edit EDIT --image ... (EDIT: inpaint, colorize, "),
+    (["edit", "--imgae", "a.png", "inpaint"], "argument EDIT: invalid choice: 'a.png'"),   # no command takes --imgae
 ])
 def test_a_misspelt_command_and_a_misplaced_option_are_said_as_such(capsys, tmp_path, monkeypatch, argv, said):
     monkeypatch.chdir(tmp_path)

@@ -521,6 +521,13 @@ def test_switches_and_empty_names_are_refused_in_one_line(tmp_path, capsys, monk
             ConsistencyModelPipeline.from_pretrained(name)
     assert main(["new", "", "--preset", "tiny16"]) == 2
     assert capsys.readouterr().err == "cm: error: out_dir: '' is empty; give the new folder to write, e.g. my-model\n"
+    assert main(["sample", "--model", "", "--out", "x.png"]) == 2   # was "out: x.png lies inside the --model folder"
+    assert capsys.readouterr().err.startswith("cm: error: model: '' is empty; give a pipeline folder")
+    from consistency_models import CMStochasticIterativeScheduler
+
+    for name in (None, ""):
+        with pytest.raises(InvalidInputError, match=rf"^path: {re.escape(repr(name))} is not allowed; give a folder"):
+            CMStochasticIterativeScheduler.from_pretrained(name)
     assert list(tmp_path.iterdir()) == []
 
 

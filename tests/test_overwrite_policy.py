@@ -272,3 +272,17 @@ def test_sharded_generation_never_takes_a_users_folder_of_its_shards_name(tmp_pa
     assert run(capsys, ["sample", "--num", "4", "--batch-size", "2", "--out", str(tmp_path / "u.npz"),
                         "--no-progress"])[0] == 0
     assert (tmp_path / "u.npz").is_file() and not folder.exists()
+
+
+def test_a_symbolic_link_as_the_output_is_said_before_the_work(tmp_path, capsys):
+    """A dangling link (or a link to an empty folder) passed the existence check, and the write
+    then failed as 'written by another process meanwhile'."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    (tmp_path / "linked").symlink_to(tmp_path / "empty")
+    for out in (str(tmp_path / "dangling.png"), f"{tmp_path / 'linked'}/"):
+        code, err = run(capsys, ["sample", "--model", "digits-teacher", "--out", out, "--batch-size", "1"])
+        one_line(code, err, f"out: {out} is a symbolic link; pass --overwrite to replace the link itself, or choose "
+                            "another name")
+        assert "%|" not in err
+    assert not (tmp_path / "nowhere.png").exists() and list((tmp_path / "empty").iterdir()) == []

@@ -105,6 +105,9 @@ class CMStochasticIterativeScheduler:
         """From `path/[subfolder/]scheduler_config.json`: `path` a folder, an embedded model's name
         (`"digits", subfolder="scheduler"`) or a Hub id (when online; only that config is fetched,
         with the Hub's options — revision, token, ... — as diffusers takes them)."""
+        if not isinstance(path, (str, os.PathLike)) or not os.fspath(path).strip():
+            raise InvalidInputError(f"path: {path!r} is not allowed; give a folder, an embedded model's name or a Hub "
+                                    "id like owner/name")
         download = {k: overrides.pop(k) for k in DOWNLOAD_OPTIONS if k in overrides}
         root = Path(path)
         if not root.exists() or is_embedded(path):

@@ -87,37 +87,31 @@ def _subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction 
     return next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
 
 
-def misplaced_option(parser: argparse.ArgumentParser, argv: list[str], path: tuple[str, ...] = ()) -> str | None:
+def misplaced_option(parser: argparse.ArgumentParser, argv: list[str]) -> str | None:
     """An option written before the (sub)command it belongs to (`cm --threads 1 sample`, `cm edit
-    --threads 1 inpaint`), said with where it goes; argparse would call its value an invalid command."""
+    --image x.png inpaint`, or no command at all), said with where it goes; argparse would call its
+    value an invalid command. Only options some command below takes count (a typo is argparse's)."""
     subparsers = _subcommands(parser)
     if subparsers is None:
         return None
     own = {name for action in parser._actions for name in action.option_strings}
+    below = {name for leaf in leaf_parsers(parser) for action in leaf._actions for name in action.option_strings}
     misplaced = None
     for i, word in enumerate(argv):
         if word == "--":
             return None
         if word in subparsers.choices:
-            inner = misplaced_option(subparsers.choices[word], argv[i + 1:], (*path, word))
             if misplaced is None:
-                return inner
-            chain = chosen_chain(subparsers.choices[word], argv[i + 1:], (*path, word))
-            return f"{misplaced} goes after the command it belongs to: cm {' '.join(chain)} {misplaced} ..."
-        if misplaced is None and word.startswith("-") and word.split("=", 1)[0] not in own:
-            misplaced = word.split("=", 1)[0]
-    return None
-
-
-def chosen_chain(parser: argparse.ArgumentParser, argv: list[str], path: tuple[str, ...]) -> tuple[str, ...]:
-    """The command words `argv` names below `parser` (`("edit", "inpaint")`), after `path`."""
-    subparsers = _subcommands(parser)
-    for i, word in enumerate(argv):
-        if subparsers is None or word == "--":
-            break
-        if word in subparsers.choices:
-            return chosen_chain(subparsers.choices[word], argv[i + 1:], (*path, word))
-    return path
+                return misplaced_option(subparsers.choices[word], argv[i + 1:])
+            leaf, _ = chosen_parser(subparsers.choices[word], argv[i + 1:])
+            return f"{misplaced} goes after the command it belongs to: {leaf.prog} {misplaced} ..."
+        name = word.split("=", 1)[0]
+        if misplaced is None and word.startswith("-") and name not in own and name in below:
+            misplaced = name
+    if misplaced is None or not argv[0].startswith("-"):  # `cm edit inpait --image x`: the command is misspelt
+        return None
+    return (f"{misplaced} goes after the command it belongs to: {parser.prog} {subparsers.metavar} {misplaced} ... "
+            f"({subparsers.metavar}: {', '.join(subparsers.choices)})")
 
 
 def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, argparse.ArgumentParser]:

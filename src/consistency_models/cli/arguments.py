@@ -7,6 +7,7 @@ import argparse
 import torch
 
 from ..distributed import check_device, default_device
+from ..errors import InvalidInputError
 from ..io.hub import EMBEDDED, embedded_folder
 
 from ..schedule import NoiseLevels
@@ -119,6 +120,9 @@ def add_model(parser: argparse.ArgumentParser, default: str) -> None:
 def chosen_model(args: argparse.Namespace) -> str:
     """--model as given, else the embedded default model's own folder: a folder of that name in the
     working folder does not stand in for a model the user did not name."""
+    if args.model is not None and not args.model.strip():   # Path('') is the working folder
+        raise InvalidInputError(f"model: {args.model!r} is empty; give a pipeline folder, an embedded model's name "
+                                f"({', '.join(EMBEDDED)}) or a Hub id like owner/name")
     return str(embedded_folder(args.default_model)) if args.model is None else args.model
 
 
