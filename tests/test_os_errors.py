@@ -166,6 +166,18 @@ def test_a_file_size_limit_while_writing_weights_is_one_line_naming_the_users_fo
     assert code == 1 and err == (f"cm: error: {tmp_path / 'm' / 'unet' / 'diffusion_pytorch_model.safetensors'}: "
                                  f"cannot write it: {os.strerror(errno.EFBIG)}\n"), err
     assert list(tmp_path.iterdir()) == []
+    # A folder of samples: the image is named in the user's folder, not in the hidden one it is written to.
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64, limits[1]))   # below one 16×16 PNG
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    try:
+        code = main(["sample", "--batch-size", "2", "--out", f"{tmp_path / 'pngs'}/", "--no-progress"])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, old_handler)
+    err = capsys.readouterr().err
+    assert code == 1 and err == (f"cm: error: {tmp_path / 'pngs' / '000000.png'}: cannot write it: "
+                                 f"{os.strerror(errno.EFBIG)}\n"), err
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("message", ["Error while serializing: I/O error: No space left on device (os error 28)",
