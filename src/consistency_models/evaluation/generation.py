@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ..distributed import DistributedContext
 from ..errors import InvalidInputError, first_line, is_integer
-from ..io.atomic import atomic_path, remove_leftovers, write_error, write_json
+from ..io.atomic import TMP_SUFFIX, atomic_path, remove_leftovers, write_error, write_json
 from ..io.checksum import file_sha256
 from ..io.images import to_uint8
 from ..io.lock import hold_folder
@@ -335,7 +335,7 @@ def _ours(name: str) -> bool:
     """Whether a shard folder's entry is one a run writes: shards, the run record, a rank's lock, or
     the temp file of a write in progress (`atomic_path`)."""
     return bool(SHARD_NAME.fullmatch(name) or name == RUN_RECORD or re.fullmatch(r"\.lock-r\d+", name)
-                or re.fullmatch(rf"\.(r\d+-\d+\.npz|{re.escape(RUN_RECORD)})\..*\.tmp", name))
+                or re.fullmatch(rf"\.(r\d+-\d+\.npz|{re.escape(RUN_RECORD)})\..*{re.escape(TMP_SUFFIX)}", name))
 
 
 def _merged_but_not_cleaned(folder: Path, out: Path, settings: dict, num: int) -> bool:

@@ -75,11 +75,10 @@ def refuse_existing(path: str | os.PathLike | None, overwrite: bool, argument: s
                                 "file; choose another name (--overwrite replaces a file by a file, a folder by a folder)")
     if path is None or overwrite:
         return
-    target = Path(Path(path).as_posix().rstrip("/") or "/")
+    target = Path(path)   # "out/" too: pathlib drops the trailing separator
     if target.is_symlink():   # the write would replace the link itself (and later say "written meanwhile")
         raise InvalidInputError(f"{argument}: {path} is a symbolic link; pass --overwrite to replace the link itself, "
                                 "or choose another name")
-    target = Path(path)
     if target.is_dir():
         if any(target.iterdir()):
             raise InvalidInputError(f"{argument}: the folder {path} is not empty; pass --overwrite to write into it")
