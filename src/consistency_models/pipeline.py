@@ -237,9 +237,8 @@ class ConsistencyModelPipeline:
         if unet is not None and (chosen is not None or device is not None):
             raise InvalidInputError("unet: a given unet is used as it is (diffusers neither moves nor casts it); "
                                     "drop dtype/device/device_map, or call .to(...) on the pipeline")
-        for name, value in (("low_cpu_mem_usage", low_cpu_mem_usage), ("fast_kernels", fast_kernels)):
-            if not isinstance(value, bool):
-                raise InvalidInputError(f"{name}: {value!r} is not allowed; use True or False")
+        _switch(low_cpu_mem_usage, "low_cpu_mem_usage")
+        _switch(fast_kernels, "fast_kernels")
         parts = load_pipeline_folder(path_or_id, variant, use_safetensors, unet, **download)
         mapped = mapped_storages(parts.network) if unet is None else set()  # the file's (`io/file_mapping.py`)
         pipe = cls.from_parts(parts) if scheduler is None else cls(parts.network, scheduler, parts.parametrization)
@@ -521,12 +520,12 @@ class ConsistencyModelPipeline:
             raise InvalidInputError(f"callback: {callback!r} is not callable; give a function (step, timestep, sample)")
         callback_steps = int(callback_steps)
         schedule = self.noise_schedule(NoiseLevels.of(num_inference_steps, timesteps, sigmas))
-        self._show_schedule(schedule, timesteps, sigmas)
+        shown = self._show_schedule(schedule, timesteps, sigmas)
         noise = self.prepare_latents(batch_size, latents, generator)
         labels = self.prepare_class_labels(batch_size, class_labels, generator)
         x = self.sample(noise * self.sampler.initial_scale(schedule, self.sampling_config), schedule, labels,
                         generator, callback, callback_steps)
-        if self.kind is default_kind() and sigmas is None:
+        if shown:
             self.scheduler._step_index = len(schedule) - 1   # as diffusers' last `step` leaves it
         images = self._convert(x, output_type)
         if not return_dict:
@@ -534,16 +533,17 @@ class ConsistencyModelPipeline:
         return ImagePipelineOutput(images=images, class_labels=labels)
 
     def _show_schedule(self, schedule: list[float], timesteps: Sequence[int] | None,
-                       sigmas: Sequence[float] | None) -> None:
+                       sigmas: Sequence[float] | None) -> bool:
         """As diffusers' pipeline leaves it: `scheduler.timesteps`/`.sigmas` those of the call (set by
         `set_timesteps`, for code that reads them in a callback or after), for a consistency model
-        sampled on its grid (the sampling itself does not read them)."""
+        sampled on its grid (the sampling itself does not read them); whether it did so."""
         if self.kind is not default_kind() or sigmas is not None:
-            return
+            return False
         if timesteps is not None:
             self.scheduler.set_timesteps(timesteps=list(timesteps), device=self.device)
         else:
             self.scheduler.set_timesteps(num_inference_steps=len(schedule) - 1, device=self.device)
+        return True
 
     def sample(
         self,
@@ -579,10 +579,10 @@ class ConsistencyModelPipeline:
         return [pil_image(a) for a in to_uint8(images)] if output_type == "pil" else images
 
 
-def _switch(enabled: bool) -> bool:
-    """A fast path's on/off argument: True or False only ("no" would have turned it on)."""
+def _switch(enabled: bool, name: str = "enabled") -> bool:
+    """An on/off argument: True or False only ("no" would have turned a fast path on)."""
     if not isinstance(enabled, bool):
-        raise InvalidInputError(f"enabled: {enabled!r} is not allowed; use True or False")
+        raise InvalidInputError(f"{name}: {enabled!r} is not allowed; use True or False")
     return enabled
 
 
