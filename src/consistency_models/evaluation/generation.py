@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ..distributed import DistributedContext
 from ..errors import InvalidInputError, first_line, is_integer
-from ..io.atomic import TMP_SUFFIX, atomic_path, remove_leftovers, write_error, write_json
+from ..io.atomic import TMP_SUFFIX, atomic_path, remove_leftovers, write_error, write_json, write_npz
 from ..io.checksum import file_sha256
 from ..io.images import to_uint8
 from ..io.lock import hold_folder
@@ -365,8 +365,7 @@ def _generate_locked(pipe: ConsistencyModelPipeline, num: int, path: Path, folde
             arrays = {"images": images, "indices": np.asarray(indices, dtype=np.int64)}
             if labels is not None:
                 arrays["labels"] = labels
-            with atomic_path(folder / f"r{context.rank}-{indices[0]:09d}.npz") as tmp, open(tmp, "wb") as f:
-                np.savez(f, **arrays)
+            write_npz(folder / f"r{context.rank}-{indices[0]:09d}.npz", arrays)
             bar.update(len(indices))
     context.barrier()
     if not context.is_main:

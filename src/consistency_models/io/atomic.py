@@ -161,6 +161,13 @@ def write_json(path: str | os.PathLike, data: dict, replace: bool = True, argume
         tmp.write_text(text)
 
 
+def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], replace: bool = True,
+              argument: str = "path") -> None:
+    """Write `arrays` as an uncompressed .npz, atomically (`replace`: as `atomic_path`)."""
+    with atomic_path(path, replace=replace, argument=argument) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
 def remove_leftovers(folder: str | os.PathLike, prefix: str = "") -> list[Path]:
     """Delete the temp files a killed writer left in `folder` (`.{prefix}*.tmp`, made by `atomic_path`);
     returns what was removed. Only call it where no other writer is at work (a held lock)."""

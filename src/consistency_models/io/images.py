@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InvalidInputError, about
-from .atomic import atomic_path, write_error
+from .atomic import atomic_path, write_error, write_npz
 from .overwrite import names_a_folder, require_parent_folder
 
 
@@ -135,12 +135,6 @@ def output_kind(out: str | os.PathLike, folders: bool = True) -> str:
     return kind
 
 
-def _save_npz(path: Path, arrays: dict, replace: bool = True) -> None:
-    with atomic_path(path, replace=replace, argument="out") as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-
-
 def save_points(points: np.ndarray, out: str | os.PathLike, labels: np.ndarray | None = None,
                 replace: bool = True) -> None:
     """Low-dimensional samples (N, D) as an .npz: arr_0 float32, arr_1 labels when given (`replace`
@@ -150,7 +144,7 @@ def save_points(points: np.ndarray, out: str | os.PathLike, labels: np.ndarray |
     arrays = {"arr_0": np.asarray(points, dtype=np.float32)}
     if labels is not None:
         arrays["arr_1"] = np.asarray(labels, dtype=np.int64)
-    _save_npz(Path(out), arrays, replace)
+    write_npz(out, arrays, replace, "out")
 
 
 FOLDER_IMAGE = r"\d{6}\.png"   # the names save_images gives the images of a folder output
@@ -169,7 +163,7 @@ def save_images(images: np.ndarray, out: str | os.PathLike, labels: np.ndarray |
         arrays = {"arr_0": images}
         if labels is not None:
             arrays["arr_1"] = np.asarray(labels, dtype=np.int64)
-        _save_npz(path, arrays, replace)
+        write_npz(path, arrays, replace, "out")
         return [path]
     try:
         path.mkdir(exist_ok=True)

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from ..data.archives import read_npz
 from ..errors import InvalidInputError, about
-from ..io.atomic import atomic_path, write_json
+from ..io.atomic import write_json, write_npz
 from ..io.overwrite import require_parent_folder
 from .features import DigitsFeatures, FeatureExtractor, InceptionFeatures, feature_extractor
 from .frechet import RunningStatistics, frechet_distance
@@ -192,9 +192,7 @@ def save_statistics(stats: SetStatistics, path: str | os.PathLike, replace: bool
         arrays["extractor"] = np.str_(stats.extractor)
     if stats.count is not None:
         arrays["count"] = np.int64(stats.count)
-    with atomic_path(path, replace=replace, argument=argument) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+    write_npz(path, arrays, replace, argument)
 
 
 def _compute(source: Source, extractor: _Extractor, progress: bool, argument: str) -> SetStatistics:
