@@ -23,11 +23,14 @@ SPEC_FORMS = (
 )
 
 
+DIGITS_SETS = ("digits", "digits:train", "digits:test")
+
+
 def is_named_set(spec: str | os.PathLike) -> bool:
     """Whether `spec` names a built-in set (digits, digits:test, toy:NAME), which a file or folder
     of the same name does not hide."""
     text = os.fspath(spec)
-    return text in ("digits", "digits:train", "digits:test") or text.startswith("toy:")
+    return text in DIGITS_SETS or text.startswith("toy:")
 
 
 def load_dataset(
@@ -43,7 +46,7 @@ def load_dataset(
     path = Path(text)
     if check_image_mode(image_mode) != "auto" and not (path.is_dir() or path.suffix.lower() == ".zip"):
         raise InvalidInputError(f"image_mode: {image_mode!r} applies to image folders and zips; {text} is neither")
-    if is_named_set(text) and not text.startswith("toy:"):
+    if text in DIGITS_SETS:
         split = "test" if text == "digits:test" else "train"
         return load_digits(split, resolution, use_labels, xflip)
     if text.startswith("toy:"):
