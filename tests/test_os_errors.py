@@ -151,29 +151,28 @@ def test_a_file_size_limit_while_writing_weights_is_one_line_naming_the_users_fo
     """The OS refusing the weights file (here a real file-size limit, EFBIG; a full disk is ENOSPC):
     safetensors raised its own error type (a 20-line traceback), and the folder named was the hidden
     temp folder. Now one line naming m/unet/..., and nothing left behind."""
-    import resource
-    import signal
+    def main_under_file_size_limit(limit: int, argv: list[str]) -> int:
+        """`main(argv)` with files limited to `limit` bytes in this process, then restored."""
+        import resource
+        import signal
 
-    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
-    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # else the process is killed
-    resource.setrlimit(resource.RLIMIT_FSIZE, (65536, limits[1]))
-    try:
-        code = main(["new", str(tmp_path / "m"), "--preset", "tiny16"])
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
-        signal.signal(signal.SIGXFSZ, old_handler)
+        limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+        old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # else the process is killed
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limits[1]))
+        try:
+            return main(argv)
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+            signal.signal(signal.SIGXFSZ, old_handler)
+
+    code = main_under_file_size_limit(65536, ["new", str(tmp_path / "m"), "--preset", "tiny16"])
     err = capsys.readouterr().err
     assert code == 1 and err == (f"cm: error: {tmp_path / 'm' / 'unet' / 'diffusion_pytorch_model.safetensors'}: "
                                  f"cannot write it: {os.strerror(errno.EFBIG)}\n"), err
     assert list(tmp_path.iterdir()) == []
     # A folder of samples: the image is named in the user's folder, not in the hidden one it is written to.
-    resource.setrlimit(resource.RLIMIT_FSIZE, (64, limits[1]))   # below one 16×16 PNG
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    try:
-        code = main(["sample", "--batch-size", "2", "--out", f"{tmp_path / 'pngs'}/", "--no-progress"])
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
-        signal.signal(signal.SIGXFSZ, old_handler)
+    code = main_under_file_size_limit(64, ["sample", "--batch-size", "2", "--out", f"{tmp_path / 'pngs'}/",
+                                           "--no-progress"])   # 64 bytes: below one 16×16 PNG
     err = capsys.readouterr().err
     assert code == 1 and err == (f"cm: error: {tmp_path / 'pngs' / '000000.png'}: cannot write it: "
                                  f"{os.strerror(errno.EFBIG)}\n"), err
